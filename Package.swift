@@ -1,0 +1,63 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "masq",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "masqd", targets: ["masqd"]),
+        .executable(name: "masq-client", targets: ["Client"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        // libbpf from Debian's libbpf-dev.
+        .systemLibrary(
+            name: "CLibbpf",
+            pkgConfig: "libbpf",
+            providers: [.apt(["libbpf-dev"])]
+        ),
+        // The datapath ABI (bpf/include/masq_abi.h) and a small libbpf shim for option structs.
+        .target(
+            name: "CMasq",
+            dependencies: ["CLibbpf"],
+            linkerSettings: [.linkedLibrary("bpf")]
+        ),
+        // The API contract shared by masqd and masq-client.
+        .target(name: "API"),
+        // masqd's logic: config, desired state, datapath loader, reconcile, services.
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "API",
+                "CMasq",
+                "CLibbpf",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            plugins: ["BPFObjectPlugin"]
+        ),
+        .executableTarget(
+            name: "masqd",
+            dependencies: ["Daemon"]
+        ),
+        .executableTarget(
+            name: "Client",
+            dependencies: [
+                "API",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Compiles bpf/*.c for the bpf target and embeds the object in Daemon.
+        .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon"]),
+        .testTarget(name: "DatapathTests", dependencies: ["Daemon", "CMasq", "CLibbpf"]),
+        .testTarget(name: "E2ETests", dependencies: ["Daemon"]),
+    ]
+)

@@ -1,0 +1,46 @@
+/* CMasq: the datapath ABI for Swift, and thin wrappers around libbpf calls whose option
+ * structs are safest built with LIBBPF_OPTS in C. */
+#ifndef CMASQ_H
+#define CMASQ_H
+
+#include <stddef.h>
+#include <linux/types.h>
+#include "../../../bpf/include/masq_abi.h"
+
+struct bpf_object;
+
+/* Opens an ELF object held in memory. pin_root: where maps marked for pinning by name are
+ * pinned and reused (NULL: no pinning). Returns NULL with errno set on failure. */
+struct bpf_object *masq_object_open_mem(const void *buf, size_t len, const char *name,
+                                        const char *pin_root);
+
+/* tcx (kernel 6.6+): attaches prog_fd to ifindex's ingress or egress through a bpf_link.
+ * Returns the link fd, or a negative errno. */
+int masq_tcx_link_create(int prog_fd, int ifindex, int ingress);
+
+/* Whether this kernel has tcx: probes with an invalid ifindex (EINVAL/ENODEV vs. unsupported
+ * attach type). Returns 1 or 0. */
+int masq_tcx_supported(int prog_fd);
+
+/* tc clsact: creates the hook if absent (*created says whether this call made it) and
+ * attaches (or replaces) the filter at handle/priority. Returns 0 or a negative errno. */
+int masq_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority,
+                   int *created);
+
+/* tc clsact: the program id of the filter at handle/priority (0 when there is none).
+ * Returns 0 or a negative errno (-ENOENT when no such filter). */
+int masq_tc_query(int ifindex, int ingress, __u32 handle, __u32 priority, __u32 *prog_id);
+
+/* tc clsact: removes only the filter at handle/priority; the qdisc and other filters stay. */
+int masq_tc_detach(int ifindex, int ingress, __u32 handle, __u32 priority);
+
+/* BPF_PROG_TEST_RUN for a tc program: runs prog_fd on the frame `in` (Ethernet first).
+ * ctx (struct __sk_buff, optional) sets ifindex, mark etc. On return *out_len holds the length
+ * of the frame written to `out`. Returns 0 or a negative errno. */
+int masq_prog_test_run(int prog_fd, const void *in, __u32 in_len, void *out, __u32 *out_len,
+                       void *ctx, __u32 ctx_len, __u32 *retval, __u32 repeat, __u32 *duration);
+
+/* Routes libbpf's messages, formatted, to fn (level: 0 warn, 1 info, 2 debug). */
+void masq_set_libbpf_print(void (*fn)(int level, const char *msg));
+
+#endif /* CMASQ_H */

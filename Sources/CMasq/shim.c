@@ -1,0 +1,135 @@
+#include "cmasq.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+/* The uapi headers this builds against may predate tcx (6.6); the values are stable ABI. */
+#define MASQ_BPF_TCX_INGRESS 46
+#define MASQ_BPF_TCX_EGRESS  47
+
+struct bpf_object *masq_object_open_mem(const void *buf, size_t len, const char *name,
+                                        const char *pin_root)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name, .pin_root_path = pin_root);
+	struct bpf_object *obj = bpf_object__open_mem(buf, len, &opts);
+
+	if (libbpf_get_error(obj)) {
+		errno = -(int)libbpf_get_error(obj);
+		return NULL;
+	}
+	return obj;
+}
+
+int masq_tcx_link_create(int prog_fd, int ifindex, int ingress)
+{
+	int fd = bpf_link_create(prog_fd, ifindex,
+				 ingress ? MASQ_BPF_TCX_INGRESS : MASQ_BPF_TCX_EGRESS, NULL);
+	return fd < 0 ? -errno : fd;
+}
+
+int masq_tcx_supported(int prog_fd)
+{
+	/* ifindex 0 is never a device: a kernel with tcx rejects it for that reason (EINVAL or
+	 * ENODEV), a kernel without it rejects the attach type itself. */
+	int fd = bpf_link_create(prog_fd, 0, MASQ_BPF_TCX_INGRESS, NULL);
+	int err = errno;
+
+	if (fd >= 0) {
+		close(fd);
+		return 1;
+	}
+	return err == ENODEV;
+}
+
+static void masq_tc_hook_init(struct bpf_tc_hook *hook, int ifindex, int ingress)
+{
+	memset(hook, 0, sizeof(*hook));
+	hook->sz = sizeof(*hook);
+	hook->ifindex = ifindex;
+	hook->attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS;
+}
+
+int masq_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority,
+                   int *created)
+{
+	struct bpf_tc_hook hook;
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority, .prog_fd = prog_fd,
+		    .flags = BPF_TC_F_REPLACE);
+	int err;
+
+	masq_tc_hook_init(&hook, ifindex, ingress);
+	/* The clsact qdisc may exist already: another tool, or our other direction, made it.
+	 * Record whether we did, so that only an empty hook is ever removed. */
+	err = bpf_tc_hook_create(&hook);
+	*created = err == 0;
+	if (err && err != -EEXIST)
+		return err;
+	return bpf_tc_attach(&hook, &opts);
+}
+
+int masq_tc_query(int ifindex, int ingress, __u32 handle, __u32 priority, __u32 *prog_id)
+{
+	struct bpf_tc_hook hook;
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority);
+	int err;
+
+	masq_tc_hook_init(&hook, ifindex, ingress);
+	err = bpf_tc_query(&hook, &opts);
+	*prog_id = err ? 0 : opts.prog_id;
+	return err;
+}
+
+int masq_tc_detach(int ifindex, int ingress, __u32 handle, __u32 priority)
+{
+	struct bpf_tc_hook hook;
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority);
+
+	masq_tc_hook_init(&hook, ifindex, ingress);
+	return bpf_tc_detach(&hook, &opts);
+}
+
+int masq_prog_test_run(int prog_fd, const void *in, __u32 in_len, void *out, __u32 *out_len,
+                       void *ctx, __u32 ctx_len, __u32 *retval, __u32 repeat, __u32 *duration)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = in, .data_size_in = in_len,
+		    .data_out = out, .data_size_out = *out_len, .ctx_in = ctx,
+		    .ctx_size_in = ctx_len, .ctx_out = ctx, .ctx_size_out = ctx_len,
+		    .repeat = repeat);
+	int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+	if (err)
+		return -errno;
+	*out_len = opts.data_size_out;
+	*retval = opts.retval;
+	if (duration)
+		*duration = opts.duration;
+	return 0;
+}
+
+static void (*masq_print_fn)(int level, const char *msg);
+
+static int masq_libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	char buf[512];
+	size_t n;
+
+	if (!masq_print_fn)
+		return 0;
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	n = strlen(buf);
+	if (n && buf[n - 1] == '\n')
+		buf[n - 1] = 0;
+	masq_print_fn((int)level, buf);
+	return 0;
+}
+
+void masq_set_libbpf_print(void (*fn)(int level, const char *msg))
+{
+	masq_print_fn = fn;
+	libbpf_set_print(masq_libbpf_print);
+}

@@ -1,0 +1,174 @@
+@preconcurrency import Glibc
+import CLibbpf
+import CMasq
+import Foundation
+
+/// A libbpf failure: the step that failed, the object it concerned and the errno.
+public struct BPFError: Error, CustomStringConvertible, Equatable {
+    public var step: String
+    public var object: String
+    public var errno: Int32
+
+    public init(_ step: String, _ object: String, errno: Int32) {
+        self.step = step
+        self.object = object
+        self.errno = errno
+    }
+
+    public var description: String {
+        "\(step) \(object): \(String(cString: strerror(errno))) (errno \(errno))"
+    }
+}
+
+/// The datapath object compiled into this binary by the BPFObjectPlugin.
+public enum EmbeddedDatapath {
+    public static let bytes: [UInt8] = {
+        // The generated literal is base64 the build produced; failing to decode it is a build bug.
+        guard let data = Data(base64Encoded: embeddedBPFObjectBase64, options: .ignoreUnknownCharacters)
+        else { preconditionFailure("embedded BPF object is not valid base64") }
+        return [UInt8](data)
+    }()
+}
+
+/// An opened and loaded BPF object. Owns the libbpf handle; map and program fds stay valid as
+/// long as it lives. Not thread-safe: one owner (the `Datapath` actor, or a test) uses it.
+public final class BPFObject: @unchecked Sendable {
+    private let object: OpaquePointer
+
+    /// Opens `bytes`, sizes maps per `maxEntries` (map name to entries), reuses or pins the
+    /// maps marked for pinning under `pinRoot` (nil: nothing is pinned), and loads everything.
+    public init(bytes: [UInt8], pinRoot: String?, maxEntries: [String: UInt32] = [:]) throws {
+        guard let object = bytes.withUnsafeBytes({ buf in
+            masq_object_open_mem(buf.baseAddress, buf.count, "masq", pinRoot)
+        }) else {
+            throw BPFError("open", "BPF object", errno: errno)
+        }
+        self.object = object
+        for (name, entries) in maxEntries {
+            guard let map = bpf_object__find_map_by_name(object, name) else {
+                bpf_object__close(object)
+                throw BPFError("find", "map \(name)", errno: ENOENT)
+            }
+            let err = bpf_map__set_max_entries(map, entries)
+            if err != 0 {
+                bpf_object__close(object)
+                throw BPFError("size", "map \(name)", errno: -err)
+            }
+        }
+        let err = bpf_object__load(object)
+        if err != 0 {
+            bpf_object__close(object)
+            throw BPFError("load", "BPF object", errno: -err)
+        }
+    }
+
+    deinit {
+        bpf_object__close(object)
+    }
+
+    /// The map called `name`.
+    public func map(_ name: String) throws -> BPFMap {
+        guard let map = bpf_object__find_map_by_name(object, name) else {
+            throw BPFError("find", "map \(name)", errno: ENOENT)
+        }
+        return BPFMap(name: name, fd: bpf_map__fd(map), maxEntries: bpf_map__max_entries(map))
+    }
+
+    /// The fd of the program whose function is called `name`.
+    public func programFD(_ name: String) throws -> Int32 {
+        guard let prog = bpf_object__find_program_by_name(object, name) else {
+            throw BPFError("find", "program \(name)", errno: ENOENT)
+        }
+        return bpf_program__fd(prog)
+    }
+
+    /// Unpins every map this object pinned (used by uninstall).
+    public func unpinMaps() {
+        var map = bpf_object__next_map(object, nil)
+        while let m = map {
+            if bpf_map__is_pinned(m) {
+                _ = bpf_map__unpin(m, nil)
+            }
+            map = bpf_object__next_map(object, m)
+        }
+    }
+}
+
+/// A map fd with typed accessors. Keys and values are the C structs of `masq_abi.h`.
+public struct BPFMap: Sendable {
+    public let name: String
+    public let fd: Int32
+    public let maxEntries: UInt32
+
+    public func update<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ value: V, flags: UInt64 = UInt64(BPF_ANY)) throws {
+        var key = key
+        var value = value
+        if bpf_map_update_elem(fd, &key, &value, flags) != 0 {
+            throw BPFError("update", "map \(name)", errno: errno)
+        }
+    }
+
+    /// The value under `key`, or nil when there is none.
+    public func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, as: V.Type = V.self) throws -> V? {
+        var key = key
+        let value = UnsafeMutablePointer<V>.allocate(capacity: 1)
+        defer { value.deallocate() }
+        if bpf_map_lookup_elem(fd, &key, value) != 0 {
+            if errno == ENOENT { return nil }
+            throw BPFError("lookup", "map \(name)", errno: errno)
+        }
+        return value.pointee
+    }
+
+    /// Per-CPU maps: one value per possible CPU.
+    public func lookupPerCPU<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, as: V.Type = V.self) throws -> [V] {
+        let cpus = Int(libbpf_num_possible_cpus())
+        guard cpus > 0 else { throw BPFError("count CPUs", "map \(name)", errno: -Int32(cpus)) }
+        var key = key
+        // The kernel rounds each per-CPU value up to 8 bytes.
+        let stride = (MemoryLayout<V>.size + 7) & ~7
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: stride * cpus, alignment: 8)
+        defer { raw.deallocate() }
+        if bpf_map_lookup_elem(fd, &key, raw) != 0 {
+            throw BPFError("lookup", "map \(name)", errno: errno)
+        }
+        return (0..<cpus).map { raw.load(fromByteOffset: $0 * stride, as: V.self) }
+    }
+
+    /// Deletes `key`; returns false when it was not there.
+    @discardableResult
+    public func delete<K: BitwiseCopyable>(_ key: K) throws -> Bool {
+        var key = key
+        if bpf_map_delete_elem(fd, &key) != 0 {
+            if errno == ENOENT { return false }
+            throw BPFError("delete", "map \(name)", errno: errno)
+        }
+        return true
+    }
+
+    /// Every key in the map (a snapshot taken by walking it).
+    public func keys<K: BitwiseCopyable>(as: K.Type = K.self) throws -> [K] {
+        var result: [K] = []
+        let current = UnsafeMutablePointer<K>.allocate(capacity: 1)
+        let next = UnsafeMutablePointer<K>.allocate(capacity: 1)
+        defer { current.deallocate(); next.deallocate() }
+        var first = true
+        while true {
+            let err = bpf_map_get_next_key(fd, first ? nil : current, next)
+            if err != 0 {
+                if errno == ENOENT { return result }
+                throw BPFError("iterate", "map \(name)", errno: errno)
+            }
+            result.append(next.pointee)
+            current.pointee = next.pointee
+            first = false
+        }
+    }
+
+    /// Every (key, value) pair, skipping keys deleted while walking.
+    public func entries<K: BitwiseCopyable, V: BitwiseCopyable>(key: K.Type = K.self, value: V.Type = V.self) throws -> [(K, V)] {
+        try keys(as: K.self).compactMap { key in
+            try lookup(key, as: V.self).map { (key, $0) }
+        }
+    }
+}

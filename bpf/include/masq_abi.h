@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* masq_abi.h: every map key and value, flag bit and constant that masqd reads or writes.
+ *
+ * Included by the datapath (bpf/) and, through the CMasq module target, by Swift
+ * (Sources/Daemon). No Swift struct restates these layouts. Fixed-width types only; each
+ * address and port field says its byte order; _Static_assert pins each size userspace uses.
+ *
+ * IPv4 and IPv6 use separate maps of the same shape (masq_nat_v4 / masq_nat_v6, ...), so adding
+ * a family adds maps and never reshapes the v4 ones.
+ */
+#ifndef MASQ_ABI_H
+#define MASQ_ABI_H
+
+#include <linux/types.h>
+
+/* Map names: the pin name under bpffs-root, the bpftool name and the Swift constant agree.
+ * The kernel keeps 15 characters of a map name. */
+#define MASQ_MAP_CONFIG    "masq_config"
+#define MASQ_MAP_DEVICES   "masq_devices"
+#define MASQ_MAP_NAT_V4    "masq_nat_v4"
+#define MASQ_MAP_PODS_V4   "masq_pods_v4"
+#define MASQ_MAP_NONMASQ_V4 "masq_nonmasq_v4"
+#define MASQ_MAP_NODES_V4  "masq_nodes_v4"
+#define MASQ_MAP_DROPS     "masq_drops"
+#define MASQ_MAP_STATS     "masq_stats"
+
+/* Program names (the entry functions in bpf/bpf_masq.c). */
+#define MASQ_PROG_EGRESS   "masq_egress"
+#define MASQ_PROG_INGRESS  "masq_ingress"
+
+/* Default map sizes; nat-max-entries overrides MASQ_NAT_MAX_ENTRIES at load time. */
+#define MASQ_NAT_MAX_ENTRIES     524288
+#define MASQ_CIDR_MAX_ENTRIES    16384
+#define MASQ_NODES_MAX_ENTRIES   16384
+#define MASQ_DEVICES_MAX_ENTRIES 256
+#define MASQ_DROPS_MAX_ENTRIES   256 /* indexed by drop reason, see drop_reasons.h */
+
+/* ---- masq_config: one entry (key 0), written by masqd's reconciler. ---- */
+
+#define MASQ_CFG_IPV4_MASQ     (1U << 0) /* enable-ipv4-masquerade */
+#define MASQ_CFG_IPV6_MASQ     (1U << 1) /* enable-ipv6-masquerade */
+#define MASQ_CFG_NONMASQ       (1U << 2) /* the non-masquerade list (ip-masq-agent) applies */
+#define MASQ_CFG_NATIVE_V4     (1U << 3) /* native_v4 is set: it replaces the pod-CIDR exclusion */
+#define MASQ_CFG_NATIVE_V6     (1U << 4) /* native_v6 is set */
+
+struct masq_config {
+	__u32 flags;           /* MASQ_CFG_* */
+	__u16 port_min;        /* snat-port-range, host order, inclusive */
+	__u16 port_max;        /* host order, inclusive */
+	__be32 native_v4;      /* ipv4-native-routing-cidr address, network order */
+	__u32 native_v4_len;   /* its prefix length, 0-32 */
+	__u8 native_v6[16];    /* ipv6-native-routing-cidr address, network order */
+	__u32 native_v6_len;   /* 0-128 */
+	__u32 pad;             /* reserved, zero */
+};
+_Static_assert(sizeof(struct masq_config) == 40, "masq_config size");
+
+/* ---- masq_devices: masquerading devices, key ifindex (__u32, host order). ---- */
+
+#define MASQ_DEV_HAS_V4        (1U << 0) /* snat_v4 is usable */
+#define MASQ_DEV_HAS_V6        (1U << 1) /* snat_v6 is usable */
+
+struct masq_device {
+	__be32 snat_v4;        /* SNAT address: the device's primary IPv4, network order */
+	__u32 flags;           /* MASQ_DEV_* */
+	__u8 snat_v6[16];      /* network order */
+};
+_Static_assert(sizeof(struct masq_device) == 24, "masq_device size");
+
+/* ---- LPM keys: masq_pods_v4 (pod-cidrs), masq_nonmasq_v4 (non-masquerade list). ---- */
+
+struct masq_lpm_v4 {
+	__u32 prefixlen;       /* host order */
+	__be32 addr;           /* network order, host bits zero */
+};
+_Static_assert(sizeof(struct masq_lpm_v4) == 8, "masq_lpm_v4 size");
+
+struct masq_lpm_v6 {
+	__u32 prefixlen;
+	__u8 addr[16];         /* network order */
+};
+_Static_assert(sizeof(struct masq_lpm_v6) == 20, "masq_lpm_v6 size");
+
+/* Value of every CIDR map and of masq_nodes_v4 (key __be32 address): presence is what counts. */
+#define MASQ_CIDR_PRESENT 1
+
+/* ---- masq_nat_v4: the NAT / connection table (LRU hash). ----
+ *
+ * A masqueraded flow is a pair of entries:
+ *   dir EGRESS:  key = original tuple as the pod sends it (pod -> remote);
+ *                value.to_addr/to_port = the SNAT address and port it leaves with.
+ *   dir INGRESS: key = reply tuple as it arrives (remote -> SNAT address, dport = SNAT port);
+ *                value.to_addr/to_port = the pod address and port to restore.
+ * The node's own flows (source = SNAT address) are pairs too, flagged MASQ_NAT_F_HOST, so a
+ * pod flow never takes a tuple a host socket uses. A flow that came in to a pod is one EGRESS
+ * entry flagged MASQ_NAT_F_INBOUND: its replies leave untranslated (exclusion 4).
+ * For ICMP echo, sport is the echo id and dport is 0 (EGRESS); the INGRESS key has sport 0 and
+ * dport the translated id.
+ */
+
+#define MASQ_DIR_EGRESS   0
+#define MASQ_DIR_INGRESS  1
+
+struct masq_nat_key_v4 {
+	__be32 saddr;          /* network order */
+	__be32 daddr;          /* network order */
+	__be16 sport;          /* network order; ICMP echo: id (EGRESS) or 0 (INGRESS) */
+	__be16 dport;          /* network order; ICMP echo: 0 (EGRESS) or id (INGRESS) */
+	__u8 proto;            /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP */
+	__u8 dir;              /* MASQ_DIR_* */
+	__u16 pad;             /* zero */
+};
+_Static_assert(sizeof(struct masq_nat_key_v4) == 16, "masq_nat_key_v4 size");
+
+#define MASQ_NAT_F_HOST     (1U << 0) /* the node's own flow; may be identity-mapped */
+#define MASQ_NAT_F_INBOUND  (1U << 1) /* a flow that came in to a pod: never translated */
+
+/* TCP flags seen on the flow, either direction (seen field). */
+#define MASQ_SEEN_SYN       (1U << 0)
+#define MASQ_SEEN_SYNACK    (1U << 1)
+#define MASQ_SEEN_FIN       (1U << 2)
+#define MASQ_SEEN_RST       (1U << 3)
+#define MASQ_SEEN_REPLY     (1U << 4) /* a packet of the reply direction was seen */
+
+struct masq_nat_entry_v4 {
+	__be32 to_addr;        /* network order: SNAT address (EGRESS) or pod address (INGRESS) */
+	__be16 to_port;        /* network order: SNAT port/id (EGRESS) or pod port/id (INGRESS) */
+	__u8 flags;            /* MASQ_NAT_F_* */
+	__u8 seen;             /* MASQ_SEEN_* */
+	__u32 ifindex;         /* the masquerading device of the flow, host order */
+	__u32 pad;             /* reserved, zero */
+	__u64 created;         /* CLOCK_BOOTTIME ns */
+	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last packet in this entry's direction */
+	__u64 packets;         /* packets in this entry's direction */
+	__u64 bytes;           /* bytes (L3 length) in this entry's direction */
+};
+_Static_assert(sizeof(struct masq_nat_entry_v4) == 48, "masq_nat_entry_v4 size");
+
+/* ---- masq_stats: per-CPU counters, indexed by these. ---- */
+
+#define MASQ_STAT_SNAT_PACKETS      0 /* packets translated on egress */
+#define MASQ_STAT_REVSNAT_PACKETS   1 /* packets translated on ingress */
+#define MASQ_STAT_ALLOC_OK          2 /* new mappings created */
+#define MASQ_STAT_ALLOC_KEPT_PORT   3 /* ... of which kept the original port */
+#define MASQ_STAT_ALLOC_RETRIES     4 /* port probes beyond the first */
+#define MASQ_STAT_ALLOC_FAIL        5 /* no free port found */
+#define MASQ_STAT_HOST_FLOWS        6 /* node-owned flows tracked */
+#define MASQ_STAT_INBOUND_FLOWS     7 /* flows that came in to a pod tracked */
+#define MASQ_STAT_MAX               16
+
+#endif /* MASQ_ABI_H */
