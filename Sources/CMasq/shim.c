@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/vfs.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -132,4 +133,13 @@ void masq_set_libbpf_print(void (*fn)(int level, const char *msg))
 {
 	masq_print_fn = fn;
 	libbpf_set_print(masq_libbpf_print);
+}
+
+long masq_fs_type(const char *path)
+{
+	struct statfs st;
+
+	if (statfs(path, &st))
+		return -errno;
+	return (long)st.f_type;
 }

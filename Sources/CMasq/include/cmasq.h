@@ -40,6 +40,9 @@ int masq_tc_detach(int ifindex, int ingress, __u32 handle, __u32 priority);
 int masq_prog_test_run(int prog_fd, const void *in, __u32 in_len, void *out, __u32 *out_len,
                        void *ctx, __u32 ctx_len, __u32 *retval, __u32 repeat, __u32 *duration);
 
+/* The f_type of the filesystem holding path (statfs), or a negative errno. */
+long masq_fs_type(const char *path);
+
 /* Routes libbpf's messages, formatted, to fn (level: 0 warn, 1 info, 2 debug). */
 void masq_set_libbpf_print(void (*fn)(int level, const char *msg));
 

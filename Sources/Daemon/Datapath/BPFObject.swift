@@ -34,6 +34,9 @@ public enum EmbeddedDatapath {
 /// long as it lives. Not thread-safe: one owner (the `Datapath` actor, or a test) uses it.
 public final class BPFObject: @unchecked Sendable {
     private let object: OpaquePointer
+    /// Pinned maps whose shape (type, sizes, entries, flags) no longer matched this object and
+    /// were unpinned so that new ones could be created; their old contents are gone.
+    public private(set) var replacedPins: [String] = []
 
     /// Opens `bytes`, sizes maps per `maxEntries` (map name to entries), reuses or pins the
     /// maps marked for pinning under `pinRoot` (nil: nothing is pinned), and loads everything.
@@ -43,23 +46,49 @@ public final class BPFObject: @unchecked Sendable {
         }) else {
             throw BPFError("open", "BPF object", errno: errno)
         }
+        // From here on deinit closes the object, also when init throws.
         self.object = object
         for (name, entries) in maxEntries {
             guard let map = bpf_object__find_map_by_name(object, name) else {
-                bpf_object__close(object)
                 throw BPFError("find", "map \(name)", errno: ENOENT)
             }
             let err = bpf_map__set_max_entries(map, entries)
             if err != 0 {
-                bpf_object__close(object)
                 throw BPFError("size", "map \(name)", errno: -err)
             }
         }
+        if pinRoot != nil {
+            replacedPins = Self.unpinIncompatible(object)
+        }
         let err = bpf_object__load(object)
         if err != 0 {
-            bpf_object__close(object)
             throw BPFError("load", "BPF object", errno: -err)
         }
+    }
+
+    /// libbpf refuses to reuse a pinned map whose definition differs (a new nat-max-entries, a
+    /// newer layout). Such a pin is removed so the load creates a fresh map.
+    private static func unpinIncompatible(_ object: OpaquePointer) -> [String] {
+        var replaced: [String] = []
+        var map = bpf_object__next_map(object, nil)
+        while let m = map {
+            defer { map = bpf_object__next_map(object, m) }
+            guard let path = bpf_map__pin_path(m) else { continue }
+            let fd = bpf_obj_get(path)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var info = bpf_map_info()
+            var len = UInt32(MemoryLayout<bpf_map_info>.size)
+            guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { continue }
+            if info.type != bpf_map__type(m).rawValue || info.key_size != bpf_map__key_size(m)
+                || info.value_size != bpf_map__value_size(m) || info.max_entries != bpf_map__max_entries(m)
+                || info.map_flags != bpf_map__map_flags(m)
+            {
+                unlink(path)
+                replaced.append(String(cString: bpf_map__name(m)))
+            }
+        }
+        return replaced
     }
 
     deinit {

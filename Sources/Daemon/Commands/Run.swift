@@ -1,0 +1,127 @@
+@preconcurrency import Glibc
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+
+extension MasqdCommand {
+    /// `masqd run`: load the datapath, attach it, keep it reconciled until SIGTERM.
+    public struct Run: AsyncParsableCommand {
+        public static let configuration = CommandConfiguration(
+            abstract: "Run the daemon (the default). Every config key is also a flag; flags win over the file."
+        )
+
+        @Option(help: "The daemon's config file (YAML or JSON, keys as the flags below).")
+        var config: String?
+
+        @Option(name: .customLong("enable-ipv4-masquerade"), help: "Masquerade IPv4 traffic (true or false; default true).")
+        var enableIPv4Masquerade: String?
+
+        @Option(name: .customLong("enable-ipv6-masquerade"), help: "Masquerade IPv6 traffic (true or false; default true).")
+        var enableIPv6Masquerade: String?
+
+        @Option(name: .customLong("ipv4-native-routing-cidr"), help: "IPv4 destinations routed without masquerading (replaces the pod-CIDR exclusion).")
+        var ipv4NativeRoutingCIDR: String?
+
+        @Option(name: .customLong("ipv6-native-routing-cidr"), help: "IPv6 destinations routed without masquerading.")
+        var ipv6NativeRoutingCIDR: String?
+
+        @Option(name: .customLong("pod-cidrs"), help: "Comma-separated CIDRs whose traffic is masqueraded (required).")
+        var podCIDRs: String?
+
+        @Option(name: .customLong("devices"), help: "Comma-separated masquerading devices, exact or prefix ('eth+'); empty: the devices with a default route.")
+        var devices: String?
+
+        @Option(name: .customLong("enable-ip-masq-agent"), help: "Apply the ip-masq-agent non-masquerade list (true or false; default false).")
+        var enableIPMasqAgent: String?
+
+        @Option(name: .customLong("ip-masq-agent-config-path"), help: "The ip-masq-agent config file.")
+        var ipMasqAgentConfigPath: String?
+
+        @Option(name: .customLong("non-masquerade-cidrs"), help: "Comma-separated destinations never masqueraded (config key nonMasqueradeCIDRs).")
+        var nonMasqueradeCIDRs: String?
+
+        @Option(name: .customLong("cluster-node-ips"), help: "Comma-separated addresses of the other cluster nodes, never masqueraded to.")
+        var clusterNodeIPs: String?
+
+        @Option(name: .customLong("snat-port-range"), help: "Source ports masqueraded flows may take, LOW-HIGH (default 32768-65535).")
+        var snatPortRange: String?
+
+        @Option(name: .customLong("nat-max-entries"), help: "Size of the NAT table in entries (default 524288).")
+        var natMaxEntries: String?
+
+        @Option(name: .customLong("socket-path"), help: "The control API's Unix socket (default /run/masq/masqd.sock).")
+        var socketPath: String?
+
+        @Option(name: .customLong("socket-group"), help: "The group that owns the control socket.")
+        var socketGroup: String?
+
+        @Option(name: .customLong("bpffs-root"), help: "Where maps and links are pinned (default /sys/fs/bpf/masq).")
+        var bpffsRoot: String?
+
+        @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
+        var logLevel: String?
+
+        @Option(name: .customLong("attach-mode"), help: "auto, tcx (Linux 6.6+) or tc (clsact); default auto.")
+        var attachMode: String?
+
+        @Option(name: .customLong("bpf-object"), help: ArgumentHelp("Load this BPF object instead of the embedded one (debugging).", visibility: .hidden))
+        var bpfObject: String?
+
+        public init() {}
+
+        /// The settings given as flags, by config key.
+        func flagSettings() -> [ConfigKey: RawSetting] {
+            let values: [ConfigKey: String?] = [
+                .enableIPv4Masquerade: enableIPv4Masquerade, .enableIPv6Masquerade: enableIPv6Masquerade,
+                .ipv4NativeRoutingCIDR: ipv4NativeRoutingCIDR, .ipv6NativeRoutingCIDR: ipv6NativeRoutingCIDR,
+                .podCIDRs: podCIDRs, .devices: devices, .enableIPMasqAgent: enableIPMasqAgent,
+                .ipMasqAgentConfigPath: ipMasqAgentConfigPath, .nonMasqueradeCIDRs: nonMasqueradeCIDRs,
+                .clusterNodeIPs: clusterNodeIPs, .snatPortRange: snatPortRange, .natMaxEntries: natMaxEntries,
+                .socketPath: socketPath, .socketGroup: socketGroup, .bpffsRoot: bpffsRoot,
+                .logLevel: logLevel, .attachMode: attachMode,
+            ]
+            return values.compactMapValues { $0.map(RawSetting.scalar) }
+        }
+
+        /// The effective config: defaults, the file, then the flags.
+        func effectiveConfig() throws(ConfigErrors) -> DaemonConfig {
+            let file = try config.map { path throws(ConfigErrors) in try ConfigFile.load(path: path) } ?? [:]
+            return try DaemonConfig(file: file, flags: flagSettings())
+        }
+
+        public func run() async throws {
+            let config: DaemonConfig
+            do {
+                config = try effectiveConfig()
+            } catch {
+                for problem in error.errors {
+                    FileHandle.standardErrorLine("masqd: config: \(problem)")
+                }
+                throw ExitCode(2)
+            }
+            var objectBytes: [UInt8]?
+            if let path = bpfObject {
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    FileHandle.standardErrorLine("masqd: --bpf-object: \(path) cannot be read")
+                    throw ExitCode(2)
+                }
+                objectBytes = [UInt8](data)
+            }
+            let logger = makeLogger(level: config.logLevel)
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: DatapathService(config: config, objectBytes: objectBytes, logger: logger))],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger
+                )
+            )
+            do {
+                try await group.run()
+            } catch {
+                logger.error("masqd stopped on an error", metadata: ["error": "\(error)"])
+                throw ExitCode(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+import API
+import Logging
+
+/// How masqd attaches its programs: tcx links (kernel 6.6+), tc clsact filters, or whichever
+/// the kernel has (tcx first).
+public enum AttachMode: String, CaseIterable, Sendable {
+    case auto, tcx, tc
+}
+
+/// A device selector as `devices` lists it: an exact name, or a prefix written `eth+`.
+public struct DeviceSelector: Hashable, Sendable, CustomStringConvertible {
+    public var name: String
+    public var isPrefix: Bool
+
+    public init(_ text: String) {
+        isPrefix = text.hasSuffix("+")
+        name = isPrefix ? String(text.dropLast()) : text
+    }
+
+    public func matches(_ device: String) -> Bool {
+        isPrefix ? device.hasPrefix(name) : device == name
+    }
+
+    public var description: String { isPrefix ? name + "+" : name }
+}
+
+/// The daemon's effective configuration: defaults, then the config file, then flags.
+public struct DaemonConfig: Equatable, Sendable {
+    public var enableIPv4Masquerade = true
+    public var enableIPv6Masquerade = true
+    public var ipv4NativeRoutingCIDR: IPPrefix?
+    public var ipv6NativeRoutingCIDR: IPPrefix?
+    public var podCIDRs: [IPPrefix] = []
+    public var devices: [DeviceSelector] = []
+    public var enableIPMasqAgent = false
+    public var ipMasqAgentConfigPath = "/etc/config/ip-masq-agent"
+    public var nonMasqueradeCIDRs: [IPPrefix] = []
+    public var clusterNodeIPs: [IPAddress] = []
+    public var snatPortRange: ClosedRange<UInt16> = 32768...65535
+    public var natMaxEntries: UInt32 = 524_288
+    public var socketPath = "/run/masq/masqd.sock"
+    public var socketGroup: String?
+    public var bpffsRoot = "/sys/fs/bpf/masq"
+    public var logLevel: Logger.Level = .info
+    public var attachMode: AttachMode = .auto
+
+    public init() {}
+
+    /// Builds the config from `file` settings overridden by `flags`. Every problem is reported
+    /// at once, each naming its key.
+    public init(file: [ConfigKey: RawSetting], flags: [ConfigKey: RawSetting]) throws(ConfigErrors) {
+        let settings = file.merging(flags) { _, flag in flag }
+        var errors: [ConfigError] = []
+        for (key, raw) in settings.sorted(by: { $0.key < $1.key }) {
+            do {
+                try apply(key, raw)
+            } catch {
+                errors.append(error)
+            }
+        }
+        if podCIDRs.isEmpty && !errors.contains(where: { $0.key == .podCIDRs }) {
+            errors.append(ConfigError(.podCIDRs, "is required: list the pod CIDRs whose traffic is masqueraded"))
+        }
+        if !errors.isEmpty { throw ConfigErrors(errors: errors) }
+    }
+
+    private mutating func apply(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) {
+        switch key {
+        case .enableIPv4Masquerade: enableIPv4Masquerade = try Self.bool(key, raw)
+        case .enableIPv6Masquerade: enableIPv6Masquerade = try Self.bool(key, raw)
+        case .ipv4NativeRoutingCIDR: ipv4NativeRoutingCIDR = try Self.optionalPrefix(key, raw, v4: true)
+        case .ipv6NativeRoutingCIDR: ipv6NativeRoutingCIDR = try Self.optionalPrefix(key, raw, v4: false)
+        case .podCIDRs: podCIDRs = try Self.prefixes(key, raw)
+        case .devices: devices = raw.items.map(DeviceSelector.init)
+        case .enableIPMasqAgent: enableIPMasqAgent = try Self.bool(key, raw)
+        case .ipMasqAgentConfigPath: ipMasqAgentConfigPath = try Self.path(key, raw)
+        case .nonMasqueradeCIDRs: nonMasqueradeCIDRs = try Self.prefixes(key, raw)
+        case .clusterNodeIPs: clusterNodeIPs = try Self.addresses(key, raw)
+        case .snatPortRange: snatPortRange = try Self.portRange(key, raw)
+        case .natMaxEntries: natMaxEntries = try Self.natEntries(key, raw)
+        case .socketPath: socketPath = try Self.path(key, raw)
+        case .socketGroup: socketGroup = try Self.scalar(key, raw)
+        case .bpffsRoot: bpffsRoot = try Self.path(key, raw)
+        case .logLevel: logLevel = try Self.choice(key, raw, Logger.Level.allCases.map(\.rawValue)) { Logger.Level(rawValue: $0) }
+        case .attachMode: attachMode = try Self.choice(key, raw, AttachMode.allCases.map(\.rawValue)) { AttachMode(rawValue: $0) }
+        }
+    }
+
+    // MARK: typed readers, one per kind of value
+
+    private static func scalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
+        guard case .scalar(let text) = raw else { throw ConfigError(key, "expects a single value, not a list") }
+        return text.trimmingSpaces
+    }
+
+    private static func bool(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Bool {
+        switch try scalar(key, raw).lowercased() {
+        case "true": return true
+        case "false": return false
+        case let other: throw ConfigError(key, "'\(other)' is not a boolean (true or false)")
+        }
+    }
+
+    private static func path(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
+        let text = try scalar(key, raw)
+        guard text.hasPrefix("/") else { throw ConfigError(key, "'\(text)' is not an absolute path") }
+        return text
+    }
+
+    private static func prefix(_ key: ConfigKey, _ text: String, at index: Int?) throws(ConfigError) -> IPPrefix {
+        do {
+            return try IPPrefix(text)
+        } catch {
+            throw ConfigError(key, index: index, error.description)
+        }
+    }
+
+    private static func prefixes(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> [IPPrefix] {
+        var result: [IPPrefix] = []
+        for (i, text) in raw.items.enumerated() {
+            result.append(try prefix(key, text, at: i))
+        }
+        return result
+    }
+
+    private static func optionalPrefix(_ key: ConfigKey, _ raw: RawSetting, v4: Bool) throws(ConfigError) -> IPPrefix? {
+        let text = try scalar(key, raw)
+        if text.isEmpty { return nil }
+        let p = try prefix(key, text, at: nil)
+        guard p.isIPv4 == v4 else { throw ConfigError(key, "'\(text)' is not an IPv\(v4 ? 4 : 6) CIDR") }
+        return p
+    }
+
+    private static func addresses(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> [IPAddress] {
+        var result: [IPAddress] = []
+        for (i, text) in raw.items.enumerated() {
+            guard let a = IPAddress(text) else { throw ConfigError(key, index: i, "'\(text)' is not an IP address") }
+            result.append(a)
+        }
+        return result
+    }
+
+    private static func portRange(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> ClosedRange<UInt16> {
+        let text = try scalar(key, raw)
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let low = UInt16(parts[0]), let high = UInt16(parts[1]) else {
+            throw ConfigError(key, "'\(text)' is not a port range (expected LOW-HIGH, e.g. 32768-65535)")
+        }
+        guard low >= 1, low <= high else {
+            throw ConfigError(key, "'\(text)' is empty or starts at port 0 (LOW must be 1 or more and at most HIGH)")
+        }
+        return low...high
+    }
+
+    private static func natEntries(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> UInt32 {
+        let text = try scalar(key, raw)
+        guard let n = UInt32(text), n >= 1024, n <= 1 << 26 else {
+            throw ConfigError(key, "'\(text)' is not a table size between 1024 and \(1 << 26)")
+        }
+        return n
+    }
+
+    private static func choice<T>(
+        _ key: ConfigKey, _ raw: RawSetting, _ names: [String], _ make: (String) -> T?
+    ) throws(ConfigError) -> T {
+        let text = try scalar(key, raw)
+        guard let value = make(text.lowercased()) else {
+            throw ConfigError(key, "'\(text)' is not one of \(names.joined(separator: ", "))")
+        }
+        return value
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+    }
+}

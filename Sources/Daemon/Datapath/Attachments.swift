@@ -1,0 +1,95 @@
+@preconcurrency import Glibc
+import CLibbpf
+import CMasq
+import Foundation
+
+/// A tc hook point of a device.
+enum HookDirection: String, CaseIterable, Sendable {
+    case ingress, egress
+
+    var isIngress: Int32 { self == .ingress ? 1 : 0 }
+}
+
+/// Attaching masq's programs to devices and taking them off again, by tcx link or tc filter.
+///
+/// tcx links are pinned under `<bpffs-root>/links/` so they outlive the daemon; a restarted
+/// daemon swaps its freshly loaded program into the existing link (atomic, no gap). tc filters
+/// live at a fixed handle and priority in the clsact qdisc and are replaced in place. Only
+/// masq's own filter is ever removed: the qdisc and other filters stay.
+struct Attachments {
+    /// tc filter handle and priority reserved for masq ("mq").
+    static let tcHandle: UInt32 = 0x6d71
+    static let tcPriority: UInt32 = 0x6d71
+
+    let root: String
+
+    var linksDir: String { root + "/links" }
+
+    func linkPin(ifindex: UInt32, _ direction: HookDirection) -> String {
+        "\(linksDir)/tcx_\(ifindex)_\(direction.rawValue)"
+    }
+
+    /// Whether this kernel has tcx, probed with the program that would be attached.
+    static func tcxSupported(progFD: Int32) -> Bool {
+        masq_tcx_supported(progFD) == 1
+    }
+
+    /// Attaches `progFD` at `direction` of `ifindex` by a pinned tcx link, reusing the link a
+    /// previous daemon pinned. Removes a tc filter of masq's left from a tc-mode run.
+    func attachTCX(progFD: Int32, ifindex: UInt32, _ direction: HookDirection, device: String) throws {
+        let pin = linkPin(ifindex: ifindex, direction)
+        let existing = bpf_obj_get(pin)
+        if existing >= 0 {
+            defer { close(existing) }
+            if bpf_link_update(existing, progFD, nil) == 0 {
+                detachTC(ifindex: ifindex, direction)
+                return
+            }
+            // The device went away under the link (ENOLINK) or the pin is stale: start over.
+            unlink(pin)
+        }
+        try FileManager.default.createDirectory(atPath: linksDir, withIntermediateDirectories: true)
+        let fd = masq_tcx_link_create(progFD, Int32(ifindex), direction.isIngress)
+        guard fd >= 0 else { throw BPFError("attach tcx \(direction.rawValue)", "device \(device)", errno: -fd) }
+        defer { close(fd) }
+        guard bpf_obj_pin(fd, pin) == 0 else {
+            throw BPFError("pin tcx link", pin, errno: errno)
+        }
+        detachTC(ifindex: ifindex, direction)
+    }
+
+    /// Attaches `progFD` by a tc clsact filter (replacing masq's previous one) and removes a
+    /// tcx link left from a tcx-mode run.
+    func attachTC(progFD: Int32, ifindex: UInt32, _ direction: HookDirection, device: String) throws {
+        var created: Int32 = 0
+        let err = masq_tc_attach(progFD, Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority, &created)
+        guard err == 0 else { throw BPFError("attach tc \(direction.rawValue)", "device \(device)", errno: -err) }
+        unlink(linkPin(ifindex: ifindex, direction))
+    }
+
+    /// Removes masq's tc filter, if any.
+    func detachTC(ifindex: UInt32, _ direction: HookDirection) {
+        var progID: UInt32 = 0
+        if masq_tc_query(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority, &progID) == 0 {
+            _ = masq_tc_detach(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority)
+        }
+    }
+
+    /// Takes masq's programs off `ifindex` in both directions, whichever way they were attached.
+    /// Unpinning a tcx link with no other holder destroys it, which detaches it.
+    func detachAll(ifindex: UInt32) {
+        for direction in HookDirection.allCases {
+            unlink(linkPin(ifindex: ifindex, direction))
+            detachTC(ifindex: ifindex, direction)
+        }
+    }
+
+    /// The ifindexes that have a pinned tcx link.
+    func pinnedLinkIfindexes() -> Set<UInt32> {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: linksDir)) ?? []
+        return Set(names.compactMap { name in
+            let parts = name.split(separator: "_")
+            return parts.count == 3 && parts[0] == "tcx" ? UInt32(parts[1]) : nil
+        })
+    }
+}

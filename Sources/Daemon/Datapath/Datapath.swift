@@ -1,0 +1,201 @@
+@preconcurrency import Glibc
+import API
+import CLibbpf
+import CMasq
+import Foundation
+import Logging
+
+/// How the programs are attached on this run.
+public enum AttachKind: String, Sendable {
+    case tcx, tc
+}
+
+/// Owns every libbpf handle of the running daemon: the loaded object, its pinned maps and the
+/// attachments. The one place that writes the datapath's config maps is `apply(_:)`.
+public actor Datapath {
+    public let root: String
+    public let mode: AttachKind
+    private let object: BPFObject
+    private let attachments: Attachments
+    private let logger: Logger
+
+    /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
+    /// pinned under `config.bpffsRoot` by an earlier run so that established flows keep their
+    /// state, and resolves the attach mode. Nothing is attached until `apply(_:)`.
+    public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, logger: Logger) throws {
+        root = config.bpffsRoot
+        self.logger = logger
+        if let mountPoint = try BPFFS.prepare(root: root) {
+            logger.notice("Mounted bpffs", metadata: ["bpffs.mount": "\(mountPoint)"])
+        }
+        setLibbpfLogger(logger)
+        object = try BPFObject(
+            bytes: objectBytes ?? EmbeddedDatapath.bytes,
+            pinRoot: root,
+            maxEntries: [MASQ_MAP_NAT_V4: config.natMaxEntries])
+        for name in object.replacedPins {
+            logger.warning("Pinned map did not match this datapath and was recreated; its entries are gone",
+                           metadata: ["map.name": "\(name)"])
+        }
+        attachments = Attachments(root: root)
+        let egress = try object.programFD(MASQ_PROG_EGRESS)
+        switch config.attachMode {
+        case .auto:
+            mode = Attachments.tcxSupported(progFD: egress) ? .tcx : .tc
+        case .tcx:
+            guard Attachments.tcxSupported(progFD: egress) else {
+                throw BPFError("attach-mode tcx", "this kernel (tcx needs Linux 6.6 or later)", errno: EOPNOTSUPP)
+            }
+            mode = .tcx
+        case .tc:
+            mode = .tc
+        }
+    }
+
+    /// What one `apply` changed, for the log.
+    public struct ApplyReport: Sendable, Equatable {
+        public var attached: [String] = []
+        public var detached: [UInt32] = []
+        public var cidrsAdded = 0
+        public var cidrsRemoved = 0
+    }
+
+    /// Brings the maps and attachments to `state`. Maps are written before programs are attached
+    /// so a program never runs on a device without its config; set-valued maps gain their new
+    /// elements before they lose old ones.
+    @discardableResult
+    public func apply(_ state: DesiredState) throws -> ApplyReport {
+        var report = ApplyReport()
+        try writeConfig(state)
+
+        let devicesMap = try object.map(MASQ_MAP_DEVICES)
+        for device in state.devices {
+            var value = masq_device()
+            if let v4 = device.snatV4 {
+                value.snat_v4 = v4.networkOrder
+                value.flags |= UInt32(MASQ_DEV_HAS_V4)
+            }
+            if let v6 = device.snatV6 {
+                withUnsafeMutableBytes(of: &value.snat_v6) { $0.copyBytes(from: v6.bytes) }
+                value.flags |= UInt32(MASQ_DEV_HAS_V6)
+            }
+            try devicesMap.update(device.ifindex, value)
+        }
+
+        for (name, desired) in [(MASQ_MAP_PODS_V4, state.podCIDRsV4), (MASQ_MAP_NONMASQ_V4, state.nonMasqueradeV4)] {
+            let diff = try syncPrefixesV4(name, desired)
+            report.cidrsAdded += diff.add.count
+            report.cidrsRemoved += diff.remove.count
+        }
+        try syncNodesV4(state.nodeIPsV4)
+
+        let egress = try object.programFD(MASQ_PROG_EGRESS)
+        let ingress = try object.programFD(MASQ_PROG_INGRESS)
+        for device in state.devices {
+            for (direction, fd) in [(HookDirection.ingress, ingress), (.egress, egress)] {
+                switch mode {
+                case .tcx:
+                    try attachments.attachTCX(progFD: fd, ifindex: device.ifindex, direction, device: device.name)
+                case .tc:
+                    try attachments.attachTC(progFD: fd, ifindex: device.ifindex, direction, device: device.name)
+                }
+            }
+            report.attached.append(device.name)
+        }
+
+        // Devices no longer in force: take the programs off, then forget their config.
+        let desired = Set(state.devices.map(\.ifindex))
+        let known = Set(try devicesMap.keys(as: UInt32.self)).union(attachments.pinnedLinkIfindexes())
+        for ifindex in known.subtracting(desired).sorted() {
+            attachments.detachAll(ifindex: ifindex)
+            try devicesMap.delete(ifindex)
+            report.detached.append(ifindex)
+        }
+        return report
+    }
+
+    private func writeConfig(_ state: DesiredState) throws {
+        var cfg = masq_config()
+        if state.ipv4Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV4_MASQ) }
+        if state.ipv6Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV6_MASQ) }
+        if state.nonMasqueradeEnabled { cfg.flags |= UInt32(MASQ_CFG_NONMASQ) }
+        cfg.port_min = state.portRange.lowerBound
+        cfg.port_max = state.portRange.upperBound
+        if let native = state.nativeRoutingV4, case .v4(let a) = native.address {
+            cfg.flags |= UInt32(MASQ_CFG_NATIVE_V4)
+            cfg.native_v4 = a.networkOrder
+            cfg.native_v4_len = UInt32(native.length)
+        }
+        if let native = state.nativeRoutingV6, case .v6(let a) = native.address {
+            cfg.flags |= UInt32(MASQ_CFG_NATIVE_V6)
+            withUnsafeMutableBytes(of: &cfg.native_v6) { $0.copyBytes(from: a.bytes) }
+            cfg.native_v6_len = UInt32(native.length)
+        }
+        try object.map(MASQ_MAP_CONFIG).update(UInt32(0), cfg)
+    }
+
+    private func syncPrefixesV4(_ name: String, _ desired: Set<IPPrefix>) throws -> SetDiff<IPPrefix> {
+        let map = try object.map(name)
+        let current = Set(try map.keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)))
+        let diff = SetDiff(current: current, desired: desired)
+        for prefix in diff.add {
+            try map.update(masq_lpm_v4(prefix), UInt8(MASQ_CIDR_PRESENT))
+        }
+        for prefix in diff.remove {
+            try map.delete(masq_lpm_v4(prefix))
+        }
+        return diff
+    }
+
+    private func syncNodesV4(_ desired: Set<IPv4Address>) throws {
+        let map = try object.map(MASQ_MAP_NODES_V4)
+        let current = Set(try map.keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
+        let diff = SetDiff(current: current, desired: desired)
+        for ip in diff.add { try map.update(ip.networkOrder, UInt8(MASQ_CIDR_PRESENT)) }
+        for ip in diff.remove { try map.delete(ip.networkOrder) }
+    }
+
+    /// A map of the loaded object, for readers (status, conntrack, tests).
+    public func map(_ name: String) throws -> BPFMap {
+        try object.map(name)
+    }
+
+    /// Takes the programs off every device masq attached to and removes everything pinned under
+    /// `root`. Works from the pins alone, so it needs no config beyond the root and no load.
+    public static func uninstall(root: String, logger: Logger) throws {
+        guard FileManager.default.fileExists(atPath: root) else {
+            logger.info("Nothing installed", metadata: ["bpffs.root": "\(root)"])
+            return
+        }
+        let attachments = Attachments(root: root)
+        var ifindexes = attachments.pinnedLinkIfindexes()
+        let devicesFD = bpf_obj_get(root + "/" + MASQ_MAP_DEVICES)
+        if devicesFD >= 0 {
+            defer { close(devicesFD) }
+            let devices = BPFMap(name: MASQ_MAP_DEVICES, fd: devicesFD, maxEntries: 0)
+            ifindexes.formUnion(try devices.keys(as: UInt32.self))
+        }
+        for ifindex in ifindexes.sorted() {
+            attachments.detachAll(ifindex: ifindex)
+            logger.info("Detached", metadata: ["device.ifindex": "\(ifindex)"])
+        }
+        // Only masq's pins live under the root: links/ and the maps.
+        try FileManager.default.removeItem(atPath: root)
+        logger.info("Removed pinned state", metadata: ["bpffs.root": "\(root)"])
+    }
+}
+
+extension IPPrefix {
+    init(lpm: masq_lpm_v4) {
+        self.init(unchecked: .v4(IPv4Address(networkOrder: lpm.addr)), length: Int(lpm.prefixlen))
+    }
+}
+
+extension masq_lpm_v4 {
+    /// The LPM key of an IPv4 prefix (callers pass IPv4 prefixes only).
+    init(_ prefix: IPPrefix) {
+        self.init()
+        prefixlen = UInt32(prefix.length)
+        if case .v4(let a) = prefix.address { addr = a.networkOrder }
+    }
+}

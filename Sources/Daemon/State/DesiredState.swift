@@ -1,0 +1,96 @@
+import API
+
+/// What the datapath should hold: the one input of the reconciler. A pure function of the
+/// config and the network snapshot, so it is computed and compared without touching the kernel.
+public struct DesiredState: Equatable, Sendable {
+    /// A masquerading device with the addresses its flows leave with.
+    public struct Device: Equatable, Sendable {
+        public var name: String
+        public var ifindex: UInt32
+        public var snatV4: IPv4Address?
+        public var snatV6: IPv6Address?
+    }
+
+    public var ipv4Enabled: Bool
+    public var ipv6Enabled: Bool
+    /// Whether the non-masquerade list applies (exclusion 2).
+    public var nonMasqueradeEnabled: Bool
+    public var nativeRoutingV4: IPPrefix?
+    public var nativeRoutingV6: IPPrefix?
+    public var portRange: ClosedRange<UInt16>
+    /// Devices that run the programs, ordered by name.
+    public var devices: [Device]
+    /// Devices the config asks for that are not in force, with the reason.
+    public var skippedDevices: [String: String]
+    public var podCIDRsV4: Set<IPPrefix>
+    public var podCIDRsV6: Set<IPPrefix>
+    public var nonMasqueradeV4: Set<IPPrefix>
+    public var nonMasqueradeV6: Set<IPPrefix>
+    public var nodeIPsV4: Set<IPv4Address>
+    public var nodeIPsV6: Set<IPv6Address>
+
+    public init(config: DaemonConfig, network: NetworkSnapshot) {
+        ipv4Enabled = config.enableIPv4Masquerade
+        ipv6Enabled = config.enableIPv6Masquerade
+        nativeRoutingV4 = config.ipv4NativeRoutingCIDR
+        nativeRoutingV6 = config.ipv6NativeRoutingCIDR
+        portRange = config.snatPortRange
+        podCIDRsV4 = Set(config.podCIDRs.filter(\.isIPv4))
+        podCIDRsV6 = Set(config.podCIDRs.filter { !$0.isIPv4 })
+        nonMasqueradeV4 = Set(config.nonMasqueradeCIDRs.filter(\.isIPv4))
+        nonMasqueradeV6 = Set(config.nonMasqueradeCIDRs.filter { !$0.isIPv4 })
+        nonMasqueradeEnabled = config.enableIPMasqAgent || !config.nonMasqueradeCIDRs.isEmpty
+        nodeIPsV4 = []
+        nodeIPsV6 = []
+        for ip in config.clusterNodeIPs {
+            switch ip {
+            case .v4(let a): nodeIPsV4.insert(a)
+            case .v6(let a): nodeIPsV6.insert(a)
+            }
+        }
+        (devices, skippedDevices) = Self.selectDevices(config: config, network: network)
+    }
+
+    /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
+    /// those that carry a default route. Each gets its primary address per enabled family;
+    /// a device with no usable address is skipped with the reason, never given a stale one.
+    static func selectDevices(config: DaemonConfig, network: NetworkSnapshot) -> ([Device], [String: String]) {
+        var chosen: [NetworkSnapshot.Link]
+        var skipped: [String: String] = [:]
+        if config.devices.isEmpty {
+            chosen = network.links.filter { network.defaultRouteDevices.contains($0.name) && !$0.isLoopback }
+        } else {
+            chosen = network.links.filter { link in
+                !link.isLoopback && config.devices.contains { $0.matches(link.name) }
+            }
+            for selector in config.devices where !selector.isPrefix && !chosen.contains(where: { $0.name == selector.name }) {
+                skipped[selector.name] = "no such device"
+            }
+        }
+        var devices: [Device] = []
+        for link in chosen.sorted(by: { $0.name < $1.name }) {
+            let v4 = config.enableIPv4Masquerade ? link.ipv4.first : nil
+            let v6 = config.enableIPv6Masquerade ? link.ipv6.first : nil
+            if v4 == nil && v6 == nil {
+                skipped[link.name] = "no usable address for an enabled family"
+                continue
+            }
+            devices.append(Device(name: link.name, ifindex: link.index, snatV4: v4, snatV6: v6))
+        }
+        return (devices, skipped)
+    }
+}
+
+/// What a set-valued map must gain and lose to reach the desired set. Additions are applied
+/// before removals, so an element in both old and new sets is never absent.
+public struct SetDiff<Element: Hashable>: Equatable {
+    public var add: [Element]
+    public var remove: [Element]
+
+    public init(current: Set<Element>, desired: Set<Element>) {
+        add = Array(desired.subtracting(current))
+        remove = Array(current.subtracting(desired))
+    }
+
+    public var isEmpty: Bool { add.isEmpty && remove.isEmpty }
+}
