@@ -2,7 +2,6 @@
 import ArgumentParser
 import Foundation
 import Logging
-import ServiceLifecycle
 
 extension MasqdCommand {
     /// `masqd run`: load the datapath, attach it, keep it reconciled until SIGTERM.
@@ -109,15 +108,8 @@ extension MasqdCommand {
                 objectBytes = [UInt8](data)
             }
             let logger = makeLogger(level: config.logLevel)
-            let group = ServiceGroup(
-                configuration: .init(
-                    services: [.init(service: DatapathService(config: config, objectBytes: objectBytes, logger: logger))],
-                    gracefulShutdownSignals: [.sigterm, .sigint],
-                    logger: logger
-                )
-            )
             do {
-                try await group.run()
+                try await MasqDaemon.run(config: config, objectBytes: objectBytes, logger: logger)
             } catch {
                 logger.error("masqd stopped on an error", metadata: ["error": "\(error)"])
                 throw ExitCode(1)

@@ -1,7 +1,7 @@
 import API
 
 /// What the datapath should hold: the one input of the reconciler. A pure function of the
-/// config and the network snapshot, so it is computed and compared without touching the kernel.
+/// reconcile inputs, so it is computed and compared without touching the kernel.
 public struct DesiredState: Equatable, Sendable {
     /// A masquerading device with the addresses its flows leave with.
     public struct Device: Equatable, Sendable {
@@ -29,7 +29,9 @@ public struct DesiredState: Equatable, Sendable {
     public var nodeIPsV4: Set<IPv4Address>
     public var nodeIPsV6: Set<IPv6Address>
 
-    public init(config: DaemonConfig, network: NetworkSnapshot) {
+    public init(_ inputs: ReconcileInputs) {
+        let config = inputs.config
+        let nonMasquerade = inputs.nonMasquerade?.cidrs ?? config.nonMasqueradeCIDRs
         ipv4Enabled = config.enableIPv4Masquerade
         ipv6Enabled = config.enableIPv6Masquerade
         nativeRoutingV4 = config.ipv4NativeRoutingCIDR
@@ -37,9 +39,9 @@ public struct DesiredState: Equatable, Sendable {
         portRange = config.snatPortRange
         podCIDRsV4 = Set(config.podCIDRs.filter(\.isIPv4))
         podCIDRsV6 = Set(config.podCIDRs.filter { !$0.isIPv4 })
-        nonMasqueradeV4 = Set(config.nonMasqueradeCIDRs.filter(\.isIPv4))
-        nonMasqueradeV6 = Set(config.nonMasqueradeCIDRs.filter { !$0.isIPv4 })
-        nonMasqueradeEnabled = config.enableIPMasqAgent || !config.nonMasqueradeCIDRs.isEmpty
+        nonMasqueradeV4 = Set(nonMasquerade.filter(\.isIPv4))
+        nonMasqueradeV6 = Set(nonMasquerade.filter { !$0.isIPv4 })
+        nonMasqueradeEnabled = config.enableIPMasqAgent || !nonMasquerade.isEmpty
         nodeIPsV4 = []
         nodeIPsV6 = []
         for ip in config.clusterNodeIPs {
@@ -48,7 +50,7 @@ public struct DesiredState: Equatable, Sendable {
             case .v6(let a): nodeIPsV6.insert(a)
             }
         }
-        (devices, skippedDevices) = Self.selectDevices(config: config, network: network)
+        (devices, skippedDevices) = Self.selectDevices(config: config, network: inputs.network)
     }
 
     /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
