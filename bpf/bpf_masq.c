@@ -1,21 +1,48 @@
-/* placeholder, replaced by the datapath */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* bpf_masq.c: masq's tc entry programs. masq_egress masquerades what leaves a masquerading
+ * device, masq_ingress translates the replies back. The logic lives in lib/. */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
-#include "masq_abi.h"
+#include <bpf/bpf_endian.h>
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct masq_config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} masq_config SEC(".maps");
+#include "masq.h"
 
 SEC("tc")
-int masq_egress(struct __sk_buff *skb) { return TC_ACT_OK; }
+int masq_egress(struct __sk_buff *skb)
+{
+	int ret;
+
+	switch (skb->protocol) {
+	case bpf_htons(ETH_P_IP):
+		ret = masq_v4_egress(skb, ETH_HLEN);
+		break;
+	/* case bpf_htons(ETH_P_IPV6): masq_v6_egress(), with the IPv6 datapath. */
+	default:
+		return TC_ACT_OK;
+	}
+	if (IS_ERR(ret))
+		return drop_count(-ret);
+	return TC_ACT_OK;
+}
 
 SEC("tc")
-int masq_ingress(struct __sk_buff *skb) { return TC_ACT_OK; }
+int masq_ingress(struct __sk_buff *skb)
+{
+	int ret;
+
+	switch (skb->protocol) {
+	case bpf_htons(ETH_P_IP):
+		ret = masq_v4_ingress(skb, ETH_HLEN);
+		break;
+	/* case bpf_htons(ETH_P_IPV6): masq_v6_ingress(), with the IPv6 datapath. */
+	default:
+		return TC_ACT_OK;
+	}
+	if (IS_ERR(ret))
+		return drop_count(-ret);
+	return TC_ACT_OK;
+}
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -93,7 +93,10 @@ _Static_assert(sizeof(struct masq_lpm_v6) == 20, "masq_lpm_v6 size");
  *                value.to_addr/to_port = the pod address and port to restore.
  * The node's own flows (source = SNAT address) are pairs too, flagged MASQ_NAT_F_HOST, so a
  * pod flow never takes a tuple a host socket uses. A flow that came in to a pod is one EGRESS
- * entry flagged MASQ_NAT_F_INBOUND: its replies leave untranslated (exclusion 4).
+ * entry flagged MASQ_NAT_F_INBOUND: its replies leave untranslated (exclusion 4); packets
+ * of either direction refresh its last_seen and seen, its counters count the pod's replies.
+ * Deleting a pair (GC, flush): delete the EGRESS entry first; an egress packet re-creates a
+ * missing INGRESS entry of a live EGRESS entry (MASQ_STAT_REVERSE_RESTORED).
  * For ICMP echo, sport is the echo id and dport is 0 (EGRESS); the INGRESS key has sport 0 and
  * dport the translated id.
  */
@@ -146,6 +149,8 @@ _Static_assert(sizeof(struct masq_nat_entry_v4) == 48, "masq_nat_entry_v4 size")
 #define MASQ_STAT_ALLOC_FAIL        5 /* no free port found */
 #define MASQ_STAT_HOST_FLOWS        6 /* node-owned flows tracked */
 #define MASQ_STAT_INBOUND_FLOWS     7 /* flows that came in to a pod tracked */
+#define MASQ_STAT_ALLOC_SCANS       8 /* new mappings that needed the exhaustive port scan */
+#define MASQ_STAT_REVERSE_RESTORED  9 /* INGRESS entries re-created after LRU eviction */
 #define MASQ_STAT_MAX               16
 
 #endif /* MASQ_ABI_H */

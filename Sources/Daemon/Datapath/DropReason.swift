@@ -1,0 +1,48 @@
+/// Why the datapath dropped a packet: the Swift mirror of `bpf/lib/drop_reasons.h`.
+///
+/// The raw value is the number the datapath counts under in `masq_drops`; it never changes.
+/// `label` names the reason in `/metrics`, `summary` explains it in status. A test parses the
+/// C header and fails when this enum drifts from it.
+public enum DropReason: UInt32, CaseIterable, Sendable {
+    case invalidIPv4 = 130
+    case invalidL4 = 131
+    case natPortsExhausted = 132
+    case natInsertFailed = 133
+    case checksumL3 = 134
+    case checksumL4 = 135
+    case writeFailed = 136
+
+    /// The stable snake_case name used as the `reason` label in `/metrics` (the C name
+    /// without `DROP_`, lowercased).
+    public var label: String {
+        switch self {
+        case .invalidIPv4: "invalid_ipv4"
+        case .invalidL4: "invalid_l4"
+        case .natPortsExhausted: "nat_ports_exhausted"
+        case .natInsertFailed: "nat_insert_failed"
+        case .checksumL3: "csum_l3"
+        case .checksumL4: "csum_l4"
+        case .writeFailed: "write_failed"
+        }
+    }
+
+    /// One sentence for status output.
+    public var summary: String {
+        switch self {
+        case .invalidIPv4:
+            "The IPv4 header was shorter than 20 bytes, had ihl below 5, or its lengths did not fit the packet."
+        case .invalidL4:
+            "The TCP, UDP or ICMP header was cut short on a packet that needed translating."
+        case .natPortsExhausted:
+            "No source port was free for the SNAT address, remote address, remote port and protocol."
+        case .natInsertFailed:
+            "The NAT table refused a new mapping."
+        case .checksumL3:
+            "Updating the IPv4 header checksum failed."
+        case .checksumL4:
+            "Updating the TCP, UDP or ICMP checksum failed."
+        case .writeFailed:
+            "Writing a rewritten address or port into the packet failed."
+        }
+    }
+}

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: every BTF-defined map of the datapath; names, keys and values as in masq_abi.h. */
+#ifndef MASQ_MAPS_H
+#define MASQ_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "masq_abi.h"
+
+/* All maps are pinned by name under masqd's bpffs-root, so state survives a daemon restart and
+ * the pin, bpftool and the Swift constant (MASQ_MAP_*) show the same name. */
+
+/* Key 0: the daemon's switches, snat-port-range and native-routing CIDRs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct masq_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_config SEC(".maps");
+
+/* One masquerading device: key its ifindex, value its SNAT addresses. A device without an
+ * entry is not masquerading and its traffic passes untouched. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MASQ_DEVICES_MAX_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct masq_device);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_devices SEC(".maps");
+
+/* One direction of a tracked IPv4 flow: EGRESS (original tuple -> SNAT address and port) or
+ * INGRESS (reply tuple -> pod address and port). See masq_abi.h for the pairs. LRU, so a full
+ * table evicts the least recently used flows; masqd resizes it (nat-max-entries) before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_NAT_MAX_ENTRIES);
+	__type(key, struct masq_nat_key_v4);
+	__type(value, struct masq_nat_entry_v4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_nat_v4 SEC(".maps");
+
+/* One pod CIDR (pod-cidrs): sources inside are masqueraded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MASQ_CIDR_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct masq_lpm_v4);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_pods_v4 SEC(".maps");
+
+/* One ip-masq-agent non-masquerade CIDR: destinations inside are not masqueraded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MASQ_CIDR_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct masq_lpm_v4);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_nonmasq_v4 SEC(".maps");
+
+/* One cluster node address (cluster-node-ips, network order): traffic to it is not masqueraded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MASQ_NODES_MAX_ENTRIES);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_nodes_v4 SEC(".maps");
+
+/* Per-CPU count of packets dropped for one reason; index DROP_* (drop_reasons.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MASQ_DROPS_MAX_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_drops SEC(".maps");
+
+/* Per-CPU datapath counter; index MASQ_STAT_* (masq_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MASQ_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_stats SEC(".maps");
+
+/* IPv6 (masq_nat_v6, masq_pods_v6, masq_nonmasq_v6, masq_nodes_v6) goes here, same shapes. */
+
+#endif /* MASQ_MAPS_H */

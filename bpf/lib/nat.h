@@ -1,0 +1,403 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* nat.h: IPv4 source NAT: which packets are masqueraded, port allocation, mapping pairs and
+ * the rewrite in each direction. */
+#ifndef MASQ_NAT_H
+#define MASQ_NAT_H
+
+#include "conntrack.h"
+#include "csum.h"
+#include "stats.h"
+
+/* Naming: snat_v4_nat* is egress (source rewrite), snat_v4_rev_nat* ingress (the reply back);
+ * __snat_v4_* are internals. A snat_v6_* set of the same shape goes beside this one. */
+
+/* Whether addr is inside a pod CIDR (masq_pods_v4). */
+static __always_inline bool snat_v4_is_pod(__be32 addr)
+{
+	struct masq_lpm_v4 key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&masq_pods_v4, &key) != NULL;
+}
+
+/* snat_v4_nat_can_skip: whether a pod's packet to daddr keeps its source, by the SPEC's
+ * exclusions 1 to 3 (4 needs the flow, see snat_v4_nat). */
+static __always_inline bool snat_v4_nat_can_skip(const struct masq_config *cfg, __be32 daddr)
+{
+	struct masq_lpm_v4 key = { .prefixlen = 32, .addr = daddr };
+	__u32 len = cfg->native_v4_len;
+	__be32 mask;
+
+	/* 1. The destination is inside the native-routing CIDR, or, when none is set, inside the
+	 *    pod CIDRs: pod-to-pod traffic is routed as it is. */
+	if (cfg->flags & MASQ_CFG_NATIVE_V4) {
+		mask = len ? bpf_htonl(0xffffffffU << (32 - (len > 32 ? 32 : len))) : 0;
+		if ((daddr & mask) == (cfg->native_v4 & mask))
+			return true;
+	} else if (bpf_map_lookup_elem(&masq_pods_v4, &key)) {
+		return true;
+	}
+	/* 2. The destination is in the ip-masq-agent non-masquerade list (when it is enabled). */
+	if ((cfg->flags & MASQ_CFG_NONMASQ) && bpf_map_lookup_elem(&masq_nonmasq_v4, &key))
+		return true;
+	/* 3. The destination is another cluster node. */
+	if (bpf_map_lookup_elem(&masq_nodes_v4, &daddr))
+		return true;
+	return false;
+}
+
+/* snat-port-range from masq_config, host order; the default when the config holds none. */
+static __always_inline void snat_v4_port_range(const struct masq_config *cfg, __u32 *min, __u32 *max)
+{
+	*min = cfg->port_min;
+	*max = cfg->port_max;
+	if (!*min || *max < *min) {
+		*min = SNAT_PORT_MIN_DEFAULT;
+		*max = SNAT_PORT_MAX_DEFAULT;
+	}
+}
+
+/* Port allocation state for one new flow, on the stack (bpf_loop's callback reaches it). */
+struct snat_v4_alloc {
+	struct masq_nat_key_v4 rkey;   /* the reverse (INGRESS) key; dport is the candidate */
+	struct masq_nat_entry_v4 rval; /* the reverse value: the flow's own address and port */
+	__u32 port_min;                /* snat-port-range, host order */
+	__u32 range;                   /* ports in snat-port-range, 1-65535 */
+	__u32 start;                   /* where the exhaustive scan starts, 0..range-1 */
+	__u32 tries;                   /* candidates tried so far */
+	__be16 port;                   /* the claimed port, network order */
+	__u8 created;                  /* this flow wrote the reverse entry (else it reuses one) */
+	__u8 found;
+};
+
+/* __snat_v4_claim: claims the reply tuple a->rkey with dport = port for the flow a->rval
+ * describes. Free means no INGRESS entry holds it; one that already maps back to this flow's
+ * own address and port is this flow's (its EGRESS entry was evicted) and is reused.
+ * Returns MASQ_OK or NAT_PORT_TAKEN. */
+static __always_inline int __snat_v4_claim(struct snat_v4_alloc *a, __be16 port)
+{
+	struct masq_nat_entry_v4 *held;
+
+	a->rkey.dport = port;
+	a->tries++;
+	/* Look before writing: an LRU insert takes a free node (possibly evicting a live flow)
+	 * before it notices the key exists, so a taken port must not be probed by writing. */
+	held = bpf_map_lookup_elem(&masq_nat_v4, &a->rkey);
+	if (held) {
+		if (held->to_addr != a->rval.to_addr || held->to_port != a->rval.to_port)
+			return NAT_PORT_TAKEN;
+		a->created = 0;
+	} else {
+		/* BPF_NOEXIST makes the claim atomic: of two CPUs racing for one port, one wins
+		 * and the other goes on to its next candidate. */
+		if (bpf_map_update_elem(&masq_nat_v4, &a->rkey, &a->rval, BPF_NOEXIST) < 0)
+			return NAT_PORT_TAKEN;
+		a->created = 1;
+	}
+	a->port = port;
+	return MASQ_OK;
+}
+
+/* bpf_loop callback: candidate i. The first SNAT_PORT_PROBES are random; the rest scan the
+ * whole range once from a random start, so a free port is always found. Returns 1 to stop. */
+static long snat_v4_port_probe(__u32 i, void *ctx)
+{
+	struct snat_v4_alloc *a = ctx;
+	__u32 off;
+
+	if (i < SNAT_PORT_PROBES)
+		off = bpf_get_prandom_u32() % a->range;
+	else
+		off = (a->start + i - SNAT_PORT_PROBES) % a->range;
+	if (__snat_v4_claim(a, bpf_htons(a->port_min + off)) != MASQ_OK)
+		return 0;
+	a->found = 1;
+	return 1;
+}
+
+/* snat_v4_new_mapping: creates the pair of a new flow `tuple` (its EGRESS key) leaving with
+ * address to_addr. The port: the original one when it is free and the flow may keep it (a
+ * host flow always may, a pod flow when it is inside snat-port-range), else a free one from
+ * the range. The reverse entry is written first (the atomic claim), then the forward one; the
+ * reverse is rolled back when the forward insert fails.
+ * Fills *state with the EGRESS entry. Returns MASQ_OK, -DROP_NAT_PORTS_EXHAUSTED or
+ * -DROP_NAT_INSERT_FAILED. */
+static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
+					       const struct masq_nat_key_v4 *tuple,
+					       const struct masq_config *cfg, __be32 to_addr,
+					       __u8 flags, struct masq_nat_entry_v4 **state)
+{
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u32 sport = bpf_ntohs(tuple->sport);
+	struct masq_nat_entry_v4 fval;
+	struct snat_v4_alloc a = {};
+	__u32 port_min, port_max;
+	bool kept = false;
+
+	snat_v4_port_range(cfg, &port_min, &port_max);
+	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &a.rkey);
+	a.rkey.daddr = to_addr;
+	ct_entry_init4(&a.rval, tuple->saddr, tuple->sport, flags, skb->ifindex, now);
+	a.port_min = port_min;
+	a.range = port_max - port_min + 1;
+	a.start = bpf_get_prandom_u32() % a.range;
+
+	if ((flags & MASQ_NAT_F_HOST) || (sport >= port_min && sport <= port_max))
+		kept = __snat_v4_claim(&a, tuple->sport) == MASQ_OK;
+	if (!kept) {
+		bpf_loop(SNAT_PORT_PROBES + a.range, snat_v4_port_probe, &a, 0);
+		if (a.tries > SNAT_PORT_PROBES + 1)
+			stat_inc(MASQ_STAT_ALLOC_SCANS);
+		if (!a.found) {
+			stat_inc(MASQ_STAT_ALLOC_FAIL);
+			return -DROP_NAT_PORTS_EXHAUSTED;
+		}
+	}
+	if (a.tries > 1)
+		stat_add(MASQ_STAT_ALLOC_RETRIES, a.tries - 1);
+
+	ct_entry_init4(&fval, to_addr, a.port, flags, skb->ifindex, now);
+	if (bpf_map_update_elem(&masq_nat_v4, tuple, &fval, BPF_NOEXIST) < 0) {
+		/* Another CPU created this flow first (or the table refused). Use the winner's
+		 * entry; our reverse goes unless the winner holds the same port (then it is
+		 * shared, both CPUs having claimed the same reply tuple for the same flow). */
+		*state = ct_lookup4(tuple);
+		if (a.created && !(*state && (*state)->to_addr == to_addr && (*state)->to_port == a.port))
+			bpf_map_delete_elem(&masq_nat_v4, &a.rkey);
+		return *state ? MASQ_OK : -DROP_NAT_INSERT_FAILED;
+	}
+	*state = ct_lookup4(tuple);
+	if (!*state)
+		return -DROP_NAT_INSERT_FAILED; /* evicted at once: the table is thrashing */
+
+	stat_inc(MASQ_STAT_ALLOC_OK);
+	if (kept)
+		stat_inc(MASQ_STAT_ALLOC_KEPT_PORT);
+	return MASQ_OK;
+}
+
+/* snat_v4_restore_reverse: makes sure the INGRESS entry of an established pair exists. The
+ * LRU evicts entries one at a time, so the reverse of a flow that only sends can age out while
+ * its forward lives on: replies would pass untranslated and another flow could claim the
+ * port. Looking it up on every packet also keeps it recent in the LRU, so this rarely writes. */
+static __always_inline void snat_v4_restore_reverse(const struct masq_nat_key_v4 *tuple,
+						    const struct masq_nat_entry_v4 *state)
+{
+	struct masq_nat_entry_v4 rval;
+	struct masq_nat_key_v4 rkey;
+
+	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &rkey);
+	rkey.daddr = state->to_addr;
+	rkey.dport = state->to_port;
+	if (ct_lookup4(&rkey))
+		return;
+	ct_entry_init4(&rval, tuple->saddr, tuple->sport, state->flags, state->ifindex,
+		       bpf_ktime_get_boot_ns());
+	rval.created = state->created;
+	/* BPF_NOEXIST: should another flow have claimed the tuple meanwhile, it keeps it. */
+	if (bpf_map_update_elem(&masq_nat_v4, &rkey, &rval, BPF_NOEXIST) == 0)
+		stat_inc(MASQ_STAT_REVERSE_RESTORED);
+}
+
+/* __snat_v4_rewrite: replaces the address at IPv4 offset addr_off and the port at L4 offset
+ * port_off, each only when it changes, checksums first. Returns MASQ_OK or -DROP_*. */
+static __always_inline int __snat_v4_rewrite(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+					     __u32 addr_off, __be32 old_addr, __be32 new_addr,
+					     __u32 port_off, __be16 old_port, __be16 new_port)
+{
+	int ret;
+
+	if (old_addr != new_addr) {
+		ret = csum_v4_addr_replace(skb, pkt, old_addr, new_addr);
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, pkt->l3_off + addr_off, &new_addr, sizeof(new_addr), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	if (old_port != new_port) {
+		ret = csum_l4_port_replace(skb, pkt, old_port, new_port);
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, pkt->l4_off + port_off, &new_port, sizeof(new_port), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	return MASQ_OK;
+}
+
+/* Egress: source address and port (ICMP: echo id) become the entry's SNAT address and port. */
+static __always_inline int snat_v4_rewrite_egress(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+						  const struct masq_nat_key_v4 *tuple,
+						  const struct masq_nat_entry_v4 *state)
+{
+	__u32 port_off = pkt->proto == IPPROTO_ICMP ? ICMP_OFF_ECHO_ID : L4_OFF_SPORT;
+
+	return __snat_v4_rewrite(skb, pkt, IPV4_OFF_SADDR, tuple->saddr, state->to_addr,
+				 port_off, tuple->sport, state->to_port);
+}
+
+/* Ingress: destination address and port (ICMP: echo id) become the pod's again. */
+static __always_inline int snat_v4_rewrite_ingress(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+						   const struct masq_nat_key_v4 *tuple,
+						   const struct masq_nat_entry_v4 *state)
+{
+	__u32 port_off = pkt->proto == IPPROTO_ICMP ? ICMP_OFF_ECHO_ID : L4_OFF_DPORT;
+
+	return __snat_v4_rewrite(skb, pkt, IPV4_OFF_DADDR, tuple->daddr, state->to_addr,
+				 port_off, tuple->dport, state->to_port);
+}
+
+/* snat_v4_nat: masquerades a packet from a pod address leaving through dev: exclusions, then
+ * the flow's EGRESS entry (created on its first packet), then the source rewrite.
+ * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (excluded, or nothing to translate by) or
+ * a negative DROP_* reason. */
+static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+				       const struct masq_config *cfg, const struct masq_device *dev)
+{
+	struct masq_nat_entry_v4 *state;
+	struct masq_nat_key_v4 tuple;
+	struct ct_l4_info l4;
+	int ret;
+
+	if (snat_v4_nat_can_skip(cfg, pkt->daddr))
+		return NAT_PUNT_TO_STACK;
+
+	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
+	if (ret != MASQ_OK)
+		return ret;
+
+	state = ct_lookup4(&tuple);
+	if (state && (state->flags & MASQ_NAT_F_INBOUND)) {
+		/* 4. The packet is a reply of a connection that came in to the pod. */
+		ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY));
+		return NAT_PUNT_TO_STACK;
+	}
+	if (state) {
+		snat_v4_restore_reverse(&tuple, state);
+	} else {
+		/* An echo reply whose request we never saw opens nothing: it passes as it is. */
+		if (ct_is_icmp_echo_reply(&tuple, &l4))
+			return NAT_PUNT_TO_STACK;
+		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, 0, &state);
+		if (ret != MASQ_OK)
+			return ret;
+	}
+	ct_update4(state, pkt->l3_len, ct_seen4(&l4, 0));
+
+	ret = snat_v4_rewrite_egress(skb, pkt, &tuple, state);
+	if (ret != MASQ_OK)
+		return ret;
+	stat_inc(MASQ_STAT_SNAT_PACKETS);
+	return MASQ_OK;
+}
+
+/* snat_v4_nat_track_host: tracks a packet of the node's own flow (source = dev's SNAT address)
+ * as a MASQ_NAT_F_HOST pair, so that no pod mapping takes a reply tuple a host socket uses.
+ * The pair is the identity when that tuple is free; when a pod mapping holds it already, the
+ * host flow gets another port the way a pod flow does, and is translated.
+ * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (identity) or a negative DROP_* reason. */
+static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+						  const struct masq_config *cfg,
+						  const struct masq_device *dev)
+{
+	struct masq_nat_entry_v4 *state;
+	struct masq_nat_key_v4 tuple;
+	struct ct_l4_info l4;
+	int ret;
+
+	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
+	if (ret != MASQ_OK)
+		return ret;
+
+	state = ct_lookup4(&tuple);
+	if (state) {
+		snat_v4_restore_reverse(&tuple, state);
+	} else {
+		/* The node answering a ping holds no echo id of its own. */
+		if (ct_is_icmp_echo_reply(&tuple, &l4))
+			return NAT_PUNT_TO_STACK;
+		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, MASQ_NAT_F_HOST, &state);
+		if (ret != MASQ_OK)
+			return ret;
+		stat_inc(MASQ_STAT_HOST_FLOWS);
+	}
+	ct_update4(state, pkt->l3_len, ct_seen4(&l4, 0));
+
+	if (state->to_addr == tuple.saddr && state->to_port == tuple.sport)
+		return NAT_PUNT_TO_STACK;
+	ret = snat_v4_rewrite_egress(skb, pkt, &tuple, state);
+	if (ret != MASQ_OK)
+		return ret;
+	stat_inc(MASQ_STAT_SNAT_PACKETS);
+	return MASQ_OK;
+}
+
+/* snat_v4_rev_nat: translates back a packet arriving for dev's SNAT address that matches an
+ * INGRESS entry: destination address and port become the pod's (an identity host pair is
+ * only counted). Returns MASQ_OK (translated), NAT_PUNT_TO_STACK or a negative DROP_* reason. */
+static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct ipv4_pkt *pkt)
+{
+	struct masq_nat_entry_v4 *state;
+	struct masq_nat_key_v4 tuple;
+	struct ct_l4_info l4;
+	int ret;
+
+	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_INGRESS, &tuple, &l4);
+	if (ret != MASQ_OK)
+		return ret;
+	/* Only replies go back: an echo request to the node is the node's to answer. */
+	if (tuple.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHOREPLY)
+		return NAT_PUNT_TO_STACK;
+
+	state = ct_lookup4(&tuple);
+	if (!state)
+		return NAT_PUNT_TO_STACK;
+	ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY));
+
+	if (state->to_addr == tuple.daddr && state->to_port == tuple.dport)
+		return NAT_PUNT_TO_STACK;
+	ret = snat_v4_rewrite_ingress(skb, pkt, &tuple, state);
+	if (ret != MASQ_OK)
+		return ret;
+	stat_inc(MASQ_STAT_REVSNAT_PACKETS);
+	return MASQ_OK;
+}
+
+/* snat_v4_rev_nat_track_inbound: a packet arriving for a pod address (native routing) that
+ * opens a flow creates the EGRESS entry flagged MASQ_NAT_F_INBOUND that keeps the pod's
+ * replies untranslated (exclusion 4). Flows whose replies exclusions 1-3 skip anyway are not
+ * tracked, to spare the table. Always returns NAT_PUNT_TO_STACK, or -DROP_INVALID_L4. */
+static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
+							 const struct ipv4_pkt *pkt,
+							 const struct masq_config *cfg)
+{
+	struct masq_nat_entry_v4 *state, entry;
+	struct masq_nat_key_v4 tuple, key;
+	struct ct_l4_info l4;
+	int ret;
+
+	if (snat_v4_nat_can_skip(cfg, pkt->saddr))
+		return NAT_PUNT_TO_STACK;
+
+	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_INGRESS, &tuple, &l4);
+	if (ret != MASQ_OK)
+		return ret;
+
+	ct_reverse_tuple4(&tuple, MASQ_DIR_EGRESS, &key);
+	state = ct_lookup4(&key);
+	if (state) {
+		/* An inbound entry stands for the whole flow: this side keeps it alive too. */
+		if (state->flags & MASQ_NAT_F_INBOUND)
+			ct_refresh4(state, ct_seen4(&l4, 0));
+		return NAT_PUNT_TO_STACK;
+	}
+	if (!ct_opens_flow4(&tuple, &l4))
+		return NAT_PUNT_TO_STACK;
+
+	ct_entry_init4(&entry, key.saddr, key.sport, MASQ_NAT_F_INBOUND, skb->ifindex,
+		       bpf_ktime_get_boot_ns());
+	entry.seen = ct_seen4(&l4, 0);
+	if (bpf_map_update_elem(&masq_nat_v4, &key, &entry, BPF_NOEXIST) == 0)
+		stat_inc(MASQ_STAT_INBOUND_FLOWS);
+	return NAT_PUNT_TO_STACK;
+}
+
+#endif /* MASQ_NAT_H */
