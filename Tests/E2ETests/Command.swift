@@ -1,0 +1,130 @@
+import Foundation
+
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// The outcome of one finished command.
+struct CommandResult: Sendable, CustomStringConvertible {
+    var argv: [String]
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var timedOut: Bool
+
+    var succeeded: Bool { status == 0 && !timedOut }
+
+    var description: String {
+        let how = timedOut ? "timed out" : "exit \(status)"
+        return "`\(argv.joined(separator: " "))`: \(how)\nstdout: \(stdout)\nstderr: \(stderr)"
+    }
+}
+
+struct CommandError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Runs host commands with Foundation.Process. Output goes through files (never pipes that
+/// could fill up), every wait is bounded, and nothing here blocks a Swift concurrency thread
+/// for long: async waits poll.
+enum Command {
+    /// Finds a tool on PATH or in the sbin directories (root's tools are there).
+    static func which(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let dirs = path.split(separator: ":").map(String.init)
+            + ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
+        for dir in dirs {
+            let candidate = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Starts argv[0] (looked up with `which`) with stdout and stderr in the given files.
+    static func launch(
+        _ argv: [String], stdout: String, stderr: String, stdin: Pipe? = nil
+    ) throws -> Process {
+        guard let tool = argv.first, let executable = which(tool) ?? (tool.hasPrefix("/") ? tool : nil)
+        else { throw CommandError(description: "\(argv.first ?? "?"): not found on PATH") }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = Array(argv.dropFirst())
+        _ = FileManager.default.createFile(atPath: stdout, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderr, contents: nil)
+        process.standardOutput = FileHandle(forWritingAtPath: stdout)
+        process.standardError = FileHandle(forWritingAtPath: stderr)
+        process.standardInput = stdin ?? FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Runs a command to completion (killing it after `timeout`) and returns its output.
+    static func run(_ argv: [String], timeout: Duration = .seconds(30)) async throws -> CommandResult {
+        let (out, err) = scratchFiles()
+        defer { removeScratch(out, err) }
+        let process = try launch(argv, stdout: out, stderr: err)
+        let exited = await waitForExit(process, timeout: timeout)
+        if !exited { stop(process) }
+        return CommandResult(
+            argv: argv, status: exited ? process.terminationStatus : -1,
+            stdout: read(out), stderr: read(err), timedOut: !exited)
+    }
+
+    /// The synchronous form, for teardown paths (short commands only).
+    @discardableResult
+    static func runSync(_ argv: [String], timeout: Double = 15) -> CommandResult {
+        let (out, err) = scratchFiles()
+        defer { removeScratch(out, err) }
+        guard let process = try? launch(argv, stdout: out, stderr: err) else {
+            return CommandResult(argv: argv, status: -1, stdout: "", stderr: "could not start",
+                                 timedOut: false)
+        }
+        let exited = waitForExitSync(process, timeout: timeout)
+        if !exited { stop(process) }
+        return CommandResult(
+            argv: argv, status: exited ? process.terminationStatus : -1,
+            stdout: read(out), stderr: read(err), timedOut: !exited)
+    }
+
+    /// Waits until the process exits; false when it is still running after `timeout`.
+    static func waitForExit(_ process: Process, timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
+    static func waitForExitSync(_ process: Process, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning {
+            if Date() >= deadline { return false }
+            usleep(20_000)
+        }
+        return true
+    }
+
+    /// SIGTERM, then SIGKILL if it is still there after two seconds.
+    static func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        if !waitForExitSync(process, timeout: 2) {
+            kill(process.processIdentifier, SIGKILL)
+            _ = waitForExitSync(process, timeout: 2)
+        }
+    }
+
+    static func read(_ path: String) -> String {
+        (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    }
+
+    private static func scratchFiles() -> (String, String) {
+        let base = NSTemporaryDirectory() + "masqe2e-cmd-\(getpid())-\(UUID().uuidString)"
+        return (base + ".out", base + ".err")
+    }
+
+    private static func removeScratch(_ paths: String...) {
+        for path in paths { try? FileManager.default.removeItem(atPath: path) }
+    }
+}

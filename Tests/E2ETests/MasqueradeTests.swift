@@ -1,0 +1,248 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
+
+/// masqd and real traffic in network namespaces; see `Sandbox` for the topology.
+/// Serialized: each scenario builds its own namespaces, but two masqd starts at once would only
+/// make the timing of both worse on a small CI machine.
+@Suite("masquerading end to end", .serialized)
+struct MasqueradeTests {
+    @Test("a pod's TCP, UDP and ICMP echo reach the outside from the node's address, and the replies reach the pod",
+          arguments: AttachMode.allCases)
+    func masqueradesPodTraffic(mode: AttachMode) async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: mode)
+            let server = Sandbox.outsideIP
+
+            for (pod, podIP) in zip(sandbox.pods, Sandbox.podIPs) {
+                let tcp = try await sandbox.probe(pod, ["tcp", "--dst", "\(server):\(Sandbox.tcpPort)"])
+                #expect(tcp.succeeded, "TCP from \(podIP) got no answer: \(tcp)\n\(sandbox.masqdLog)")
+                #expect(observedIP(tcp) == Sandbox.nodeIP, "TCP from \(podIP): \(tcp)")
+
+                let udp = try await sandbox.probe(pod, ["udp", "--dst", "\(server):\(Sandbox.udpPort)"])
+                #expect(udp.succeeded, "UDP from \(podIP) got no answer: \(udp)\n\(sandbox.masqdLog)")
+                #expect(observedIP(udp) == Sandbox.nodeIP, "UDP from \(podIP): \(udp)")
+
+                let token = "echo-\(mode)-\(podIP)"
+                let ping = try await sandbox.probe(pod, ["ping", "--dst", server, "--token", token])
+                #expect(ping.succeeded, "ICMP echo from \(podIP) got no reply: \(ping)\n\(sandbox.masqdLog)")
+                let sources = sandbox.serverObservations
+                    .filter { $0.hasPrefix("icmp ") && $0.hasSuffix(" " + token) }
+                    .map { $0.split(separator: " ")[1] }
+                #expect(!sources.isEmpty && sources.allSatisfy { $0 == Sandbox.nodeIP },
+                        "ICMP echo sources seen outside for \(podIP): \(sources)")
+            }
+            #expect(!sandbox.serverObservations.contains { $0.contains("10.244.1.") },
+                    "the outside saw a pod address: \(sandbox.serverObservations)")
+        }
+    }
+
+    @Test("a destination in non-masquerade-cidrs sees the pod's own address",
+          arguments: AttachMode.allCases)
+    func keepsPodAddressForExcludedDestination(mode: AttachMode) async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: mode)
+            let pod = sandbox.pods[0], podIP = Sandbox.podIPs[0]
+            let server = Sandbox.excludedIP
+
+            let tcp = try await sandbox.probe(pod, ["tcp", "--dst", "\(server):\(Sandbox.tcpPort)"])
+            #expect(tcp.succeeded, "\(tcp)\n\(sandbox.masqdLog)")
+            #expect(observedIP(tcp) == podIP, "TCP: \(tcp)")
+
+            let udp = try await sandbox.probe(pod, ["udp", "--dst", "\(server):\(Sandbox.udpPort)"])
+            #expect(udp.succeeded, "\(udp)\n\(sandbox.masqdLog)")
+            #expect(observedIP(udp) == podIP, "UDP: \(udp)")
+
+            let token = "excluded-\(mode)"
+            let ping = try await sandbox.probe(pod, ["ping", "--dst", server, "--token", token])
+            #expect(ping.succeeded, "\(ping)\n\(sandbox.masqdLog)")
+            let sources = sandbox.serverObservations
+                .filter { $0.hasPrefix("icmp ") && $0.hasSuffix(" " + token) }
+                .map { $0.split(separator: " ")[1] }
+            #expect(!sources.isEmpty && sources.allSatisfy { $0 == podIP }, "ICMP sources: \(sources)")
+        }
+    }
+
+    @Test("two pods using the same source port to the same server both work, on distinct node ports",
+          arguments: AttachMode.allCases)
+    func separatesSameSourcePortFromTwoPods(mode: AttachMode) async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: mode)
+            let server = Sandbox.outsideIP
+            let tcpPort = "40000", udpPort = "40001"
+
+            // TCP: pod1's connection stays open while pod2 connects from the same port.
+            let first = try Session(sandbox, pod: sandbox.pods[0], name: "session1",
+                                    dst: "\(server):\(Sandbox.tcpPort)", sport: tcpPort)
+            let firstAnswer = try await first.exchange()
+            let second = try await sandbox.probe(sandbox.pods[1],
+                ["tcp", "--dst", "\(server):\(Sandbox.tcpPort)", "--sport", tcpPort])
+            #expect(second.succeeded, "pod2's TCP connection: \(second)\n\(sandbox.masqdLog)")
+            let againAnswer = try await first.exchange()
+            #expect(againAnswer == firstAnswer, "pod1's connection changed its observed address")
+            let tcpSeen = [firstAnswer, observed(second)]
+            #expect(tcpSeen.allSatisfy { $0.hasPrefix(Sandbox.nodeIP + ":") }, "TCP observed: \(tcpSeen)")
+            #expect(Set(tcpSeen).count == 2, "both pods' TCP flows got the same node port: \(tcpSeen)")
+
+            // UDP: the first mapping is still alive when the second datagram comes.
+            let udp1 = try await sandbox.probe(sandbox.pods[0],
+                ["udp", "--dst", "\(server):\(Sandbox.udpPort)", "--sport", udpPort])
+            let udp2 = try await sandbox.probe(sandbox.pods[1],
+                ["udp", "--dst", "\(server):\(Sandbox.udpPort)", "--sport", udpPort])
+            #expect(udp1.succeeded && udp2.succeeded, "UDP: \(udp1)\n\(udp2)\n\(sandbox.masqdLog)")
+            let udpSeen = [observed(udp1), observed(udp2)]
+            #expect(udpSeen.allSatisfy { $0.hasPrefix(Sandbox.nodeIP + ":") }, "UDP observed: \(udpSeen)")
+            #expect(Set(udpSeen).count == 2, "both pods' UDP flows got the same node port: \(udpSeen)")
+            first.close()
+        }
+    }
+
+    @Test("an established TCP connection keeps exchanging data while masqd is stopped and after it restarts",
+          arguments: AttachMode.allCases)
+    func keepsConnectionAcrossRestart(mode: AttachMode) async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: mode)
+            let session = try Session(sandbox, pod: sandbox.pods[0], name: "session",
+                                      dst: "\(Sandbox.outsideIP):\(Sandbox.tcpPort)")
+            let before = try await session.exchange()
+            #expect(before.hasPrefix(Sandbox.nodeIP + ":"), "observed before the restart: \(before)")
+
+            let status = try await sandbox.stopMasqd()
+            #expect(status == 0, "masqd's exit status on SIGTERM\n\(sandbox.masqdLog)")
+            let whileStopped = try await session.exchange()
+            #expect(whileStopped == before, "while masqd is stopped")
+
+            try await sandbox.startMasqd(mode: mode)
+            let after = try await session.exchange()
+            #expect(after == before, "after the restart\n\(sandbox.masqdLog)")
+            let fresh = try await sandbox.probe(sandbox.pods[1],
+                ["tcp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.tcpPort)"])
+            #expect(observedIP(fresh) == Sandbox.nodeIP, "a new flow after the restart: \(fresh)")
+            session.close()
+        }
+    }
+
+    @Test("masqd uninstall leaves no programs on the device and nothing under the bpffs root",
+          arguments: AttachMode.allCases)
+    func uninstallRemovesEverything(mode: AttachMode) async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startMasqd(mode: mode)
+            let attached = try await sandbox.attachments()
+            switch mode {
+            case .tcx:
+                #expect(attached.tcxIngress.count == 1 && attached.tcxEgress.count == 1 && !attached.hasTC,
+                        "with tcx: \(attached)")
+            case .tc:
+                #expect(attached.hasTC && !attached.hasTCX, "with tc: \(attached)")
+            }
+            #expect(!sandbox.bpffsEntries().isEmpty, "nothing pinned under \(sandbox.bpffsRoot)")
+
+            let status = try await sandbox.stopMasqd()
+            #expect(status == 0, "masqd's exit status on SIGTERM\n\(sandbox.masqdLog)")
+            let afterStop = try await sandbox.attachments()
+            #expect(!afterStop.isEmpty, "SIGTERM must leave the programs attached: \(afterStop)")
+
+            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
+                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]),
+                timeout: .seconds(60))
+            #expect(uninstall.succeeded, "\(uninstall)")
+            let left = try await sandbox.attachments()
+            #expect(left.isEmpty, "left on \(Sandbox.device) after uninstall: \(left)")
+            #expect(sandbox.bpffsEntries().isEmpty, "left under the bpffs root: \(sandbox.bpffsEntries())")
+        }
+    }
+
+    @Test("a bad config exits non-zero with an error naming the key, and attaches nothing",
+          arguments: [
+              BadConfig(key: "pod-cidrs", value: "10.244.1.0/33"),
+              BadConfig(key: "snat-port-range", value: "65535-1024"),
+              BadConfig(key: "non-masquerade-cidrs", value: "100.0.9.0/40", alias: "nonMasqueradeCIDRs"),
+          ])
+    func rejectsBadConfig(bad: BadConfig) async throws {
+        try await Sandbox.with { sandbox in
+            let argv = sandbox.nsenter(sandbox.node, [try Sandbox.masqdBinary(), "run"]
+                + sandbox.masqdArgs(mode: .tcx, overrides: ["--\(bad.key)": bad.value]))
+            let result = try await Command.run(argv, timeout: .seconds(30))
+            #expect(!result.timedOut && result.status != 0, "masqd accepted --\(bad.key) \(bad.value): \(result)")
+            #expect(bad.names.contains { result.stderr.contains($0) },
+                    "the error does not name \(bad.key): \(result.stderr)")
+            #expect(!result.stderr.contains("masqd ready"), "\(result.stderr)")
+            let attached = try await sandbox.attachments()
+            #expect(attached.isEmpty, "attached despite the bad config: \(attached)")
+            #expect(sandbox.bpffsEntries().isEmpty, "pinned despite the bad config: \(sandbox.bpffsEntries())")
+        }
+    }
+}
+
+/// A flag with a bad value; the error must name the key (as a flag, or as the config file
+/// spells it where that differs).
+struct BadConfig: Sendable, CustomTestStringConvertible {
+    var key: String
+    var value: String
+    var alias: String?
+    var names: [String] { [key] + (alias.map { [$0] } ?? []) }
+    var testDescription: String { "--\(key) \(value)" }
+}
+
+/// A long-lived TCP connection from a pod (netprobe.py session), driven one exchange at a time.
+final class Session: @unchecked Sendable {
+    private let sandbox: Sandbox
+    private let name: String
+    private let input = Pipe()
+    private let process: Process
+
+    init(_ sandbox: Sandbox, pod: String, name: String, dst: String, sport: String? = nil) throws {
+        // A write to a session that already ended must fail, not kill the test process.
+        signal(SIGPIPE, SIG_IGN)
+        self.sandbox = sandbox
+        self.name = name
+        var args = ["session", "--dst", dst, "--lifetime", "300"]
+        if let sport { args += ["--sport", sport] }
+        process = try sandbox.spawn(name, sandbox.netprobe(pod, args), stdin: input)
+    }
+
+    private var lines: [String] {
+        sandbox.output(name).split(separator: "\n").map(String.init)
+    }
+
+    /// Sends one line and returns the address the server observed ("ip:port").
+    func exchange() async throws -> String {
+        let answered = lines.filter { $0.hasPrefix("ok ") || $0.hasPrefix("err ") }.count
+        try input.fileHandleForWriting.write(contentsOf: Data("x\n".utf8))
+        try await sandbox.waitUntil("the session's exchange completes", timeout: .seconds(15)) {
+            if self.lines.filter({ $0.hasPrefix("ok ") || $0.hasPrefix("err ") }).count > answered {
+                return true
+            }
+            guard self.process.isRunning else {
+                throw CommandError(description: "the session ended: \(self.sandbox.output(self.name)) \(self.sandbox.errors(self.name))")
+            }
+            return false
+        }
+        let last = lines.last { $0.hasPrefix("ok ") || $0.hasPrefix("err ") } ?? ""
+        guard last.hasPrefix("ok ") else {
+            throw CommandError(description: "the session failed: \(last)\n\(sandbox.masqdLog)")
+        }
+        return String(last.dropFirst(3))
+    }
+
+    func close() {
+        try? input.fileHandleForWriting.write(contentsOf: Data("q\n".utf8))
+    }
+}
+
+/// The "ip:port" a netprobe client printed (what the server observed).
+private func observed(_ result: CommandResult) -> String {
+    result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+}
+
+/// The address part of what the server observed.
+private func observedIP(_ result: CommandResult) -> String {
+    String(observed(result).split(separator: ":").first ?? "")
+}

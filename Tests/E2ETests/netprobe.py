@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Traffic helper for masq's end-to-end tests and demo (Python standard library only).
+
+Every subcommand is bounded: sockets have timeouts, loops have counts, servers have a lifetime.
+
+  serve      --bind A[,B] --tcp PORT --udp PORT [--icmp] [--ready FILE] [--lifetime S]
+             Answers each TCP line and each UDP datagram with the peer address it observed
+             ("ip:port"); with --icmp, logs the source of every ICMP echo request it sees.
+             Observations go to stdout, one a line: "tcp IP:PORT", "udp IP:PORT",
+             "icmp IP TOKEN".
+  tcp        --dst IP:PORT [--sport N]   one connection, one line; prints the server's answer
+  udp        --dst IP:PORT [--sport N]   one datagram (retried); prints the server's answer
+  ping       --dst IP --token T          ICMP echo; prints "reply IP id=N" per reply
+  session    --dst IP:PORT [--sport N]   a long-lived TCP connection driven from stdin:
+             each line "x" exchanges one line and prints "ok ANSWER" (or "err WHY"),
+             "q" or end of input closes it. Prints "connected LOCAL" first.
+  progquery  --dev NAME                  JSON: the tcx program ids on NAME's ingress/egress
+"""
+import argparse
+import ctypes
+import json
+import os
+import platform
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+SOCKET_TIMEOUT = 5.0
+
+
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def hostport(text):
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+# ---------------------------------------------------------------------------------------------
+# server
+
+
+def serve_tcp_connection(conn, peer, deadline):
+    """Answers each line on one connection with the peer address; ends at EOF or idle timeout."""
+    try:
+        conn.settimeout(60.0)
+        say("tcp %s:%d" % peer)
+        buf = b""
+        while time.monotonic() < deadline:
+            data = conn.recv(4096)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                _, buf = buf.split(b"\n", 1)
+                conn.sendall(("%s:%d\n" % peer).encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def cmd_serve(args):
+    deadline = time.monotonic() + args.lifetime
+    readers = {}
+    for addr in args.bind.split(","):
+        if args.tcp:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, args.tcp))
+            s.listen(64)
+            readers[s] = "tcp"
+        if args.udp:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((addr, args.udp))
+            readers[s] = "udp"
+    if args.icmp:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        readers[s] = "icmp"
+    if args.ready:
+        with open(args.ready + ".tmp", "w") as f:
+            f.write("ready\n")
+        os.rename(args.ready + ".tmp", args.ready)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select(list(readers), [], [], min(left, 1.0))
+        for s in ready:
+            kind = readers[s]
+            try:
+                if kind == "tcp":
+                    conn, peer = s.accept()
+                    threading.Thread(target=serve_tcp_connection, args=(conn, peer, deadline),
+                                     daemon=True).start()
+                elif kind == "udp":
+                    _, peer = s.recvfrom(4096)
+                    say("udp %s:%d" % peer)
+                    s.sendto(("%s:%d\n" % peer).encode(), peer)
+                else:
+                    packet, _ = s.recvfrom(65535)
+                    ihl = (packet[0] & 0x0F) * 4
+                    src = socket.inet_ntoa(packet[12:16])
+                    icmp = packet[ihl:]
+                    if len(icmp) >= 8 and icmp[0] == 8:  # echo request
+                        token = icmp[8:].split(b"\0")[0].decode(errors="replace")
+                        say("icmp %s %s" % (src, token))
+            except OSError as e:
+                say("error %s %s" % (kind, e))
+
+
+# ---------------------------------------------------------------------------------------------
+# clients
+
+
+def client_socket(kind, sport):
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(SOCKET_TIMEOUT)
+    if sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", sport))
+    return s
+
+
+def cmd_tcp(args):
+    s = client_socket(socket.SOCK_STREAM, args.sport)
+    try:
+        s.connect(hostport(args.dst))
+        s.sendall(b"hello\n")
+        answer = s.makefile("rb").readline().decode().strip()
+    finally:
+        s.close()
+    if not answer:
+        say("err no answer")
+        return 1
+    say(answer)
+    return 0
+
+
+def cmd_udp(args):
+    s = client_socket(socket.SOCK_DGRAM, args.sport)
+    s.settimeout(1.0)
+    try:
+        for _ in range(args.tries):
+            s.sendto(b"hello\n", hostport(args.dst))
+            try:
+                data, _ = s.recvfrom(4096)
+            except socket.timeout:
+                continue
+            say(data.decode().strip())
+            return 0
+    finally:
+        s.close()
+    say("err no answer")
+    return 1
+
+
+def cmd_ping(args):
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(1.0)
+    ident = args.ident or (os.getpid() & 0xFFFF)
+    replies = 0
+    try:
+        for seq in range(1, args.count + 1):
+            payload = args.token.encode() + b"\0" * 8
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            header = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq)
+            s.sendto(header + payload, (args.dst, 0))
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                try:
+                    packet, _ = s.recvfrom(65535)
+                except socket.timeout:
+                    break
+                ihl = (packet[0] & 0x0F) * 4
+                kind, _, _, rid, rseq = struct.unpack("!BBHHH", packet[ihl:ihl + 8])
+                if kind == 0 and rid == ident and rseq == seq:
+                    say("reply %s id=%d seq=%d" % (socket.inet_ntoa(packet[12:16]), rid, rseq))
+                    replies += 1
+                    break
+    finally:
+        s.close()
+    return 0 if replies else 1
+
+
+def cmd_session(args):
+    s = client_socket(socket.SOCK_STREAM, args.sport)
+    s.connect(hostport(args.dst))
+    s.settimeout(SOCKET_TIMEOUT)
+    reader = s.makefile("rb")
+    say("connected %s:%d" % s.getsockname())
+    deadline = time.monotonic() + args.lifetime
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([sys.stdin], [], [], 1.0)
+            if not ready:
+                continue
+            line = sys.stdin.readline()
+            if not line or line.strip() == "q":
+                break
+            try:
+                s.sendall(b"x\n")
+                answer = reader.readline().decode().strip()
+                say("ok " + answer if answer else "err connection closed")
+            except OSError as e:
+                say("err %s" % e)
+    finally:
+        s.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# tcx query through the bpf() syscall (bpftool of Debian bookworm does not list tcx links)
+
+BPF_PROG_QUERY = 16
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+
+
+def tcx_prog_ids(ifindex, attach_type):
+    libc = ctypes.CDLL(None, use_errno=True)
+    ids = (ctypes.c_uint32 * 64)()
+    attr = ctypes.create_string_buffer(64)
+    struct.pack_into("=III", attr, 0, ifindex, attach_type, 0)
+    struct.pack_into("=Q", attr, 16, ctypes.addressof(ids))
+    struct.pack_into("=I", attr, 24, len(ids))
+    nr = BPF_SYSCALL[platform.machine()]
+    if libc.syscall(nr, BPF_PROG_QUERY, attr, 64) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    count = struct.unpack_from("=I", attr, 24)[0]
+    return [ids[i] for i in range(count)]
+
+
+def cmd_progquery(args):
+    ifindex = socket.if_nametoindex(args.dev)
+    print(json.dumps({
+        "tcx_ingress": tcx_prog_ids(ifindex, BPF_TCX_INGRESS),
+        "tcx_egress": tcx_prog_ids(ifindex, BPF_TCX_EGRESS),
+    }))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--tcp", type=int, default=0)
+    p.add_argument("--udp", type=int, default=0)
+    p.add_argument("--icmp", action="store_true")
+    p.add_argument("--ready")
+    p.add_argument("--lifetime", type=float, default=600.0)
+    for name in ("tcp", "udp"):
+        p = sub.add_parser(name)
+        p.add_argument("--dst", required=True)
+        p.add_argument("--sport", type=int, default=0)
+        p.add_argument("--tries", type=int, default=5)
+    p = sub.add_parser("ping")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--token", default="masq")
+    p.add_argument("--count", type=int, default=3)
+    p.add_argument("--ident", type=int, default=0)
+    p = sub.add_parser("session")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--sport", type=int, default=0)
+    p.add_argument("--lifetime", type=float, default=300.0)
+    p = sub.add_parser("progquery")
+    p.add_argument("--dev", required=True)
+    args = parser.parse_args()
+    handler = {"serve": cmd_serve, "tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping,
+               "session": cmd_session, "progquery": cmd_progquery}[args.cmd]
+    try:
+        return handler(args) or 0
+    except OSError as e:
+        say("err %s" % e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

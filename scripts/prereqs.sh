@@ -1,0 +1,68 @@
+# Shared by scripts/test.sh and scripts/demo.sh (sourced, not run): checks that we are root,
+# finds the Swift toolchain, installs the Debian packages that are missing, mounts bpffs and
+# removes sandboxes that an interrupted run left behind.
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+step() { echo "== $*"; }
+
+require_root() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (it creates network namespaces and loads BPF programs)"
+}
+
+ensure_swift() {
+    if ! command -v swift >/dev/null 2>&1; then
+        for dir in /opt/swift/usr/bin /usr/share/swift/usr/bin; do
+            [ -x "$dir/swift" ] && export PATH="$dir:$PATH" && break
+        done
+    fi
+    command -v swift >/dev/null 2>&1 || die "the Swift toolchain is not on PATH"
+}
+
+# Installs the Debian packages that are missing; runs apt-get update at most once, and only
+# when something has to be installed.
+ensure_packages() {
+    local missing=() pkg
+    have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+    for pkg in libbpf-dev libsystemd-dev pkg-config iproute2 bpftool; do
+        have_pkg "$pkg" || missing+=("$pkg")
+    done
+    # The BPF build includes the distribution's uapi headers (asm/types.h).
+    [ -e "/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/asm/types.h" ] \
+        || have_pkg linux-libc-dev || missing+=(linux-libc-dev)
+    command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+    # python3 may come from pyenv or elsewhere: only install it when there is none at all.
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    if [ ${#missing[@]} -gt 0 ]; then
+        step "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_bpffs() {
+    mkdir -p /sys/fs/bpf
+    if ! mountpoint -q /sys/fs/bpf; then
+        step "mounting bpffs at /sys/fs/bpf"
+        mount -t bpf bpf /sys/fs/bpf
+    fi
+}
+
+# Removes namespaces and bpffs mounts named PREFIX-<pid>-... whose process is gone
+# (a run killed before its own clean-up). PREFIX: masqe2e (tests) or masqdemo (demo).
+sweep_stale() {
+    local prefix=$1 ns pid dir mnt
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$prefix-" || true); do
+        pid=$(echo "$ns" | cut -d- -f2)
+        [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && ip netns delete "$ns" 2>/dev/null || true
+    done
+    for dir in /run/"$prefix"-*; do
+        [ -d "$dir" ] || continue
+        pid=${dir##*/"$prefix"-}
+        kill -0 "$pid" 2>/dev/null && continue
+        for mnt in $(awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do
+            umount -l "$mnt" 2>/dev/null || true
+        done
+        rm -rf "$dir"
+    done
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one test command (README; .ci/run calls exactly this). As root on Debian bookworm with
+# the Swift toolchain: installs what is missing, builds once, runs every suite (unit, BPF
+# program tests, end-to-end tests in network namespaces) and exits non-zero on any failure.
+# Extra arguments go to `swift test`, e.g. `scripts/test.sh --filter E2ETests`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/prereqs.sh
+
+require_root
+ensure_swift
+ensure_packages
+ensure_bpffs
+sweep_stale masqe2e
+
+start=$(date +%s)
+step "building (swift build --build-tests)"
+swift build --build-tests
+
+step "running the tests"
+status=0
+# Bounded: CI allows 90 minutes; a hung test must not eat them all.
+timeout --signal=TERM --kill-after=30 1500 swift test --skip-build "$@" || status=$?
+sweep_stale masqe2e
+
+if [ "$status" -eq 0 ]; then
+    step "all tests passed in $(( $(date +%s) - start )) s"
+else
+    step "tests FAILED (exit $status) after $(( $(date +%s) - start )) s"
+fi
+exit "$status"
