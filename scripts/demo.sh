@@ -39,7 +39,8 @@ netprobe=$PWD/Tests/E2ETests/netprobe.py
 P=masqdemo-$$-
 NODE=${P}node OUT=${P}out POD1=${P}pod1 POD2=${P}pod2
 RUN=/run/masqdemo-$$
-BPFFS=$RUN/bpffs
+BPFFS_MOUNT=$RUN/bpffs
+BPFFS=$BPFFS_MOUNT/masq   # masqd's --bpffs-root, as /sys/fs/bpf/masq is in production
 SOCK=$RUN/masqd.sock
 pids=()
 
@@ -51,24 +52,24 @@ cleanup() {
     echo "== cleaning up"
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-    if [ -e "/run/netns/$NODE" ] && mountpoint -q "$BPFFS"; then
+    if [ -e "/run/netns/$NODE" ] && [ -d "$BPFFS" ]; then
         nx "$NODE" "$masqd" uninstall --bpffs-root "$BPFFS" >"$RUN/uninstall.log" 2>&1 \
             && echo "   masqd uninstall: programs detached, pinned state removed"
     fi
     for ns in "$POD1" "$POD2" "$OUT" "$NODE"; do
         [ -e "/run/netns/$ns" ] && ip netns delete "$ns"
     done
-    mountpoint -q "$BPFFS" && umount "$BPFFS"
+    mountpoint -q "$BPFFS_MOUNT" && umount "$BPFFS_MOUNT"
     rm -rf "$RUN"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step "creating the sandbox (namespaces ${P}{node,pod1,pod2,out})"
-mkdir -p "$BPFFS"
+mkdir -p "$BPFFS_MOUNT"
 # A bpffs of our own in the root mount namespace: it outlives masqd (pinned state survives a
 # restart) and nsenter --net keeps it visible (ip netns exec would remount /sys).
-mount -t bpf bpf "$BPFFS"
+mount -t bpf bpf "$BPFFS_MOUNT"
 for ns in "$NODE" "$POD1" "$POD2" "$OUT"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up

@@ -34,6 +34,9 @@ final class Sandbox: @unchecked Sendable {
 
     let prefix: String
     let dir: String
+    /// The bpffs this sandbox mounts (in the root mount namespace).
+    let bpffsMount: String
+    /// masqd's --bpffs-root: a directory inside that bpffs, as /sys/fs/bpf/masq is in production.
     let bpffsRoot: String
     let socketPath: String
     private(set) var processes: [Process] = []
@@ -54,7 +57,8 @@ final class Sandbox: @unchecked Sendable {
         let n = Self.counter.next()
         prefix = "masqe2e-\(getpid())-\(n)-"
         dir = "\(Self.runDir)/\(n)"
-        bpffsRoot = "\(dir)/bpffs"
+        bpffsMount = "\(dir)/bpffs"
+        bpffsRoot = "\(dir)/bpffs/masq"
         socketPath = "\(dir)/masqd.sock"
     }
 
@@ -70,8 +74,8 @@ final class Sandbox: @unchecked Sendable {
     // MARK: topology
 
     private func build() async throws {
-        try FileManager.default.createDirectory(atPath: bpffsRoot, withIntermediateDirectories: true)
-        try await sh(["mount", "-t", "bpf", "bpf", bpffsRoot])
+        try FileManager.default.createDirectory(atPath: bpffsMount, withIntermediateDirectories: true)
+        try await sh(["mount", "-t", "bpf", "bpf", bpffsMount])
         bpffsMounted = true
 
         for ns in [node, outside] + pods {
@@ -122,8 +126,8 @@ final class Sandbox: @unchecked Sendable {
         for ns in namespaces.reversed() { Command.runSync(["ip", "netns", "delete", ns]) }
         namespaces.removeAll()
         if bpffsMounted {
-            if !Command.runSync(["umount", bpffsRoot]).succeeded {
-                Command.runSync(["umount", "-l", bpffsRoot])
+            if !Command.runSync(["umount", bpffsMount]).succeeded {
+                Command.runSync(["umount", "-l", bpffsMount])
             }
             bpffsMounted = false
         }
@@ -329,10 +333,11 @@ final class Sandbox: @unchecked Sendable {
             tcxIngress: tcx.tcx_ingress, tcxEgress: tcx.tcx_egress)
     }
 
-    /// Everything under the bpffs root, relative paths, less the kernel's own iterator files
-    /// (`maps.debug`, `progs.debug`: bpf_preload puts them in every new bpffs).
+    /// Everything in the sandbox's bpffs (relative paths, so "masq" is the --bpffs-root itself),
+    /// less the kernel's own iterator files (bpf_preload puts `maps.debug` and `progs.debug` in
+    /// every new bpffs).
     func bpffsEntries() -> [String] {
-        let enumerator = FileManager.default.enumerator(atPath: bpffsRoot)
+        let enumerator = FileManager.default.enumerator(atPath: bpffsMount)
         let entries = (enumerator?.allObjects as? [String]) ?? []
         return entries.filter { $0 != "maps.debug" && $0 != "progs.debug" }.sorted()
     }
