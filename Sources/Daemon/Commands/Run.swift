@@ -85,8 +85,12 @@ extension MasqdCommand {
 
         /// The effective config: defaults, the file, then the flags.
         func effectiveConfig() throws(ConfigErrors) -> DaemonConfig {
-            let file = try config.map { path throws(ConfigErrors) in try ConfigFile.load(path: path) } ?? [:]
-            return try DaemonConfig(file: file, flags: flagSettings())
+            try Self.effectiveConfig(file: config, flags: flagSettings())
+        }
+
+        static func effectiveConfig(file path: String?, flags: [ConfigKey: RawSetting]) throws(ConfigErrors) -> DaemonConfig {
+            let file = try path.map { path throws(ConfigErrors) in try ConfigFile.load(path: path) } ?? [:]
+            return try DaemonConfig(file: file, flags: flags)
         }
 
         public func run() async throws {
@@ -109,7 +113,11 @@ extension MasqdCommand {
             }
             let logger = makeLogger(level: config.logLevel)
             do {
-                try await MasqDaemon.run(config: config, objectBytes: objectBytes, logger: logger)
+                try await MasqDaemon.run(
+                    config: config, objectBytes: objectBytes, logger: logger,
+                    reloadConfig: { [file = self.config, flags = flagSettings()] () throws(ConfigErrors) in
+                        try Self.effectiveConfig(file: file, flags: flags)
+                    })
             } catch {
                 logger.error("masqd stopped on an error", metadata: ["error": "\(error)"])
                 throw ExitCode(1)

@@ -83,6 +83,7 @@ public actor Datapath {
         }
 
         for (name, desired) in [(MASQ_MAP_PODS_V4, state.podCIDRsV4), (MASQ_MAP_NONMASQ_V4, state.nonMasqueradeV4)] {
+            guard let desired else { continue }
             let diff = try syncPrefixesV4(name, desired)
             report.cidrsAdded += diff.add.count
             report.cidrsRemoved += diff.remove.count

@@ -4,17 +4,28 @@ import ServiceLifecycle
 /// masqd's services in dependency order: a service may rely on those listed before it, and
 /// graceful shutdown (SIGTERM, SIGINT) stops them in reverse.
 enum MasqDaemon {
-    static func run(config: DaemonConfig, objectBytes: [UInt8]?, logger: Logger) async throws {
+    /// `reloadConfig` re-reads the config file with the command line's flags (SIGHUP).
+    static func run(config: DaemonConfig, objectBytes: [UInt8]?, logger: Logger,
+                    reloadConfig: @escaping @Sendable () throws(ConfigErrors) -> DaemonConfig) async throws {
         let datapath = try Datapath(config: config, objectBytes: objectBytes, logger: logger)
         let status = DaemonStatus()
-        let (changes, _) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
-        let inputs = ReconcileInputs(config: config, network: try NetworkSnapshot.read())
+        let (changes, changeSink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+
+        var agent = IPMasqAgentWatcher(
+            path: config.ipMasqAgentConfigPath, ipv6Enabled: config.enableIPv6Masquerade,
+            status: status, changes: changeSink, logger: logger)
+        // The first reconcile already applies the file, so no packet sees a list-less moment.
+        agent.initial = agent.load(current: nil)
+
+        let network = try NetworkSnapshot.read()
+        let inputs = ReconcileInputs(config: config, network: network, nonMasquerade: agent.initial)
         let reconciler = ReconcilerService(
             datapath: datapath, status: status, initial: inputs, changes: changes, logger: logger)
+        let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink, logger: logger)
 
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: reconciler)],
+                services: [.init(service: reconciler), .init(service: agent), .init(service: reloader)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -1,3 +1,4 @@
+import API
 import Foundation
 import Synchronization
 
@@ -14,6 +15,22 @@ public final class DaemonStatus: Sendable {
         public var lastApplyError: String?
         /// The datapath is attached to its devices (the first reconcile succeeded).
         public var ready = false
+        /// When the device watcher last saw the links, addresses or default routes change.
+        public var networkChangedAt: Date?
+        /// The device watcher's last failure to read the network, kept until a read succeeds.
+        public var lastNetworkError: String?
+        public var ipMasqAgent = IPMasqAgentState()
+    }
+
+    /// The ip-masq-agent file as the watcher last saw it.
+    public struct IPMasqAgentState: Sendable {
+        /// Counts the distinct valid lists loaded; 0: none yet.
+        public var generation = 0
+        public var lastLoadAt: Date?
+        /// The last load's error, kept until a valid file is loaded.
+        public var lastError: String?
+        /// The list of the last valid load (what the reconciler was given).
+        public var cidrs: [IPPrefix] = []
     }
 
     private let state = Mutex(Snapshot())

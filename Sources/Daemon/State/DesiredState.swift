@@ -24,14 +24,17 @@ public struct DesiredState: Equatable, Sendable {
     public var skippedDevices: [String: String]
     public var podCIDRsV4: Set<IPPrefix>
     public var podCIDRsV6: Set<IPPrefix>
-    public var nonMasqueradeV4: Set<IPPrefix>
-    public var nonMasqueradeV6: Set<IPPrefix>
+    /// nil: the ip-masq-agent list is not known (its file was invalid from the start), so the
+    /// map keeps what it holds.
+    public var nonMasqueradeV4: Set<IPPrefix>?
+    public var nonMasqueradeV6: Set<IPPrefix>?
     public var nodeIPsV4: Set<IPv4Address>
     public var nodeIPsV6: Set<IPv6Address>
 
     public init(_ inputs: ReconcileInputs) {
         let config = inputs.config
-        let nonMasquerade = inputs.nonMasquerade?.cidrs ?? config.nonMasqueradeCIDRs
+        // Exclusion 2 applies only with the agent on; off, its map is emptied.
+        let nonMasquerade = config.enableIPMasqAgent ? inputs.nonMasquerade?.cidrs : config.nonMasqueradeCIDRs
         ipv4Enabled = config.enableIPv4Masquerade
         ipv6Enabled = config.enableIPv6Masquerade
         nativeRoutingV4 = config.ipv4NativeRoutingCIDR
@@ -39,9 +42,9 @@ public struct DesiredState: Equatable, Sendable {
         portRange = config.snatPortRange
         podCIDRsV4 = Set(config.podCIDRs.filter(\.isIPv4))
         podCIDRsV6 = Set(config.podCIDRs.filter { !$0.isIPv4 })
-        nonMasqueradeV4 = Set(nonMasquerade.filter(\.isIPv4))
-        nonMasqueradeV6 = Set(nonMasquerade.filter { !$0.isIPv4 })
-        nonMasqueradeEnabled = config.enableIPMasqAgent || !nonMasquerade.isEmpty
+        nonMasqueradeV4 = nonMasquerade.map { Set($0.filter(\.isIPv4)) }
+        nonMasqueradeV6 = nonMasquerade.map { Set($0.filter { !$0.isIPv4 }) }
+        nonMasqueradeEnabled = config.enableIPMasqAgent || !config.nonMasqueradeCIDRs.isEmpty
         nodeIPsV4 = []
         nodeIPsV6 = []
         for ip in config.clusterNodeIPs {
@@ -55,7 +58,8 @@ public struct DesiredState: Equatable, Sendable {
 
     /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
     /// those that carry a default route. Each gets its primary address per enabled family;
-    /// a device with no usable address is skipped with the reason, never given a stale one.
+    /// a device that is down or has no usable address is skipped with the reason, never given
+    /// a stale address.
     static func selectDevices(config: DaemonConfig, network: NetworkSnapshot) -> ([Device], [String: String]) {
         var chosen: [NetworkSnapshot.Link]
         var skipped: [String: String] = [:]
@@ -71,6 +75,10 @@ public struct DesiredState: Equatable, Sendable {
         }
         var devices: [Device] = []
         for link in chosen.sorted(by: { $0.name < $1.name }) {
+            guard link.isUp else {
+                skipped[link.name] = "device is down"
+                continue
+            }
             let v4 = config.enableIPv4Masquerade ? link.ipv4.first : nil
             let v6 = config.enableIPv6Masquerade ? link.ipv6.first : nil
             if v4 == nil && v6 == nil {

@@ -1,0 +1,101 @@
+import API
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Owns the non-masquerade list: loads the ip-masq-agent file at start and whenever its
+/// directory changes, and hands every new valid list to the reconciler. An invalid file changes
+/// nothing: the last good list stays in force and the error stays in status until a good file
+/// arrives.
+struct IPMasqAgentWatcher: Service, CustomStringConvertible {
+    let path: String
+    let ipv6Enabled: Bool
+    /// The list loaded before the daemon started (see `load(current:)`), nil if it was invalid.
+    var initial: NonMasqueradeList?
+    let status: DaemonStatus
+    let changes: AsyncStream<ReconcileInputs.Change>.Continuation
+    let logger: Logger
+    /// Quiet time after an event before the file is read, so a burst of events (a ConfigMap
+    /// swap is several) becomes one reload.
+    static let debounce: Duration = .milliseconds(20)
+
+    var description: String { "IPMasqAgentWatcher" }
+
+    init(path: String, ipv6Enabled: Bool, status: DaemonStatus,
+         changes: AsyncStream<ReconcileInputs.Change>.Continuation, logger: Logger) {
+        self.path = path
+        self.ipv6Enabled = ipv6Enabled
+        self.status = status
+        self.changes = changes
+        var logger = logger
+        logger[metadataKey: "service"] = "ip-masq-agent"
+        logger[metadataKey: "config.path"] = "\(path)"
+        self.logger = logger
+    }
+
+    /// Reads and parses the file. Missing or empty: the defaults.
+    static func read(path: String, ipv6Enabled: Bool) -> Result<IPMasqAgentConfig, IPMasqAgentError> {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch let error as CocoaError where error.code == .fileReadNoSuchFile {
+            return .success(.defaults)
+        } catch {
+            return .failure(IPMasqAgentError(path: path, line: nil, message: "cannot be read: \(error.localizedDescription)"))
+        }
+        return Result { () throws(IPMasqAgentError) in try IPMasqAgentConfig.parse(text, path: path, ipv6Enabled: ipv6Enabled) }
+    }
+
+    /// Loads the file once and records the outcome; returns the list to apply when it is valid
+    /// and differs from `current`.
+    @discardableResult
+    func load(current: NonMasqueradeList?) -> NonMasqueradeList? {
+        let outcome = Self.read(path: path, ipv6Enabled: ipv6Enabled)
+        switch outcome {
+        case .failure(let error):
+            logger.error("ip-masq-agent config rejected; the last good list stays in force", metadata: ["error": "\(error)"])
+            status.update {
+                $0.ipMasqAgent.lastLoadAt = .now
+                $0.ipMasqAgent.lastError = error.description
+            }
+            return nil
+        case .success(let config):
+            let list = config.effectiveList
+            if !config.ignoredKeys.isEmpty {
+                logger.info("ip-masq-agent config keys ignored", metadata: ["config.ignored": "\(config.ignoredKeys.joined(separator: ","))"])
+            }
+            let changed = list != current
+            status.update {
+                $0.ipMasqAgent.lastLoadAt = .now
+                $0.ipMasqAgent.lastError = nil
+                if changed {
+                    $0.ipMasqAgent.generation += 1
+                    $0.ipMasqAgent.cidrs = list.cidrs
+                }
+            }
+            guard changed else { return nil }
+            logger.info("ip-masq-agent config loaded", metadata: [
+                "config.generation": "\(status.snapshot.ipMasqAgent.generation)",
+                "config.cidrs": "\(list.cidrs.count)",
+            ])
+            return list
+        }
+    }
+
+    func run() async throws {
+        let watch = try DirectoryWatch(file: path)
+        watch.start()
+        var current = initial
+        await withGracefulShutdownHandler {
+            for await _ in watch.events {
+                try? await Task.sleep(for: Self.debounce)
+                if let list = load(current: current) {
+                    current = list
+                    changes.yield(.nonMasquerade(list))
+                }
+            }
+        } onGracefulShutdown: {
+            watch.stop()
+        }
+    }
+}

@@ -1,0 +1,121 @@
+import API
+import Testing
+@testable import Daemon
+
+@Suite("Daemon config")
+struct ConfigTests {
+    private func config(file: String = "", flags: [String] = []) throws -> DaemonConfig {
+        let run = try MasqdCommand.Run.parse(flags)
+        return try DaemonConfig(file: try ConfigFile.parse(file, path: "test.yaml"), flags: run.flagSettings())
+    }
+
+    private func problems(file: String = "", flags: [String] = []) -> [String] {
+        do {
+            _ = try config(file: file, flags: flags)
+            return []
+        } catch let error as ConfigErrors {
+            return error.errors.map(\.description)
+        } catch {
+            return ["\(error)"]
+        }
+    }
+
+    @Test("defaults match the spec when only pod-cidrs is given")
+    func defaults() throws {
+        let c = try config(flags: ["--pod-cidrs", "10.244.0.0/16"])
+        #expect(c.enableIPv4Masquerade && c.enableIPv6Masquerade && !c.enableIPMasqAgent)
+        #expect(c.snatPortRange == 32768...65535)
+        #expect(c.natMaxEntries == 524_288)
+        #expect(c.bpffsRoot == "/sys/fs/bpf/masq")
+        #expect(c.socketPath == "/run/masq/masqd.sock")
+        #expect(c.ipMasqAgentConfigPath == "/etc/config/ip-masq-agent")
+        #expect(c.devices.isEmpty && c.clusterNodeIPs.isEmpty && c.attachMode == .auto)
+        #expect(c.podCIDRs.map(\.description) == ["10.244.0.0/16"])
+    }
+
+    @Test("every config key has a masqd run flag of the same name")
+    func everyKeyHasAFlag() throws {
+        let samples: [ConfigKey: String] = [
+            .enableIPv4Masquerade: "false", .enableIPv6Masquerade: "false",
+            .ipv4NativeRoutingCIDR: "10.0.0.0/8", .ipv6NativeRoutingCIDR: "fd00::/100",
+            .podCIDRs: "10.244.0.0/16", .devices: "eth0", .enableIPMasqAgent: "true",
+            .ipMasqAgentConfigPath: "/tmp/agent", .nonMasqueradeCIDRs: "192.168.0.0/16",
+            .clusterNodeIPs: "10.1.0.1", .snatPortRange: "40000-50000", .natMaxEntries: "65536",
+            .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .bpffsRoot: "/sys/fs/bpf/x",
+            .logLevel: "debug", .attachMode: "tc",
+        ]
+        for key in ConfigKey.allCases {
+            let sample = try #require(samples[key], "no sample for \(key.rawValue)")
+            let run = try MasqdCommand.Run.parse(["--\(key.flag)", sample])
+            #expect(run.flagSettings()[key] == .scalar(sample), "flag --\(key.flag) does not set \(key.rawValue)")
+        }
+        let help = MasqdCommand.Run.helpMessage()
+        for key in ConfigKey.allCases {
+            #expect(help.contains("--\(key.flag)"), "help lacks --\(key.flag)")
+        }
+    }
+
+    @Test("flags win over the config file")
+    func flagsWin() throws {
+        let file = """
+            pod-cidrs: [10.244.0.0/16]
+            devices: [eth0, eth1]
+            snat-port-range: 40000-41000
+            enable-ipv6-masquerade: false
+            """
+        let c = try config(file: file, flags: ["--devices", "ext+", "--enable-ipv6-masquerade=true"])
+        #expect(c.devices == [DeviceSelector("ext+")])
+        #expect(c.snatPortRange == 40000...41000)
+        #expect(c.enableIPv6Masquerade)
+    }
+
+    @Test("a JSON config file is read like YAML")
+    func jsonFile() throws {
+        let c = try config(file: #"{"pod-cidrs": ["10.1.0.0/24", "fd00:1::/64"], "cluster-node-ips": "10.0.0.2,10.0.0.3", "nonMasqueradeCIDRs": ["100.64.0.0/10"]}"#)
+        #expect(c.podCIDRs.map(\.description) == ["10.1.0.0/24", "fd00:1::/64"])
+        #expect(c.clusterNodeIPs.map(\.description) == ["10.0.0.2", "10.0.0.3"])
+        #expect(c.nonMasqueradeCIDRs.map(\.description) == ["100.64.0.0/10"])
+    }
+
+    @Test("each bad value is reported with its key, and all at once")
+    func badValues() {
+        let found = problems(flags: [
+            "--pod-cidrs", "10.244.0.0/16,10.0.0.1/8", "--snat-port-range", "60000-50000",
+            "--enable-ipv4-masquerade", "yes", "--cluster-node-ips", "10.0.0.300",
+            "--ipv4-native-routing-cidr", "fd00::/8", "--nat-max-entries", "12", "--log-level", "loud",
+            "--attach-mode", "xdp", "--bpffs-root", "relative/path",
+        ])
+        #expect(found.contains("pod-cidrs[1]: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)"))
+        #expect(found.contains { $0.hasPrefix("snat-port-range: '60000-50000'") })
+        #expect(found.contains("enable-ipv4-masquerade: 'yes' is not a boolean (true or false)"))
+        #expect(found.contains("cluster-node-ips[0]: '10.0.0.300' is not an IP address"))
+        #expect(found.contains("ipv4-native-routing-cidr: 'fd00::/8' is not an IPv4 CIDR"))
+        #expect(found.contains { $0.hasPrefix("nat-max-entries: '12'") })
+        #expect(found.contains { $0.hasPrefix("log-level: 'loud' is not one of") })
+        #expect(found.contains { $0.hasPrefix("attach-mode: 'xdp' is not one of auto, tcx, tc") })
+        #expect(found.contains("bpffs-root: 'relative/path' is not an absolute path"))
+        #expect(found.count == 9)
+    }
+
+    @Test("pod-cidrs is required")
+    func podCIDRsRequired() {
+        #expect(problems() == ["pod-cidrs: is required: list the pod CIDRs whose traffic is masqueraded"])
+    }
+
+    @Test("an unknown key or malformed YAML in the file is an error naming it")
+    func badFile() {
+        #expect(problems(file: "pod-cidrs: [10.0.0.0/8]\ndevics: eth0\n").contains { $0.contains("unknown key 'devics'") && $0.contains("line 2") })
+        #expect(problems(file: "pod-cidrs: [10.0.0.0/8\n").first?.hasPrefix("config file test.yaml:") == true)
+        #expect(problems(file: "- a\n- b\n") == ["config file test.yaml: expected a mapping of config keys"])
+        #expect(problems(file: "pod-cidrs: {a: b}\n").first?.contains("expected a value or a list") == true)
+    }
+
+    @Test("port ranges and prefixes parse at their edges")
+    func edges() throws {
+        #expect(try config(flags: ["--pod-cidrs", "0.0.0.0/0", "--snat-port-range", "1-65535"]).snatPortRange == 1...65535)
+        #expect(problems(flags: ["--pod-cidrs", "10.0.0.0/8", "--snat-port-range", "0-10"]).count == 1)
+        #expect(problems(flags: ["--pod-cidrs", "10.0.0.0/33"]) == ["pod-cidrs[0]: '10.0.0.0/33' is not a CIDR (expected ADDRESS/LENGTH, e.g. 10.0.0.0/8 or fd00::/64)"])
+        #expect(try config(flags: ["--pod-cidrs", "10.1.2.3"]).podCIDRs.map(\.description) == ["10.1.2.3/32"])
+        #expect(try config(flags: ["--pod-cidrs", "fd00::1:0/112"]).podCIDRs.map(\.description) == ["fd00::1:0/112"])
+    }
+}

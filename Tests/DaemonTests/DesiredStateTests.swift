@@ -1,0 +1,122 @@
+import API
+import Testing
+@testable import Daemon
+
+@Suite("Desired state")
+struct DesiredStateTests {
+    let network = NetworkSnapshot(
+        links: [
+            .init(name: "lo", index: 1, isLoopback: true, ipv4: [IPv4Address(127, 0, 0, 1)]),
+            .init(name: "eth0", index: 2, ipv4: [IPv4Address(192, 0, 2, 10), IPv4Address(192, 0, 2, 11)]),
+            .init(name: "eth1", index: 3, ipv4: [IPv4Address(198, 51, 100, 1)]),
+            .init(name: "cni0", index: 4, ipv4: [IPv4Address(10, 244, 1, 1)]),
+            .init(name: "eth2", index: 5),
+        ],
+        defaultRouteDevices: ["eth0"])
+
+    private func state(_ flags: [String], network: NetworkSnapshot? = nil, nonMasquerade: NonMasqueradeList? = nil) throws -> DesiredState {
+        let run = try MasqdCommand.Run.parse(["--pod-cidrs", "10.244.1.0/24"] + flags)
+        let config = try DaemonConfig(file: [:], flags: run.flagSettings())
+        return DesiredState(ReconcileInputs(config: config, network: network ?? self.network, nonMasquerade: nonMasquerade))
+    }
+
+    @Test("with no devices configured, the default-route device masquerades with its primary address")
+    func defaultRouteDevice() throws {
+        let s = try state([])
+        #expect(s.devices == [.init(name: "eth0", ifindex: 2, snatV4: IPv4Address(192, 0, 2, 10), snatV6: nil)])
+        #expect(s.skippedDevices.isEmpty)
+    }
+
+    @Test("configured names and prefixes select devices; missing and addressless ones are reported")
+    func selection() throws {
+        let s = try state(["--devices", "eth+,cni0,wg0"])
+        #expect(s.devices.map(\.name) == ["cni0", "eth0", "eth1"])
+        #expect(s.skippedDevices == ["wg0": "no such device", "eth2": "no usable address for an enabled family"])
+    }
+
+    @Test("a device with only IPv4 is not in force when IPv4 masquerading is off")
+    func familySwitch() throws {
+        let s = try state(["--devices", "eth1", "--enable-ipv4-masquerade=false"])
+        #expect(s.devices.isEmpty)
+        #expect(s.skippedDevices["eth1"] != nil)
+        #expect(!s.ipv4Enabled)
+    }
+
+    @Test("CIDRs, node IPs and the native-routing CIDR are split by family")
+    func families() throws {
+        let s = try state([
+            "--pod-cidrs", "10.244.1.0/24,fd00:244::/64", "--cluster-node-ips", "192.0.2.20,fd00::20",
+            "--non-masquerade-cidrs", "100.64.0.0/10,fd00:1::/48", "--ipv4-native-routing-cidr", "10.0.0.0/8",
+        ])
+        #expect(s.podCIDRsV4 == [try IPPrefix("10.244.1.0/24")])
+        #expect(s.podCIDRsV6 == [try IPPrefix("fd00:244::/64")])
+        #expect(s.nodeIPsV4 == [IPv4Address(192, 0, 2, 20)])
+        #expect(s.nodeIPsV6.map(\.description) == ["fd00::20"])
+        #expect(s.nonMasqueradeV4 == [try IPPrefix("100.64.0.0/10")])
+        #expect(s.nonMasqueradeEnabled)
+        #expect(s.nativeRoutingV4 == (try IPPrefix("10.0.0.0/8")))
+    }
+
+    @Test("with the agent on, the loaded ip-masq-agent list is the non-masquerade list")
+    func nonMasqueradeSource() throws {
+        let list = NonMasqueradeList(cidrs: [try IPPrefix("203.0.113.0/24"), try IPPrefix("fd00:1::/48")])
+        let on = try state(["--enable-ip-masq-agent=true"], nonMasquerade: list)
+        #expect(on.nonMasqueradeEnabled)
+        #expect(on.nonMasqueradeV4 == [try IPPrefix("203.0.113.0/24")])
+        #expect(on.nonMasqueradeV6 == [try IPPrefix("fd00:1::/48")])
+    }
+
+    @Test("with the agent on but no valid list yet, the map is left as it is")
+    func nonMasqueradeUnknown() throws {
+        let s = try state(["--enable-ip-masq-agent=true"], nonMasquerade: nil)
+        #expect(s.nonMasqueradeEnabled && s.nonMasqueradeV4 == nil)
+    }
+
+    @Test("with the agent off, the non-masquerade map is emptied and exclusion 2 is off")
+    func nonMasqueradeOff() throws {
+        let s = try state([], nonMasquerade: NonMasqueradeList(cidrs: [try IPPrefix("10.0.0.0/8")]))
+        #expect(!s.nonMasqueradeEnabled && s.nonMasqueradeV4 == [])
+    }
+
+    @Test("set differences add what is new and remove what is gone, leaving the rest")
+    func setDiff() {
+        let d = SetDiff(current: [1, 2, 3], desired: [2, 3, 4])
+        #expect(d.add == [4] && d.remove == [1])
+        #expect(SetDiff(current: [1], desired: [1]).isEmpty)
+    }
+
+    @Test("default routes are read from procfs route tables")
+    func defaultRoutes() {
+        let v4 = """
+            Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+            ext0\t00000000\t0200640A\t0003\t0\t0\t0\t00000000\t0\t0\t0
+            ext1\t00006400\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+            """
+        let v6 = """
+            00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003 wan6
+            00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo
+            """
+        #expect(NetworkSnapshot.defaultRouteDevices(ipv4Routes: v4, ipv6Routes: v6) == ["ext0", "wan6"])
+    }
+}
+
+@Suite("IP prefixes")
+struct PrefixTests {
+    @Test("prefixes are canonical and contain their addresses")
+    func contains() throws {
+        let p = try IPPrefix("10.244.0.0/16")
+        #expect(p.contains(.v4(IPv4Address(10, 244, 9, 9))))
+        #expect(!p.contains(.v4(IPv4Address(10, 245, 0, 1))))
+        #expect(!p.contains(try #require(IPAddress("fd00::1"))))
+        #expect(try IPPrefix("10.1.2.3/8", strict: false).description == "10.0.0.0/8")
+        #expect(try IPPrefix("0.0.0.0/0").contains(.v4(IPv4Address(1, 2, 3, 4))))
+        #expect(try IPPrefix("fe80::/10").contains(try #require(IPAddress("fe80::1"))))
+    }
+
+    @Test("malformed prefixes are rejected")
+    func malformed() {
+        for text in ["", "10.0.0.0/", "10.0.0/8", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8/8", "x/8", "fd00::/129"] {
+            #expect(throws: PrefixError.self, "\(text)") { try IPPrefix(text) }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import API
+import Testing
+@testable import Daemon
+
+@Suite("ip-masq-agent config")
+struct IPMasqAgentTests {
+    private func parse(_ text: String, ipv6: Bool = true) throws(IPMasqAgentError) -> IPMasqAgentConfig {
+        try IPMasqAgentConfig.parse(text, path: "/etc/config/ip-masq-agent", ipv6Enabled: ipv6)
+    }
+
+    private func error(_ text: String, ipv6: Bool = true) -> IPMasqAgentError? {
+        do {
+            _ = try parse(text, ipv6: ipv6)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    private let defaults = [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
+        "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+        "240.0.0.0/4",
+    ]
+
+    @Test("an empty file gives the 11 default ranges plus both link-local ranges")
+    func emptyFile() throws {
+        for text in ["", "\n", "# comment only\n", "{}", "nonMasqueradeCIDRs: []\n", "nonMasqueradeCIDRs:\n"] {
+            #expect(try parse(text).effectiveList.cidrs.map(\.description) == defaults + ["169.254.0.0/16", "fe80::/10"], "\(text)")
+        }
+    }
+
+    @Test("a YAML file's CIDRs replace the defaults; link-local stays excluded unless masqLinkLocal")
+    func yamlFile() throws {
+        let c = try parse("""
+            nonMasqueradeCIDRs:
+              - 10.0.0.0/8
+              - 100.0.9.0/24
+            masqLinkLocal: true
+            """)
+        #expect(c.effectiveList.cidrs.map(\.description) == ["10.0.0.0/8", "100.0.9.0/24", "fe80::/10"])
+    }
+
+    @Test("a JSON file is read the same way, and unknown keys are accepted and named")
+    func jsonFile() throws {
+        let c = try parse(#"{"nonMasqueradeCIDRs": ["192.168.0.0/16", "fd00::/8"], "masqLinkLocalIPv6": true, "resyncInterval": "60s", "cidrLimit": 64}"#)
+        #expect(c.effectiveList.cidrs.map(\.description) == ["192.168.0.0/16", "fd00::/8", "169.254.0.0/16"])
+        #expect(c.ignoredKeys == ["resyncInterval", "cidrLimit"])
+    }
+
+    @Test("CIDRs are normalised and duplicates dropped")
+    func normalised() throws {
+        let c = try parse("nonMasqueradeCIDRs: [\"10.0.0.0/8\", 10.0.0.0/8, \"FD00::/8\", 169.254.0.0/16]\n")
+        #expect(c.effectiveList.cidrs.map(\.description) == ["10.0.0.0/8", "fd00::/8", "169.254.0.0/16", "fe80::/10"])
+    }
+
+    @Test("every invalid file is an error with the file, the line and what is wrong")
+    func invalid() {
+        let cases: [(String, Int?, String)] = [
+            ("nonMasqueradeCIDRs: [10.0.0.0/8\n", nil, ""),
+            ("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 10.1.1.1/8\n", 3, "nonMasqueradeCIDRs[1]: '10.1.1.1/8' has host bits set (did you mean 10.0.0.0/8?)"),
+            ("nonMasqueradeCIDRs:\n  - banana\n", 2, "nonMasqueradeCIDRs[0]: 'banana' is not a CIDR"),
+            ("nonMasqueradeCIDRs: 10.0.0.0/8\n", 1, "nonMasqueradeCIDRs must be a list of CIDRs"),
+            ("nonMasqueradeCIDRs:\n  - {a: b}\n", 2, "nonMasqueradeCIDRs[0] must be a CIDR string"),
+            ("masqLinkLocal: maybe\n", 1, "masqLinkLocal must be true or false"),
+            ("masqLinkLocalIPv6: [true]\n", 1, "masqLinkLocalIPv6 must be true or false"),
+            ("- 10.0.0.0/8\n", 1, "expected a mapping"),
+        ]
+        for (text, line, message) in cases {
+            let e = error(text)
+            #expect(e != nil, "\(text) was accepted")
+            #expect(e?.path == "/etc/config/ip-masq-agent")
+            if let line { #expect(e?.line == line, "\(text): line \(String(describing: e?.line))") }
+            #expect(e?.message.hasPrefix(message) == true, "\(text): \(e?.message ?? "")")
+        }
+        #expect(error("nonMasqueradeCIDRs: [10.0.0.0/8\n")?.line != nil)
+    }
+
+    @Test("an IPv6 CIDR is an error while IPv6 masquerading is off")
+    func ipv6Off() {
+        #expect(error("nonMasqueradeCIDRs: [fd00::/8]\n", ipv6: false)?.message == "nonMasqueradeCIDRs[0]: 'fd00::/8' is IPv6 but IPv6 masquerading is off")
+        #expect(error("nonMasqueradeCIDRs: [10.0.0.0/8]\n", ipv6: false) == nil)
+    }
+
+    @Test("a missing file reads as the defaults")
+    func missingFile() throws {
+        let result = IPMasqAgentWatcher.read(path: "/nonexistent/masq-test/ip-masq-agent", ipv6Enabled: true)
+        #expect(try result.get() == .defaults)
+    }
+}
+
+@Suite("Config reload")
+struct ConfigReloadTests {
+    @Test("a reload applies live keys and keeps restart-only keys, naming them")
+    func merge() throws {
+        var running = DaemonConfig()
+        running.podCIDRs = [try IPPrefix("10.244.0.0/16")]
+        var new = running
+        new.podCIDRs = [try IPPrefix("10.245.0.0/16")]
+        new.clusterNodeIPs = [.v4(IPv4Address(10, 0, 0, 2))]
+        new.enableIPMasqAgent = true
+        new.natMaxEntries = 65536
+        new.bpffsRoot = "/sys/fs/bpf/other"
+        let (merged, pending) = ConfigReloader.merge(running: running, new: new)
+        #expect(merged.podCIDRs == new.podCIDRs && merged.clusterNodeIPs == new.clusterNodeIPs && merged.enableIPMasqAgent)
+        #expect(merged.natMaxEntries == running.natMaxEntries && merged.bpffsRoot == running.bpffsRoot)
+        #expect(Set(pending) == [.natMaxEntries, .bpffsRoot])
+    }
+}
