@@ -15,6 +15,8 @@ Every subcommand is bounded: sockets have timeouts, loops have counts, servers h
              each line "x" exchanges one line and prints "ok ANSWER" (or "err WHY"),
              "q" or end of input closes it. Prints "connected LOCAL" first.
   progquery  --dev NAME                  JSON: the tcx program ids on NAME's ingress/egress
+  nattable                               reads `bpftool -j map dump` of masq_nat_v4 on stdin and
+             prints its flows as a table (layout: bpf/include/masq_abi.h)
 """
 import argparse
 import ctypes
@@ -256,6 +258,49 @@ def cmd_progquery(args):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# NAT table (masq_nat_v4 dumped by bpftool with BTF: big-endian fields read as host integers)
+
+PROTOS = {1: "icmp", 6: "tcp", 17: "udp"}
+
+
+def be32_addr(n):
+    return socket.inet_ntoa(struct.pack("=I", n))
+
+
+def be16_port(n):
+    return socket.ntohs(n)
+
+
+def cmd_nattable(args):
+    entries = json.load(sys.stdin)
+    rows = []
+    reverse = 0
+    for e in entries:
+        e = e.get("formatted", e)  # with -j, bpftool puts the BTF-decoded form here
+        key, value = e.get("key", {}), e.get("value", {})
+        if key.get("dir") != 0:  # MASQ_DIR_INGRESS: the reverse half of a pair
+            reverse += 1
+            continue
+        flags = value.get("flags", 0)
+        kind = "host" if flags & 1 else "inbound" if flags & 2 else "masq"
+        proto = PROTOS.get(key.get("proto"), str(key.get("proto")))
+        sport, dport = be16_port(key["sport"]), be16_port(key["dport"])
+        original = "%s:%d -> %s:%d" % (be32_addr(key["saddr"]), sport, be32_addr(key["daddr"]), dport)
+        if proto == "icmp":
+            original = "%s id %d -> %s" % (be32_addr(key["saddr"]), sport, be32_addr(key["daddr"]))
+        translated = "%s:%d" % (be32_addr(value["to_addr"]), be16_port(value["to_port"]))
+        if proto == "icmp":
+            translated = "%s id %d" % (be32_addr(value["to_addr"]), be16_port(value["to_port"]))
+        rows.append((proto, original, translated, kind, str(value.get("packets", 0))))
+    header = ("PROTO", "ORIGINAL (pod side)", "LEAVES AS", "KIND", "PACKETS")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + sorted(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print("(%d outgoing flows, %d reverse entries)" % (len(rows), reverse))
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -282,9 +327,11 @@ def main():
     p.add_argument("--lifetime", type=float, default=300.0)
     p = sub.add_parser("progquery")
     p.add_argument("--dev", required=True)
+    sub.add_parser("nattable")
     args = parser.parse_args()
     handler = {"serve": cmd_serve, "tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping,
-               "session": cmd_session, "progquery": cmd_progquery}[args.cmd]
+               "session": cmd_session, "progquery": cmd_progquery,
+               "nattable": cmd_nattable}[args.cmd]
     try:
         return handler(args) or 0
     except OSError as e:
