@@ -1,0 +1,379 @@
+// Packet builders, a parser that checks checksums from scratch, and the map fixture every
+// datapath test starts from. Tests build a frame, set up the maps, run the program once with
+// BPF_PROG_TEST_RUN, then check the verdict, the map state and the rewritten bytes.
+
+@preconcurrency import Glibc
+import CLibbpf
+import CMasq
+@testable import Daemon
+
+// MARK: - Addresses and constants
+
+/// An IPv4 address; `raw` is the __be32 the maps hold (network order in memory).
+struct IPv4Address: Equatable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
+    var octets: [UInt8]
+
+    init(_ octets: [UInt8]) {
+        precondition(octets.count == 4)
+        self.octets = octets
+    }
+
+    init(stringLiteral value: String) {
+        let parts = value.split(separator: ".").compactMap { UInt8($0) }
+        precondition(parts.count == 4, "bad address literal \(value)")
+        self.init(parts)
+    }
+
+    /// Network order in memory, as `__be32` fields and map keys hold it.
+    init(raw: UInt32) {
+        self.init(withUnsafeBytes(of: raw) { Array($0) })
+    }
+
+    var raw: UInt32 { octets.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } }
+    var description: String { octets.map(String.init).joined(separator: ".") }
+}
+
+/// A port (or ICMP echo id) as a `__be16` field holds it.
+func be16(_ port: UInt16) -> UInt16 { port.bigEndian }
+func host16(_ raw: UInt16) -> UInt16 { UInt16(bigEndian: raw) }
+
+enum TC {
+    static let ok: UInt32 = 0    // TC_ACT_OK
+    static let shot: UInt32 = 2  // TC_ACT_SHOT
+}
+
+enum Proto {
+    static let icmp: UInt8 = 1
+    static let tcp: UInt8 = 6
+    static let udp: UInt8 = 17
+}
+
+enum TCPFlag {
+    static let fin: UInt8 = 0x01
+    static let syn: UInt8 = 0x02
+    static let rst: UInt8 = 0x04
+    static let ack: UInt8 = 0x10
+}
+
+enum ICMPType {
+    static let echoReply: UInt8 = 0
+    static let unreachable: UInt8 = 3
+    static let echo: UInt8 = 8
+}
+
+/// The addresses the standard fixture uses.
+enum Net {
+    static let snat: IPv4Address = "192.168.0.10"      // the device's SNAT address
+    static let pod1: IPv4Address = "10.0.1.5"          // inside pod CIDR 10.0.1.0/24
+    static let pod2: IPv4Address = "10.0.1.6"
+    static let otherPod: IPv4Address = "10.0.1.99"
+    static let server: IPv4Address = "93.184.216.34"   // the outside world
+    static let server2: IPv4Address = "198.18.7.7"
+    static let notPod: IPv4Address = "172.31.0.4"      // a source outside every pod CIDR
+    static let node2: IPv4Address = "192.168.0.11"     // another cluster node
+    static let podCIDR: (IPv4Address, UInt32) = ("10.0.1.0", 24)
+    /// The ifindex BPF_PROG_TEST_RUN gives the skb when no ctx sets one: loopback.
+    static let testIfindex: UInt32 = 1
+}
+
+// MARK: - Checksums
+
+/// The Internet checksum (RFC 1071) of `bytes`, folded, not yet complemented.
+func onesComplementSum(_ bytes: [UInt8], initial: UInt32 = 0) -> UInt16 {
+    var sum = initial
+    var i = 0
+    while i + 1 < bytes.count {
+        sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
+        i += 2
+    }
+    if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
+    while sum > 0xffff { sum = (sum & 0xffff) + (sum >> 16) }
+    return UInt16(sum)
+}
+
+func internetChecksum(_ bytes: [UInt8], initial: UInt32 = 0) -> UInt16 {
+    ~onesComplementSum(bytes, initial: initial)
+}
+
+/// The TCP/UDP pseudo-header sum (RFC 793, RFC 768).
+func pseudoHeaderSum(src: [UInt8], dst: [UInt8], proto: UInt8, length: Int) -> UInt32 {
+    UInt32(onesComplementSum(src + dst + [0, proto, UInt8(length >> 8), UInt8(length & 0xff)]))
+}
+
+// MARK: - Building frames
+
+/// The L4 part of a test packet.
+enum L4: Sendable {
+    case tcp(sport: UInt16, dport: UInt16, flags: UInt8 = TCPFlag.syn)
+    case udp(sport: UInt16, dport: UInt16, zeroChecksum: Bool = false)
+    case icmpEcho(type: UInt8, id: UInt16, seq: UInt16 = 1)
+    /// Any ICMP message: type, code, then the rest of the 8-byte header and a body.
+    case icmp(type: UInt8, code: UInt8, body: [UInt8])
+    /// Raw bytes after the IPv4 header, checksums untouched (for malformed packets).
+    case raw(proto: UInt8, bytes: [UInt8])
+}
+
+/// Builds an Ethernet + IPv4 frame with valid checksums.
+func ipv4Frame(src: IPv4Address, dst: IPv4Address, _ l4: L4, payload: [UInt8] = Array("masq".utf8),
+               options: [UInt8] = [], fragment: UInt16 = 0, ipID: UInt16 = 0x1234) -> [UInt8] {
+    var seg: [UInt8]
+    var proto: UInt8
+    switch l4 {
+    case let .tcp(sport, dport, flags):
+        proto = Proto.tcp
+        seg = be(sport) + be(dport) + [0, 0, 0, 1] + [0, 0, 0, 0] + [0x50, flags] + be(64240) + [0, 0, 0, 0]
+        seg += payload
+        let sum = internetChecksum(seg, initial: pseudoHeaderSum(src: src.octets, dst: dst.octets, proto: proto, length: seg.count))
+        seg.replace(at: 16, with: be(sum))
+    case let .udp(sport, dport, zeroChecksum):
+        proto = Proto.udp
+        seg = be(sport) + be(dport) + be(UInt16(8 + payload.count)) + [0, 0] + payload
+        if !zeroChecksum {
+            var sum = internetChecksum(seg, initial: pseudoHeaderSum(src: src.octets, dst: dst.octets, proto: proto, length: seg.count))
+            if sum == 0 { sum = 0xffff }
+            seg.replace(at: 6, with: be(sum))
+        }
+    case let .icmpEcho(type, id, seq):
+        proto = Proto.icmp
+        seg = [type, 0, 0, 0] + be(id) + be(seq) + payload
+        seg.replace(at: 2, with: be(internetChecksum(seg)))
+    case let .icmp(type, code, body):
+        proto = Proto.icmp
+        seg = [type, code, 0, 0] + body
+        seg.replace(at: 2, with: be(internetChecksum(seg)))
+    case let .raw(p, bytes):
+        proto = p
+        seg = bytes
+    }
+    precondition(options.count % 4 == 0 && options.count <= 40)
+    let ihl = UInt8(5 + options.count / 4)
+    var ip: [UInt8] = [0x40 | ihl, 0] + be(UInt16(Int(ihl) * 4 + seg.count)) + be(ipID) + be(fragment)
+    ip += [64, proto, 0, 0] + src.octets + dst.octets + options
+    ip.replace(at: 10, with: be(internetChecksum(ip)))
+    return ethernetHeader(type: 0x0800) + ip + seg
+}
+
+func ethernetHeader(type: UInt16) -> [UInt8] {
+    [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01] + be(type)
+}
+
+func be(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
+
+extension Array where Element == UInt8 {
+    mutating func replace(at offset: Int, with bytes: [UInt8]) {
+        replaceSubrange(offset..<offset + bytes.count, with: bytes)
+    }
+
+    func u16(at offset: Int) -> UInt16 { UInt16(self[offset]) << 8 | UInt16(self[offset + 1]) }
+}
+
+// MARK: - Reading frames back
+
+/// An Ethernet + IPv4 frame as the program left it, with every checksum recomputed from scratch.
+struct ParsedFrame {
+    var src: IPv4Address
+    var dst: IPv4Address
+    var proto: UInt8
+    var ihl: Int
+    /// TCP/UDP ports, or the ICMP echo id as `sport` and `dport`.
+    var sport: UInt16
+    var dport: UInt16
+    var icmpType: UInt8
+    var l4Checksum: UInt16
+    /// The IPv4 header checksum verifies.
+    var ipChecksumOK: Bool
+    /// The TCP/UDP (with pseudo header) or ICMP checksum verifies; a UDP checksum of 0 counts
+    /// as valid (none).
+    var l4ChecksumOK: Bool
+
+    init(_ frame: [UInt8]) {
+        let ip = Array(frame[14...])
+        ihl = Int(ip[0] & 0x0f)
+        let hlen = ihl * 4
+        let total = Int(ip.u16(at: 2))
+        src = IPv4Address(Array(ip[12..<16]))
+        dst = IPv4Address(Array(ip[16..<20]))
+        proto = ip[9]
+        ipChecksumOK = onesComplementSum(Array(ip[0..<hlen])) == 0xffff
+        let seg = Array(ip[hlen..<total])
+        icmpType = 0
+        switch proto {
+        case Proto.tcp, Proto.udp:
+            sport = seg.u16(at: 0)
+            dport = seg.u16(at: 2)
+            l4Checksum = seg.u16(at: proto == Proto.tcp ? 16 : 6)
+            let sum = onesComplementSum(seg, initial: pseudoHeaderSum(src: src.octets, dst: dst.octets, proto: proto, length: seg.count))
+            l4ChecksumOK = (proto == Proto.udp && l4Checksum == 0) || sum == 0xffff
+        case Proto.icmp:
+            icmpType = seg[0]
+            sport = seg.u16(at: 4)
+            dport = sport
+            l4Checksum = seg.u16(at: 2)
+            l4ChecksumOK = onesComplementSum(seg) == 0xffff
+        default:
+            sport = 0
+            dport = 0
+            l4Checksum = 0
+            l4ChecksumOK = true
+        }
+    }
+
+    var checksumsOK: Bool { ipChecksumOK && l4ChecksumOK }
+}
+
+// MARK: - The datapath under test
+
+/// One program run: the verdict and the frame as the program left it.
+struct RunResult {
+    var verdict: UInt32
+    var frame: [UInt8]
+    var parsed: ParsedFrame { ParsedFrame(frame) }
+}
+
+/// A loaded, unpinned datapath object with its maps, set up the way masqd would set it up.
+/// Nothing is pinned, so a test leaves nothing in bpffs; each test makes its own.
+final class Datapath {
+    let object: BPFObject
+    let config: BPFMap
+    let devices: BPFMap
+    let nat: BPFMap
+    let pods: BPFMap
+    let nonmasq: BPFMap
+    let nodes: BPFMap
+    let drops: BPFMap
+    let stats: BPFMap
+    private let egressFD: Int32
+    private let ingressFD: Int32
+
+    /// Loads the embedded object with a small NAT table (the LRU preallocates every entry).
+    init(natEntries: UInt32 = 4096) throws {
+        object = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil,
+                               maxEntries: [MASQ_MAP_NAT_V4: natEntries])
+        config = try object.map(MASQ_MAP_CONFIG)
+        devices = try object.map(MASQ_MAP_DEVICES)
+        nat = try object.map(MASQ_MAP_NAT_V4)
+        pods = try object.map(MASQ_MAP_PODS_V4)
+        nonmasq = try object.map(MASQ_MAP_NONMASQ_V4)
+        nodes = try object.map(MASQ_MAP_NODES_V4)
+        drops = try object.map(MASQ_MAP_DROPS)
+        stats = try object.map(MASQ_MAP_STATS)
+        egressFD = try object.programFD(MASQ_PROG_EGRESS)
+        ingressFD = try object.programFD(MASQ_PROG_INGRESS)
+    }
+
+    /// The usual node: IPv4 masquerading on, pod CIDR 10.0.1.0/24, the test device (ifindex 1)
+    /// masquerading to 192.168.0.10, default port range.
+    static func standard(flags: UInt32 = MASQ_CFG_IPV4_MASQ, portMin: UInt16 = 32768,
+                         portMax: UInt16 = 65535) throws -> Datapath {
+        let dp = try Datapath()
+        try dp.setConfig(flags: flags, portMin: portMin, portMax: portMax)
+        try dp.addDevice(snat: Net.snat)
+        try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
+        return dp
+    }
+
+    func setConfig(flags: UInt32 = MASQ_CFG_IPV4_MASQ, portMin: UInt16 = 32768, portMax: UInt16 = 65535,
+                   native: (IPv4Address, UInt32)? = nil) throws {
+        var cfg = masq_config()
+        cfg.flags = flags | (native != nil ? MASQ_CFG_NATIVE_V4 : 0)
+        cfg.port_min = portMin
+        cfg.port_max = portMax
+        if let native {
+            cfg.native_v4 = native.0.raw
+            cfg.native_v4_len = native.1
+        }
+        try config.update(UInt32(0), cfg)
+    }
+
+    func addDevice(ifindex: UInt32 = Net.testIfindex, snat: IPv4Address, hasV4: Bool = true) throws {
+        var dev = masq_device()
+        dev.snat_v4 = snat.raw
+        dev.flags = hasV4 ? MASQ_DEV_HAS_V4 : 0
+        try devices.update(ifindex, dev)
+    }
+
+    func addPodCIDR(_ addr: IPv4Address, _ len: UInt32) throws {
+        try pods.update(masq_lpm_v4(prefixlen: len, addr: addr.raw), UInt8(MASQ_CIDR_PRESENT))
+    }
+
+    func addNonMasqCIDR(_ addr: IPv4Address, _ len: UInt32) throws {
+        try nonmasq.update(masq_lpm_v4(prefixlen: len, addr: addr.raw), UInt8(MASQ_CIDR_PRESENT))
+    }
+
+    func addNode(_ addr: IPv4Address) throws {
+        try nodes.update(addr.raw, UInt8(MASQ_CIDR_PRESENT))
+    }
+
+    enum Hook { case egress, ingress }
+
+    /// Runs the program of `hook` once on `frame`.
+    func run(_ hook: Hook, _ frame: [UInt8]) throws -> RunResult {
+        var out = [UInt8](repeating: 0, count: frame.count + 256)
+        var outLen = UInt32(out.count)
+        var verdict: UInt32 = 0
+        let fd = hook == .egress ? egressFD : ingressFD
+        let err = frame.withUnsafeBytes { input in
+            out.withUnsafeMutableBytes { output in
+                masq_prog_test_run(fd, input.baseAddress, UInt32(input.count), output.baseAddress, &outLen,
+                                   nil, 0, &verdict, 1, nil)
+            }
+        }
+        if err != 0 { throw BPFError("test run", "program \(hook)", errno: -err) }
+        return RunResult(verdict: verdict, frame: Array(out[0..<Int(outLen)]))
+    }
+
+    /// Runs `hook` `repeat` times on `frame`; the kernel's average duration per run, in ns.
+    func measure(_ hook: Hook, _ frame: [UInt8], repeat count: UInt32) throws -> UInt32 {
+        var out = [UInt8](repeating: 0, count: frame.count + 256)
+        var outLen = UInt32(out.count)
+        var verdict: UInt32 = 0
+        var duration: UInt32 = 0
+        let fd = hook == .egress ? egressFD : ingressFD
+        let err = frame.withUnsafeBytes { input in
+            out.withUnsafeMutableBytes { output in
+                masq_prog_test_run(fd, input.baseAddress, UInt32(input.count), output.baseAddress, &outLen,
+                                   nil, 0, &verdict, count, &duration)
+            }
+        }
+        if err != 0 { throw BPFError("test run", "program \(hook)", errno: -err) }
+        return duration
+    }
+
+    // MARK: Reading state back
+
+    func entry(_ key: masq_nat_key_v4) throws -> masq_nat_entry_v4? {
+        try nat.lookup(key, as: masq_nat_entry_v4.self)
+    }
+
+    func entries() throws -> [(masq_nat_key_v4, masq_nat_entry_v4)] {
+        try nat.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
+    }
+
+    /// A counter of masq_stats, summed over CPUs.
+    func stat(_ index: Int32) throws -> UInt64 {
+        try stats.lookupPerCPU(UInt32(index), as: UInt64.self).reduce(0, +)
+    }
+
+    /// Packets dropped for `reason`, summed over CPUs.
+    func dropped(_ reason: DropReason) throws -> UInt64 {
+        try drops.lookupPerCPU(reason.rawValue, as: UInt64.self).reduce(0, +)
+    }
+
+    /// Every drop, any reason.
+    func droppedTotal() throws -> UInt64 {
+        try DropReason.allCases.reduce(0) { try $0 + dropped($1) }
+    }
+}
+
+/// A NAT table key as the datapath writes it.
+func natKey(_ saddr: IPv4Address, _ daddr: IPv4Address, sport: UInt16, dport: UInt16, proto: UInt8,
+            dir: Int32) -> masq_nat_key_v4 {
+    masq_nat_key_v4(saddr: saddr.raw, daddr: daddr.raw, sport: be16(sport), dport: be16(dport),
+                    proto: proto, dir: UInt8(dir), pad: 0)
+}
+
+extension masq_nat_key_v4 {
+    var description: String {
+        "\(IPv4Address(raw: saddr)):\(host16(sport)) -> \(IPv4Address(raw: daddr)):\(host16(dport)) proto \(proto) dir \(dir)"
+    }
+}
