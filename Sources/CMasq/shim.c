@@ -19,9 +19,17 @@ struct bpf_object *masq_object_open_mem(const void *buf, size_t len, const char 
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name, .pin_root_path = pin_root);
 	struct bpf_object *obj = bpf_object__open_mem(buf, len, &opts);
 
+	struct bpf_map *map;
+
 	if (libbpf_get_error(obj)) {
 		errno = -(int)libbpf_get_error(obj);
 		return NULL;
+	}
+	/* Without a pin root libbpf would pin LIBBPF_PIN_BY_NAME maps under its default,
+	 * /sys/fs/bpf, and reuse them on the next open: no pin root must mean no pinning. */
+	if (!pin_root) {
+		bpf_object__for_each_map(map, obj)
+			bpf_map__set_pin_path(map, NULL);
 	}
 	return obj;
 }
