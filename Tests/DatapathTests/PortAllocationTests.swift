@@ -144,7 +144,7 @@ struct PortAllocationTests {
         #expect(try dp.stat(MASQ_STAT_REVERSE_RESTORED) == 1)
     }
 
-    @Test("per-packet cost of an established flow is measured")
+    @Test("an established flow costs well under 10 µs a packet each way")
     func perPacketCost() throws {
         let dp = try Datapath.standard()
         let egress = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
@@ -152,10 +152,12 @@ struct PortAllocationTests {
         let ingress = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))
         let passThrough = ipv4Frame(src: Net.notPod, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
 
-        let egressNS = try dp.measure(.egress, egress, repeat: 100_000)
-        let ingressNS = try dp.measure(.ingress, ingress, repeat: 100_000)
-        let passNS = try dp.measure(.egress, passThrough, repeat: 100_000)
-        print("datapath cost per packet: egress SNAT \(egressNS) ns, ingress reverse SNAT \(ingressNS) ns, egress not masqueraded \(passNS) ns")
+        let runs = 20_000
+        let egressNS = try dp.averageCost(.egress, egress, runs: runs)
+        let ingressNS = try dp.averageCost(.ingress, ingress, runs: runs)
+        let passNS = try dp.averageCost(.egress, passThrough, runs: runs)
+        print("datapath cost per packet (kernel-timed, single runs): egress SNAT \(Int(egressNS)) ns, "
+              + "ingress reverse SNAT \(Int(ingressNS)) ns, egress not masqueraded \(Int(passNS)) ns")
         #expect(egressNS < 10_000)
         #expect(ingressNS < 10_000)
     }

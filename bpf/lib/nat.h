@@ -66,7 +66,8 @@ struct snat_v4_alloc {
 	__u32 tries;                   /* candidates tried so far */
 	__be16 port;                   /* the claimed port, network order */
 	__u8 created;                  /* this flow wrote the reverse entry (else it reuses one) */
-	__u8 found;
+	__u8 found;                    /* a port was claimed */
+	__u8 scanned;                  /* the random probes failed: the exhaustive scan ran */
 };
 
 /* __snat_v4_claim: claims the reply tuple a->rkey with dport = port for the flow a->rval
@@ -104,10 +105,12 @@ static long snat_v4_port_probe(__u32 i, void *ctx)
 	struct snat_v4_alloc *a = ctx;
 	__u32 off;
 
-	if (i < SNAT_PORT_PROBES)
+	if (i < SNAT_PORT_PROBES) {
 		off = bpf_get_prandom_u32() % a->range;
-	else
+	} else {
 		off = (a->start + i - SNAT_PORT_PROBES) % a->range;
+		a->scanned = 1;
+	}
 	if (__snat_v4_claim(a, bpf_htons(a->port_min + off)) != MASQ_OK)
 		return 0;
 	a->found = 1;
@@ -145,7 +148,7 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 		kept = __snat_v4_claim(&a, tuple->sport) == MASQ_OK;
 	if (!kept) {
 		bpf_loop(SNAT_PORT_PROBES + a.range, snat_v4_port_probe, &a, 0);
-		if (a.tries > SNAT_PORT_PROBES + 1)
+		if (a.scanned)
 			stat_inc(MASQ_STAT_ALLOC_SCANS);
 		if (!a.found) {
 			stat_inc(MASQ_STAT_ALLOC_FAIL);
