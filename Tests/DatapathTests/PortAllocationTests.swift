@@ -144,6 +144,32 @@ struct PortAllocationTests {
         #expect(try dp.stat(MASQ_STAT_REVERSE_RESTORED) == 1)
     }
 
+    @Test("a flow mapped before the device's SNAT address changed leaves with the new address")
+    func snatAddressChangeRemaps() throws {
+        let dp = try Datapath.standard()
+        _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
+        let newSNAT: IPv4Address = "192.168.0.20"
+        try dp.addDevice(snat: newSNAT)
+        let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
+
+        #expect(out.parsed.src == newSNAT)
+        #expect(out.parsed.checksumsOK)
+        let fwd = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 40000, dport: 53, proto: Proto.udp, dir: MASQ_DIR_EGRESS)))
+        #expect(IPv4Address(raw: fwd.to_addr) == newSNAT)
+        #expect(try dp.entry(natKey(Net.server, Net.snat, sport: 53, dport: 40000, proto: Proto.udp, dir: MASQ_DIR_INGRESS)) == nil)
+        #expect(try dp.entries().count == 2)
+    }
+
+    @Test("a reset from the node without a flow creates no host pair")
+    func hostResetNotTracked() throws {
+        let dp = try Datapath.standard()
+        let rst = ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 22, dport: 51515, flags: TCPFlag.rst | TCPFlag.ack))
+        let out = try dp.run(.egress, rst)
+
+        #expect(out.frame == rst)
+        #expect(try dp.entries().isEmpty)
+    }
+
     @Test("an established flow costs well under 10 µs a packet each way")
     func perPacketCost() throws {
         let dp = try Datapath.standard()

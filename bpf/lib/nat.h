@@ -201,6 +201,23 @@ static __always_inline void snat_v4_restore_reverse(const struct masq_nat_key_v4
 		stat_inc(MASQ_STAT_REVERSE_RESTORED);
 }
 
+/* snat_v4_delete_pair: removes an established pair, reverse first, the reverse only when it
+ * still maps back to this flow (another flow may have claimed the tuple since). */
+static __always_inline void snat_v4_delete_pair(const struct masq_nat_key_v4 *tuple,
+						const struct masq_nat_entry_v4 *state)
+{
+	struct masq_nat_entry_v4 *rstate;
+	struct masq_nat_key_v4 rkey;
+
+	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &rkey);
+	rkey.daddr = state->to_addr;
+	rkey.dport = state->to_port;
+	rstate = ct_lookup4(&rkey);
+	if (rstate && rstate->to_addr == tuple->saddr && rstate->to_port == tuple->sport)
+		bpf_map_delete_elem(&masq_nat_v4, &rkey);
+	bpf_map_delete_elem(&masq_nat_v4, tuple);
+}
+
 /* __snat_v4_rewrite: replaces the address at IPv4 offset addr_off and the port at L4 offset
  * port_off, each only when it changes, checksums first. Returns MASQ_OK or -DROP_*. */
 static __always_inline int __snat_v4_rewrite(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
@@ -273,6 +290,13 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 		ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY));
 		return NAT_PUNT_TO_STACK;
 	}
+	if (state && state->to_addr != dev->snat_v4) {
+		/* The device's SNAT address changed since the mapping was made (SPEC: the SNAT
+		 * address follows the device): the flow starts over with the new address rather
+		 * than leave with one the node no longer has. */
+		snat_v4_delete_pair(&tuple, state);
+		state = NULL;
+	}
 	if (state) {
 		snat_v4_restore_reverse(&tuple, state);
 	} else {
@@ -314,8 +338,9 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 	if (state) {
 		snat_v4_restore_reverse(&tuple, state);
 	} else {
-		/* The node answering a ping holds no echo id of its own. */
-		if (ct_is_icmp_echo_reply(&tuple, &l4))
+		/* The node answering a ping holds no echo id of its own, and a reset ends a flow
+		 * (answering a port scan, say): neither is worth a pair. */
+		if (ct_is_icmp_echo_reply(&tuple, &l4) || (l4.tcp_flags & TCP_FLAG_RST))
 			return NAT_PUNT_TO_STACK;
 		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, MASQ_NAT_F_HOST, &state);
 		if (ret != MASQ_OK)
