@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
     ],
     targets: [
         // libbpf from Debian's libbpf-dev.
@@ -20,6 +21,12 @@ let package = Package(
             name: "CLibbpf",
             pkgConfig: "libbpf",
             providers: [.apt(["libbpf-dev"])]
+        ),
+        // libsystemd from Debian's libsystemd-dev: sd_notify and socket activation.
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
         ),
         // The datapath ABI (bpf/include/masq_abi.h) and a small libbpf shim for option structs.
         .target(
@@ -40,6 +47,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "CSystemd",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             plugins: ["BPFObjectPlugin"]
         ),
@@ -55,12 +66,25 @@ let package = Package(
             dependencies: [
                 "API",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // Compiles bpf/*.c for the bpf target and embeds the object in Daemon.
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"]),
         .testTarget(name: "DatapathTests", dependencies: ["Daemon", "CMasq", "CLibbpf"]),
+        .testTarget(
+            name: "APITests",
+            dependencies: [
+                "API", "Daemon", "CMasq", "CLibbpf",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .testTarget(name: "E2ETests", dependencies: ["Daemon"], exclude: ["netprobe.py"]),
     ]
 )

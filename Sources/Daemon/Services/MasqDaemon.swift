@@ -23,9 +23,11 @@ enum MasqDaemon {
             datapath: datapath, status: status, initial: inputs, changes: changes, logger: logger)
         let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink, logger: logger)
 
+        let control = try controlServices(datapath: datapath, status: status, config: config, logger: logger)
+
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: reconciler), .init(service: agent), .init(service: reloader)],
+                services: [.init(service: reconciler), .init(service: agent), .init(service: reloader)] + control,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -1,0 +1,101 @@
+import Foundation
+
+/// A request's query parameters, with typed readers that turn a bad value into a 400 naming the
+/// parameter. Each parameter may appear once; unknown parameters are refused, so that a typo
+/// never silently widens a DELETE.
+public struct QueryParameters: Sendable, Equatable {
+    public private(set) var items: [String: String]
+
+    /// Parses `a=1&b=2` (percent-decoded; `+` stays `+`). `allowed` are the names the endpoint knows.
+    public init(_ query: Substring?, allowed: [String]) throws(APIError) {
+        items = [:]
+        guard let query, !query.isEmpty else { return }
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let name = Self.percentDecode(parts[0]) else {
+                throw .badRequest("query: '\(parts[0])' is not valid percent-encoding")
+            }
+            guard let value = Self.percentDecode(parts.count > 1 ? parts[1] : "") else {
+                throw .badRequest("\(name): '\(parts[1])' is not valid percent-encoding")
+            }
+            guard allowed.contains(name) else {
+                let known = allowed.isEmpty ? "this endpoint takes none" : "known: \(allowed.joined(separator: ", "))"
+                throw .badRequest("\(name): unknown query parameter (\(known))")
+            }
+            guard items[name] == nil else { throw .badRequest("\(name): given more than once") }
+            items[name] = value
+        }
+    }
+
+    public init(items: [String: String]) {
+        self.items = items
+    }
+
+    public subscript(name: String) -> String? { items[name] }
+
+    /// The value converted by `parse`; nil when absent; 400 saying what was expected when `parse` fails.
+    public func value<T>(_ name: String, expecting expected: String, _ parse: (String) -> T?) throws(APIError) -> T? {
+        guard let text = items[name] else { return nil }
+        guard let value = parse(text) else { throw .badRequest("\(name): '\(text)' is not valid (expected \(expected))") }
+        return value
+    }
+
+    /// An address (a host prefix) or a CIDR.
+    public func prefix(_ name: String) throws(APIError) -> IPPrefix? {
+        guard let text = items[name] else { return nil }
+        do {
+            return try IPPrefix(text)
+        } catch {
+            throw .badRequest("\(name): \(error.description.replacingOccurrences(of: "is not a CIDR", with: "is not an address or CIDR"))")
+        }
+    }
+
+    public func port(_ name: String) throws(APIError) -> UInt16? {
+        try value(name, expecting: "a port number 0-65535") { UInt16($0) }
+    }
+
+    public func address(_ name: String) throws(APIError) -> IPAddress? {
+        try value(name, expecting: "an IPv4 or IPv6 address") { IPAddress($0) }
+    }
+
+    /// Encodes parameters for a request line (unreserved characters and `/`, `:` kept as they are).
+    public static func encode(_ items: [(String, String)]) -> String {
+        items.map { "\(escape($0.0))=\(escape($0.1))" }.joined(separator: "&")
+    }
+
+    private static func escape(_ text: String) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."),
+                 UInt8(ascii: "_"), UInt8(ascii: "~"), UInt8(ascii: "/"), UInt8(ascii: ":"):
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return out
+    }
+
+    private static func percentDecode(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%") {
+                guard let h = iterator.next(), let l = iterator.next(),
+                      let value = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16) else { return nil }
+                bytes.append(value)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

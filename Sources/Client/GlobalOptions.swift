@@ -1,0 +1,82 @@
+import API
+import ArgumentParser
+import Foundation
+
+/// How results are printed.
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    /// Aligned text for people.
+    case text
+    /// The API's JSON as masqd sent it (NDJSON, one flow a line, for conntrack lists).
+    case json
+}
+
+/// Flags every subcommand takes.
+struct GlobalOptions: ParsableArguments {
+    static let defaultSocket = "/run/masq/masqd.sock"
+
+    @Option(name: .long, help: ArgumentHelp(
+        "masqd's control socket (default: $MASQ_SOCKET, else \(GlobalOptions.defaultSocket)).", valueName: "path"))
+    var socket: String?
+
+    @Option(name: [.short, .customLong("output")], help: "Output format: text or json.")
+    var output: OutputFormat = .text
+
+    /// --socket, else MASQ_SOCKET, else the default path.
+    var socketPath: String {
+        if let socket { return socket }
+        if let env = ProcessInfo.processInfo.environment["MASQ_SOCKET"], !env.isEmpty { return env }
+        return Self.defaultSocket
+    }
+
+    var client: UnixHTTPClient { UnixHTTPClient(socketPath: socketPath) }
+
+    var json: Bool { output == .json }
+}
+
+/// The conntrack filters, shared by `conntrack list` and `conntrack flush`.
+struct ConntrackFilterOptions: ParsableArguments {
+    @Option(help: "Only flows of this family: ipv4 or ipv6.")
+    var family: FamilyArgument?
+
+    @Option(help: "Only flows of this protocol: tcp, udp, icmp or icmpv6.")
+    var proto: ProtocolArgument?
+
+    @Option(help: ArgumentHelp("Only flows whose original source is this address or inside this CIDR.", valueName: "address|cidr"))
+    var src: String?
+
+    @Option(help: ArgumentHelp("Only flows whose original destination is this address or inside this CIDR.", valueName: "address|cidr"))
+    var dst: String?
+
+    @Option(help: "Only flows with this original source port (ICMP: the echo id).")
+    var sport: UInt16?
+
+    @Option(help: "Only flows with this original destination port.")
+    var dport: UInt16?
+
+    func validate() throws {
+        for (flag, value) in [("--src", src), ("--dst", dst)] {
+            guard let value else { continue }
+            do {
+                _ = try IPPrefix(value)
+            } catch {
+                throw ValidationError("\(flag): \(error.description.replacingOccurrences(of: "is not a CIDR", with: "is not an address or CIDR"))")
+            }
+        }
+    }
+
+    /// The API's filter (validated, so the prefixes parse).
+    var filter: ConntrackFilter {
+        ConntrackFilter(family: family?.value, proto: proto?.value, src: src.flatMap { try? IPPrefix($0) },
+                        dst: dst.flatMap { try? IPPrefix($0) }, sport: sport, dport: dport)
+    }
+}
+
+enum FamilyArgument: String, ExpressibleByArgument, CaseIterable {
+    case ipv4, ipv6
+    var value: IPFamily { self == .ipv4 ? .ipv4 : .ipv6 }
+}
+
+enum ProtocolArgument: String, ExpressibleByArgument, CaseIterable {
+    case tcp, udp, icmp, icmpv6
+    var value: L4Protocol { L4Protocol(rawValue: rawValue) ?? .unknown }
+}

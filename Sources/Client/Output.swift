@@ -1,0 +1,79 @@
+import API
+import ArgumentParser
+import Foundation
+
+/// Runs a command's body; a failure to talk to masqd becomes one line on stderr and exit 1.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ClientError {
+        printError("masq-client: \(error.description)")
+        throw ExitCode(1)
+    }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+/// Writes raw API bytes (the `-o json` output) to stdout, ending with a newline.
+func printRaw(_ data: Data) {
+    FileHandle.standardOutput.write(data)
+    if data.last != UInt8(ascii: "\n") { FileHandle.standardOutput.write(Data("\n".utf8)) }
+}
+
+/// Columns padded to fixed widths; the last column is not padded.
+struct Columns {
+    var widths: [Int]
+
+    func line(_ cells: [String]) -> String {
+        var out = ""
+        for (i, cell) in cells.enumerated() {
+            if i == cells.count - 1 || i >= widths.count {
+                out += cell
+            } else {
+                out += cell.padding(toLength: max(widths[i], cell.count), withPad: " ", startingAt: 0) + "  "
+            }
+        }
+        return out
+    }
+
+    /// Widths that fit every row (for tables printed at once).
+    static func fitting(_ rows: [[String]]) -> Columns {
+        var widths: [Int] = []
+        for row in rows {
+            for (i, cell) in row.enumerated() {
+                if i < widths.count { widths[i] = max(widths[i], cell.count) } else { widths.append(cell.count) }
+            }
+        }
+        return Columns(widths: widths)
+    }
+}
+
+/// `label:` padded so values line up, as Cilium's status does.
+func labelled(_ label: String, _ value: String) -> String {
+    (label + ":").padding(toLength: 16, withPad: " ", startingAt: 0) + value
+}
+
+/// 3725 seconds as "1h2m5s".
+func duration(_ seconds: Double) -> String {
+    var s = Int(seconds.rounded(.down))
+    let d = s / 86_400; s %= 86_400
+    let h = s / 3_600; s %= 3_600
+    let m = s / 60; s %= 60
+    if d > 0 { return "\(d)d\(h)h" }
+    if h > 0 { return "\(h)h\(m)m" }
+    if m > 0 { return "\(m)m\(s)s" }
+    return "\(s)s"
+}
+
+extension FlowTuple {
+    /// "10.244.1.2:40000 -> 100.0.0.2:8080" (IPv6 addresses in brackets).
+    var text: String {
+        func endpoint(_ a: IPAddress, _ p: UInt16) -> String {
+            if case .v6 = a { return "[\(a)]:\(p)" }
+            return "\(a):\(p)"
+        }
+        return "\(endpoint(src, sport)) -> \(endpoint(dst, dport))"
+    }
+}

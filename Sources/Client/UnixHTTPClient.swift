@@ -1,0 +1,119 @@
+import API
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Why a request to masqd failed, as the one line the user reads.
+struct ClientError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// HTTP/1.1 to masqd over its Unix socket: one connection per request, SwiftNIO's HTTP client
+/// codec, responses decoded into the API's types or streamed line by line.
+struct UnixHTTPClient: Sendable {
+    let socketPath: String
+
+    typealias Connection = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+
+    /// GET (or DELETE) a JSON endpoint and decode its body as `T`. Returns the raw body too,
+    /// for `-o json`.
+    func request<T: Decodable>(_ route: Route, query: [(String, String)] = [], as type: T.Type = T.self) async throws -> (T, Data) {
+        let body = try await fetch(route, query: query)
+        do {
+            return (try APIJSON.decoder().decode(T.self, from: body), body)
+        } catch {
+            throw ClientError(description: "masqd at \(socketPath) answered \(route.path) with a body this client cannot read: \(error)")
+        }
+    }
+
+    /// The raw body of a JSON (or text) endpoint with a 2xx status.
+    func fetch(_ route: Route, query: [(String, String)] = []) async throws -> Data {
+        var body = Data()
+        try await exchange(route, query: query, accept: MediaType.json) { chunk in
+            body.append(contentsOf: chunk.readableBytesView)
+        }
+        return body
+    }
+
+    /// Streams an NDJSON endpoint, calling `line` for each line as it arrives (never buffering
+    /// more than one partial line). Throws if the stream is cut before its end.
+    func streamLines(_ route: Route, query: [(String, String)] = [], _ line: (Data) throws -> Void) async throws {
+        var pending = Data()
+        try await exchange(route, query: query, accept: MediaType.ndjson) { chunk in
+            pending.append(contentsOf: chunk.readableBytesView)
+            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let one = pending[pending.startIndex..<newline]
+                if !one.isEmpty { try line(Data(one)) }
+                pending.removeSubrange(pending.startIndex...newline)
+            }
+        }
+        if !pending.isEmpty { try line(pending) }
+    }
+
+    /// One request: connects, sends, hands each body chunk of a 2xx answer to `body`; a non-2xx
+    /// answer becomes a ClientError carrying the API's message.
+    private func exchange(_ route: Route, query: [(String, String)], accept: String,
+                          body: (ByteBuffer) throws -> Void) async throws {
+        let connection: Connection
+        do {
+            connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(5))
+                .connect(unixDomainSocketPath: socketPath) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try Connection(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw ClientError(description: "cannot reach masqd at \(socketPath): \(Self.reason(error)) (is masqd running? --socket or MASQ_SOCKET picks another socket)")
+        }
+        let uri = query.isEmpty ? route.path : route.path + "?" + QueryParameters.encode(query)
+        try await connection.executeThenClose { inbound, outbound in
+            var headers = HTTPHeaders()
+            headers.add(name: "Host", value: "masqd")
+            headers.add(name: "Accept", value: accept)
+            headers.add(name: "Connection", value: "close")
+            headers.add(name: "User-Agent", value: "masq-client/\(masqVersion)")
+            let method: HTTPMethod = route.method == .delete ? .DELETE : .GET
+            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))
+            try await outbound.write(.end(nil))
+
+            var status: HTTPResponseStatus?
+            var errorBody = ByteBuffer()
+            var complete = false
+            for try await part in inbound {
+                switch part {
+                case .head(let head):
+                    status = head.status
+                case .body(let chunk):
+                    if let status, (200..<300).contains(status.code) {
+                        try body(chunk)
+                    } else {
+                        var chunk = chunk
+                        errorBody.writeBuffer(&chunk)
+                    }
+                case .end:
+                    complete = true
+                }
+                if complete { break }
+            }
+            guard let status else {
+                throw ClientError(description: "masqd at \(socketPath) closed the connection without answering \(route.path)")
+            }
+            guard (200..<300).contains(status.code) else {
+                let message = (try? APIJSON.decoder().decode(APIError.self, from: Data(errorBody.readableBytesView)))?.message
+                    ?? String(buffer: errorBody)
+                throw ClientError(description: "\(message) (HTTP \(status.code))")
+            }
+            guard complete else {
+                throw ClientError(description: "the answer from masqd at \(socketPath) was cut short (the daemon stopped or failed mid-stream)")
+            }
+        }
+    }
+
+    private static func reason(_ error: Error) -> String {
+        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
+        return "\(error)"
+    }
+}

@@ -1,0 +1,274 @@
+@preconcurrency import Glibc
+import API
+import CMasq
+import Foundation
+import NIOCore
+
+/// The endpoints' logic: each reads what it reports from the datapath (the maps, read back) or
+/// from the daemon's status, and returns an API value or throws an `APIError`.
+struct APIHandlers: Sendable {
+    let datapath: Datapath
+    let status: DaemonStatus
+    /// The config masqd started with (restart-only keys never change; see `currentConfig`).
+    let config: DaemonConfig
+    let lifetimes: FlowLifetimes
+    /// Table entries read per batch when scanning the NAT table.
+    var batchSize = 1024
+
+    /// The config in force.
+    var currentConfig: DaemonConfig { config }
+
+    // MARK: health and status
+
+    func healthz() -> (HealthResponse, status: Int) {
+        let snapshot = status.snapshot
+        if !snapshot.ready {
+            let why = snapshot.lastApplyError.map { "the datapath is not attached: \($0)" }
+                ?? "the datapath is not attached yet"
+            return (HealthResponse(state: .failure, message: why), 503)
+        }
+        if let error = snapshot.lastApplyError {
+            return (HealthResponse(state: .warning, message: "the last reconcile failed (the previous state stays in force): \(error)"), 200)
+        }
+        return (HealthResponse(state: .ok), 200)
+    }
+
+    func statusResponse() async throws -> StatusResponse {
+        let snapshot = status.snapshot
+        let config = currentConfig
+        let view = try await datapath.readView()
+        let devices = view.devices.map { ifindex, device in
+            StatusResponse.Device(name: RouteLookup.name(of: ifindex) ?? "if\(ifindex)", ifindex: ifindex,
+                                  snatIPv4: device.snatV4.map(IPAddress.v4), snatIPv6: device.snatV6.map(IPAddress.v6))
+        }.sorted { $0.name < $1.name }
+        let exclusionV4 = view.nativeRoutingV4?.description
+            ?? (view.podCIDRsV4.isEmpty ? nil : view.podCIDRsV4.map(\.description).joined(separator: ","))
+        let ipv6 = view.ipv6Enabled && view.ipv6Supported
+        let masquerading = StatusResponse.Masquerading(
+            enabled: view.ipv4Enabled || ipv6, ipMasqAgent: config.enableIPMasqAgent,
+            devices: devices.map(\.name),
+            enabledProtocols: .init(ipv4: view.ipv4Enabled, ipv6: ipv6),
+            snatExclusionCIDRv4: exclusionV4, snatExclusionCIDRv6: config.ipv6NativeRoutingCIDR?.description)
+        let drops = try await datapath.drops().map {
+            StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.rawValue), summary: $0.reason.summary, count: $0.count)
+        }
+        let now = Date()
+        return StatusResponse(
+            version: masqVersion, startedAt: snapshot.startedAt,
+            uptimeSeconds: now.timeIntervalSince(snapshot.startedAt),
+            ready: snapshot.ready, attachMode: snapshot.attachKind?.rawValue,
+            masquerading: masquerading, devices: devices,
+            skippedDevices: (snapshot.applied?.skippedDevices ?? [:]).sorted { $0.key < $1.key }
+                .map { StatusResponse.SkippedDevice(name: $0.key, reason: $0.value) },
+            reconcile: .init(generation: snapshot.applyCount, lastAppliedAt: snapshot.appliedAt,
+                             lastError: snapshot.lastApplyError),
+            ipMasqAgent: .init(enabled: config.enableIPMasqAgent, path: config.ipMasqAgentConfigPath,
+                               generation: snapshot.ipMasqAgent.generation, lastLoadAt: snapshot.ipMasqAgent.lastLoadAt,
+                               lastError: snapshot.ipMasqAgent.lastError),
+            tables: try await datapath.tableFill(), drops: drops, counters: try await datapath.counters())
+    }
+
+    func ipmasq() async throws -> IPMasqResponse {
+        IPMasqResponse(cidrs: try await datapath.nonMasqueradeCIDRs())
+    }
+
+    func configResponse() -> ConfigResponse {
+        let c = currentConfig
+        let agent = status.snapshot.ipMasqAgent
+        return ConfigResponse(
+            daemon: .init(
+                enableIPv4Masquerade: c.enableIPv4Masquerade, enableIPv6Masquerade: c.enableIPv6Masquerade,
+                ipv4NativeRoutingCIDR: c.ipv4NativeRoutingCIDR, ipv6NativeRoutingCIDR: c.ipv6NativeRoutingCIDR,
+                podCIDRs: c.podCIDRs, devices: c.devices.map(\.description), enableIPMasqAgent: c.enableIPMasqAgent,
+                ipMasqAgentConfigPath: c.ipMasqAgentConfigPath, nonMasqueradeCIDRs: c.nonMasqueradeCIDRs,
+                clusterNodeIPs: c.clusterNodeIPs,
+                snatPortRange: "\(c.snatPortRange.lowerBound)-\(c.snatPortRange.upperBound)",
+                natMaxEntries: c.natMaxEntries, socketPath: c.socketPath, socketGroup: c.socketGroup,
+                bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue),
+            ipMasqAgent: .init(
+                enabled: c.enableIPMasqAgent, configPath: c.ipMasqAgentConfigPath, generation: agent.generation,
+                lastError: agent.lastError,
+                nonMasqueradeCIDRs: c.enableIPMasqAgent ? agent.cidrs : c.nonMasqueradeCIDRs))
+    }
+
+    // MARK: conntrack
+
+    /// One JSON page of flows.
+    func conntrackPage(filter: ConntrackFilter, paging: ConntrackPaging) async throws -> ConntrackPage {
+        let limit = paging.limit ?? ConntrackPaging.defaultPageSize
+        guard limit <= ConntrackPaging.maxPageSize else {
+            throw APIError.badRequest("limit: at most \(ConntrackPaging.maxPageSize) entries a JSON page; send Accept: application/x-ndjson to stream more")
+        }
+        var entries: [ConntrackEntry] = []
+        var names = DeviceNames()
+        var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
+        while let cursor = next, entries.count < limit {
+            let batch = try await datapath.conntrackFlows(from: cursor, count: batchSize, filter: filter)
+            let now = NATEntries.bootTimeNow()
+            let room = limit - entries.count
+            for flow in batch.flows.prefix(room) {
+                entries.append(NATEntries.entry(flow, now: now, lifetimes: lifetimes, deviceName: names[flow.egress.ifindex]))
+            }
+            next = batch.flows.count > room ? batch.flows[room - 1].after : batch.next
+        }
+        return ConntrackPage(entries: entries, nextCursor: next?.text)
+    }
+
+    /// Streams the flows as NDJSON, one batch of the table at a time: memory stays bounded by
+    /// one batch, and each write waits until the client has taken the previous ones.
+    func conntrackStream(filter: ConntrackFilter, paging: ConntrackPaging, to writer: ResponseBodyWriter) async throws {
+        var remaining = paging.limit ?? Int.max
+        var names = DeviceNames()
+        let encoder = APIJSON.encoder()
+        var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
+        while let cursor = next, remaining > 0 {
+            let batch = try await datapath.conntrackFlows(from: cursor, count: batchSize, filter: filter)
+            let now = NATEntries.bootTimeNow()
+            var buffer = ByteBuffer()
+            for flow in batch.flows.prefix(remaining) {
+                let entry = NATEntries.entry(flow, now: now, lifetimes: lifetimes, deviceName: names[flow.egress.ifindex])
+                buffer.writeBytes(try encoder.encode(entry))
+                buffer.writeInteger(UInt8(ascii: "\n"))
+            }
+            remaining -= min(remaining, batch.flows.count)
+            if buffer.readableBytes > 0 { try await writer.write(buffer) }
+            next = batch.next
+        }
+    }
+
+    func conntrackFlush(filter: ConntrackFilter) async throws -> ConntrackDeleteResponse {
+        var deleted = 0
+        var token: UInt32? = nil
+        repeat {
+            let batch = try await datapath.conntrackDelete(from: token, count: batchSize * 4, filter: filter)
+            deleted += batch.deleted
+            token = batch.next
+        } while token != nil
+        return ConntrackDeleteResponse(deleted: deleted)
+    }
+
+    // MARK: explain
+
+    func explain(_ query: ExplainQuery) async throws -> ExplainResponse {
+        let device: MasqueradeDecision.EgressDevice?
+        if let name = query.device {
+            let ifindex = if_nametoindex(name)
+            guard ifindex != 0 else { throw APIError.badRequest("device: no device '\(name)' in masqd's network namespace") }
+            device = .init(name: name, ifindex: ifindex)
+        } else {
+            device = RouteLookup.outputInterface(for: query.dst).map {
+                .init(name: RouteLookup.name(of: $0) ?? "if\($0)", ifindex: $0)
+            }
+        }
+        let view = try await datapath.readView()
+        var existing: MasqueradeDecision.ExistingFlow?
+        if case .v4(let src) = query.src, case .v4(let dst) = query.dst, let number = query.proto.number {
+            var key = masq_nat_key_v4()
+            key.saddr = src.networkOrder
+            key.daddr = dst.networkOrder
+            key.sport = query.sport.bigEndian
+            key.dport = query.proto == .icmp ? 0 : query.dport.bigEndian
+            key.proto = number
+            key.dir = UInt8(MASQ_DIR_EGRESS)
+            if let entry = try await datapath.natLookup([key]).first ?? nil {
+                existing = .init(inbound: entry.flags & UInt8(MASQ_NAT_F_INBOUND) != 0,
+                                 host: entry.flags & UInt8(MASQ_NAT_F_HOST) != 0,
+                                 toAddress: IPv4Address(networkOrder: entry.to_addr),
+                                 toPort: UInt16(bigEndian: entry.to_port))
+            }
+        }
+        return MasqueradeDecision.explain(query, device: device, view: view, existing: existing)
+    }
+
+    // MARK: metrics
+
+    func metrics() async throws -> String {
+        let snapshot = status.snapshot
+        var out = PrometheusText()
+        out.single("masq_up", .gauge, help: "Whether the datapath is attached to its devices (1) or not (0).",
+                   snapshot.ready ? 1 : 0)
+        out.family("masq_build_info", .info, help: "The masq version of this daemon.", [(["version": masqVersion], 1)])
+        out.single("masq_uptime_seconds", .gauge, help: "Seconds since masqd started.",
+                   Date().timeIntervalSince(snapshot.startedAt))
+
+        let summary = try await natSummary()
+        var flowSamples: [(labels: KeyValuePairs<String, String>, value: Double)] = []
+        for proto in [L4Protocol.tcp, .udp, .icmp] {
+            for kind in [ConntrackEntry.Kind.masquerade, .host, .inbound] {
+                flowSamples.append((["family": "ipv4", "proto": proto.rawValue, "kind": kind.rawValue],
+                                    Double(summary.flows[FlowKey(proto: proto, kind: kind)] ?? 0)))
+            }
+        }
+        out.family("masq_nat_flows", .gauge, help: "Tracked flows in the NAT table, by family, protocol and kind.", flowSamples)
+
+        let tables = try await datapath.tableFill()
+        out.family("masq_map_entries", .gauge, help: "Entries in each datapath map.",
+                   tables.map { (["map": $0.name], Double($0.entries)) })
+        out.family("masq_map_max_entries", .gauge, help: "Capacity of each datapath map.",
+                   tables.map { (["map": $0.name], Double($0.maxEntries)) })
+
+        let c = try await datapath.counters()
+        out.single("masq_snat_packets_total", .counter, help: "Packets translated on egress.", Double(c.snatPackets))
+        out.single("masq_revsnat_packets_total", .counter, help: "Packets translated back on ingress.", Double(c.revSnatPackets))
+        out.single("masq_nat_allocations_total", .counter, help: "NAT mappings created.", Double(c.allocations))
+        out.single("masq_nat_allocations_kept_port_total", .counter, help: "NAT mappings that kept the original source port.",
+                   Double(c.allocationsKeptPort))
+        out.single("masq_nat_allocation_retries_total", .counter, help: "Port probes beyond the first while allocating.",
+                   Double(c.allocationRetries))
+        out.single("masq_nat_allocation_failures_total", .counter, help: "Allocations that found no free port.",
+                   Double(c.allocationFailures))
+        out.single("masq_host_flows_total", .counter, help: "Node-owned flows tracked.", Double(c.hostFlows))
+        out.single("masq_inbound_flows_total", .counter, help: "Flows that came in to a pod tracked.", Double(c.inboundFlows))
+        out.family("masq_drops_total", .counter, help: "Packets dropped by the datapath, by reason.",
+                   try await datapath.drops().map { (["reason": $0.reason.label], Double($0.count)) })
+
+        out.single("masq_reconciles_total", .counter, help: "Times the desired state was applied to the datapath.",
+                   Double(snapshot.applyCount))
+        out.single("masq_reconcile_failing", .gauge, help: "Whether the last reconcile failed (1) or not (0).",
+                   snapshot.lastApplyError == nil ? 0 : 1)
+        out.single("masq_config_reloads_total", .counter,
+                   help: "Distinct valid ip-masq-agent lists loaded (the config generation).",
+                   Double(snapshot.ipMasqAgent.generation))
+        out.single("masq_config_reload_failing", .gauge,
+                   help: "Whether the last ip-masq-agent config load failed (1) or not (0); the last good list stays in force.",
+                   snapshot.ipMasqAgent.lastError == nil ? 0 : 1)
+        return out.text
+    }
+
+    struct FlowKey: Hashable {
+        var proto: L4Protocol
+        var kind: ConntrackEntry.Kind
+    }
+
+    /// Flows by protocol and kind, one pass over the NAT table.
+    func natSummary() async throws -> (entries: Int, flows: [FlowKey: Int]) {
+        var flows: [FlowKey: Int] = [:]
+        var entries = 0
+        var next: ConntrackCursor? = .start
+        while let cursor = next {
+            let batch = try await datapath.natBatch(from: cursor.token, count: batchSize * 4)
+            entries += batch.entries.count
+            for (key, value) in batch.entries where key.dir == UInt8(MASQ_DIR_EGRESS) {
+                let kind: ConntrackEntry.Kind = value.flags & UInt8(MASQ_NAT_F_INBOUND) != 0 ? .inbound
+                    : value.flags & UInt8(MASQ_NAT_F_HOST) != 0 ? .host : .masquerade
+                flows[FlowKey(proto: L4Protocol(number: key.proto), kind: kind), default: 0] += 1
+            }
+            next = batch.next.map { ConntrackCursor(token: $0, skip: 0) }
+        }
+        return (entries, flows)
+    }
+}
+
+/// ifindex to name in masqd's namespace, looked up once per response.
+struct DeviceNames {
+    private var cache: [UInt32: String?] = [:]
+
+    subscript(ifindex: UInt32) -> String? {
+        mutating get {
+            if let known = cache[ifindex] { return known }
+            let name = RouteLookup.name(of: ifindex)
+            cache[ifindex] = name
+            return name
+        }
+    }
+}

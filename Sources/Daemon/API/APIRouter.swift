@@ -1,0 +1,144 @@
+import API
+import Foundation
+import NIOCore
+
+/// One request as the router sees it: the head's method, path and query, what the client
+/// accepts, and who the peer is.
+struct APIRequest: Sendable {
+    var method: String
+    var path: String
+    var query: Substring?
+    var accept: String?
+    var peer: PeerCredentials
+
+    init(method: String, uri: String, accept: String?, peer: PeerCredentials) {
+        self.method = method
+        let parts = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        path = String(parts.first ?? "")
+        query = parts.count > 1 ? parts[1] : nil
+        self.accept = accept
+        self.peer = peer
+    }
+}
+
+/// What a handler answers: a complete body, or a stream written as it is produced.
+enum APIResponse: Sendable {
+    case body(status: Int, contentType: String, ByteBuffer, headers: [(String, String)] = [])
+    case stream(contentType: String, @Sendable (ResponseBodyWriter) async throws -> Void)
+
+    static func json<T: Encodable>(_ value: T, status: Int = 200) throws -> APIResponse {
+        var buffer = ByteBuffer(bytes: try APIJSON.encoder().encode(value))
+        buffer.writeInteger(UInt8(ascii: "\n"))
+        return .body(status: status, contentType: MediaType.json, buffer)
+    }
+}
+
+/// Writes a streamed response's body; each write waits until the connection can take more.
+struct ResponseBodyWriter: Sendable {
+    let sink: @Sendable (ByteBuffer) async throws -> Void
+
+    func write(_ buffer: ByteBuffer) async throws {
+        try await sink(buffer)
+    }
+}
+
+/// A known path asked with a method it does not have.
+struct MethodNotAllowed: Error {
+    var method: String
+    var path: String
+    var allowed: [String]
+}
+
+/// Routes a request to its handler: one switch on the route (method and path), the uid check
+/// for state-changing routes, and one function turning errors into responses.
+struct APIRouter: Sendable {
+    let handlers: APIHandlers
+
+    func respond(to request: APIRequest) async -> APIResponse {
+        do {
+            return try await route(request)
+        } catch {
+            return Self.errorResponse(error)
+        }
+    }
+
+    private func route(_ request: APIRequest) async throws -> APIResponse {
+        let route: Route
+        switch Route.match(method: request.method, path: request.path) {
+        case .notFound:
+            throw APIError.notFound("no such path: \(request.path) (the API lives under /v1; see docs/api/openapi.yaml)")
+        case .methodNotAllowed(let allowed):
+            throw MethodNotAllowed(method: request.method, path: request.path, allowed: allowed)
+        case .found(let found):
+            route = found
+        }
+        if route.changesState && !request.peer.isRoot {
+            throw APIError.forbidden("\(route.method.rawValue) \(route.path) changes state and needs uid 0; this connection's peer is uid \(request.peer.uid)")
+        }
+        switch route {
+        case .healthz:
+            _ = try QueryParameters(request.query, allowed: [])
+            let (health, status) = handlers.healthz()
+            return try .json(health, status: status)
+        case .status:
+            _ = try QueryParameters(request.query, allowed: [])
+            return try .json(await handlers.statusResponse())
+        case .ipmasq:
+            _ = try QueryParameters(request.query, allowed: [])
+            return try .json(await handlers.ipmasq())
+        case .config:
+            _ = try QueryParameters(request.query, allowed: [])
+            return try .json(handlers.configResponse())
+        case .conntrackList:
+            let query = try QueryParameters(request.query, allowed: ConntrackFilter.parameterNames + ConntrackPaging.parameterNames)
+            let filter = try ConntrackFilter(query: query)
+            let paging = try ConntrackPaging(query: query)
+            if Self.accepts(request.accept, MediaType.ndjson) {
+                // Check the cursor before the 200 goes out.
+                _ = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) }
+                let handlers = self.handlers
+                return .stream(contentType: MediaType.ndjson) { writer in
+                    try await handlers.conntrackStream(filter: filter, paging: paging, to: writer)
+                }
+            }
+            return try .json(await handlers.conntrackPage(filter: filter, paging: paging))
+        case .conntrackFlush:
+            let query = try QueryParameters(request.query, allowed: ConntrackFilter.parameterNames)
+            return try .json(await handlers.conntrackFlush(filter: ConntrackFilter(query: query)))
+        case .explain:
+            let query = try QueryParameters(request.query, allowed: ExplainQuery.parameterNames)
+            return try .json(await handlers.explain(ExplainQuery(query: query)))
+        case .metrics:
+            _ = try QueryParameters(request.query, allowed: [])
+            return .body(status: 200, contentType: MediaType.prometheus, ByteBuffer(string: try await handlers.metrics()))
+        }
+    }
+
+    /// Whether an Accept header asks for `mediaType` (parameters and q-values aside).
+    static func accepts(_ accept: String?, _ mediaType: String) -> Bool {
+        guard let accept else { return false }
+        return accept.split(separator: ",").contains {
+            $0.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() == mediaType
+        }
+    }
+
+    /// The one place an error becomes a status and a `{"message": ...}` body.
+    static func errorResponse(_ error: Error) -> APIResponse {
+        let apiError: APIError
+        var headers: [(String, String)] = []
+        switch error {
+        case let e as APIError:
+            apiError = e
+        case let e as MethodNotAllowed:
+            apiError = .methodNotAllowed("\(e.method) is not allowed on \(e.path) (allowed: \(e.allowed.joined(separator: ", ")))")
+            headers.append(("Allow", e.allowed.joined(separator: ", ")))
+        case let e as BPFError:
+            apiError = .internalError("reading the datapath failed: \(e)")
+        default:
+            apiError = .internalError("internal error: \(error)")
+        }
+        var buffer = ByteBuffer(bytes: (try? APIJSON.encoder().encode(apiError)) ?? Data(#"{"message":"internal error"}"#.utf8))
+        buffer.writeInteger(UInt8(ascii: "\n"))
+        return .body(status: apiError.status, contentType: MediaType.json, buffer, headers: headers)
+    }
+}

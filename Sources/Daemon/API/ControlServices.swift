@@ -1,0 +1,16 @@
+import Logging
+import ServiceLifecycle
+
+extension MasqDaemon {
+    /// The control API and the systemd notifier, in that order, for the end of the service
+    /// list: they read what the services before them maintain, and stop before them.
+    static func controlServices(datapath: Datapath, status: DaemonStatus, config: DaemonConfig,
+                                logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        let serving = ServingState()
+        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: .default)
+        let api = APIServer(socket: try ControlSocket.resolve(path: config.socketPath, group: config.socketGroup),
+                            router: APIRouter(handlers: handlers), serving: serving, logger: logger)
+        let notifier = SystemdNotifier(status: status, serving: serving, logger: logger)
+        return [.init(service: api), .init(service: notifier)]
+    }
+}

@@ -1,0 +1,187 @@
+@preconcurrency import Glibc
+import API
+import CLibbpf
+import CMasq
+
+// Read access to the datapath's maps for the control API: what the datapath holds, read back
+// (never what the daemon believes it wrote). Every method returns Sendable values.
+
+/// The datapath's decision inputs as the maps hold them: masq_config, masq_devices and the
+/// exclusion maps. `MasqueradeDecision` decides on this value exactly as the programs do.
+public struct DatapathView: Sendable, Equatable {
+    public struct Device: Sendable, Equatable {
+        public var snatV4: IPv4Address?
+        public var snatV6: IPv6Address?
+
+        public init(snatV4: IPv4Address?, snatV6: IPv6Address? = nil) {
+            self.snatV4 = snatV4
+            self.snatV6 = snatV6
+        }
+    }
+
+    public var ipv4Enabled = false
+    public var ipv6Enabled = false
+    /// Whether the datapath translates IPv6 at all (its maps exist).
+    public var ipv6Supported = false
+    public var nonMasqueradeEnabled = false
+    /// masq_config's native_v4 and its length, as stored (the mask is applied when matching).
+    public var nativeRoutingV4: IPPrefix?
+    public var portRange: ClosedRange<UInt16> = 32768...65535
+    /// masq_devices by ifindex.
+    public var devices: [UInt32: Device] = [:]
+    public var podCIDRsV4: [IPPrefix] = []
+    public var nonMasqueradeV4: [IPPrefix] = []
+    public var nodeIPsV4: Set<IPv4Address> = []
+
+    public init() {}
+}
+
+/// One batch of the NAT table: entries from `masq_nat_v4` and the token that continues after it.
+struct NATBatch: Sendable {
+    var entries: [(key: masq_nat_key_v4, value: masq_nat_entry_v4)]
+    /// The token of the next batch; nil when the table is done.
+    var next: UInt32?
+}
+
+extension masq_nat_key_v4: @unchecked @retroactive Sendable {}
+extension masq_nat_entry_v4: @unchecked @retroactive Sendable {}
+
+extension BPFMap {
+    /// One `BPF_MAP_LOOKUP_BATCH` of at most `count` entries of a hash map, starting at `token`
+    /// (nil: the start). The kernel returns whole buckets; a bucket bigger than `count` makes
+    /// this retry with room for it.
+    func lookupBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
+        from token: UInt32?, count: Int, key: K.Type = K.self, value: V.Type = V.self
+    ) throws -> (entries: [(key: K, value: V)], next: UInt32?) {
+        var capacity = max(count, 1)
+        while true {
+            let keys = UnsafeMutablePointer<K>.allocate(capacity: capacity)
+            let values = UnsafeMutablePointer<V>.allocate(capacity: capacity)
+            defer { keys.deallocate(); values.deallocate() }
+            var inToken = token ?? 0
+            var outToken: UInt32 = 0
+            var n = UInt32(capacity)
+            let err = withUnsafeMutablePointer(to: &inToken) { inPtr in
+                bpf_map_lookup_batch(fd, token == nil ? nil : UnsafeMutableRawPointer(inPtr), &outToken,
+                                     keys, values, &n, nil)
+            }
+            let code = err == 0 ? 0 : errno
+            if code == ENOSPC && n == 0 {
+                capacity *= 2
+                continue
+            }
+            if code != 0 && code != ENOENT {
+                throw BPFError("batch lookup", "map \(name)", errno: code)
+            }
+            let entries = (0..<Int(n)).map { (key: keys[$0], value: values[$0]) }
+            // ENOENT: the end of the map, with this last (possibly partial) count.
+            return (entries, code == ENOENT ? nil : outToken)
+        }
+    }
+
+    /// The number of entries, counted in batches (for table fill levels).
+    func countEntries<K: BitwiseCopyable, V: BitwiseCopyable>(key: K.Type, value: V.Type) throws -> Int {
+        var total = 0
+        var token: UInt32? = nil
+        repeat {
+            let batch = try lookupBatch(from: token, count: 4096, key: K.self, value: V.self)
+            total += batch.entries.count
+            token = batch.next
+        } while token != nil
+        return total
+    }
+
+    /// The sum over CPUs of a per-CPU array's u64 counter at `index`.
+    func perCPUSum(_ index: UInt32) throws -> UInt64 {
+        try lookupPerCPU(index, as: UInt64.self).reduce(0, &+)
+    }
+}
+
+extension Datapath {
+    /// masq_config, masq_devices and the exclusion maps, read back.
+    public func readView() throws -> DatapathView {
+        var view = DatapathView()
+        if let cfg = try map(MASQ_MAP_CONFIG).lookup(UInt32(0), as: masq_config.self) {
+            view.ipv4Enabled = cfg.flags & UInt32(MASQ_CFG_IPV4_MASQ) != 0
+            view.ipv6Enabled = cfg.flags & UInt32(MASQ_CFG_IPV6_MASQ) != 0
+            view.nonMasqueradeEnabled = cfg.flags & UInt32(MASQ_CFG_NONMASQ) != 0
+            if cfg.flags & UInt32(MASQ_CFG_NATIVE_V4) != 0 {
+                view.nativeRoutingV4 = IPPrefix(unchecked: .v4(IPv4Address(networkOrder: cfg.native_v4)),
+                                                length: Int(min(cfg.native_v4_len, 32)))
+            }
+            if cfg.port_min != 0 && cfg.port_max >= cfg.port_min {
+                view.portRange = cfg.port_min...cfg.port_max
+            }
+        }
+        for (ifindex, device) in try map(MASQ_MAP_DEVICES).entries(key: UInt32.self, value: masq_device.self) {
+            let v4 = device.flags & UInt32(MASQ_DEV_HAS_V4) != 0 ? IPv4Address(networkOrder: device.snat_v4) : nil
+            let v6 = device.flags & UInt32(MASQ_DEV_HAS_V6) != 0
+                ? IPv6Address(bytes: withUnsafeBytes(of: device.snat_v6) { Array($0) }) : nil
+            view.devices[ifindex] = DatapathView.Device(snatV4: v4, snatV6: v6)
+        }
+        view.podCIDRsV4 = try map(MASQ_MAP_PODS_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+        view.nonMasqueradeV4 = try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+        view.nodeIPsV4 = Set(try map(MASQ_MAP_NODES_V4).keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
+        return view
+    }
+
+    /// The non-masquerade list as the maps hold it (IPv4, then IPv6 once the datapath has it).
+    public func nonMasqueradeCIDRs() throws -> [IPPrefix] {
+        try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+    }
+
+    /// One NAT table batch from `token` (nil: the start).
+    func natBatch(from token: UInt32?, count: Int) throws -> NATBatch {
+        let batch = try map(MASQ_MAP_NAT_V4).lookupBatch(
+            from: token, count: count, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
+        return NATBatch(entries: batch.entries, next: batch.next)
+    }
+
+    /// The entries under `keys` (nil where there is none).
+    func natLookup(_ keys: [masq_nat_key_v4]) throws -> [masq_nat_entry_v4?] {
+        let nat = try map(MASQ_MAP_NAT_V4)
+        return try keys.map { try nat.lookup($0, as: masq_nat_entry_v4.self) }
+    }
+
+    /// Deletes `keys`; returns, for each, whether it was there.
+    func natDelete(_ keys: [masq_nat_key_v4]) throws -> [Bool] {
+        let nat = try map(MASQ_MAP_NAT_V4)
+        return try keys.map { try nat.delete($0) }
+    }
+
+    /// Entries and capacity of each map, for status and /metrics.
+    public func tableFill() throws -> [StatusResponse.Table] {
+        func table(_ name: String, _ count: (BPFMap) throws -> Int) throws -> StatusResponse.Table {
+            let m = try map(name)
+            return StatusResponse.Table(name: name, entries: try count(m), maxEntries: Int(m.maxEntries))
+        }
+        return [
+            try table(MASQ_MAP_NAT_V4) { try $0.countEntries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) },
+            try table(MASQ_MAP_PODS_V4) { try $0.keys(as: masq_lpm_v4.self).count },
+            try table(MASQ_MAP_NONMASQ_V4) { try $0.keys(as: masq_lpm_v4.self).count },
+            try table(MASQ_MAP_NODES_V4) { try $0.keys(as: UInt32.self).count },
+            try table(MASQ_MAP_DEVICES) { try $0.keys(as: UInt32.self).count },
+        ]
+    }
+
+    /// masq_stats summed over CPUs.
+    public func counters() throws -> StatusResponse.Counters {
+        let stats = try map(MASQ_MAP_STATS)
+        func stat(_ index: Int32) throws -> UInt64 { try stats.perCPUSum(UInt32(index)) }
+        return StatusResponse.Counters(
+            snatPackets: try stat(MASQ_STAT_SNAT_PACKETS),
+            revSnatPackets: try stat(MASQ_STAT_REVSNAT_PACKETS),
+            allocations: try stat(MASQ_STAT_ALLOC_OK),
+            allocationsKeptPort: try stat(MASQ_STAT_ALLOC_KEPT_PORT),
+            allocationRetries: try stat(MASQ_STAT_ALLOC_RETRIES),
+            allocationFailures: try stat(MASQ_STAT_ALLOC_FAIL),
+            hostFlows: try stat(MASQ_STAT_HOST_FLOWS),
+            inboundFlows: try stat(MASQ_STAT_INBOUND_FLOWS))
+    }
+
+    /// masq_drops summed over CPUs, for every known reason.
+    public func drops() throws -> [(reason: DropReason, count: UInt64)] {
+        let drops = try map(MASQ_MAP_DROPS)
+        return try DropReason.allCases.map { ($0, try drops.perCPUSum($0.rawValue)) }
+    }
+}

@@ -1,0 +1,93 @@
+@preconcurrency import Glibc
+import CSystemd
+import Logging
+import ServiceLifecycle
+
+/// Tells systemd (Type=notify) how masqd is doing: READY=1 once the datapath is attached and the
+/// API serves, STATUS= lines when the summary changes, WATCHDOG=1 at half the WATCHDOG_USEC
+/// interval, STOPPING=1 when graceful shutdown begins. Without NOTIFY_SOCKET it only waits.
+///
+/// Listed last among the services, so that on shutdown it stops first and STOPPING=1 goes out
+/// before the API and the reconciler wind down.
+struct SystemdNotifier: Service, CustomStringConvertible {
+    let status: DaemonStatus
+    let serving: ServingState
+    let logger: Logger
+    /// How often readiness and the status line are checked.
+    var tick: Duration = .milliseconds(100)
+
+    var description: String { "SystemdNotifier" }
+
+    init(status: DaemonStatus, serving: ServingState, logger: Logger) {
+        self.status = status
+        self.serving = serving
+        var logger = logger
+        logger[metadataKey: "service"] = "systemd"
+        self.logger = logger
+    }
+
+    /// Whether systemd asked for notifications.
+    static var enabled: Bool { getenv("NOTIFY_SOCKET") != nil }
+
+    /// The watchdog interval systemd asked for, if any.
+    static var watchdogInterval: Duration? {
+        var usec: UInt64 = 0
+        guard sd_watchdog_enabled(0, &usec) > 0, usec > 0 else { return nil }
+        return .microseconds(Int64(usec))
+    }
+
+    func run() async throws {
+        guard Self.enabled else {
+            // Nothing to tell; a service that returns would stop the group.
+            try? await gracefulShutdown()
+            return
+        }
+        let watchdog = Self.watchdogInterval
+        let clock = ContinuousClock()
+        var lastWatchdog = clock.now
+        var ready = false
+        var lastStatus = ""
+        logger.debug("Notifying systemd", metadata: ["watchdog.usec": "\(watchdog.map { "\($0)" } ?? "off")"])
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let line = statusLine()
+            var message: [String] = []
+            if !ready && status.snapshot.ready && serving.isServing {
+                ready = true
+                message.append("READY=1")
+                logger.debug("Sent READY=1")
+            }
+            if line != lastStatus {
+                message.append("STATUS=\(line)")
+                lastStatus = line
+            }
+            if let watchdog, clock.now - lastWatchdog >= watchdog / 2 {
+                message.append("WATCHDOG=1")
+                lastWatchdog = clock.now
+            }
+            if !message.isEmpty { notify(message) }
+            try? await Task.sleep(for: tick)
+        }
+        notify(["STOPPING=1", "STATUS=Stopping; programs and pinned state stay in place"])
+    }
+
+    /// One line for `systemctl status`.
+    func statusLine() -> String {
+        let snapshot = status.snapshot
+        guard snapshot.ready else {
+            return snapshot.lastApplyError.map { "Attaching the datapath failed: \($0)" } ?? "Attaching the datapath"
+        }
+        let devices = snapshot.applied?.devices.map(\.name).joined(separator: ", ") ?? ""
+        var line = "Masquerading on [\(devices)]"
+        if let path = serving.path, serving.isServing { line += "; API on \(path)" }
+        if let error = snapshot.lastApplyError { line += "; last reconcile failed: \(error)" }
+        if let error = snapshot.ipMasqAgent.lastError { line += "; ip-masq-agent config invalid: \(error)" }
+        return line
+    }
+
+    private func notify(_ lines: [String]) {
+        let text = lines.joined(separator: "\n")
+        if sd_notify(0, text) < 0 {
+            logger.warning("sd_notify failed", metadata: ["notify.message": "\(text)"])
+        }
+    }
+}
