@@ -51,7 +51,11 @@ cleanup() {
     trap - EXIT INT TERM
     echo "== cleaning up"
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     if [ -e "/run/netns/$NODE" ] && [ -d "$BPFFS" ]; then
         nx "$NODE" "$masqd" uninstall --bpffs-root "$BPFFS" >"$RUN/uninstall.log" 2>&1 \
             && echo "   masqd uninstall: programs detached, pinned state removed"
@@ -104,7 +108,9 @@ ip -n "$OUT" rule add from 100.0.9.2 lookup 100
 ip -n "$OUT" route add 10.244.1.0/24 via 100.0.0.1 table 100
 
 step "starting the outside servers (TCP 8080, UDP 8081, ICMP observer)"
-nx "$OUT" python3 -u "$netprobe" serve --bind 100.0.0.2,100.0.9.2 --tcp 8080 --udp 8081 --icmp \
+# Background processes are started with nsenter directly (not through a shell function), so that
+# $! is the process itself (nsenter execs it) and the clean-up's kill reaches it.
+nsenter --net="/run/netns/$OUT" python3 -u "$netprobe" serve --bind 100.0.0.2,100.0.9.2 --tcp 8080 --udp 8081 --icmp \
     --ready "$RUN/server.ready" --lifetime 300 >"$RUN/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -e "$RUN/server.ready" ] && break; sleep 0.1; done
@@ -113,7 +119,7 @@ for _ in $(seq 100); do [ -e "$RUN/server.ready" ] && break; sleep 0.1; done
 masqd_args=(run --pod-cidrs 10.244.1.0/24 --devices ext0 --non-masquerade-cidrs 100.0.9.0/24
             --bpffs-root "$BPFFS" --socket-path "$SOCK" --attach-mode "$attach_mode")
 step "starting masqd in the node namespace: masqd ${masqd_args[*]}"
-nx "$NODE" "$masqd" "${masqd_args[@]}" >"$RUN/masqd.log" 2>&1 &
+nsenter --net="/run/netns/$NODE" "$masqd" "${masqd_args[@]}" >"$RUN/masqd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do
     grep -q "masqd ready" "$RUN/masqd.log" && break
