@@ -22,12 +22,12 @@ enum MasqDaemon {
         let reconciler = ReconcilerService(
             datapath: datapath, status: status, initial: inputs, changes: changes, logger: logger)
         let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink, logger: logger)
-
-        let control = try controlServices(datapath: datapath, status: status, config: config, logger: logger)
+        let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)
 
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: reconciler), .init(service: agent), .init(service: reloader)] + control,
+                services: [.init(service: reconciler), .init(service: agent), .init(service: reloader),
+                           .init(service: devices)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

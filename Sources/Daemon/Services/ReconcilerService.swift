@@ -62,7 +62,9 @@ struct ReconcilerService: Service, CustomStringConvertible {
         if state.devices.isEmpty {
             logger.warning("No masquerading device: nothing is masqueraded")
         }
+        let previous = status.snapshot.applied
         let report = try await datapath.apply(state)
+        for change in DeviceChange.between(previous, state) { change.log(to: logger) }
         logger.debug("Reconciled", metadata: [
             "devices.attached": "\(report.attached.joined(separator: ","))",
             "devices.detached": "\(report.detached.map(String.init).joined(separator: ","))",

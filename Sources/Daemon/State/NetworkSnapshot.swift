@@ -11,9 +11,10 @@ public struct NetworkSnapshot: Equatable, Sendable {
         public var index: UInt32
         public var isUp: Bool
         public var isLoopback: Bool
-        /// IPv4 addresses in the kernel's order: the primary address first.
+        /// Usable IPv4 addresses, the primary address first (see `from(links:addresses:routes:)`).
         public var ipv4: [IPv4Address]
-        /// Global-scope IPv6 addresses (link-local ones are never a SNAT address).
+        /// Usable global IPv6 addresses, in the kernel's order (link-local, tentative,
+        /// deprecated and temporary ones are never a SNAT address).
         public var ipv6: [IPv6Address]
 
         public init(name: String, index: UInt32, isUp: Bool = true, isLoopback: Bool = false,
@@ -36,53 +37,64 @@ public struct NetworkSnapshot: Equatable, Sendable {
         self.defaultRouteDevices = defaultRouteDevices
     }
 
-    /// Reads the links, addresses and default routes of the calling thread's network namespace.
+    /// Reads the links, addresses and default routes of the calling thread's network namespace
+    /// through rtnetlink dumps. A dump that races a change is read again (a few times; then
+    /// the error is thrown and the caller tries with the next change).
     public static func read() throws -> NetworkSnapshot {
-        var head: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&head) == 0 else {
-            throw BPFError("read addresses", "getifaddrs", errno: errno)
-        }
-        defer { freeifaddrs(head) }
-
-        var links: [String: Link] = [:]
-        var order: [String] = []
-        var cursor = head
-        while let entry = cursor?.pointee {
-            defer { cursor = entry.ifa_next }
-            let name = String(cString: entry.ifa_name)
-            if links[name] == nil {
-                let index = if_nametoindex(entry.ifa_name)
-                guard index != 0 else { continue }
-                let flags = Int32(bitPattern: entry.ifa_flags)
-                links[name] = Link(name: name, index: index,
-                                   isUp: flags & Int32(IFF_UP) != 0,
-                                   isLoopback: flags & Int32(IFF_LOOPBACK) != 0)
-                order.append(name)
+        let socket = try NetlinkSocket()
+        var attempt = 0
+        while true {
+            do {
+                let links = try socket.dump(RTNL.getLink, header: RTNL.ifinfomsgSize, name: "dump links")
+                    .map(LinkMessage.init)
+                let addresses = try socket.dump(RTNL.getAddress, header: RTNL.ifaddrmsgSize, name: "dump addresses")
+                    .compactMap(AddressMessage.init)
+                let routes = try socket.dump(RTNL.getRoute, header: RTNL.rtmsgSize, name: "dump routes")
+                    .map(RouteMessage.init)
+                return from(links: links, addresses: addresses, routes: routes)
+            } catch NetlinkError.dumpInterrupted where attempt < 4 {
+                attempt += 1
             }
-            guard let sa = entry.ifa_addr else { continue }
-            switch Int32(sa.pointee.sa_family) {
-            case AF_INET:
-                let sin = UnsafeRawPointer(sa).load(as: sockaddr_in.self)
-                links[name]?.ipv4.append(IPv4Address(networkOrder: sin.sin_addr.s_addr))
-            case AF_INET6:
-                let sin6 = UnsafeRawPointer(sa).load(as: sockaddr_in6.self)
-                let bytes = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-                // fe80::/10 is link-local; only global addresses can be SNAT addresses.
-                if !(bytes[0] == 0xfe && bytes[1] & 0xc0 == 0x80) {
-                    links[name]?.ipv6.append(IPv6Address(bytes: bytes))
-                }
-            default:
-                break
+        }
+    }
+
+    /// The snapshot that rtnetlink link, address and route messages describe.
+    ///
+    /// Each link keeps only the addresses new flows may leave with (see
+    /// `AddressMessage.isUsableSNATAddress`), primary address first:
+    /// - IPv4: the addresses without IFA_F_SECONDARY, in the kernel's order, then the
+    ///   secondary ones. The first primary is the one the kernel itself picks as the source of
+    ///   the host's own connections through the device.
+    /// - IPv6: in the kernel's order, which puts the newest global address first; that is also
+    ///   the kernel's own source choice among otherwise equal candidates.
+    static func from(links: [LinkMessage], addresses: [AddressMessage], routes: [RouteMessage]) -> NetworkSnapshot {
+        var byIndex: [UInt32: Link] = [:]
+        for message in links {
+            byIndex[message.index] = Link(
+                name: message.name, index: message.index,
+                isUp: message.flags & UInt32(IFF_UP) != 0,
+                isLoopback: message.flags & UInt32(IFF_LOOPBACK) != 0)
+        }
+        let usable = addresses.filter { $0.isUsableSNATAddress }
+        for message in usable.filter({ !$0.isSecondary }) + usable.filter({ $0.isSecondary }) {
+            switch message.address {
+            case .v4(let a): byIndex[message.index]?.ipv4.append(a)
+            case .v6(let a): byIndex[message.index]?.ipv6.append(a)
+            }
+        }
+        var defaultRouteDevices = Set<String>()
+        for route in routes where route.isMainDefault {
+            for index in route.outputInterfaces {
+                if let link = byIndex[index], !link.isLoopback { defaultRouteDevices.insert(link.name) }
             }
         }
         return NetworkSnapshot(
-            links: order.compactMap { links[$0] },
-            defaultRouteDevices: defaultRouteDevices(
-                ipv4Routes: (try? String(contentsOfFile: "/proc/net/route", encoding: .utf8)) ?? "",
-                ipv6Routes: (try? String(contentsOfFile: "/proc/net/ipv6_route", encoding: .utf8)) ?? ""))
+            links: byIndex.values.sorted { $0.index < $1.index },
+            defaultRouteDevices: defaultRouteDevices)
     }
 
-    /// The devices of the default routes in /proc/net/route and /proc/net/ipv6_route text.
+    /// The devices of the default routes in /proc/net/route and /proc/net/ipv6_route text: the
+    /// same answer as the route dump, from procfs (for diagnostics; `read()` uses netlink).
     static func defaultRouteDevices(ipv4Routes: String, ipv6Routes: String) -> Set<String> {
         var result = Set<String>()
         // Iface Destination Gateway Flags RefCnt Use Metric Mask ...

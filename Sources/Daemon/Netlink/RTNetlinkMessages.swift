@@ -1,0 +1,322 @@
+@preconcurrency import Glibc
+import API
+
+#if _endian(big)
+#error("netlink headers are read as little-endian host order")
+#endif
+
+/// The rtnetlink ABI numbers masq uses, as the kernel's uapi headers define them
+/// (`linux/netlink.h`, `linux/rtnetlink.h`, `linux/if_addr.h`, `linux/if_link.h`). They are
+/// kernel ABI and never renumber; Swift's Glibc module does not export them.
+enum RTNL {
+    // linux/netlink.h
+    static let netlinkRoute: Int32 = 0 // NETLINK_ROUTE
+    static let solNetlink: Int32 = 270 // SOL_NETLINK
+    static let extAck: Int32 = 11 // NETLINK_EXT_ACK
+    static let flagRequest: UInt16 = 0x01 // NLM_F_REQUEST
+    static let flagMulti: UInt16 = 0x02 // NLM_F_MULTI
+    static let flagDumpInterrupted: UInt16 = 0x10 // NLM_F_DUMP_INTR: the dump raced a change
+    static let flagDump: UInt16 = 0x300 // NLM_F_DUMP (NLM_F_ROOT | NLM_F_MATCH)
+    static let messageError: UInt16 = 2 // NLMSG_ERROR
+    static let messageDone: UInt16 = 3 // NLMSG_DONE
+    static let messageOverrun: UInt16 = 4 // NLMSG_OVERRUN
+    /// Netlink messages and attributes are padded to 4 bytes (NLMSG_ALIGNTO, RTA_ALIGNTO).
+    static let alignment = 4
+    static let headerSize = 16 // sizeof(struct nlmsghdr)
+    /// Attribute type bits that are flags, not the type (NLA_F_NESTED | NLA_F_NET_BYTEORDER).
+    static let attributeTypeMask: UInt16 = 0x3fff
+
+    // linux/rtnetlink.h: message types
+    static let newLink: UInt16 = 16, delLink: UInt16 = 17, getLink: UInt16 = 18
+    static let newAddress: UInt16 = 20, delAddress: UInt16 = 21, getAddress: UInt16 = 22
+    static let newRoute: UInt16 = 24, delRoute: UInt16 = 25, getRoute: UInt16 = 26
+
+    // linux/rtnetlink.h: multicast groups, as bits for bind(2)
+    static let groupLink: UInt32 = 0x1 // RTMGRP_LINK
+    static let groupIPv4Address: UInt32 = 0x10 // RTMGRP_IPV4_IFADDR
+    static let groupIPv4Route: UInt32 = 0x40 // RTMGRP_IPV4_ROUTE
+    static let groupIPv6Address: UInt32 = 0x100 // RTMGRP_IPV6_IFADDR
+    static let groupIPv6Route: UInt32 = 0x400 // RTMGRP_IPV6_ROUTE
+
+    // Fixed headers after nlmsghdr.
+    static let ifinfomsgSize = 16 // struct ifinfomsg
+    static let ifaddrmsgSize = 8 // struct ifaddrmsg
+    static let rtmsgSize = 12 // struct rtmsg
+    static let rtnexthopSize = 8 // struct rtnexthop
+
+    // linux/if_link.h
+    static let linkName: UInt16 = 3 // IFLA_IFNAME
+
+    // linux/if_addr.h
+    static let addressAddress: UInt16 = 1 // IFA_ADDRESS (the peer on point-to-point links)
+    static let addressLocal: UInt16 = 2 // IFA_LOCAL (the local address, when present)
+    static let addressFlags: UInt16 = 8 // IFA_FLAGS: u32 that extends ifa_flags
+    static let flagSecondary: UInt32 = 0x01 // IFA_F_SECONDARY (IPv4); IFA_F_TEMPORARY (IPv6)
+    static let flagDADFailed: UInt32 = 0x08 // IFA_F_DADFAILED
+    static let flagDeprecated: UInt32 = 0x20 // IFA_F_DEPRECATED
+    static let flagTentative: UInt32 = 0x40 // IFA_F_TENTATIVE
+
+    // linux/rtnetlink.h: routes
+    static let routeOutputInterface: UInt16 = 4 // RTA_OIF
+    static let routeMultipath: UInt16 = 9 // RTA_MULTIPATH: an array of struct rtnexthop
+    static let routeTable: UInt16 = 15 // RTA_TABLE: u32, for table ids past 255
+    static let tableMain: UInt32 = 254 // RT_TABLE_MAIN
+    static let typeUnicast: UInt8 = 1 // RTN_UNICAST
+    static let scopeLink: UInt8 = 253 // RT_SCOPE_LINK
+    static let scopeHost: UInt8 = 254 // RT_SCOPE_HOST
+}
+
+/// A netlink failure: which step, and what the kernel or the message said.
+enum NetlinkError: Error, CustomStringConvertible, Equatable {
+    /// A socket call failed.
+    case system(step: String, errno: Int32)
+    /// The kernel answered a request with an error.
+    case kernel(request: String, errno: Int32)
+    /// A message could not be parsed.
+    case malformed(String)
+    /// A dump raced a change (NLM_F_DUMP_INTR); the caller dumps again.
+    case dumpInterrupted(request: String)
+
+    var description: String {
+        switch self {
+        case .system(let step, let errno):
+            "netlink \(step): \(String(cString: strerror(errno))) (errno \(errno))"
+        case .kernel(let request, let errno):
+            "netlink \(request): the kernel answered \(String(cString: strerror(errno))) (errno \(errno))"
+        case .malformed(let what):
+            "netlink: malformed message: \(what)"
+        case .dumpInterrupted(let request):
+            "netlink \(request): the dump was interrupted by a concurrent change"
+        }
+    }
+}
+
+/// One netlink message: the header fields masq reads and the payload after the header.
+struct NetlinkMessage: Equatable {
+    var type: UInt16
+    var flags: UInt16
+    var sequence: UInt32
+    var payload: ArraySlice<UInt8>
+
+    /// Splits one datagram into its messages (several per datagram in dumps and bursts).
+    static func parse(_ datagram: ArraySlice<UInt8>) throws(NetlinkError) -> [NetlinkMessage] {
+        var messages: [NetlinkMessage] = []
+        var offset = datagram.startIndex
+        while datagram.endIndex - offset >= RTNL.headerSize {
+            let length = Int(datagram.u32(at: offset))
+            guard length >= RTNL.headerSize, length <= datagram.endIndex - offset else {
+                throw .malformed("message length \(length) at offset \(offset - datagram.startIndex) of a \(datagram.count)-byte datagram")
+            }
+            messages.append(NetlinkMessage(
+                type: datagram.u16(at: offset + 4),
+                flags: datagram.u16(at: offset + 6),
+                sequence: datagram.u32(at: offset + 8),
+                payload: datagram[(offset + RTNL.headerSize)..<(offset + length)]))
+            offset += align(length)
+        }
+        return messages
+    }
+
+    /// A request: the header followed by `body` (a zeroed family header for dumps).
+    static func request(type: UInt16, flags: UInt16, sequence: UInt32, body: [UInt8]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.appendLittle(UInt32(RTNL.headerSize + body.count))
+        bytes.appendLittle(type)
+        bytes.appendLittle(flags)
+        bytes.appendLittle(sequence)
+        bytes.appendLittle(UInt32(0)) // port id: the kernel fills it in
+        return bytes + body
+    }
+
+    /// The errno of an NLMSG_ERROR message (0 is an acknowledgement), or of an NLMSG_DONE that
+    /// ends a dump early.
+    var errorCode: Int32 {
+        payload.count >= 4 ? -Int32(bitPattern: payload.u32(at: payload.startIndex)) : 0
+    }
+}
+
+/// The attributes (struct rtattr: length, type, value) that follow a fixed header, by type.
+/// A later attribute of the same type wins, as the kernel never repeats the ones masq reads.
+struct NetlinkAttributes {
+    private var values: [UInt16: ArraySlice<UInt8>] = [:]
+
+    init(_ bytes: ArraySlice<UInt8>) throws(NetlinkError) {
+        var offset = bytes.startIndex
+        while bytes.endIndex - offset >= 4 {
+            let length = Int(bytes.u16(at: offset))
+            guard length >= 4, length <= bytes.endIndex - offset else {
+                throw .malformed("attribute length \(length) with \(bytes.endIndex - offset) bytes left")
+            }
+            let type = bytes.u16(at: offset + 2) & RTNL.attributeTypeMask
+            values[type] = bytes[(offset + 4)..<(offset + length)]
+            offset += align(length)
+        }
+    }
+
+    subscript(type: UInt16) -> ArraySlice<UInt8>? { values[type] }
+
+    func u32(_ type: UInt16) -> UInt32? {
+        guard let v = values[type], v.count >= 4 else { return nil }
+        return v.u32(at: v.startIndex)
+    }
+
+    /// A NUL-terminated string attribute.
+    func string(_ type: UInt16) -> String? {
+        guard let v = values[type] else { return nil }
+        return String(decoding: v.prefix { $0 != 0 }, as: UTF8.self)
+    }
+}
+
+/// RTM_NEWLINK / RTM_DELLINK: a device.
+struct LinkMessage: Equatable, Sendable {
+    var index: UInt32
+    var name: String
+    /// The device flags (IFF_UP, IFF_LOOPBACK, ...).
+    var flags: UInt32
+
+    init(index: UInt32, name: String, flags: UInt32) {
+        self.index = index
+        self.name = name
+        self.flags = flags
+    }
+
+    init(_ message: NetlinkMessage) throws(NetlinkError) {
+        let p = message.payload
+        guard p.count >= RTNL.ifinfomsgSize else { throw .malformed("link message of \(p.count) bytes") }
+        index = UInt32(bitPattern: Int32(bitPattern: p.u32(at: p.startIndex + 4)))
+        flags = p.u32(at: p.startIndex + 8)
+        let attributes = try NetlinkAttributes(p.dropFirst(RTNL.ifinfomsgSize))
+        guard let name = attributes.string(RTNL.linkName) else {
+            throw .malformed("link \(index) without a name")
+        }
+        self.name = name
+    }
+}
+
+/// RTM_NEWADDR / RTM_DELADDR: one address of a device.
+struct AddressMessage: Equatable, Sendable {
+    var index: UInt32
+    var address: IPAddress
+    var prefixLength: UInt8
+    var scope: UInt8
+    /// IFA_F_* flags: IFA_FLAGS when present (it extends the 8-bit header field).
+    var flags: UInt32
+
+    init(index: UInt32, address: IPAddress, prefixLength: UInt8, scope: UInt8 = 0, flags: UInt32 = 0) {
+        self.index = index
+        self.address = address
+        self.prefixLength = prefixLength
+        self.scope = scope
+        self.flags = flags
+    }
+
+    /// nil for families other than IPv4 and IPv6.
+    init?(_ message: NetlinkMessage) throws(NetlinkError) {
+        let p = message.payload
+        guard p.count >= RTNL.ifaddrmsgSize else { throw .malformed("address message of \(p.count) bytes") }
+        let family = Int32(p[p.startIndex])
+        prefixLength = p[p.startIndex + 1]
+        scope = p[p.startIndex + 3]
+        index = p.u32(at: p.startIndex + 4)
+        let attributes = try NetlinkAttributes(p.dropFirst(RTNL.ifaddrmsgSize))
+        flags = attributes.u32(RTNL.addressFlags) ?? UInt32(p[p.startIndex + 2])
+        // On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours when present.
+        guard let raw = attributes[RTNL.addressLocal] ?? attributes[RTNL.addressAddress] else { return nil }
+        switch family {
+        case AF_INET where raw.count == 4:
+            address = .v4(IPv4Address(raw[raw.startIndex], raw[raw.startIndex + 1], raw[raw.startIndex + 2], raw[raw.startIndex + 3]))
+        case AF_INET6 where raw.count == 16:
+            address = .v6(IPv6Address(bytes: Array(raw)))
+        case AF_INET, AF_INET6:
+            throw .malformed("address of \(raw.count) bytes for family \(family)")
+        default:
+            return nil
+        }
+    }
+
+    var isSecondary: Bool { flags & RTNL.flagSecondary != 0 }
+
+    /// Whether new flows may leave with this address: global scope (not host or link), not
+    /// deprecated, and for IPv6 neither tentative, failed duplicate detection nor temporary
+    /// (privacy addresses rotate and are meant for the host's own outgoing connections).
+    var isUsableSNATAddress: Bool {
+        guard scope < RTNL.scopeLink, flags & RTNL.flagDeprecated == 0 else { return false }
+        switch address {
+        case .v4:
+            return true
+        case .v6(let a):
+            let unusable = RTNL.flagTentative | RTNL.flagDADFailed | RTNL.flagSecondary
+            let linkLocal = a.bytes[0] == 0xfe && a.bytes[1] & 0xc0 == 0x80
+            return flags & unusable == 0 && !linkLocal
+        }
+    }
+}
+
+/// RTM_NEWROUTE / RTM_DELROUTE: the fields that tell whether a route is a default route and
+/// through which devices it leaves.
+struct RouteMessage: Equatable, Sendable {
+    var destinationLength: UInt8
+    var table: UInt32
+    var type: UInt8
+    /// RTA_OIF, or every nexthop's device of a multipath route.
+    var outputInterfaces: [UInt32]
+
+    init(destinationLength: UInt8, table: UInt32 = RTNL.tableMain, type: UInt8 = RTNL.typeUnicast, outputInterfaces: [UInt32]) {
+        self.destinationLength = destinationLength
+        self.table = table
+        self.type = type
+        self.outputInterfaces = outputInterfaces
+    }
+
+    init(_ message: NetlinkMessage) throws(NetlinkError) {
+        let p = message.payload
+        guard p.count >= RTNL.rtmsgSize else { throw .malformed("route message of \(p.count) bytes") }
+        destinationLength = p[p.startIndex + 1]
+        type = p[p.startIndex + 7]
+        let attributes = try NetlinkAttributes(p.dropFirst(RTNL.rtmsgSize))
+        table = attributes.u32(RTNL.routeTable) ?? UInt32(p[p.startIndex + 4])
+        outputInterfaces = []
+        if let oif = attributes.u32(RTNL.routeOutputInterface) {
+            outputInterfaces.append(oif)
+        }
+        if let hops = attributes[RTNL.routeMultipath] {
+            // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; } then its attributes.
+            var offset = hops.startIndex
+            while hops.endIndex - offset >= RTNL.rtnexthopSize {
+                let length = Int(hops.u16(at: offset))
+                guard length >= RTNL.rtnexthopSize, length <= hops.endIndex - offset else {
+                    throw .malformed("nexthop length \(length) with \(hops.endIndex - offset) bytes left")
+                }
+                outputInterfaces.append(hops.u32(at: offset + 4))
+                offset += align(length)
+            }
+        }
+    }
+
+    /// A unicast default route of the main table (what `ip route` shows as `default`).
+    var isMainDefault: Bool {
+        destinationLength == 0 && table == RTNL.tableMain && type == RTNL.typeUnicast
+    }
+}
+
+/// Rounds a netlink length up to the 4-byte alignment of messages and attributes.
+func align(_ length: Int) -> Int {
+    (length + RTNL.alignment - 1) & ~(RTNL.alignment - 1)
+}
+
+// Netlink headers are in host byte order; masq runs on little-endian machines (x86_64, arm64).
+extension ArraySlice<UInt8> {
+    func u16(at i: Int) -> UInt16 {
+        UInt16(self[i]) | UInt16(self[i + 1]) << 8
+    }
+
+    func u32(at i: Int) -> UInt32 {
+        UInt32(self[i]) | UInt32(self[i + 1]) << 8 | UInt32(self[i + 2]) << 16 | UInt32(self[i + 3]) << 24
+    }
+}
+
+extension [UInt8] {
+    mutating func appendLittle<T: FixedWidthInteger>(_ value: T) {
+        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+}
