@@ -51,10 +51,13 @@ ensure_bpffs() {
 # Removes namespaces and bpffs mounts named PREFIX-<pid>-... whose process is gone
 # (a run killed before its own clean-up). PREFIX: masqe2e (tests) or masqdemo (demo).
 sweep_stale() {
-    local prefix=$1 ns pid dir mnt
+    local prefix=$1 ns pid dir mnt p
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$prefix-" || true); do
         pid=$(echo "$ns" | cut -d- -f2)
-        [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && ip netns delete "$ns" 2>/dev/null || true
+        [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null || continue
+        # Processes left inside (a daemon, a server) would keep the namespace alive.
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+        ip netns delete "$ns" 2>/dev/null || true
     done
     for dir in /run/"$prefix"-*; do
         [ -d "$dir" ] || continue

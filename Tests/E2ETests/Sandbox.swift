@@ -123,7 +123,8 @@ final class Sandbox: @unchecked Sendable {
         processes.removeAll()
         masqd = nil
         // Deleting the namespaces deletes their devices, and with them tc filters and tcx links.
-        for ns in namespaces.reversed() { Command.runSync(["ip", "netns", "delete", ns]) }
+        // A process still inside one (a stray child) would keep it alive: stop those first.
+        for ns in namespaces.reversed() { Self.deleteNamespace(ns) }
         namespaces.removeAll()
         if bpffsMounted {
             if !Command.runSync(["umount", bpffsMount]).succeeded {
@@ -146,7 +147,7 @@ final class Sandbox: @unchecked Sendable {
             let parts = name.split(separator: "-")
             guard parts.count >= 3, parts[0] == "masqe2e", let pid = Int32(parts[1]),
                   pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
-            Command.runSync(["ip", "netns", "delete", name])
+            deleteNamespace(name)
         }
         let runEntries = (try? FileManager.default.contentsOfDirectory(atPath: "/run")) ?? []
         for entry in runEntries where entry.hasPrefix("masqe2e-") {
@@ -161,6 +162,14 @@ final class Sandbox: @unchecked Sendable {
             }
             try? FileManager.default.removeItem(atPath: "/run/\(entry)")
         }
+    }
+
+    /// Stops the processes left in a namespace of ours, then deletes it.
+    private static func deleteNamespace(_ ns: String) {
+        let pids = Command.runSync(["ip", "netns", "pids", ns]).stdout
+            .split(separator: "\n").compactMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
+        for pid in pids where pid != getpid() { kill(pid, SIGKILL) }
+        Command.runSync(["ip", "netns", "delete", ns])
     }
 
     // MARK: commands
