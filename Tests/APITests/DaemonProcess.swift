@@ -1,0 +1,117 @@
+@preconcurrency import Glibc
+import Foundation
+import Synchronization
+import Testing
+
+/// A real `masqd` process for tests that need the whole daemon: in a network namespace of its
+/// own (only `lo`, so nothing on the host is attached to), with a private bpffs. Torn down
+/// (process, namespace, mount, files) on every path.
+final class DaemonSandbox: @unchecked Sendable {
+    let name: String
+    let dir: String
+    var bpffs: String { dir + "/bpffs" }
+    var socketPath: String { dir + "/masqd.sock" }
+    private(set) var process: Process?
+    private var namespace = false
+    private var mounted = false
+
+    private static let counter = Mutex(0)
+
+    private init() {
+        let n = Self.counter.withLock { $0 += 1; return $0 }
+        name = "masqapi-\(getpid())-\(n)"
+        dir = "/tmp/\(name)"
+    }
+
+    static func with<T>(_ body: (DaemonSandbox) async throws -> T) async throws -> T {
+        let sandbox = DaemonSandbox()
+        defer { sandbox.teardown() }
+        try FileManager.default.createDirectory(atPath: sandbox.bpffs, withIntermediateDirectories: true)
+        chmod(sandbox.dir, 0o755)
+        guard mount("bpf", sandbox.bpffs, "bpf", 0, nil) == 0 else { throw TestFailure("mount bpffs failed") }
+        sandbox.mounted = true
+        guard try await run(["/usr/bin/env", "ip", "netns", "add", sandbox.name]).status == 0 else {
+            throw TestFailure("ip netns add \(sandbox.name) failed")
+        }
+        sandbox.namespace = true
+        _ = try await run(["/usr/bin/env", "ip", "-n", sandbox.name, "link", "set", "lo", "up"])
+        return try await body(sandbox)
+    }
+
+    /// masqd's flags for this sandbox: no device exists, so none is attached.
+    func masqdFlags(_ extra: [String] = []) -> [String] {
+        ["--pod-cidrs", "10.244.1.0/24", "--devices", "ext0", "--bpffs-root", bpffs,
+         "--socket-path", socketPath, "--log-level", "debug"] + extra
+    }
+
+    /// Starts argv inside the namespace (nsenter keeps the root mount namespace, so the bpffs
+    /// stays visible), output to files in the sandbox.
+    func start(_ argv: [String], environment: [String: String] = [:]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        process.arguments = ["--net=/run/netns/\(name)"] + argv
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        process.environment = env
+        FileManager.default.createFile(atPath: dir + "/out", contents: nil)
+        FileManager.default.createFile(atPath: dir + "/err", contents: nil)
+        process.standardOutput = FileHandle(forWritingAtPath: dir + "/out")
+        process.standardError = FileHandle(forWritingAtPath: dir + "/err")
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        return process
+    }
+
+    var log: String { (try? String(contentsOfFile: dir + "/err", encoding: .utf8)) ?? "" }
+
+    /// Waits until the socket answers healthz with 200.
+    func waitHealthy(timeout: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let process, !process.isRunning { throw TestFailure("masqd exited: \(log)") }
+            if let r = try? await TestHTTP.request(socketPath: socketPath, method: .GET, uri: "/v1/healthz"), r.status == 200 {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestFailure("masqd did not become healthy: \(log)")
+    }
+
+    func teardown() {
+        if let process, process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL); usleep(100_000) }
+        }
+        if namespace {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["ip", "netns", "delete", name]
+            try? p.run()
+            p.waitUntilExit()
+        }
+        if mounted { umount2(bpffs, Int32(MNT_DETACH)) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// The peak resident set (VmHWM) and current RSS of a process, in KiB.
+func memory(of pid: Int32) -> (peak: Int, current: Int) {
+    let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    func field(_ name: String) -> Int {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+        }
+        return 0
+    }
+    return (field("VmHWM"), field("VmRSS"))
+}
+
+/// The pid of masqd under `nsenter` (its only child) or the process itself.
+func daemonPID(_ process: Process) -> Int32 {
+    let children = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(process.processIdentifier)/children",
+                                encoding: .utf8)) ?? ""
+    return children.split(separator: " ").compactMap { Int32($0) }.first ?? process.processIdentifier
+}

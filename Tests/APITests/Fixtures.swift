@@ -1,0 +1,307 @@
+@preconcurrency import Glibc
+import API
+import CMasq
+import Foundation
+import Synchronization
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+
+@testable import Daemon
+
+/// Whether this process may load BPF objects and mount a bpffs (the server tests need both).
+let isRoot = getuid() == 0
+
+/// A real datapath (loaded, never attached: no device is configured) under a private bpffs,
+/// and the API server in this process on a socket of its own. `with` tears all of it down.
+final class LiveAPI: @unchecked Sendable {
+    static let podCIDR = "10.244.1.0/24"
+    static let nonMasquerade = ["100.0.9.0/24", "192.168.0.0/16"]
+    /// The fake masquerading device: `lo`'s ifindex in the map only (nothing is attached).
+    static let snatAddress = "100.0.0.1"
+
+    let dir: String
+    let socketPath: String
+    let datapath: Datapath
+    let status: DaemonStatus
+    let config: DaemonConfig
+    private var server: Task<Void, Error>?
+    private var mounted = false
+
+    private static let counter = Mutex(0)
+
+    private init(dir: String, datapath: Datapath, status: DaemonStatus, config: DaemonConfig) {
+        self.dir = dir
+        self.socketPath = dir + "/masqd.sock"
+        self.datapath = datapath
+        self.status = status
+        self.config = config
+    }
+
+    /// Runs `body` against a live server; `limits` tunes the server (abuse tests).
+    static func with<T>(limits: APIServer.Limits = .init(), socketGroup: String? = nil,
+                        _ body: (LiveAPI) async throws -> T) async throws -> T {
+        let n = counter.withLock { $0 += 1; return $0 }
+        let dir = "/tmp/masqapi-\(getpid())-\(n)"
+        let bpffs = dir + "/bpffs"
+        try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
+        guard mount("bpf", bpffs, "bpf", 0, nil) == 0 else {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw TestFailure("mount bpffs at \(bpffs): \(String(cString: strerror(errno)))")
+        }
+        defer {
+            umount2(bpffs, Int32(MNT_DETACH))
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        var config = try DaemonConfig(file: [:], flags: [
+            .podCIDRs: .scalar(podCIDR), .nonMasqueradeCIDRs: .scalar(nonMasquerade.joined(separator: ",")),
+            .clusterNodeIPs: .scalar("192.0.2.10"), .bpffsRoot: .scalar(bpffs), .devices: .scalar("none0"),
+            .natMaxEntries: .scalar("262144"),
+        ])
+        config.socketPath = dir + "/masqd.sock"
+        config.socketGroup = socketGroup
+        var logger = Logger(label: "apitests")
+        logger.logLevel = .warning
+        let datapath = try Datapath(config: config, logger: logger)
+        let status = DaemonStatus()
+        // No links: no device is selected, nothing is attached; the config maps are written.
+        let state = DesiredState(ReconcileInputs(config: config, network: NetworkSnapshot(links: [], defaultRouteDevices: [])))
+        try await datapath.apply(state)
+        // A masquerading device in the map only, so explain has one (never attached; apply is
+        // not called again, so nothing ever touches lo).
+        var device = masq_device()
+        device.snat_v4 = IPv4Address(snatAddress)!.networkOrder
+        device.flags = UInt32(MASQ_DEV_HAS_V4)
+        try await datapath.map(MASQ_MAP_DEVICES).update(UInt32(1), device)
+        let mode = await datapath.mode
+        status.update { $0.ready = true; $0.applied = state; $0.applyCount = 1; $0.attachKind = mode }
+
+        let live = LiveAPI(dir: dir, datapath: datapath, status: status, config: config)
+        let serving = ServingState()
+        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: .default)
+        let server = APIServer(socket: .path(live.socketPath, group: socketGroup), router: APIRouter(handlers: handlers),
+                               limits: limits, serving: serving, logger: logger)
+        live.server = Task { try await server.run() }
+        defer { live.server?.cancel() }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !serving.isServing {
+            guard ContinuousClock.now < deadline else { throw TestFailure("the API server did not start") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let result = try await body(live)
+        live.server?.cancel()
+        _ = try? await live.server?.value
+        return result
+    }
+
+    // MARK: requests
+
+    func get(_ uri: String, accept: String = MediaType.json) async throws -> HTTPResult {
+        try await TestHTTP.request(socketPath: socketPath, method: .GET, uri: uri, headers: [("Accept", accept)])
+    }
+
+    func delete(_ uri: String) async throws -> HTTPResult {
+        try await TestHTTP.request(socketPath: socketPath, method: .DELETE, uri: uri)
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, _ result: HTTPResult) throws -> T {
+        try APIJSON.decoder().decode(T.self, from: result.body)
+    }
+
+    // MARK: NAT table fixtures
+
+    /// Writes `count` masqueraded TCP flows (both entries of each pair) straight into masq_nat_v4:
+    /// pod 10.244.1.x:port -> 100.0.0.2:8080 translated to 100.0.0.1:(32768+i).
+    func fillFlows(_ count: Int, dport: UInt16 = 8080, proto: UInt8 = 6) async throws {
+        let nat = try await datapath.map(MASQ_MAP_NAT_V4)
+        try Self.fill(nat, count: count, dport: dport, proto: proto)
+    }
+
+    static func fill(_ nat: BPFMap, count: Int, dport: UInt16 = 8080, proto: UInt8 = 6, first: Int = 0) throws {
+        let now = NATEntries.bootTimeNow()
+        for i in first..<first + count {
+            let pod = IPv4Address(hostOrder: IPv4Address("10.244.0.0")!.hostOrder | UInt32(i / 30000) << 8 | UInt32(1 + i % 250))
+            let podPort = UInt16(10000 + (i / 250) % 30000)
+            let snatPort = UInt16(truncatingIfNeeded: 1024 + i % 64000)
+            var egress = masq_nat_key_v4()
+            egress.saddr = pod.networkOrder
+            egress.daddr = IPv4Address("100.0.0.2")!.networkOrder
+            egress.sport = podPort.bigEndian
+            egress.dport = dport.bigEndian
+            egress.proto = proto
+            egress.dir = UInt8(MASQ_DIR_EGRESS)
+            var out = masq_nat_entry_v4()
+            out.to_addr = IPv4Address(snatAddress)!.networkOrder
+            out.to_port = snatPort.bigEndian
+            out.ifindex = 1
+            out.created = now
+            out.last_seen = now
+            out.seen = UInt8(MASQ_SEEN_SYN)
+            out.packets = 1
+            out.bytes = 60
+            var ingress = masq_nat_key_v4()
+            ingress.saddr = egress.daddr
+            ingress.daddr = out.to_addr
+            ingress.sport = egress.dport
+            ingress.dport = out.to_port
+            ingress.proto = proto
+            ingress.dir = UInt8(MASQ_DIR_INGRESS)
+            var back = out
+            back.to_addr = egress.saddr
+            back.to_port = egress.sport
+            back.seen = UInt8(MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY)
+            try nat.update(ingress, back)
+            try nat.update(egress, out)
+        }
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+struct HTTPResult: Sendable {
+    var status: Int
+    var headers: HTTPHeaders
+    var body: Data
+    var text: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// A small HTTP/1.1 client on SwiftNIO's codec for the tests (masq-client's own is in an
+/// executable target): one request per connection, the whole body collected.
+enum TestHTTP {
+    typealias Connection = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+
+    static func request(socketPath: String, method: HTTPMethod, uri: String,
+                        headers extra: [(String, String)] = []) async throws -> HTTPResult {
+        let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(unixDomainSocketPath: socketPath) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try Connection(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await connection.executeThenClose { inbound, outbound in
+            var headers = HTTPHeaders([("Host", "masqd"), ("Connection", "close")])
+            for (name, value) in extra { headers.add(name: name, value: value) }
+            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))
+            try await outbound.write(.end(nil))
+            var result = HTTPResult(status: 0, headers: [:], body: Data())
+            for try await part in inbound {
+                switch part {
+                case .head(let head):
+                    result.status = Int(head.status.code)
+                    result.headers = head.headers
+                case .body(let buffer):
+                    result.body.append(contentsOf: buffer.readableBytesView)
+                case .end:
+                    return result
+                }
+            }
+            throw TestFailure("\(uri): the response ended before its end")
+        }
+    }
+}
+
+/// A raw Unix stream socket, for requests no well-behaved client sends.
+final class RawSocket {
+    let fd: Int32
+
+    init(path: String) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8) + [0])
+        }
+        let ok = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        guard ok else {
+            close(fd)
+            throw TestFailure("connect \(path): \(String(cString: strerror(errno)))")
+        }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) { send(Array(text.utf8)) }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Everything until the peer closes (or the 5 s timeout).
+    func readAll() -> String {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            out.append(contentsOf: buffer[0..<n])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// A built binary of this package (masqd, masq-client): beside the test bundle, else in the
+/// package's build folders.
+func builtBinary(_ name: String) throws -> String {
+    var candidates: [String] = []
+    if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        for _ in 0..<4 {
+            candidates.append(dir.appendingPathComponent(name).path)
+            dir = dir.deletingLastPathComponent()
+        }
+    }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    for build in [".build-api", ".build"] {
+        candidates.append(root.appendingPathComponent("\(build)/debug/\(name)").path)
+    }
+    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        throw TestFailure("\(name) not found (tried \(candidates))")
+    }
+    return found
+}
+
+/// Runs a command to completion (bounded) and returns status and output.
+func run(_ argv: [String], environment: [String: String] = [:], timeout: Duration = .seconds(30)) async throws
+    -> (status: Int32, stdout: String, stderr: String)
+{
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : "/usr/bin/env")
+    process.arguments = argv[0].hasPrefix("/") ? Array(argv.dropFirst()) : argv
+    var env = ProcessInfo.processInfo.environment
+    env.merge(environment) { $1 }
+    process.environment = env
+    let base = NSTemporaryDirectory() + "masqapi-run-\(UUID().uuidString)"
+    FileManager.default.createFile(atPath: base + ".out", contents: nil)
+    FileManager.default.createFile(atPath: base + ".err", contents: nil)
+    defer {
+        try? FileManager.default.removeItem(atPath: base + ".out")
+        try? FileManager.default.removeItem(atPath: base + ".err")
+    }
+    process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
+    process.standardError = FileHandle(forWritingAtPath: base + ".err")
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    let deadline = ContinuousClock.now + timeout
+    while process.isRunning {
+        if ContinuousClock.now > deadline {
+            process.terminate()
+            throw TestFailure("\(argv.joined(separator: " ")) still runs after \(timeout)")
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    let out = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
+    let err = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
+    return (process.terminationStatus, out, err)
+}

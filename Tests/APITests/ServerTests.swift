@@ -1,0 +1,153 @@
+@preconcurrency import Glibc
+import API
+import CMasq
+import Foundation
+import Testing
+
+@testable import Daemon
+
+/// The server against a real datapath (loaded, not attached) with every answer checked against
+/// docs/api/openapi.yaml.
+@Suite("control API server", .serialized, .enabled(if: isRoot, "needs root: loads BPF objects and mounts a bpffs"))
+struct ServerTests {
+    let spec: OpenAPIDocument
+
+    init() throws {
+        spec = try OpenAPIDocument.load()
+    }
+
+    /// GETs (or DELETEs) `uri`, checks the answer against the spec and returns it.
+    func call(_ api: LiveAPI, _ uri: String, method: String = "GET", accept: String = MediaType.json,
+              expect status: Int = 200) async throws -> HTTPResult {
+        let result = method == "DELETE" ? try await api.delete(uri) : try await api.get(uri, accept: accept)
+        #expect(result.status == status, "\(method) \(uri): \(result.text)")
+        let path = String(uri.split(separator: "?").first ?? "")
+        let problems = spec.check(method: method, path: path, status: result.status,
+                                  contentType: result.headers.first(name: "content-type"), body: result.body)
+        #expect(problems.isEmpty, "\(problems)")
+        return result
+    }
+
+    @Test("every route is in openapi.yaml and openapi.yaml documents no route the server lacks")
+    func specCoversRoutes() {
+        let routes = Set(Route.allCases.map { "\($0.method.rawValue) \($0.path)" })
+        #expect(routes == spec.operations)
+    }
+
+    @Test("healthz, status, ipmasq, config, explain and metrics answer as the spec says")
+    func readEndpoints() async throws {
+        try await LiveAPI.with { api in
+            let health = try api.decode(HealthResponse.self, try await call(api, "/v1/healthz"))
+            #expect(health.state == .ok)
+
+            let status = try api.decode(StatusResponse.self, try await call(api, "/v1/status"))
+            #expect(status.ready && status.masquerading.mode == "BPF")
+            #expect(status.masquerading.snatExclusionCIDRv4 == LiveAPI.podCIDR)
+            #expect(status.devices.map(\.snatIPv4) == [IPAddress(LiveAPI.snatAddress)])
+            #expect(status.drops.map(\.code) == DropReason.allCases.map { Int($0.rawValue) })
+            #expect(status.tables.first { $0.name == "masq_nat_v4" }?.maxEntries == 262_144)
+
+            // Read back from the map: exactly what the reconciler wrote.
+            let ipmasq = try api.decode(IPMasqResponse.self, try await call(api, "/v1/ipmasq"))
+            #expect(ipmasq.cidrs.map(\.description) == LiveAPI.nonMasquerade.sorted())
+
+            let config = try api.decode(ConfigResponse.self, try await call(api, "/v1/config"))
+            #expect(config.daemon.podCIDRs.map(\.description) == [LiveAPI.podCIDR])
+
+            let explain = try api.decode(ExplainResponse.self,
+                                         try await call(api, "/v1/explain?src=10.244.1.2&dst=100.0.9.7&proto=udp&dport=53&device=lo"))
+            #expect(explain.rule == .nonMasqueradeCIDR && explain.cidr?.description == "100.0.9.0/24")
+            let out = try api.decode(ExplainResponse.self,
+                                     try await call(api, "/v1/explain?src=10.244.1.2&dst=1.1.1.1&device=lo"))
+            #expect(out.masquerade && out.snatAddress == IPAddress(LiveAPI.snatAddress))
+
+            let metrics = try await call(api, "/metrics")
+            #expect(metrics.text.contains("masq_up 1\n"))
+            #expect(metrics.text.contains(#"masq_drops_total{reason="nat_ports_exhausted"} 0"#))
+            #expect(metrics.text.contains(#"masq_map_max_entries{map="masq_nat_v4"} 262144"#))
+        }
+    }
+
+    @Test("errors are JSON messages with 400, 404 and 405 (with Allow)")
+    func errors() async throws {
+        try await LiveAPI.with { api in
+            _ = try await call(api, "/v1/conntrack?src=nonsense", expect: 400)
+            _ = try await call(api, "/v1/explain?src=10.244.1.2", expect: 400)
+            let notFound = try await api.get("/v1/nope")
+            #expect(notFound.status == 404)
+            #expect(try api.decode(APIError.self, notFound).message.contains("/v1/nope"))
+            let post = try await TestHTTP.request(socketPath: api.socketPath, method: .POST, uri: "/v1/status")
+            #expect(post.status == 405 && post.headers.first(name: "allow") == "GET")
+        }
+    }
+
+    @Test("conntrack lists flows with their translation, pages with a cursor, streams NDJSON and filters")
+    func conntrack() async throws {
+        try await LiveAPI.with { api in
+            try await api.fillFlows(2_500)
+            try await api.fillFlows(10, dport: 53, proto: 17)
+
+            // Paging: every flow exactly once across pages.
+            var seen = Set<String>()
+            var cursor: String? = nil
+            var pages = 0
+            repeat {
+                let uri = "/v1/conntrack?proto=tcp&limit=700" + (cursor.map { "&cursor=\($0)" } ?? "")
+                let page = try api.decode(ConntrackPage.self, try await call(api, uri))
+                for e in page.entries { seen.insert("\(e.original.src):\(e.original.sport)") }
+                cursor = page.nextCursor
+                pages += 1
+            } while cursor != nil && pages < 20
+            #expect(seen.count == 2_500)
+            #expect(pages >= 4)
+
+            let stream = try await call(api, "/v1/conntrack", accept: MediaType.ndjson)
+            let lines = stream.body.split(separator: UInt8(ascii: "\n"))
+            #expect(lines.count == 2_510)
+            let first = try APIJSON.decoder().decode(ConntrackEntry.self, from: Data(lines[0]))
+            #expect(first.translated.src == IPAddress(LiveAPI.snatAddress) && first.device == "lo")
+            #expect(first.state == "established" && first.replyCounters != nil)
+
+            let udp = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?proto=udp&dport=53"))
+            #expect(udp.entries.count == 10 && udp.entries.allSatisfy { $0.proto == .udp })
+            let none = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?dst=100.0.9.0/24"))
+            #expect(none.entries.isEmpty)
+        }
+    }
+
+    @Test("a filtered DELETE removes exactly the matching flows, both entries of each pair")
+    func deleteFiltered() async throws {
+        try await LiveAPI.with { api in
+            try await api.fillFlows(300)
+            try await api.fillFlows(40, dport: 53, proto: 17)
+            let deleted = try api.decode(ConntrackDeleteResponse.self,
+                                         try await call(api, "/v1/conntrack?proto=udp&dport=53", method: "DELETE"))
+            #expect(deleted.deleted == 40)
+            let nat = try await api.datapath.map(MASQ_MAP_NAT_V4)
+            #expect(try nat.keys(as: masq_nat_key_v4.self).count == 600)
+            let all = try api.decode(ConntrackDeleteResponse.self, try await call(api, "/v1/conntrack", method: "DELETE"))
+            #expect(all.deleted == 300)
+            #expect(try nat.keys(as: masq_nat_key_v4.self).isEmpty)
+        }
+    }
+
+    @Test("a peer that is not root gets 403 on DELETE and 200 on GET")
+    func nonRootPeer() async throws {
+        try await LiveAPI.with(socketGroup: "nogroup") { api in
+            var mode = stat()
+            #expect(stat(api.socketPath, &mode) == 0)
+            #expect(mode.st_mode & 0o777 == 0o660)
+            #expect(mode.st_gid == 65534)
+            // The test directory must be traversable for the unprivileged client.
+            chmod(api.dir, 0o755)
+            let client = try builtBinary("masq-client")
+            let asNobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", client]
+            let get = try await run(asNobody + ["ipmasq", "list", "--socket", api.socketPath])
+            #expect(get.status == 0, "\(get.stderr)")
+            #expect(get.stdout.hasPrefix("IP PREFIX/ADDRESS\n"))
+            let flush = try await run(asNobody + ["conntrack", "flush", "--socket", api.socketPath])
+            #expect(flush.status == 1)
+            #expect(flush.stderr.contains("needs uid 0; this connection's peer is uid 65534 (HTTP 403)"), "\(flush.stderr)")
+        }
+    }
+}

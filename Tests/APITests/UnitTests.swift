@@ -1,0 +1,182 @@
+import API
+import CMasq
+import Foundation
+import Testing
+
+@testable import Daemon
+
+@Suite("API contract")
+struct ContractTests {
+    @Test("query parameters are percent-decoded and unknown or repeated ones are a 400 naming them")
+    func queryParameters() throws {
+        let q = try QueryParameters("src=10.0.0.0%2F8&dport=80", allowed: ["src", "dport"])
+        #expect(q["src"] == "10.0.0.0/8")
+        #expect(throws: APIError.badRequest("bogus: unknown query parameter (known: src)")) {
+            try QueryParameters("bogus=1", allowed: ["src"])
+        }
+        #expect(throws: APIError.badRequest("src: given more than once")) {
+            try QueryParameters("src=1.1.1.1&src=2.2.2.2", allowed: ["src"])
+        }
+        let error = #expect(throws: APIError.self) { try QueryParameters("a=%zz", allowed: ["a"]) }
+        #expect(error?.status == 400)
+    }
+
+    @Test("conntrack filters parse addresses and CIDRs, reject host bits and bad ports with the parameter's name")
+    func conntrackFilter() throws {
+        let f = try ConntrackFilter(query: QueryParameters("proto=TCP&src=10.244.1.2&dst=100.0.0.0/24&dport=8080",
+                                                          allowed: ConntrackFilter.parameterNames))
+        #expect(f.proto == .tcp)
+        let host = try IPPrefix("10.244.1.2/32")
+        #expect(f.src == host)
+        let tuple = FlowTuple(src: IPAddress("10.244.1.2")!, sport: 40000, dst: IPAddress("100.0.0.2")!, dport: 8080)
+        #expect(f.matches(family: .ipv4, proto: .tcp, original: tuple))
+        #expect(!f.matches(family: .ipv4, proto: .udp, original: tuple))
+        var other = tuple
+        other.dport = 8081
+        #expect(!f.matches(family: .ipv4, proto: .tcp, original: other))
+
+        let hostBits = #expect(throws: APIError.self) {
+            try ConntrackFilter(query: QueryParameters("dst=10.0.0.1/8", allowed: ["dst"]))
+        }
+        #expect(hostBits?.message.hasPrefix("dst: '10.0.0.1/8' has host bits set") == true)
+        let port = #expect(throws: APIError.self) {
+            try ConntrackFilter(query: QueryParameters("sport=70000", allowed: ["sport"]))
+        }
+        #expect(port?.message == "sport: '70000' is not valid (expected a port number 0-65535)")
+        // What the client sends is what the server reads.
+        let again = try ConntrackFilter(query: QueryParameters(QueryParameters.encode(f.queryItems)[...],
+                                                              allowed: ConntrackFilter.parameterNames))
+        #expect(again == f)
+    }
+
+    @Test("routes: unknown path is not found, known path with another method lists the allowed ones")
+    func routes() {
+        #expect(Route.match(method: "GET", path: "/v1/status") == .found(.status))
+        #expect(Route.match(method: "DELETE", path: "/v1/conntrack") == .found(.conntrackFlush))
+        #expect(Route.match(method: "HEAD", path: "/v1/healthz") == .found(.healthz))
+        #expect(Route.match(method: "GET", path: "/v2/status") == .notFound)
+        #expect(Route.match(method: "POST", path: "/v1/conntrack") == .methodNotAllowed(allowed: ["GET", "DELETE"]))
+        #expect(Route.allCases.filter(\.changesState) == [.conntrackFlush])
+    }
+
+    @Test("errors encode only their message, and JSON keeps CIDR slashes unescaped")
+    func errorAndJSON() throws {
+        let data = try APIJSON.encoder().encode(APIError.forbidden("no"))
+        #expect(String(decoding: data, as: UTF8.self) == #"{"message":"no"}"#)
+        let cidrs = try APIJSON.encoder().encode(IPMasqResponse(cidrs: [try IPPrefix("10.0.0.0/8")]))
+        #expect(String(decoding: cidrs, as: UTF8.self) == #"{"cidrs":["10.0.0.0/8"]}"#)
+    }
+
+    @Test("clients ignore fields they do not know and values added later")
+    func forwardCompatible() throws {
+        let json = #"{"state":"Degraded","message":"m","extra":1}"#
+        let health = try APIJSON.decoder().decode(HealthResponse.self, from: Data(json.utf8))
+        #expect(health.state == .unknown)
+    }
+
+    @Test("the masquerading line reads like Cilium's")
+    func masqueradingLine() {
+        let m = StatusResponse.Masquerading(enabled: true, ipMasqAgent: true, devices: ["eth0", "eth1"],
+                                            enabledProtocols: .init(ipv4: true, ipv6: false),
+                                            snatExclusionCIDRv4: "10.0.0.0/16", snatExclusionCIDRv6: nil)
+        #expect(m.summaryLine == "BPF (ip-masq-agent)   [eth0, eth1]   10.0.0.0/16   [IPv4: Enabled, IPv6: Disabled]")
+    }
+}
+
+@Suite("conntrack entries")
+struct ConntrackEntryTests {
+    static func key(_ s: String, _ sp: UInt16, _ d: String, _ dp: UInt16, proto: UInt8 = 6, dir: Int32 = MASQ_DIR_EGRESS) -> masq_nat_key_v4 {
+        var k = masq_nat_key_v4()
+        k.saddr = IPv4Address(s)!.networkOrder
+        k.daddr = IPv4Address(d)!.networkOrder
+        k.sport = sp.bigEndian
+        k.dport = dp.bigEndian
+        k.proto = proto
+        k.dir = UInt8(dir)
+        return k
+    }
+
+    static func value(_ a: String, _ p: UInt16, flags: UInt32 = 0) -> masq_nat_entry_v4 {
+        var v = masq_nat_entry_v4()
+        v.to_addr = IPv4Address(a)!.networkOrder
+        v.to_port = p.bigEndian
+        v.flags = UInt8(flags)
+        return v
+    }
+
+    @Test("an EGRESS entry and its INGRESS partner name each other, for TCP and for ICMP echo")
+    func partners() throws {
+        let egress = Self.key("10.244.1.2", 40000, "100.0.0.2", 8080)
+        let value = Self.value("100.0.0.1", 32768)
+        let ingress = try #require(NATEntries.partner(egress, value))
+        #expect(ingress.saddr == egress.daddr && ingress.daddr == value.to_addr)
+        #expect(UInt16(bigEndian: ingress.sport) == 8080 && UInt16(bigEndian: ingress.dport) == 32768)
+        #expect(ingress.dir == UInt8(MASQ_DIR_INGRESS))
+        let back = try #require(NATEntries.partner(ingress, Self.value("10.244.1.2", 40000)))
+        #expect(back.saddr == egress.saddr && back.sport == egress.sport && back.dport == egress.dport && back.dir == egress.dir)
+        #expect(NATEntries.original(ingress, Self.value("10.244.1.2", 40000))
+                == NATEntries.original(egress, value))
+
+        // ICMP echo: the id is sport in EGRESS keys and dport in INGRESS keys.
+        let echo = Self.key("10.244.1.2", 77, "100.0.0.2", 0, proto: 1)
+        let echoReply = try #require(NATEntries.partner(echo, Self.value("100.0.0.1", 900)))
+        #expect(echoReply.sport == 0 && UInt16(bigEndian: echoReply.dport) == 900)
+    }
+
+    @Test("an inbound flow stands alone and is reported untranslated")
+    func inbound() {
+        let k = Self.key("10.244.1.2", 80, "100.0.0.2", 50000)
+        let v = Self.value("10.244.1.2", 80, flags: MASQ_NAT_F_INBOUND)
+        #expect(NATEntries.partner(k, v) == nil)
+        let entry = NATEntries.entry(NATFlow(key: k, egress: v, reply: nil, after: .start), now: 0,
+                                     lifetimes: .default, deviceName: "ext0")
+        #expect(entry.kind == ConntrackEntry.Kind.inbound && entry.translated == entry.original)
+    }
+
+    @Test("state, age and expiry come from the seen flags and CLOCK_BOOTTIME stamps")
+    func stateAndExpiry() {
+        var v = Self.value("100.0.0.1", 40000)
+        v.created = 1_000_000_000
+        v.last_seen = 5_000_000_000
+        v.seen = UInt8(MASQ_SEEN_SYN)
+        var reply = Self.value("10.244.1.2", 40000)
+        reply.seen = UInt8(MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY)
+        reply.last_seen = 6_000_000_000
+        reply.packets = 3
+        let entry = NATEntries.entry(NATFlow(key: Self.key("10.244.1.2", 40000, "100.0.0.2", 8080), egress: v,
+                                             reply: reply, after: .start),
+                                     now: 16_000_000_000, lifetimes: .default, deviceName: nil)
+        #expect(entry.state == "established")
+        #expect(entry.ageSeconds == 15)
+        #expect(entry.expiresInSeconds == FlowLifetimes.default.tcpEstablished - 10)
+        #expect(entry.replyCounters?.packets == 3)
+        #expect(FlowLifetimes.state(proto: .udp, seen: 0) == "unreplied")
+        #expect(FlowLifetimes.state(proto: .tcp, seen: UInt8(MASQ_SEEN_SYN | MASQ_SEEN_SYNACK | MASQ_SEEN_FIN)) == "closing")
+    }
+
+    @Test("cursors round-trip and a foreign cursor is a 400")
+    func cursors() throws {
+        for cursor in [ConntrackCursor.start, ConntrackCursor(token: 1234, skip: 7)] {
+            #expect(try ConntrackCursor(cursor.text) == cursor)
+        }
+        #expect(throws: APIError.self) { try ConntrackCursor("abc") }
+        #expect(throws: APIError.self) { try ConntrackCursor("b12.-1") }
+    }
+}
+
+@Suite("metrics text")
+struct PrometheusTextTests {
+    @Test("families carry HELP and TYPE once, label values are escaped, integers print without a fraction")
+    func exposition() {
+        var text = PrometheusText()
+        text.family("masq_drops_total", .counter, help: "Drops.", [(["reason": #"a"b\c"#], 3), (["reason": "x"], 0.5)])
+        text.family("masq_empty", .gauge, help: "None.", [])
+        #expect(text.text == """
+            # HELP masq_drops_total Drops.
+            # TYPE masq_drops_total counter
+            masq_drops_total{reason="a\\"b\\\\c"} 3
+            masq_drops_total{reason="x"} 0.5
+
+            """)
+    }
+}
