@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* bpf_masq.c: masq's tc entry programs. masq_egress masquerades what leaves a masquerading
- * device, masq_ingress translates the replies back. The logic lives in lib/. */
+ * device, masq_ingress translates the replies back. The logic lives in lib/.
+ *
+ * A packet masq lets through returns TC_ACT_UNSPEC, not TC_ACT_OK: with tcx that is TCX_NEXT,
+ * so programs attached after masq on the same hook still see the packet (with tc clsact the
+ * next filter runs); when masq is the last or only program, UNSPEC passes the packet on just
+ * as TC_ACT_OK would. Only drops (TC_ACT_SHOT) end the chain. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/pkt_cls.h>
@@ -20,11 +25,11 @@ int masq_egress(struct __sk_buff *skb)
 		break;
 	/* case bpf_htons(ETH_P_IPV6): masq_v6_egress(), with the IPv6 datapath. */
 	default:
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (IS_ERR(ret))
 		return drop_count(-ret);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
@@ -38,11 +43,11 @@ int masq_ingress(struct __sk_buff *skb)
 		break;
 	/* case bpf_htons(ETH_P_IPV6): masq_v6_ingress(), with the IPv6 datapath. */
 	default:
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (IS_ERR(ret))
 		return drop_count(-ret);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -12,7 +12,7 @@ struct EgressSNATTests {
         let dp = try Datapath.standard()
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         let p = out.parsed
         #expect(p.src == Net.snat)
         #expect(p.dst == Net.server)
@@ -27,7 +27,7 @@ struct EgressSNATTests {
         let dp = try Datapath.standard()
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40001, dport: 53)))
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         let p = out.parsed
         #expect(p.src == Net.snat)
         #expect(p.sport == 40001)
@@ -40,7 +40,7 @@ struct EgressSNATTests {
         let dp = try Datapath.standard()
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .icmpEcho(type: ICMPType.echo, id: 40002)))
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         let p = out.parsed
         #expect(p.src == Net.snat)
         #expect(p.icmpType == ICMPType.echo)
@@ -175,7 +175,7 @@ struct EgressSNATTests {
 
         let later = ipv4Frame(src: Net.pod1, dst: Net.server, .raw(proto: Proto.udp, bytes: Array(repeating: 0xab, count: 16)), fragment: 0x0003)
         let out = try dp.run(.egress, later)
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == later)
     }
 
@@ -185,7 +185,7 @@ struct EgressSNATTests {
         let frame = ipv4Frame(src: Net.notPod, dst: Net.server, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         #expect(try dp.entries().isEmpty)
     }
@@ -199,7 +199,7 @@ struct EgressSNATTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         #expect(try dp.entries().isEmpty)
     }
@@ -219,7 +219,7 @@ struct EgressSNATTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
     }
 
@@ -229,7 +229,7 @@ struct EgressSNATTests {
         let arp = ethernetHeader(type: 0x0806) + [UInt8](repeating: 0x11, count: 28)
         let out = try dp.run(.egress, arp)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == arp)
     }
 
@@ -239,7 +239,7 @@ struct EgressSNATTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .icmp(type: ICMPType.unreachable, code: 3, body: [0, 0, 0, 0] + Array(repeating: 0, count: 28)))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         #expect(try dp.entries().isEmpty)
     }
@@ -250,7 +250,7 @@ struct EgressSNATTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .raw(proto: 47, bytes: Array(repeating: 0, count: 8)))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
     }
 }

@@ -13,7 +13,7 @@ struct ExclusionTests {
         let frame = ipv4Frame(src: Net.pod1, dst: "10.200.3.4", .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         #expect(try dp.entries().isEmpty)
     }
@@ -34,7 +34,7 @@ struct ExclusionTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.otherPod, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
     }
 
@@ -45,7 +45,7 @@ struct ExclusionTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
     }
 
@@ -65,7 +65,7 @@ struct ExclusionTests {
         let frame = ipv4Frame(src: Net.pod1, dst: Net.node2, .tcp(sport: 40000, dport: 10250))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
     }
 
@@ -76,7 +76,7 @@ struct ExclusionTests {
         let synAck = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 8080, dport: 55555, flags: TCPFlag.syn | TCPFlag.ack))
         let out = try dp.run(.egress, synAck)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == synAck)
         let entry = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 8080, dport: 55555, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
         #expect(entry.packets == 1)

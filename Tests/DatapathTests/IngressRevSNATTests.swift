@@ -14,7 +14,7 @@ struct IngressRevSNATTests {
         let reply = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: sent.sport, flags: TCPFlag.syn | TCPFlag.ack))
         let out = try dp.run(.ingress, reply)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         let p = out.parsed
         #expect(p.src == Net.server)
         #expect(p.dst == Net.pod1)
@@ -71,7 +71,7 @@ struct IngressRevSNATTests {
         let request = ipv4Frame(src: Net.server, dst: Net.snat, .icmpEcho(type: ICMPType.echo, id: sent.sport))
         let out = try dp.run(.ingress, request)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == request)
     }
 
@@ -95,7 +95,7 @@ struct IngressRevSNATTests {
         let frame = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))
         let out = try dp.run(.ingress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         #expect(try dp.entries().isEmpty)
     }
@@ -115,7 +115,7 @@ struct IngressRevSNATTests {
         let syn = ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 55555, dport: 8080))
         let out = try dp.run(.ingress, syn)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == syn)
         let entry = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 8080, dport: 55555, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
         #expect(entry.flags == UInt8(MASQ_NAT_F_INBOUND))

@@ -98,7 +98,7 @@ struct MalformedPacketTests {
         let frame = ipv4Frame(src: Net.notPod, dst: Net.server, .raw(proto: Proto.tcp, bytes: be(40000) + be(443)))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         #expect(try dp.droppedTotal() == 0)
     }
@@ -110,7 +110,7 @@ struct MalformedPacketTests {
         frame[14] = 0x43
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
     }
 }

@@ -38,7 +38,8 @@ func be16(_ port: UInt16) -> UInt16 { port.bigEndian }
 func host16(_ raw: UInt16) -> UInt16 { UInt16(bigEndian: raw) }
 
 enum TC {
-    static let ok: UInt32 = 0    // TC_ACT_OK
+    /// TC_ACT_UNSPEC (-1): masq passes a packet on to the next program on the hook (tcx: TCX_NEXT).
+    static let pass = UInt32(bitPattern: -1)
     static let shot: UInt32 = 2  // TC_ACT_SHOT
 }
 

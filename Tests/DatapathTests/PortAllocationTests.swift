@@ -12,7 +12,7 @@ struct PortAllocationTests {
         let frame = ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.frame == frame)
         let fwd = try #require(try dp.entry(natKey(Net.snat, Net.server, sport: 40000, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
         #expect(fwd.flags == UInt8(MASQ_NAT_F_HOST))
@@ -76,7 +76,7 @@ struct PortAllocationTests {
         var ports = Set<UInt16>()
         for i in 0..<5 {
             let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: UInt16(1000 + i), dport: 443)))
-            #expect(out.verdict == TC.ok)
+            #expect(out.verdict == TC.pass)
             ports.insert(out.parsed.sport)
         }
         #expect(ports == Set(50000...50004))
@@ -98,8 +98,8 @@ struct PortAllocationTests {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(1000 + i), dport: 53)))
         }
         #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1002, dport: 53))).verdict == TC.shot)
-        #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1002, dport: 54))).verdict == TC.ok)
-        #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server2, .udp(sport: 1002, dport: 53))).verdict == TC.ok)
+        #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1002, dport: 54))).verdict == TC.pass)
+        #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server2, .udp(sport: 1002, dport: 53))).verdict == TC.pass)
     }
 
     @Test("the last free port of a range is found by the exhaustive scan")
@@ -114,7 +114,7 @@ struct PortAllocationTests {
         }
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1234, dport: 443)))
 
-        #expect(out.verdict == TC.ok)
+        #expect(out.verdict == TC.pass)
         #expect(out.parsed.sport == 50777)
         #expect(try dp.stat(MASQ_STAT_ALLOC_SCANS) == 1)
     }
