@@ -1,5 +1,6 @@
 @preconcurrency import Glibc
 import API
+import Logging
 import Testing
 @testable import Daemon
 
@@ -254,6 +255,62 @@ struct DeviceTests {
         let lo = try #require(s.links.first { $0.isLoopback })
         #expect(lo.name == "lo" && lo.index == 1)
         #expect(s.links.count == Set(s.links.map(\.index)).count)
+    }
+
+    // MARK: the watcher
+
+    /// Runs a watcher whose reads return `read` until `until` holds or `timeout` passes, and returns
+    /// what it passed on. The watcher subscribes to this namespace's rtnetlink groups (a
+    /// passive listener: it changes nothing); whatever changes here is read as `read` again.
+    private func watch(from initial: NetworkSnapshot, status: DaemonStatus, read: @escaping @Sendable () throws -> NetworkSnapshot,
+                       until: @escaping @Sendable (DaemonStatus) -> Bool,
+                       timeout: Duration = .seconds(2)) async throws -> [NetworkSnapshot] {
+        let (stream, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+        let watcher = DeviceWatcher(initial: initial, changes: sink, status: status,
+                                    logger: Logger(label: "test"), read: read)
+        let task = Task { try await watcher.run() }
+        let deadline = ContinuousClock.now + timeout
+        while !until(status), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // Give a wrongly repeated report the time to show.
+        try await Task.sleep(for: .milliseconds(100))
+        task.cancel()
+        try await task.value
+        sink.finish()
+        var passed: [NetworkSnapshot] = []
+        for await change in stream {
+            if case .network(let n) = change { passed.append(n) }
+        }
+        return passed
+    }
+
+    @Test("the watcher passes on a network that differs from the one the reconciler started from, once")
+    func watcherPassesOnChange() async throws {
+        let initial = NetworkSnapshot(links: [ext0], defaultRouteDevices: [])
+        let changed = NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: [])
+        let passed = try await watch(from: initial, status: DaemonStatus(), read: { changed },
+                                     until: { $0.snapshot.networkChangedAt != nil })
+        #expect(passed == [changed])
+    }
+
+    @Test("the watcher passes nothing on while the network is unchanged")
+    func watcherQuietWithoutChange() async throws {
+        let initial = NetworkSnapshot(links: [ext0], defaultRouteDevices: [])
+        let passed = try await watch(from: initial, status: DaemonStatus(), read: { initial },
+                                     until: { _ in false }, timeout: .milliseconds(300))
+        #expect(passed.isEmpty)
+    }
+
+    @Test("a failed read keeps the last view and is shown in status")
+    func watcherReadFailure() async throws {
+        let initial = NetworkSnapshot(links: [ext0], defaultRouteDevices: [])
+        let status = DaemonStatus()
+        let passed = try await watch(from: initial, status: status,
+                                     read: { throw NetlinkError.kernel(request: "dump links", errno: EBUSY) },
+                                     until: { $0.snapshot.lastNetworkError != nil })
+        #expect(passed.isEmpty)
+        #expect(status.snapshot.lastNetworkError?.contains("dump links") == true)
     }
 
     // MARK: logged changes

@@ -60,6 +60,34 @@ struct DeviceE2ETests {
         }
     }
 
+    @Test("an uplink that loses its only address is reported and stops masquerading, and takes up again with its next address")
+    func addresslessDeviceIsReported() async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            let masqd = try await sandbox.startMasqd(mode: .tcx, devices: Sandbox.device)
+            let server = "\(Sandbox.outsideIP):\(Sandbox.udpPort)"
+
+            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "del", "\(Sandbox.nodeIP)/24", "dev", Sandbox.device])
+            try await sandbox.waitUntil("\(Sandbox.device) loses its programs", timeout: .seconds(5)) {
+                try sandbox.attachmentsSync(of: Sandbox.device).isEmpty
+            }
+            let reported = sandbox.deviceLog.split(separator: "\n").contains {
+                $0.contains("Configured device not in force") && $0.contains("device.name=\(Sandbox.device)")
+                    && $0.contains("no usable address")
+            }
+            #expect(reported, "\(sandbox.deviceLog)")
+
+            let nextIP = "100.0.0.7"
+            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "add", "\(nextIP)/24", "dev", Sandbox.device])
+            try await sandbox.waitUntil("\(Sandbox.device) has its programs again", timeout: .seconds(5)) {
+                try sandbox.attachmentsSync(of: Sandbox.device).tcxEgress.count == 1
+            }
+            let after = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", server])
+            #expect(observedIP(after) == nextIP, "with the next address: \(after)\n\(sandbox.deviceLog)")
+            #expect(masqd.isRunning)
+        }
+    }
+
     @Test("a second uplink matching 'ext+' gets the programs within 1 s and masquerades; deleting it leaves nothing")
     func secondUplinkComesAndGoes() async throws {
         try await Sandbox.with { sandbox in
