@@ -183,7 +183,7 @@ struct LinkMessage: Equatable, Sendable {
     init(_ message: NetlinkMessage) throws(NetlinkError) {
         let p = message.payload
         guard p.count >= RTNL.ifinfomsgSize else { throw .malformed("link message of \(p.count) bytes") }
-        index = UInt32(bitPattern: Int32(bitPattern: p.u32(at: p.startIndex + 4)))
+        index = p.u32(at: p.startIndex + 4) // ifi_index is an int; ifindexes are positive
         flags = p.u32(at: p.startIndex + 8)
         let attributes = try NetlinkAttributes(p.dropFirst(RTNL.ifinfomsgSize))
         guard let name = attributes.string(RTNL.linkName) else {
