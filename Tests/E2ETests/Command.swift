@@ -4,6 +4,68 @@ import Foundation
 @preconcurrency import Glibc
 #endif
 
+/// In this test module `Process` is `ChildProcess`: Foundation's `Process.run()` in Swift 6.3.1
+/// on Linux crashes now and then (it over-reads a `dirent` while listing /proc/self/fd,
+/// swift-corelibs-foundation#5472), which takes the whole test run down with it.
+typealias Process = ChildProcess
+
+/// A child started with posix_spawn: stdout and stderr go to files, stdin is /dev/null or a
+/// pipe, every other descriptor is closed in the child. Reaped with waitpid(WNOHANG) on demand.
+final class ChildProcess: @unchecked Sendable {
+    let processIdentifier: pid_t
+    private let lock = NSLock()
+    private var waitStatus: Int32?
+
+    init(executable: String, argv: [String], stdout: String, stderr: String, stdin: Int32?) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let stdin {
+            posix_spawn_file_actions_adddup2(&actions, stdin, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
+
+        var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for arg in cArgs { free(arg) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, nil, &cArgs, environ)
+        guard rc == 0 else {
+            throw CommandError(description: "posix_spawn \(executable): \(String(cString: strerror(rc)))")
+        }
+        processIdentifier = pid
+    }
+
+    /// glibc 2.34+ has posix_spawn_file_actions_addclosefrom_np; Swift's Glibc module does not
+    /// export it, so it is looked up at run time.
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private static let addCloseFrom: AddCloseFrom? = {
+        dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map { unsafeBitCast($0, to: AddCloseFrom.self) }
+    }()
+
+    private func reap() -> Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        if waitStatus == nil {
+            var status: Int32 = 0
+            if waitpid(processIdentifier, &status, WNOHANG) == processIdentifier { waitStatus = status }
+        }
+        return waitStatus
+    }
+
+    var isRunning: Bool { reap() == nil }
+
+    /// The exit code, or the signal number when a signal ended it (as Foundation reports it).
+    var terminationStatus: Int32 {
+        guard let status = reap() else { return -1 }
+        let signal = status & 0x7F
+        return signal == 0 ? (status >> 8) & 0xFF : signal
+    }
+}
+
 /// The outcome of one finished command.
 struct CommandResult: Sendable, CustomStringConvertible {
     var argv: [String]
@@ -46,16 +108,8 @@ enum Command {
     ) throws -> Process {
         guard let tool = argv.first, let executable = which(tool) ?? (tool.hasPrefix("/") ? tool : nil)
         else { throw CommandError(description: "\(argv.first ?? "?"): not found on PATH") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(argv.dropFirst())
-        _ = FileManager.default.createFile(atPath: stdout, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderr, contents: nil)
-        process.standardOutput = FileHandle(forWritingAtPath: stdout)
-        process.standardError = FileHandle(forWritingAtPath: stderr)
-        process.standardInput = stdin ?? FileHandle.nullDevice
-        try process.run()
-        return process
+        return try ChildProcess(executable: executable, argv: argv, stdout: stdout, stderr: stderr,
+                                stdin: stdin?.fileHandleForReading.fileDescriptor)
     }
 
     /// Runs a command to completion (killing it after `timeout`) and returns its output.

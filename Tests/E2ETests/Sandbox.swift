@@ -261,6 +261,10 @@ final class Sandbox: @unchecked Sendable {
 
     /// The flags every masqd of this sandbox gets; `overrides` replaces or adds flags by name.
     func masqdArgs(mode: AttachMode, overrides: KeyValuePairs<String, String> = [:]) -> [String] {
+        masqdArgs(mode: mode, overrides: overrides.map { ($0.key, $0.value) })
+    }
+
+    func masqdArgs(mode: AttachMode, overrides: [(String, String)]) -> [String] {
         var flags: [(String, String)] = [
             ("--pod-cidrs", Self.podCIDR),
             ("--devices", Self.device),
@@ -276,13 +280,19 @@ final class Sandbox: @unchecked Sendable {
         return flags.flatMap { [$0.0, $0.1] }
     }
 
-    /// Starts `masqd run` in the node namespace and waits for its "masqd ready" line.
+    /// Starts `masqd run` in the node namespace and waits for its "masqd ready" line;
+    /// `overrides` replaces or adds flags by name.
     @discardableResult
-    func startMasqd(mode: AttachMode) async throws -> Process {
+    func startMasqd(mode: AttachMode, overrides: KeyValuePairs<String, String>) async throws -> Process {
+        try await startMasqd(mode: mode, overrides: overrides.map { ($0.key, $0.value) })
+    }
+
+    @discardableResult
+    func startMasqd(mode: AttachMode, overrides: [(String, String)] = []) async throws -> Process {
         masqdRuns += 1
         let name = "masqd\(masqdRuns)"
         let process = try spawn(name, nsenter(node, [try Self.masqdBinary(), "run"]
-            + masqdArgs(mode: mode)))
+            + masqdArgs(mode: mode, overrides: overrides)))
         masqd = process
         try await waitUntil("masqd logs 'masqd ready'", timeout: .seconds(60)) {
             if self.errors(name).contains("masqd ready") { return true }
