@@ -85,6 +85,6 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .testTarget(name: "E2ETests", dependencies: ["Daemon"], exclude: ["netprobe.py"]),
+        .testTarget(name: "E2ETests", dependencies: ["API", "Daemon", "CMasq", "CLibbpf"], exclude: ["netprobe.py"]),
     ]
 )

@@ -129,6 +129,13 @@ public struct BPFMap: Sendable {
     public let fd: Int32
     public let maxEntries: UInt32
 
+    /// A map known by fd, e.g. one opened from its pin with bpf_obj_get; the caller owns the fd.
+    public init(name: String, fd: Int32, maxEntries: UInt32) {
+        self.name = name
+        self.fd = fd
+        self.maxEntries = maxEntries
+    }
+
     public func update<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ value: V, flags: UInt64 = UInt64(BPF_ANY)) throws {
         var key = key
         var value = value
