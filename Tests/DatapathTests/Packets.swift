@@ -384,3 +384,171 @@ extension masq_nat_key_v4 {
         "\(IPv4Address(raw: saddr)):\(host16(sport)) -> \(IPv4Address(raw: daddr)):\(host16(dport)) proto \(proto) dir \(dir)"
     }
 }
+
+// MARK: - ICMP errors
+
+extension ICMPType {
+    static let timeExceeded: UInt8 = 11
+}
+
+/// Builds an ICMP error from `src` to `dst` quoting the IPv4 packet of `offending` (an Ethernet
+/// frame from `ipv4Frame`), cut to `quote` bytes of it when given (RFC 792: header + 8 bytes at
+/// least). Bytes 4-7 of the ICMP header hold `mtu` (fragmentation needed) or zeros.
+func icmpErrorFrame(src: IPv4Address, dst: IPv4Address, type: UInt8, code: UInt8, mtu: UInt16 = 0,
+                    quoting offending: [UInt8], quote: Int? = nil) -> [UInt8] {
+    var inner = Array(offending[14...])
+    if let quote { inner = Array(inner.prefix(quote)) }
+    return ipv4Frame(src: src, dst: dst, .icmp(type: type, code: code, body: [0, 0] + be(mtu) + inner), payload: [])
+}
+
+/// An ICMP error as the program left it: the outer packet, then the quoted packet, with every
+/// checksum recomputed from scratch.
+struct ParsedICMPError {
+    var outer: ParsedFrame
+    var type: UInt8
+    var code: UInt8
+    /// Bytes 6-7 of the ICMP header: the next-hop MTU of "fragmentation needed".
+    var mtu: UInt16
+    var innerSrc: IPv4Address
+    var innerDst: IPv4Address
+    var innerProto: UInt8
+    /// TCP/UDP ports; for a quoted echo, its id in both.
+    var innerSport: UInt16
+    var innerDport: UInt16
+    var innerIPChecksumOK: Bool
+    /// The quoted L4 checksum verifies over the quoted L4 bytes (nil when the quote is cut
+    /// short of the quoted datagram, so that it cannot be verified).
+    var innerL4ChecksumOK: Bool?
+    var innerL4Checksum: UInt16
+
+    init(_ frame: [UInt8]) {
+        outer = ParsedFrame(frame)
+        let ip = Array(frame[14...])
+        let icmp = Array(ip[outer.ihl * 4..<Int(ip.u16(at: 2))])
+        type = icmp[0]
+        code = icmp[1]
+        mtu = icmp.u16(at: 6)
+        let inner = Array(icmp[8...])
+        let hlen = Int(inner[0] & 0x0f) * 4
+        innerSrc = IPv4Address(Array(inner[12..<16]))
+        innerDst = IPv4Address(Array(inner[16..<20]))
+        innerProto = inner[9]
+        innerIPChecksumOK = onesComplementSum(Array(inner[0..<hlen])) == 0xffff
+        let l4 = Array(inner[hlen...])
+        let complete = inner.count >= Int(inner.u16(at: 2))
+        switch innerProto {
+        case Proto.icmp:
+            innerSport = l4.u16(at: 4)
+            innerDport = innerSport
+            innerL4Checksum = l4.u16(at: 2)
+            innerL4ChecksumOK = complete ? onesComplementSum(l4) == 0xffff : nil
+        default:
+            innerSport = l4.u16(at: 0)
+            innerDport = l4.u16(at: 2)
+            let csumOff = innerProto == Proto.tcp ? 16 : 6
+            innerL4Checksum = l4.count >= csumOff + 2 ? l4.u16(at: csumOff) : 0
+            if innerProto == Proto.udp && innerL4Checksum == 0 {
+                innerL4ChecksumOK = true
+            } else if complete {
+                let sum = onesComplementSum(l4, initial: pseudoHeaderSum(src: innerSrc.octets, dst: innerDst.octets,
+                                                                          proto: innerProto, length: l4.count))
+                innerL4ChecksumOK = sum == 0xffff
+            } else {
+                innerL4ChecksumOK = nil
+            }
+        }
+    }
+
+    /// Outer IPv4, ICMP, quoted IPv4 and (when verifiable) quoted L4 checksums all verify.
+    var checksumsOK: Bool { outer.checksumsOK && innerIPChecksumOK && innerL4ChecksumOK != false }
+}
+
+// MARK: - Fragments
+
+/// Splits the IPv4 datagram of `frame` (from `ipv4Frame`, no options) into fragments carrying
+/// `chunk` bytes of its L4 part each (a multiple of 8, except the last), in order.
+func fragment(_ frame: [UInt8], chunk: Int) -> [[UInt8]] {
+    precondition(chunk % 8 == 0)
+    let ip = Array(frame[14..<34])
+    let data = Array(frame[34...])
+    var frames: [[UInt8]] = []
+    var offset = 0
+    while offset < data.count {
+        let part = Array(data[offset..<min(offset + chunk, data.count)])
+        let more = offset + part.count < data.count
+        var hdr = ip
+        hdr.replace(at: 2, with: be(UInt16(20 + part.count)))
+        hdr.replace(at: 6, with: be((more ? 0x2000 : 0) | UInt16(offset / 8)))
+        hdr.replace(at: 10, with: [0, 0])
+        hdr.replace(at: 10, with: be(internetChecksum(hdr)))
+        frames.append(Array(frame[0..<14]) + hdr + part)
+        offset += part.count
+    }
+    return frames
+}
+
+/// A fragment as the program left it.
+struct ParsedFragment {
+    var src: IPv4Address
+    var dst: IPv4Address
+    var id: UInt16
+    /// Fragment offset in bytes.
+    var offset: Int
+    var more: Bool
+    var ipChecksumOK: Bool
+    var data: [UInt8]
+
+    init(_ frame: [UInt8]) {
+        let ip = Array(frame[14...])
+        src = IPv4Address(Array(ip[12..<16]))
+        dst = IPv4Address(Array(ip[16..<20]))
+        id = ip.u16(at: 4)
+        let frag = ip.u16(at: 6)
+        offset = Int(frag & 0x1fff) * 8
+        more = frag & 0x2000 != 0
+        ipChecksumOK = onesComplementSum(Array(ip[0..<20])) == 0xffff
+        data = Array(ip[20..<Int(ip.u16(at: 2))])
+    }
+}
+
+/// Reassembles fragments (any order) into the datagram's L4 bytes; nil when one is missing.
+func reassemble(_ fragments: [ParsedFragment]) -> [UInt8]? {
+    var data: [UInt8] = []
+    for f in fragments.sorted(by: { $0.offset < $1.offset }) {
+        guard f.offset == data.count else { return nil }
+        data += f.data
+    }
+    return fragments.contains { !$0.more } ? data : nil
+}
+
+extension Datapath {
+    /// The masq_frag_v4 entry under `key`.
+    func frag(_ key: masq_frag_key_v4) throws -> masq_frag_entry_v4? {
+        try object.map(MASQ_MAP_FRAG_V4).lookup(key, as: masq_frag_entry_v4.self)
+    }
+
+    /// masq_alloc_hist summed over CPUs, bucket by bucket.
+    func allocHistogram() throws -> [UInt64] {
+        let hist = try object.map(MASQ_MAP_ALLOC_HIST)
+        return try (0..<UInt32(MASQ_ALLOC_HIST_BUCKETS)).map {
+            try hist.lookupPerCPU($0, as: UInt64.self).reduce(0, +)
+        }
+    }
+
+    /// The masq_sat_v4 figure of (SNAT address, remote, remote port, proto).
+    func saturation(remote: IPv4Address, port: UInt16, proto: UInt8) throws -> masq_sat_entry_v4? {
+        let key = masq_sat_key_v4(snat: Net.snat.raw, remote: remote.raw, remote_port: be16(port), proto: proto, pad: 0)
+        return try object.map(MASQ_MAP_SAT_V4).lookup(key, as: masq_sat_entry_v4.self)
+    }
+
+    /// Fills the reply tuples (remote:rport -> SNAT address:port) of every port of `ports`
+    /// directly in the map, as if other pods' flows held them.
+    func holdPorts(_ ports: some Sequence<UInt16>, remote: IPv4Address, remotePort: UInt16, proto: UInt8) throws {
+        var held = masq_nat_entry_v4()
+        held.to_addr = Net.pod2.raw
+        for port in ports {
+            held.to_port = be16(port)
+            try nat.update(natKey(remote, Net.snat, sport: remotePort, dport: port, proto: proto, dir: MASQ_DIR_INGRESS), held)
+        }
+    }
+}

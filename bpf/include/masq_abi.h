@@ -23,6 +23,9 @@
 #define MASQ_MAP_NODES_V4  "masq_nodes_v4"
 #define MASQ_MAP_DROPS     "masq_drops"
 #define MASQ_MAP_STATS     "masq_stats"
+#define MASQ_MAP_FRAG_V4   "masq_frag_v4"
+#define MASQ_MAP_ALLOC_HIST "masq_alloc_hist"
+#define MASQ_MAP_SAT_V4    "masq_sat_v4"
 
 /* Program names (the entry functions in bpf/bpf_masq.c). */
 #define MASQ_PROG_EGRESS   "masq_egress"
@@ -151,6 +154,61 @@ _Static_assert(sizeof(struct masq_nat_entry_v4) == 48, "masq_nat_entry_v4 size")
 #define MASQ_STAT_INBOUND_FLOWS     7 /* flows that came in to a pod tracked */
 #define MASQ_STAT_ALLOC_SCANS       8 /* new mappings that needed the exhaustive port scan */
 #define MASQ_STAT_REVERSE_RESTORED  9 /* INGRESS entries re-created after LRU eviction */
+#define MASQ_STAT_ICMP_ERRORS      10 /* ICMP errors translated (RFC 5508), either direction */
+#define MASQ_STAT_FRAG_TRACKED     11 /* first fragments whose ports were remembered */
+#define MASQ_STAT_FRAG_MATCHED     12 /* later fragments matched to their first fragment's ports */
 #define MASQ_STAT_MAX               16
+
+/* ---- masq_alloc_hist: per-CPU histogram of port allocations by candidates tried. ----
+ * Index b counts allocations (successful or failed) that tried t candidates with
+ * 2^(b-1) < t <= 2^b; index 0 is t = 1 (the original port or the first random one). The last
+ * index also takes anything larger. Value __u64. */
+#define MASQ_ALLOC_HIST_BUCKETS     20
+
+/* ---- masq_frag_v4: the ports of a fragmented datagram (LRU hash). ----
+ * Written on the datagram's first fragment, read by its later ones (which carry no L4 header),
+ * in either direction. Keyed as the fragments arrive, before any translation. */
+struct masq_frag_key_v4 {
+	__be32 saddr;          /* network order */
+	__be32 daddr;          /* network order */
+	__be16 id;             /* IPv4 identification, network order */
+	__u8 proto;            /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP */
+	__u8 pad;              /* zero */
+};
+_Static_assert(sizeof(struct masq_frag_key_v4) == 12, "masq_frag_key_v4 size");
+
+struct masq_frag_entry_v4 {
+	__be16 sport;          /* network order, as the NAT key of the first fragment's direction */
+	__be16 dport;          /* network order (ICMP echo: id and 0 placed as in masq_nat_key_v4) */
+	__u8 tcp_flags;        /* the first fragment's TCP flags */
+	__u8 icmp_type;        /* ICMP_ECHO or ICMP_ECHOREPLY for ICMP */
+	__u16 pad;             /* zero */
+};
+_Static_assert(sizeof(struct masq_frag_entry_v4) == 8, "masq_frag_entry_v4 size");
+
+/* ---- masq_sat_v4: port saturation of one (SNAT address, remote, remote port, protocol). ----
+ * Kept (LRU) for tuples whose new flows could not keep their original port. Random probes are
+ * uniform samples of snat-port-range, so taken / probes estimates the share of the range in
+ * use for this tuple; the daemon exports it from the deltas between two reads. */
+struct masq_sat_key_v4 {
+	__be32 snat;           /* SNAT address, network order */
+	__be32 remote;         /* remote address, network order */
+	__be16 remote_port;    /* network order; 0 for ICMP echo */
+	__u8 proto;            /* IPPROTO_* */
+	__u8 pad;              /* zero */
+};
+_Static_assert(sizeof(struct masq_sat_key_v4) == 12, "masq_sat_key_v4 size");
+
+struct masq_sat_entry_v4 {
+	__u64 allocs;          /* allocations that reached the random probes */
+	__u64 fails;           /* ... of which found no free port (DROP_NAT_PORTS_EXHAUSTED) */
+	__u64 probes;          /* random candidates tried */
+	__u64 taken;           /* ... of which were in use */
+	__u64 scans;           /* allocations that needed the exhaustive scan */
+	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last such allocation */
+	__u32 last_tries;      /* candidates the last allocation tried */
+	__u32 max_tries;       /* the most candidates one allocation tried */
+};
+_Static_assert(sizeof(struct masq_sat_entry_v4) == 56, "masq_sat_entry_v4 size");
 
 #endif /* MASQ_ABI_H */

@@ -10,6 +10,7 @@
 
 #include "maps.h"
 #include "icmp.h"
+#include "frag.h"
 
 /* The facts of one packet's L4 header that the NAT steps use beside its tuple. */
 struct ct_l4_info {
@@ -17,12 +18,9 @@ struct ct_l4_info {
 	__u8 icmp_type;        /* ICMP: ICMP_ECHO or ICMP_ECHOREPLY; 0 for other protocols */
 };
 
-/* ct_extract_tuple4: fills *tuple with pkt's tuple as the NAT table keys it in direction dir
- * (ICMP echo: the id is sport in an EGRESS key and dport in an INGRESS key, the other port 0,
- * so that reversing a tuple turns one into the other), and *l4. Returns MASQ_OK,
- * NAT_PUNT_TO_STACK for protocols and ICMP types not translated, or -DROP_INVALID_L4 when the
- * L4 header is cut: such a packet could not be translated correctly. */
-static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+/* __ct_extract_l4_4: the ports (or echo id) and L4 facts from pkt's L4 header, placed as the
+ * NAT key of direction dir holds them. Returns MASQ_OK, NAT_PUNT_TO_STACK or -DROP_INVALID_L4. */
+static __always_inline int __ct_extract_l4_4(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 					     __u8 dir, struct masq_nat_key_v4 *tuple,
 					     struct ct_l4_info *l4)
 {
@@ -30,14 +28,6 @@ static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct
 	struct udphdr udp;
 	__be16 id = 0;
 	int ret;
-
-	tuple->saddr = pkt->saddr;
-	tuple->daddr = pkt->daddr;
-	tuple->proto = pkt->proto;
-	tuple->dir = dir;
-	tuple->pad = 0;
-	l4->tcp_flags = 0;
-	l4->icmp_type = 0;
 
 	switch (pkt->proto) {
 	case IPPROTO_TCP:
@@ -66,6 +56,44 @@ static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct
 		/* Other protocols pass untranslated (SPEC: Protocols). */
 		return NAT_PUNT_TO_STACK;
 	}
+}
+
+/* ct_extract_tuple4: fills *tuple with pkt's tuple as the NAT table keys it in direction dir
+ * (ICMP echo: the id is sport in an EGRESS key and dport in an INGRESS key, the other port 0,
+ * so that reversing a tuple turns one into the other), and *l4. Fragments: a first fragment's
+ * ports are remembered (frag.h) and a later fragment takes them from there, since it carries
+ * no L4 header. Returns MASQ_OK, NAT_PUNT_TO_STACK for protocols and ICMP types not
+ * translated, -DROP_INVALID_L4 when the L4 header is cut (such a packet could not be
+ * translated correctly), or -DROP_FRAG_NOT_FOUND for a later fragment whose first is unknown. */
+static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+					     __u8 dir, struct masq_nat_key_v4 *tuple,
+					     struct ct_l4_info *l4)
+{
+	struct masq_frag_entry_v4 frag;
+	int ret;
+
+	tuple->saddr = pkt->saddr;
+	tuple->daddr = pkt->daddr;
+	tuple->proto = pkt->proto;
+	tuple->dir = dir;
+	tuple->pad = 0;
+	l4->tcp_flags = 0;
+	l4->icmp_type = 0;
+
+	if (ipv4_is_non_first_fragment(pkt)) {
+		ret = frag_v4_lookup(pkt, &frag);
+		if (ret != MASQ_OK)
+			return ret;
+		tuple->sport = frag.sport;
+		tuple->dport = frag.dport;
+		/* The handshake flags belong to the first fragment; a later one adds none. */
+		l4->icmp_type = frag.icmp_type;
+		return MASQ_OK;
+	}
+	ret = __ct_extract_l4_4(skb, pkt, dir, tuple, l4);
+	if (ret == MASQ_OK && ipv4_is_first_fragment(pkt))
+		frag_v4_record(pkt, tuple->sport, tuple->dport, l4->tcp_flags, l4->icmp_type);
+	return ret;
 }
 
 /* The key of the other direction of tuple: addresses and ports swapped. */
@@ -142,7 +170,12 @@ static __always_inline void ct_entry_init4(struct masq_nat_entry_v4 *entry, __be
 static __always_inline void ct_refresh4(struct masq_nat_entry_v4 *entry, __u8 seen)
 {
 	entry->last_seen = bpf_ktime_get_boot_ns();
-	if ((entry->seen | seen) != entry->seen)
+	/* A handshake on a tuple whose connection had closed (FIN or RST seen) is a new
+	 * connection reusing it: its state starts over, or the GC would give the new connection
+	 * the closing lifetime (netfilter re-opens such a tuple the same way). */
+	if ((seen & (MASQ_SEEN_SYN | MASQ_SEEN_SYNACK)) && (entry->seen & (MASQ_SEEN_FIN | MASQ_SEEN_RST)))
+		entry->seen = seen;
+	else if ((entry->seen | seen) != entry->seen)
 		entry->seen |= seen;
 }
 

@@ -40,7 +40,10 @@
 
 /* ICMP types (RFC 792) the NAT translates. */
 #define ICMP_ECHOREPLY          0
+#define ICMP_DEST_UNREACH       3  /* every code, incl. 4: fragmentation needed (RFC 1191) */
 #define ICMP_ECHO               8
+#define ICMP_TIME_EXCEEDED      11 /* code 0: TTL exceeded in transit, 1: reassembly timeout */
+#define ICMP_ERROR_INNER_L4_LEN 8  /* bytes of the offending L4 header an error must quote */
 
 /* TCP flag bits in the flags byte (offset 13). */
 #define TCP_FLAG_FIN            0x01
@@ -56,5 +59,18 @@
  * scan makes the answer exact (a port is found whenever one is free); the random probes keep
  * the common case cheap and the choice unpredictable. Count, not time. */
 #define SNAT_PORT_PROBES        32
+
+/* IPv4 fragments: datagrams whose first fragment's ports are remembered at once (masq_frag_v4,
+ * LRU). A datagram's later fragments follow its first within milliseconds; the table only has
+ * to outlive that. Entries, not time. */
+#ifndef MASQ_FRAG_MAX_ENTRIES
+#define MASQ_FRAG_MAX_ENTRIES   8192
+#endif
+
+/* Port saturation figures kept at once (masq_sat_v4, LRU): one per (SNAT address, remote,
+ * remote port, protocol) that needed more than its original port. Entries. */
+#ifndef MASQ_SAT_MAX_ENTRIES
+#define MASQ_SAT_MAX_ENTRIES    4096
+#endif
 
 #endif /* MASQ_CONSTS_H */

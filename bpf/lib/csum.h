@@ -40,7 +40,7 @@ static __always_inline int csum_v4_addr_replace(struct __sk_buff *skb, const str
 {
 	if (bpf_l3_csum_replace(skb, pkt->l3_off + IPV4_OFF_CSUM, from, to, sizeof(to)) < 0)
 		return -DROP_CSUM_L3;
-	if (pkt->proto == IPPROTO_ICMP)
+	if (pkt->proto == IPPROTO_ICMP || ipv4_is_non_first_fragment(pkt))
 		return MASQ_OK;
 	if (bpf_l4_csum_replace(skb, pkt->l4_off + csum_l4_offset(pkt->proto), from, to,
 				csum_l4_flags(pkt->proto) | BPF_F_PSEUDO_HDR | sizeof(to)) < 0)
@@ -55,6 +55,50 @@ static __always_inline int csum_l4_port_replace(struct __sk_buff *skb, const str
 {
 	if (bpf_l4_csum_replace(skb, pkt->l4_off + csum_l4_offset(pkt->proto), from, to,
 				csum_l4_flags(pkt->proto) | sizeof(to)) < 0)
+		return -DROP_CSUM_L4;
+	return MASQ_OK;
+}
+
+/* ---- Checksums inside an ICMP error's quote ----
+ * The quoted IPv4 header and L4 header are payload to the skb: the kernel helpers, which know
+ * only the packet's own L3 and L4 checksums, cannot update theirs. These compute the new value
+ * of a quoted checksum by RFC 1624 (eqn. 3: HC' = ~(~HC + ~m + m')), on 16-bit words as they
+ * lie in memory; the one's complement sum does not depend on the byte order used. */
+
+static __always_inline __u32 __csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+/* The checksum `check` after a 32-bit word it covers changed from `from` to `to`. */
+static __always_inline __sum16 csum_value_replace4(__sum16 check, __be32 from, __be32 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (__u16)~(__u16)from + (__u16)~(__u16)(from >> 16);
+	sum += (__u16)to + (__u16)(to >> 16);
+	return (__sum16)~__csum_fold32(sum);
+}
+
+/* The checksum `check` after a 16-bit word it covers changed from `from` to `to`. */
+static __always_inline __sum16 csum_value_replace2(__sum16 check, __be16 from, __be16 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (__u16)~from;
+	sum += (__u16)to;
+	return (__sum16)~__csum_fold32(sum);
+}
+
+/* csum_icmp_replace: a word inside pkt's ICMP message (its quote) changed from `from` to `to`
+ * (size 2 or 4 bytes): folds the change into the ICMP checksum, which covers the whole message
+ * and no pseudo header. Returns MASQ_OK or -DROP_CSUM_L4. */
+static __always_inline int csum_icmp_replace(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+					     __u32 from, __u32 to, __u32 size)
+{
+	if (bpf_l4_csum_replace(skb, pkt->l4_off + ICMP_OFF_CSUM, from, to, size) < 0)
 		return -DROP_CSUM_L4;
 	return MASQ_OK;
 }

@@ -17,5 +17,6 @@
 #define DROP_CSUM_L3 134 /* updating the IPv4 header checksum failed */
 #define DROP_CSUM_L4 135 /* updating the TCP, UDP or ICMP checksum failed */
 #define DROP_WRITE_FAILED 136 /* writing a rewritten address or port into the packet failed */
+#define DROP_FRAG_NOT_FOUND 137 /* a later IPv4 fragment came before its datagram's first: ports unknown */
 
 #endif /* MASQ_DROP_REASONS_H */

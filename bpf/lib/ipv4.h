@@ -19,8 +19,9 @@ struct ipv4_pkt {
 	__u32 l4_off;          /* offset of the L4 header, after any IP options */
 	__u32 l3_len;          /* bytes of the datagram from its IPv4 header (total length) */
 	__u16 frag;            /* flags and fragment offset, host order */
+	__be16 id;             /* identification, network order (fragments of one datagram share it) */
 	__u8 proto;            /* IPPROTO_* */
-	__u8 pad;
+	__u8 pad[3];
 };
 
 /* ipv4_load: reads the IPv4 header at l3_off into *pkt and checks it: version 4, ihl >= 5
@@ -51,8 +52,8 @@ static __always_inline int ipv4_load(struct __sk_buff *skb, __u32 l3_off, struct
 	pkt->l4_off = l3_off + hdr_len;
 	pkt->l3_len = tot_len;
 	pkt->frag = bpf_ntohs(ip.frag_off);
+	pkt->id = ip.id;
 	pkt->proto = ip.protocol;
-	pkt->pad = 0;
 	return MASQ_OK;
 }
 
@@ -66,6 +67,12 @@ static __always_inline bool ipv4_has_l4(const struct ipv4_pkt *pkt, __u32 len)
 static __always_inline bool ipv4_is_non_first_fragment(const struct ipv4_pkt *pkt)
 {
 	return pkt->frag & IPV4_FRAG_OFFSET;
+}
+
+/* The first fragment of a fragmented datagram: offset 0, more fragments to come. */
+static __always_inline bool ipv4_is_first_fragment(const struct ipv4_pkt *pkt)
+{
+	return (pkt->frag & (IPV4_FRAG_MF | IPV4_FRAG_OFFSET)) == IPV4_FRAG_MF;
 }
 
 #endif /* MASQ_IPV4_H */

@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "masq_abi.h"
+#include "consts.h"
 
 /* All maps are pinned by name under masqd's bpffs-root, so state survives a daemon restart and
  * the pin, bpftool and the Swift constant (MASQ_MAP_*) show the same name. */
@@ -87,6 +88,34 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } masq_stats SEC(".maps");
+
+/* The ports of one fragmented IPv4 datagram, from its first fragment (masq_abi.h). LRU: a
+ * datagram's fragments arrive together, and a forgotten one costs only its late fragments. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_FRAG_MAX_ENTRIES);
+	__type(key, struct masq_frag_key_v4);
+	__type(value, struct masq_frag_entry_v4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_frag_v4 SEC(".maps");
+
+/* Per-CPU count of port allocations by candidates tried; index a log2 bucket (masq_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MASQ_ALLOC_HIST_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_alloc_hist SEC(".maps");
+
+/* The port saturation of one (SNAT address, remote, remote port, protocol) (masq_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_SAT_MAX_ENTRIES);
+	__type(key, struct masq_sat_key_v4);
+	__type(value, struct masq_sat_entry_v4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_sat_v4 SEC(".maps");
 
 /* IPv6 (masq_nat_v6, masq_pods_v6, masq_nonmasq_v6, masq_nodes_v6) goes here, same shapes. */
 

@@ -39,11 +39,8 @@ static __always_inline int masq_v4_egress(struct __sk_buff *skb, __u32 l3_off)
 	ret = ipv4_load(skb, l3_off, &pkt);
 	if (ret != MASQ_OK)
 		return ret;
-	/* Later fragments carry no ports and pass untouched for now; remembering the first
-	 * fragment's ports to translate them too (SPEC: IPv4 fragments) belongs in frag.h. */
-	if (ipv4_is_non_first_fragment(&pkt))
-		return NAT_PUNT_TO_STACK;
-
+	/* Fragments go the same way: a later fragment takes its ports from its datagram's
+	 * first fragment (ct_extract_tuple4, frag.h). */
 	if (pkt.saddr == dev->snat_v4)
 		return snat_v4_nat_track_host(skb, &pkt, cfg, dev);
 	if (snat_v4_is_pod(pkt.saddr))
@@ -66,9 +63,6 @@ static __always_inline int masq_v4_ingress(struct __sk_buff *skb, __u32 l3_off)
 	ret = ipv4_load(skb, l3_off, &pkt);
 	if (ret != MASQ_OK)
 		return ret;
-	if (ipv4_is_non_first_fragment(&pkt)) /* see masq_v4_egress */
-		return NAT_PUNT_TO_STACK;
-
 	if (pkt.daddr == dev->snat_v4)
 		return snat_v4_rev_nat(skb, &pkt);
 	if (snat_v4_is_pod(pkt.daddr))

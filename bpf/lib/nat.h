@@ -65,6 +65,8 @@ struct snat_v4_alloc {
 	__u32 start;                   /* where the exhaustive scan starts, 0..range-1 */
 	__u32 tries;                   /* candidates tried so far */
 	__be16 port;                   /* the claimed port, network order */
+	__u32 probes;                  /* random candidates tried */
+	__u32 taken;                   /* ... of which were in use */
 	__u8 created;                  /* this flow wrote the reverse entry (else it reuses one) */
 	__u8 found;                    /* a port was claimed */
 	__u8 scanned;                  /* the random probes failed: the exhaustive scan ran */
@@ -107,14 +109,77 @@ static long snat_v4_port_probe(__u32 i, void *ctx)
 
 	if (i < SNAT_PORT_PROBES) {
 		off = bpf_get_prandom_u32() % a->range;
+		a->probes++;
 	} else {
 		off = (a->start + i - SNAT_PORT_PROBES) % a->range;
 		a->scanned = 1;
 	}
-	if (__snat_v4_claim(a, bpf_htons(a->port_min + off)) != MASQ_OK)
+	if (__snat_v4_claim(a, bpf_htons(a->port_min + off)) != MASQ_OK) {
+		if (i < SNAT_PORT_PROBES)
+			a->taken++;
 		return 0;
+	}
 	a->found = 1;
 	return 1;
+}
+
+/* The masq_alloc_hist bucket of an allocation that tried `tries` candidates: ceil(log2),
+ * capped at the last bucket. */
+static __always_inline __u32 snat_v4_alloc_hist_bucket(__u32 tries)
+{
+	__u32 b = 0, v;
+
+	if (tries <= 1)
+		return 0;
+	v = tries - 1;
+	if (v >> 16) { b += 16; v >>= 16; }
+	if (v >> 8) { b += 8; v >>= 8; }
+	if (v >> 4) { b += 4; v >>= 4; }
+	if (v >> 2) { b += 2; v >>= 2; }
+	if (v >> 1) { b += 1; v >>= 1; }
+	b += v;
+	return b < MASQ_ALLOC_HIST_BUCKETS ? b : MASQ_ALLOC_HIST_BUCKETS - 1;
+}
+
+/* snat_v4_alloc_account: counts one allocation in masq_alloc_hist and, when it had to go past
+ * the original port, in its tuple's masq_sat_v4 figure. Counters only: never fails. */
+static __always_inline void snat_v4_alloc_account(const struct snat_v4_alloc *a, bool failed, __u64 now)
+{
+	struct masq_sat_key_v4 key = {
+		.snat = a->rkey.daddr,
+		.remote = a->rkey.saddr,
+		.remote_port = a->rkey.sport,
+		.proto = a->rkey.proto,
+	};
+	struct masq_sat_entry_v4 *sat, fresh = {};
+	__u32 bucket = snat_v4_alloc_hist_bucket(a->tries);
+	__u64 *count;
+
+	count = bpf_map_lookup_elem(&masq_alloc_hist, &bucket);
+	if (count)
+		*count += 1;
+	if (!a->probes)
+		return;
+	sat = bpf_map_lookup_elem(&masq_sat_v4, &key);
+	if (!sat) {
+		bpf_map_update_elem(&masq_sat_v4, &key, &fresh, BPF_NOEXIST);
+		sat = bpf_map_lookup_elem(&masq_sat_v4, &key);
+		if (!sat)
+			return;
+	}
+	/* Several CPUs may allocate for one tuple at once: counters add atomically; the
+	 * last/max figures are plain stores, where a lost update only shows an older value. */
+	__sync_fetch_and_add(&sat->allocs, 1);
+	__sync_fetch_and_add(&sat->probes, a->probes);
+	__sync_fetch_and_add(&sat->taken, a->taken);
+	if (a->scanned)
+		__sync_fetch_and_add(&sat->scans, 1);
+	if (failed)
+		__sync_fetch_and_add(&sat->fails, 1);
+	sat->last_seen = now;
+	sat->last_tries = a->tries;
+	if (a->tries > sat->max_tries)
+		sat->max_tries = a->tries;
 }
 
 /* snat_v4_new_mapping: creates the pair of a new flow `tuple` (its EGRESS key) leaving with
@@ -151,10 +216,12 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 		if (a.scanned)
 			stat_inc(MASQ_STAT_ALLOC_SCANS);
 		if (!a.found) {
+			snat_v4_alloc_account(&a, /*failed=*/true, now);
 			stat_inc(MASQ_STAT_ALLOC_FAIL);
 			return -DROP_NAT_PORTS_EXHAUSTED;
 		}
 	}
+	snat_v4_alloc_account(&a, /*failed=*/false, now);
 	if (a.tries > 1)
 		stat_add(MASQ_STAT_ALLOC_RETRIES, a.tries - 1);
 
@@ -233,7 +300,8 @@ static __always_inline int __snat_v4_rewrite(struct __sk_buff *skb, const struct
 		if (bpf_skb_store_bytes(skb, pkt->l3_off + addr_off, &new_addr, sizeof(new_addr), 0) < 0)
 			return -DROP_WRITE_FAILED;
 	}
-	if (old_port != new_port) {
+	/* A later fragment has no L4 header: its first fragment carried the port change. */
+	if (old_port != new_port && !ipv4_is_non_first_fragment(pkt)) {
 		ret = csum_l4_port_replace(skb, pkt, old_port, new_port);
 		if (ret != MASQ_OK)
 			return ret;
@@ -265,6 +333,164 @@ static __always_inline int snat_v4_rewrite_ingress(struct __sk_buff *skb, const 
 				 port_off, tuple->dport, state->to_port);
 }
 
+/* ---- ICMP errors (RFC 5508) ----
+ * An error about a translated flow quotes the packet as it looked on the far side of the NAT.
+ * RFC 5508 REQ-4: the NAT translates the error's outer address and the quoted packet's
+ * address and port (or echo id) the same way as the flow's own packets, and fixes every
+ * checksum that covers them; an error that matches no mapping is left alone. */
+
+/* __snat_v4_icmp_error_tuple: the NAT key, in direction dir, of the flow the quoted packet
+ * belongs to. The quote travelled the other way than the error: its reverse is the key. */
+static __always_inline void __snat_v4_icmp_error_tuple(const struct icmp_v4_error *err, __u8 dir,
+						       struct masq_nat_key_v4 *tuple)
+{
+	tuple->saddr = err->inner_daddr;
+	tuple->daddr = err->inner_saddr;
+	tuple->proto = err->inner_proto;
+	tuple->dir = dir;
+	tuple->pad = 0;
+	if (err->inner_proto == IPPROTO_ICMP) {
+		/* The echo id sits where masq_nat_key_v4 keeps it for dir. */
+		tuple->sport = dir == MASQ_DIR_EGRESS ? err->inner_sport : 0;
+		tuple->dport = dir == MASQ_DIR_EGRESS ? 0 : err->inner_sport;
+	} else {
+		tuple->sport = err->inner_dport;
+		tuple->dport = err->inner_sport;
+	}
+}
+
+/* __snat_v4_icmp_error_rewrite: translates an error: the outer address at outer_off
+ * (IPV4_OFF_SADDR or _DADDR) from outer_old, the quoted packet's address at inner_off from
+ * inner_old, both to new_addr, and the quoted port at port_off (TCP/UDP L4_OFF_SPORT or
+ * _DPORT; an echo's id at ICMP_OFF_ECHO_ID) from old_port to new_port. Checksums: the outer
+ * IPv4 header (helper), the quoted IPv4 header and the quoted L4 checksum when quoted
+ * (computed, csum.h: TCP and UDP through their pseudo header, an echo over itself), and the
+ * ICMP checksum over every changed word. The 4 bytes after the ICMP checksum (the next-hop
+ * MTU of "fragmentation needed") are never written. Returns MASQ_OK or -DROP_*. */
+static __always_inline int __snat_v4_icmp_error_rewrite(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+							const struct icmp_v4_error *err,
+							__u32 outer_off, __be32 outer_old,
+							__u32 inner_off, __be32 inner_old, __be32 new_addr,
+							__u32 port_off, __be16 old_port, __be16 new_port)
+{
+	__sum16 ip_csum = err->inner_ip_csum, l4_csum = err->inner_l4_csum;
+	__u32 l4_csum_off = err->inner_l4_off + csum_l4_offset(err->inner_proto);
+	int ret;
+
+	/* The outer header: ICMP has no pseudo header, so only the IPv4 checksum changes. */
+	if (outer_old != new_addr) {
+		ret = csum_v4_addr_replace(skb, pkt, outer_old, new_addr);
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, pkt->l3_off + outer_off, &new_addr, sizeof(new_addr), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	/* The quoted address, and the quoted IPv4 and TCP/UDP checksums that cover it. */
+	if (inner_old != new_addr) {
+		ip_csum = csum_value_replace4(ip_csum, inner_old, new_addr);
+		if (err->has_l4_csum && err->inner_proto != IPPROTO_ICMP)
+			l4_csum = csum_value_replace4(l4_csum, inner_old, new_addr);
+		ret = csum_icmp_replace(skb, pkt, inner_old, new_addr, sizeof(new_addr));
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, err->inner_l3_off + inner_off, &new_addr, sizeof(new_addr), 0) < 0)
+			return -DROP_WRITE_FAILED;
+		ret = csum_icmp_replace(skb, pkt, err->inner_ip_csum, ip_csum, sizeof(ip_csum));
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, err->inner_l3_off + IPV4_OFF_CSUM, &ip_csum, sizeof(ip_csum), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	/* The quoted port or echo id, and the quoted L4 checksum that covers it. */
+	if (old_port != new_port) {
+		if (err->has_l4_csum)
+			l4_csum = csum_value_replace2(l4_csum, old_port, new_port);
+		ret = csum_icmp_replace(skb, pkt, old_port, new_port, sizeof(new_port));
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, err->inner_l4_off + port_off, &new_port, sizeof(new_port), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	if (err->has_l4_csum && l4_csum != err->inner_l4_csum) {
+		/* A computed UDP checksum of 0 is sent as 0xffff: 0 would mean "none" (RFC 768). */
+		if (err->inner_proto == IPPROTO_UDP && !l4_csum)
+			l4_csum = 0xffff;
+		ret = csum_icmp_replace(skb, pkt, err->inner_l4_csum, l4_csum, sizeof(l4_csum));
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, l4_csum_off, &l4_csum, sizeof(l4_csum), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	stat_inc(MASQ_STAT_ICMP_ERRORS);
+	return MASQ_OK;
+}
+
+/* The offset of the quoted port (or echo id) that a translation rewrites: the source port of
+ * a packet the flow sent, the destination port of one it received. */
+static __always_inline __u32 __snat_v4_icmp_error_port_off(const struct icmp_v4_error *err, bool source)
+{
+	if (err->inner_proto == IPPROTO_ICMP)
+		return ICMP_OFF_ECHO_ID;
+	return source ? L4_OFF_SPORT : L4_OFF_DPORT;
+}
+
+/* snat_v4_nat_icmp_error: an error leaving through a masquerading device from a pod (or the
+ * node) about a packet it received of a masqueraded flow, e.g. port unreachable for a reply
+ * that came back through the NAT. The quote (remote -> pod) is the flow's reply as the pod got
+ * it; it becomes the reply as the remote sent it: outer source, quoted destination address
+ * and port take the flow's SNAT address and port (RFC 5508 REQ-4). An error about a flow that
+ * came in to the pod (MASQ_NAT_F_INBOUND) keeps its addresses, as the flow's packets do
+ * (exclusion 4). Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (untouched) or -DROP_*. */
+static __always_inline int snat_v4_nat_icmp_error(struct __sk_buff *skb, const struct ipv4_pkt *pkt)
+{
+	struct masq_nat_entry_v4 *state;
+	struct masq_nat_key_v4 tuple;
+	struct icmp_v4_error err;
+	int ret;
+
+	ret = icmp_v4_load_error(skb, pkt, &err);
+	if (ret != MASQ_OK)
+		return ret;
+	__snat_v4_icmp_error_tuple(&err, MASQ_DIR_EGRESS, &tuple);
+	state = ct_lookup4(&tuple);
+	if (!state || (state->flags & MASQ_NAT_F_INBOUND))
+		return NAT_PUNT_TO_STACK;
+	if (state->to_addr == tuple.saddr && state->to_port == tuple.sport)
+		return NAT_PUNT_TO_STACK; /* an identity host pair: nothing to translate */
+	return __snat_v4_icmp_error_rewrite(skb, pkt, &err, IPV4_OFF_SADDR, pkt->saddr,
+					    IPV4_OFF_DADDR, err.inner_daddr, state->to_addr,
+					    __snat_v4_icmp_error_port_off(&err, /*source=*/false),
+					    tuple.sport, state->to_port);
+}
+
+/* snat_v4_rev_icmp_error: an error arriving for the SNAT address about a packet a masqueraded
+ * flow sent (destination unreachable of any code, fragmentation needed, time exceeded from a
+ * router on the path). The quote (SNAT address:port -> remote) becomes the packet as the pod
+ * sent it: outer destination, quoted source address and port (or echo id) are the pod's again
+ * (RFC 5508 REQ-4). An error that matches no INGRESS entry passes untouched: it is the node's.
+ * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (untouched) or -DROP_*. */
+static __always_inline int snat_v4_rev_icmp_error(struct __sk_buff *skb, const struct ipv4_pkt *pkt)
+{
+	struct masq_nat_entry_v4 *state;
+	struct masq_nat_key_v4 tuple;
+	struct icmp_v4_error err;
+	int ret;
+
+	ret = icmp_v4_load_error(skb, pkt, &err);
+	if (ret != MASQ_OK)
+		return ret;
+	__snat_v4_icmp_error_tuple(&err, MASQ_DIR_INGRESS, &tuple);
+	state = ct_lookup4(&tuple);
+	if (!state)
+		return NAT_PUNT_TO_STACK;
+	if (state->to_addr == tuple.daddr && state->to_port == tuple.dport)
+		return NAT_PUNT_TO_STACK; /* an identity host pair: the node's own error */
+	return __snat_v4_icmp_error_rewrite(skb, pkt, &err, IPV4_OFF_DADDR, pkt->daddr,
+					    IPV4_OFF_SADDR, err.inner_saddr, state->to_addr,
+					    __snat_v4_icmp_error_port_off(&err, /*source=*/true),
+					    tuple.dport, state->to_port);
+}
+
 /* snat_v4_nat: masquerades a packet from a pod address leaving through dev: exclusions, then
  * the flow's EGRESS entry (created on its first packet), then the source rewrite.
  * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (excluded, or nothing to translate by) or
@@ -279,6 +505,8 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 
 	if (snat_v4_nat_can_skip(cfg, pkt->daddr))
 		return NAT_PUNT_TO_STACK;
+	if (icmp_v4_is_error(skb, pkt))
+		return snat_v4_nat_icmp_error(skb, pkt);
 
 	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
 	if (ret != MASQ_OK)
@@ -330,6 +558,10 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 	struct ct_l4_info l4;
 	int ret;
 
+	/* The node's own error about a host flow that was given another port. */
+	if (icmp_v4_is_error(skb, pkt))
+		return snat_v4_nat_icmp_error(skb, pkt);
+
 	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
 	if (ret != MASQ_OK)
 		return ret;
@@ -367,6 +599,9 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 	struct masq_nat_key_v4 tuple;
 	struct ct_l4_info l4;
 	int ret;
+
+	if (icmp_v4_is_error(skb, pkt))
+		return snat_v4_rev_icmp_error(skb, pkt);
 
 	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_INGRESS, &tuple, &l4);
 	if (ret != MASQ_OK)

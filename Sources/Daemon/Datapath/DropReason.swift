@@ -11,6 +11,7 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
     case checksumL3 = 134
     case checksumL4 = 135
     case writeFailed = 136
+    case fragmentNotFound = 137
 
     /// The stable snake_case name used as the `reason` label in `/metrics` (the C name
     /// without `DROP_`, lowercased).
@@ -23,6 +24,7 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
         case .checksumL3: "csum_l3"
         case .checksumL4: "csum_l4"
         case .writeFailed: "write_failed"
+        case .fragmentNotFound: "frag_not_found"
         }
     }
 
@@ -43,6 +45,8 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
             "Updating the TCP, UDP or ICMP checksum failed."
         case .writeFailed:
             "Writing a rewritten address or port into the packet failed."
+        case .fragmentNotFound:
+            "A later IPv4 fragment arrived before its datagram's first fragment, so its ports were unknown."
         }
     }
 }
