@@ -84,20 +84,6 @@ struct DesiredStateTests {
         #expect(d.add == [4] && d.remove == [1])
         #expect(SetDiff(current: [1], desired: [1]).isEmpty)
     }
-
-    @Test("default routes are read from procfs route tables")
-    func defaultRoutes() {
-        let v4 = """
-            Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-            ext0\t00000000\t0200640A\t0003\t0\t0\t0\t00000000\t0\t0\t0
-            ext1\t00006400\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-            """
-        let v6 = """
-            00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003 wan6
-            00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo
-            """
-        #expect(NetworkSnapshot.defaultRouteDevices(ipv4Routes: v4, ipv6Routes: v6) == ["ext0", "wan6"])
-    }
 }
 
 @Suite("IP prefixes")

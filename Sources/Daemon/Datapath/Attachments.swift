@@ -41,10 +41,8 @@ struct Attachments {
         let existing = bpf_obj_get(pin)
         if existing >= 0 {
             defer { close(existing) }
-            if bpf_link_update(existing, progFD, nil) == 0 {
-                detachTC(ifindex: ifindex, direction)
-                return
-            }
+            // A link pinned earlier: any tc filter of a tc-mode run was removed when it was made.
+            if bpf_link_update(existing, progFD, nil) == 0 { return }
             // The device went away under the link (ENOLINK) or the pin is stale: start over.
             unlink(pin)
         }

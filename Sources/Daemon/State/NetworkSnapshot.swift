@@ -92,23 +92,4 @@ public struct NetworkSnapshot: Equatable, Sendable {
             links: byIndex.values.sorted { $0.index < $1.index },
             defaultRouteDevices: defaultRouteDevices)
     }
-
-    /// The devices of the default routes in /proc/net/route and /proc/net/ipv6_route text: the
-    /// same answer as the route dump, from procfs (for diagnostics; `read()` uses netlink).
-    static func defaultRouteDevices(ipv4Routes: String, ipv6Routes: String) -> Set<String> {
-        var result = Set<String>()
-        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-        for line in ipv4Routes.split(separator: "\n").dropFirst() {
-            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            if f.count >= 8, f[1] == "00000000", f[7] == "00000000" { result.insert(String(f[0])) }
-        }
-        // dest destlen src srclen nexthop metric refcnt use flags device
-        for line in ipv6Routes.split(separator: "\n") {
-            let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            if f.count >= 10, f[0] == String(repeating: "0", count: 32), f[1] == "00", f[9] != "lo" {
-                result.insert(String(f[9]))
-            }
-        }
-        return result
-    }
 }
