@@ -162,15 +162,22 @@ check "UDP  pod1 10.244.1.2 -> 100.0.9.2:8081" 10.244.1.2 "$(probe "$POD1" udp -
 step "what the outside server logged (source address of each connection, datagram, echo)"
 sed 's/^/   | /' "$RUN/server.log"
 
+# The control API socket may come up just after "masqd ready".
+for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
+if [ -S "$SOCK" ]; then
+    step "masq-client status"
+    "$client" --socket "$SOCK" status 2>&1 | sed 's/^/   | /' || true
+fi
 step "the datapath's NAT table"
-if "$client" --socket "$SOCK" conntrack list >"$RUN/conntrack.txt" 2>&1; then
+if [ -S "$SOCK" ] && "$client" --socket "$SOCK" conntrack list >"$RUN/conntrack.txt" 2>&1; then
+    echo "   (masq-client conntrack list)"
     sed 's/^/   | /' "$RUN/conntrack.txt"
 elif [ -e "$BPFFS/masq_nat_v4" ]; then
+    [ -S "$SOCK" ] && echo "   masq-client: $(tail -n 1 "$RUN/conntrack.txt")"
     echo "   (bpftool -j map dump pinned $BPFFS/masq_nat_v4, decoded)"
     bpftool -j map dump pinned "$BPFFS/masq_nat_v4" | python3 "$netprobe" nattable | sed 's/^/   | /'
 else
-    echo "   (no masq-client conntrack and no pinned masq_nat_v4 under $BPFFS)"
-    ls "$BPFFS" | sed 's/^/   | /'
+    echo "   (no control socket and no pinned masq_nat_v4 under $BPFFS)"
 fi
 
 echo
