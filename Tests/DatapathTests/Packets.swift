@@ -346,6 +346,23 @@ final class Datapath {
         return Double(total) / Double(runs)
     }
 
+    /// Runs `hook` once on `frame` and returns the result with the kernel's run time in ns.
+    func runTimed(_ hook: Hook, _ frame: [UInt8]) throws -> (RunResult, ns: UInt32) {
+        var out = [UInt8](repeating: 0, count: frame.count + 256)
+        var outLen = UInt32(out.count)
+        var verdict: UInt32 = 0
+        var duration: UInt32 = 0
+        let fd = hook == .egress ? egressFD : ingressFD
+        let err = frame.withUnsafeBytes { input in
+            out.withUnsafeMutableBytes { output in
+                masq_prog_test_run(fd, input.baseAddress, UInt32(input.count), output.baseAddress, &outLen,
+                                   nil, 0, &verdict, 1, &duration)
+            }
+        }
+        if err != 0 { throw BPFError("test run", "program \(hook)", errno: -err) }
+        return (RunResult(verdict: verdict, frame: Array(out[0..<Int(outLen)])), duration)
+    }
+
     // MARK: Reading state back
 
     func entry(_ key: masq_nat_key_v4) throws -> masq_nat_entry_v4? {
