@@ -24,10 +24,13 @@ enum MasqDaemon {
         let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink, logger: logger)
         let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)
 
+        // The control API and the systemd notifier come last: they stop first on SIGTERM.
+        let control = try controlServices(datapath: datapath, status: status, config: config, logger: logger)
+
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: reconciler), .init(service: agent), .init(service: reloader),
-                           .init(service: devices)],
+                           .init(service: devices)] + control,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
