@@ -43,6 +43,9 @@ struct ConfigTests {
             .clusterNodeIPs: "10.1.0.1", .snatPortRange: "40000-50000", .natMaxEntries: "65536",
             .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .bpffsRoot: "/sys/fs/bpf/x",
             .logLevel: "debug", .attachMode: "tc",
+            .conntrackTCPSynTimeout: "30s", .conntrackTCPEstablishedTimeout: "1h30m",
+            .conntrackTCPClosingTimeout: "5s", .conntrackUDPTimeout: "20", .conntrackUDPRepliedTimeout: "3m",
+            .conntrackICMPTimeout: "15s", .conntrackGCInterval: "500ms",
         ]
         for key in ConfigKey.allCases {
             let sample = try #require(samples[key], "no sample for \(key.rawValue)")
@@ -95,6 +98,22 @@ struct ConfigTests {
         #expect(found.contains { $0.hasPrefix("attach-mode: 'xdp' is not one of auto, tcx, tc") })
         #expect(found.contains("bpffs-root: 'relative/path' is not an absolute path"))
         #expect(found.count == 9)
+    }
+
+    @Test("conntrack lifetimes and the GC interval read durations; bad ones name their key")
+    func conntrackDurations() throws {
+        let c = try config(file: "pod-cidrs: [10.0.0.0/8]\nconntrack-tcp-established-timeout: 1h30m\n",
+                           flags: ["--conntrack-udp-timeout", "45", "--conntrack-gc-interval", "500ms"])
+        #expect(c.conntrackLifetimes.tcpEstablished == 5400)
+        #expect(c.conntrackLifetimes.udpUnreplied == 45)
+        #expect(c.conntrackLifetimes.tcpSynSent == FlowLifetimes.default.tcpSynSent)
+        #expect(c.conntrackGCInterval == .milliseconds(500))
+        #expect(try config(flags: ["--pod-cidrs", "10.0.0.0/8"]).conntrackLifetimes == .default)
+        let found = problems(flags: ["--pod-cidrs", "10.0.0.0/8", "--conntrack-icmp-timeout", "soon",
+                                     "--conntrack-tcp-closing-timeout", "0s", "--conntrack-udp-replied-timeout", "5x"])
+        #expect(found.contains("conntrack-icmp-timeout: 'soon' is not a duration (e.g. 30s, 5m, 6h, 1h30m, or seconds)"))
+        #expect(found.contains { $0.hasPrefix("conntrack-tcp-closing-timeout: '0s' is out of range") })
+        #expect(found.contains { $0.hasPrefix("conntrack-udp-replied-timeout: '5x'") })
     }
 
     @Test("pod-cidrs is required")

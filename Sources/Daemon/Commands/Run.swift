@@ -64,6 +64,27 @@ extension MasqdCommand {
         @Option(name: .customLong("attach-mode"), help: "auto, tcx (Linux 6.6+) or tc (clsact); default auto.")
         var attachMode: String?
 
+        @Option(name: .customLong("conntrack-tcp-syn-timeout"), help: "How long a TCP flow waits for its SYN-ACK (duration such as 60s; default 60s).")
+        var conntrackTCPSynTimeout: String?
+
+        @Option(name: .customLong("conntrack-tcp-established-timeout"), help: "How long an idle established TCP flow lives (default 6h).")
+        var conntrackTCPEstablishedTimeout: String?
+
+        @Option(name: .customLong("conntrack-tcp-closing-timeout"), help: "How long a TCP flow lives after a FIN or RST (default 10s).")
+        var conntrackTCPClosingTimeout: String?
+
+        @Option(name: .customLong("conntrack-udp-timeout"), help: "How long an idle UDP flow lives before any reply (default 30s).")
+        var conntrackUDPTimeout: String?
+
+        @Option(name: .customLong("conntrack-udp-replied-timeout"), help: "How long an idle UDP flow lives once replies were seen (default 2m).")
+        var conntrackUDPRepliedTimeout: String?
+
+        @Option(name: .customLong("conntrack-icmp-timeout"), help: "How long an idle ICMP echo flow lives (default 30s).")
+        var conntrackICMPTimeout: String?
+
+        @Option(name: .customLong("conntrack-gc-interval"), help: "The longest time between two conntrack GC passes; they come sooner when many flows expire or ports run short (default 1m).")
+        var conntrackGCInterval: String?
+
         @Option(name: .customLong("bpf-object"), help: ArgumentHelp("Load this BPF object instead of the embedded one (debugging).", visibility: .hidden))
         var bpfObject: String?
 
@@ -79,6 +100,10 @@ extension MasqdCommand {
                 .clusterNodeIPs: clusterNodeIPs, .snatPortRange: snatPortRange, .natMaxEntries: natMaxEntries,
                 .socketPath: socketPath, .socketGroup: socketGroup, .bpffsRoot: bpffsRoot,
                 .logLevel: logLevel, .attachMode: attachMode,
+                .conntrackTCPSynTimeout: conntrackTCPSynTimeout, .conntrackTCPEstablishedTimeout: conntrackTCPEstablishedTimeout,
+                .conntrackTCPClosingTimeout: conntrackTCPClosingTimeout, .conntrackUDPTimeout: conntrackUDPTimeout,
+                .conntrackUDPRepliedTimeout: conntrackUDPRepliedTimeout, .conntrackICMPTimeout: conntrackICMPTimeout,
+                .conntrackGCInterval: conntrackGCInterval,
             ]
             return values.compactMapValues { $0.map(RawSetting.scalar) }
         }

@@ -19,6 +19,13 @@ public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
     case bpffsRoot = "bpffs-root"
     case logLevel = "log-level"
     case attachMode = "attach-mode"
+    case conntrackTCPSynTimeout = "conntrack-tcp-syn-timeout"
+    case conntrackTCPEstablishedTimeout = "conntrack-tcp-established-timeout"
+    case conntrackTCPClosingTimeout = "conntrack-tcp-closing-timeout"
+    case conntrackUDPTimeout = "conntrack-udp-timeout"
+    case conntrackUDPRepliedTimeout = "conntrack-udp-replied-timeout"
+    case conntrackICMPTimeout = "conntrack-icmp-timeout"
+    case conntrackGCInterval = "conntrack-gc-interval"
 
     /// The command-line flag, without dashes.
     public var flag: String {

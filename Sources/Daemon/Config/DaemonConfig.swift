@@ -43,6 +43,11 @@ public struct DaemonConfig: Equatable, Sendable {
     public var bpffsRoot = "/sys/fs/bpf/masq"
     public var logLevel: Logger.Level = .info
     public var attachMode: AttachMode = .auto
+    /// Flow lifetimes by protocol and state (the `conntrack-*-timeout` keys).
+    public var conntrackLifetimes = FlowLifetimes()
+    /// The longest time between two conntrack GC passes (`conntrack-gc-interval`); the GC
+    /// passes sooner when many flows expire or allocation pressure rises.
+    public var conntrackGCInterval: Duration = .seconds(60)
 
     public init() {}
 
@@ -83,6 +88,13 @@ public struct DaemonConfig: Equatable, Sendable {
         case .bpffsRoot: bpffsRoot = try Self.path(key, raw)
         case .logLevel: logLevel = try Self.choice(key, raw, Logger.Level.allCases.map(\.rawValue)) { Logger.Level(rawValue: $0) }
         case .attachMode: attachMode = try Self.choice(key, raw, AttachMode.allCases.map(\.rawValue)) { AttachMode(rawValue: $0) }
+        case .conntrackTCPSynTimeout: conntrackLifetimes.tcpSynSent = try Self.seconds(key, raw)
+        case .conntrackTCPEstablishedTimeout: conntrackLifetimes.tcpEstablished = try Self.seconds(key, raw)
+        case .conntrackTCPClosingTimeout: conntrackLifetimes.tcpClosing = try Self.seconds(key, raw)
+        case .conntrackUDPTimeout: conntrackLifetimes.udpUnreplied = try Self.seconds(key, raw)
+        case .conntrackUDPRepliedTimeout: conntrackLifetimes.udpReplied = try Self.seconds(key, raw)
+        case .conntrackICMPTimeout: conntrackLifetimes.icmp = try Self.seconds(key, raw)
+        case .conntrackGCInterval: conntrackGCInterval = .milliseconds(Int64(try Self.seconds(key, raw) * 1000))
         }
     }
 
@@ -158,6 +170,33 @@ public struct DaemonConfig: Equatable, Sendable {
             throw ConfigError(key, "'\(text)' is not a table size between 1024 and \(1 << 26)")
         }
         return n
+    }
+
+    /// A duration as Go and Cilium write them (`90s`, `5m`, `6h`, `1h30m`, `500ms`), or a
+    /// plain number of seconds; more than 0 and at most 30 days. Returns seconds.
+    static func seconds(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Double {
+        let text = try scalar(key, raw)
+        let problem = ConfigError(key, "'\(text)' is not a duration (e.g. 30s, 5m, 6h, 1h30m, or seconds)")
+        var total = 0.0
+        if let plain = Double(text) {
+            total = plain
+        } else {
+            let units: [(String, Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
+            var rest = Substring(text)
+            guard !rest.isEmpty else { throw problem }
+            while !rest.isEmpty {
+                let number = rest.prefix { $0.isNumber || $0 == "." }
+                guard let value = Double(number) else { throw problem }
+                rest = rest.dropFirst(number.count)
+                guard let (unit, factor) = units.first(where: { rest.hasPrefix($0.0) }) else { throw problem }
+                rest = rest.dropFirst(unit.count)
+                total += value * factor
+            }
+        }
+        guard total > 0, total <= 30 * 86_400, total.isFinite else {
+            throw ConfigError(key, "'\(text)' is out of range (more than 0, at most 30 days)")
+        }
+        return total
     }
 
     private static func choice<T>(

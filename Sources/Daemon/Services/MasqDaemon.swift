@@ -23,14 +23,13 @@ enum MasqDaemon {
             datapath: datapath, status: status, initial: inputs, changes: changes, logger: logger)
         let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink, logger: logger)
         let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)
-
-        // The control API and the systemd notifier come last: they stop first on SIGTERM.
-        let control = try controlServices(datapath: datapath, status: status, config: config, logger: logger)
+        let gc = ConntrackGC(datapath: datapath, lifetimes: config.conntrackLifetimes,
+                             maxInterval: config.conntrackGCInterval, status: status, logger: logger)
 
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: reconciler), .init(service: agent), .init(service: reloader),
-                           .init(service: devices)] + control,
+                           .init(service: devices), .init(service: gc)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

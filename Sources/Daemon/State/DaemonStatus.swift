@@ -20,6 +20,8 @@ public final class DaemonStatus: Sendable {
         /// The device watcher's last failure to read the network, kept until a read succeeds.
         public var lastNetworkError: String?
         public var ipMasqAgent = IPMasqAgentState()
+        /// The conntrack GC's passes, totals and the last pass's report.
+        public var conntrackGC = ConntrackGCState()
     }
 
     /// The ip-masq-agent file as the watcher last saw it.
