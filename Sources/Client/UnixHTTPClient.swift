@@ -76,8 +76,9 @@ struct UnixHTTPClient: Sendable {
             headers.add(name: "Connection", value: "close")
             headers.add(name: "User-Agent", value: "masq-client/\(masqVersion)")
             let method: HTTPMethod = route.method == .delete ? .DELETE : .GET
-            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))
-            try await outbound.write(.end(nil))
+            // One write: masqd may answer (and shut its side) as soon as it has parsed the head.
+            try await outbound.write(contentsOf: [.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)),
+                                                  .end(nil)])
 
             var status: HTTPResponseStatus?
             var errorBody = ByteBuffer()

@@ -4,8 +4,9 @@ import Testing
 
 @testable import Daemon
 
+extension LiveAPITests {
 /// masq-client, the built binary, against a live server.
-@Suite("masq-client", .serialized, .enabled(if: isRoot, "needs root: loads BPF objects and mounts a bpffs"))
+@Suite("masq-client", .serialized)
 struct ClientTests {
     @Test("an unreachable daemon is one line naming the socket and exit status 1")
     func unreachable() async throws {
@@ -67,4 +68,5 @@ struct ClientTests {
             #expect(completion.stdout.contains("conntrack"))
         }
     }
+}
 }

@@ -85,7 +85,7 @@ final class LiveAPI: @unchecked Sendable {
                                limits: limits, serving: serving, logger: logger)
         live.server = Task { try await server.run() }
         defer { live.server?.cancel() }
-        let deadline = ContinuousClock.now + .seconds(10)
+        let deadline = ContinuousClock.now + .seconds(30)
         while !serving.isServing {
             guard ContinuousClock.now < deadline else { throw TestFailure("the API server did not start") }
             try await Task.sleep(for: .milliseconds(10))
@@ -187,8 +187,8 @@ enum TestHTTP {
         return try await connection.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders([("Host", "masqd"), ("Connection", "close")])
             for (name, value) in extra { headers.add(name: name, value: value) }
-            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))
-            try await outbound.write(.end(nil))
+            try await outbound.write(contentsOf: [.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)),
+                                                  .end(nil)])
             var result = HTTPResult(status: 0, headers: [:], body: Data())
             for try await part in inbound {
                 switch part {
@@ -305,3 +305,8 @@ func run(_ argv: [String], environment: [String: String] = [:], timeout: Duratio
     let err = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
     return (process.terminationStatus, out, err)
 }
+
+/// Every test that runs a live server or masqd, one after another: each loads a datapath and
+/// the machine may have two cores.
+@Suite("live control API", .serialized, .enabled(if: isRoot, "needs root: loads BPF objects, mounts a bpffs, creates namespaces"))
+struct LiveAPITests {}

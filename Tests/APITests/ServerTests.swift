@@ -6,9 +6,10 @@ import Testing
 
 @testable import Daemon
 
+extension LiveAPITests {
 /// The server against a real datapath (loaded, not attached) with every answer checked against
 /// docs/api/openapi.yaml.
-@Suite("control API server", .serialized, .enabled(if: isRoot, "needs root: loads BPF objects and mounts a bpffs"))
+@Suite("control API server", .serialized)
 struct ServerTests {
     let spec: OpenAPIDocument
 
@@ -150,4 +151,5 @@ struct ServerTests {
             #expect(flush.stderr.contains("needs uid 0; this connection's peer is uid 65534 (HTTP 403)"), "\(flush.stderr)")
         }
     }
+}
 }

@@ -3,8 +3,9 @@ import API
 import Foundation
 import Testing
 
+extension LiveAPITests {
 /// Socket activation and Type=notify, the way the README's recipe runs them without systemd.
-@Suite("systemd", .serialized, .enabled(if: isRoot, "needs root: network namespaces, bpffs"))
+@Suite("systemd", .serialized)
 struct SystemdTests {
     static let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("README.md").path
@@ -46,8 +47,11 @@ struct SystemdTests {
             let argv = line.split(separator: " ").map(String.init)
             let process = try sandbox.start(["/usr/bin/env"] + argv, environment: ["NOTIFY_SOCKET": notifyPath])
 
+            // systemd-socket-activate execs masqd on the first connection: this healthz starts it
+            // and is answered once masqd serves on the passed socket.
+            try await sandbox.waitHealthy()
             var messages: [String] = []
-            let deadline = ContinuousClock.now + .seconds(60)
+            let deadline = ContinuousClock.now + .seconds(30)
             while !messages.contains(where: { $0.split(separator: "\n").contains("READY=1") }) {
                 guard ContinuousClock.now < deadline, process.isRunning else {
                     Issue.record("no READY=1 (got \(messages)); masqd log: \(sandbox.log)")
@@ -87,4 +91,5 @@ struct SystemdTests {
         #expect(serviceUnit.contains("\nWatchdogSec="))
         #expect(serviceUnit.contains("\nExecStart=/usr/local/bin/masqd run"))
     }
+}
 }

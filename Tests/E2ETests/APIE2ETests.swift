@@ -77,7 +77,7 @@ struct APIE2ETests {
     func nonRootPeer() async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
-            try await sandbox.startMasqd(mode: .tcx, overrides: [("--socket-group", "nogroup")])
+            try await sandbox.startMasqdWithSocketGroup("nogroup")
             _ = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.udpPort)"])
             let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
             let list = try await sandbox.masqClient(["conntrack", "list", "-o", "json"], prefix: nobody)
@@ -121,6 +121,20 @@ struct APIFlow: CustomStringConvertible {
 }
 
 extension Sandbox {
+    /// Starts masqd (tcx) with `--socket-group` and waits for its "masqd ready" line.
+    func startMasqdWithSocketGroup(_ group: String) async throws {
+        let name = "masqd-socketgroup"
+        let process = try spawn(name, nsenter(node, [try Self.masqdBinary(), "run"]
+            + masqdArgs(mode: .tcx) + ["--socket-group", group]))
+        try await waitUntil("masqd logs 'masqd ready'", timeout: .seconds(60)) {
+            if errors(name).contains("masqd ready") { return true }
+            guard process.isRunning else {
+                throw CommandError(description: "masqd exited before ready:\n\(errors(name))")
+            }
+            return false
+        }
+    }
+
     /// The masq-client built beside masqd.
     static func clientBinary() throws -> String {
         let masqd = try masqdBinary()

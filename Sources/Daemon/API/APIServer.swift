@@ -55,8 +55,9 @@ struct APIServer: Service, CustomStringConvertible {
                                                "socket.activated": "\(!created)"])
         let open = ConnectionCount()
         do {
-            // SIGTERM stops the API first: cancellation ends the accept loop and every connection.
-            try await cancelWhenGracefulShutdown {
+            // SIGTERM stops the API first: closing the listening socket ends the accept loop,
+            // and the open connections are cancelled with it.
+            try await withGracefulShutdownHandler {
                 try await server.executeThenClose { inbound in
                     // Discarding: finished connection tasks are freed at once, so memory does not
                     // grow with the number of connections ever served.
@@ -72,11 +73,16 @@ struct APIServer: Service, CustomStringConvertible {
                                 await handle(connection)
                             }
                         }
+                        group.cancelAll()
                     }
                 }
+            } onGracefulShutdown: {
+                server.channel.close(promise: nil)
             }
         } catch is CancellationError {
-            // Graceful shutdown.
+            // Cancelled with the service group.
+        } catch let error as ChannelError where error == .ioOnClosedChannel || error == .alreadyClosed {
+            // The listening socket was closed for shutdown.
         }
         serving.markStopped()
         logger.info("API stopped")
@@ -86,6 +92,8 @@ struct APIServer: Service, CustomStringConvertible {
     private func bind() async throws -> (NIOAsyncChannel<Connection, Never>, String?, Bool) {
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
+            // A client may shut its sending side after the request and still read the answer.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
         let limits = self.limits
         let initializer: @Sendable (Channel) -> EventLoopFuture<Connection> = { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -101,7 +109,8 @@ struct APIServer: Service, CustomStringConvertible {
                     withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
                     withDecoderLimitConfiguration: decoderLimits)
                 try pipeline.addHandler(HTTPProtocolErrorResponder())
-                return try Connection(wrappingChannelSynchronously: channel)
+                return try Connection(wrappingChannelSynchronously: channel,
+                                      configuration: .init(isOutboundHalfClosureEnabled: true))
             }
         }
         switch socket {
@@ -136,7 +145,17 @@ struct APIServer: Service, CustomStringConvertible {
             try await connection.executeThenClose { inbound, outbound in
                 var head: HTTPRequestHead?
                 var bodyBytes = 0
+                // After the last response: its bytes are flushed and the output shut (finish),
+                // then whatever the client still sends is read and dropped until it closes, so
+                // that closing never discards an answer the client has not read yet.
+                var closing = false
+                var drained = 0
                 for try await part in inbound {
+                    if closing {
+                        if case .body(let bytes) = part { drained += bytes.readableBytes }
+                        if drained > limits.maxBodyBytes * 16 { return }
+                        continue
+                    }
                     switch part {
                     case .head(let h):
                         head = h
@@ -147,11 +166,13 @@ struct APIServer: Service, CustomStringConvertible {
                         break
                     }
                     if let h = head, bodyBytes > limits.maxBodyBytes {
-                        // Answer at once and close: reading the rest would cost what the limit saves.
+                        // Answer at once: reading the rest would cost what the limit saves.
                         let response = APIRouter.errorResponse(APIError.payloadTooLarge(
                             "request body larger than \(limits.maxBodyBytes) bytes (no endpoint takes a body)"))
                         _ = try await write(response, for: h, keepAlive: false, to: outbound, logger: logger)
-                        return
+                        outbound.finish()
+                        closing = true
+                        continue
                     }
                     guard case .end = part, let h = head else { continue }
                     head = nil
@@ -160,8 +181,9 @@ struct APIServer: Service, CustomStringConvertible {
                                              accept: h.headers.first(name: "accept"), peer: peer)
                     let response = await router.respond(to: request)
                     logger.debug("Request", metadata: ["http.method": "\(h.method.rawValue)", "http.path": "\(request.path)"])
-                    guard try await write(response, for: h, keepAlive: h.isKeepAlive, to: outbound, logger: logger) else {
-                        return
+                    if try await !write(response, for: h, keepAlive: h.isKeepAlive, to: outbound, logger: logger) {
+                        outbound.finish()
+                        closing = true
                     }
                 }
             }
