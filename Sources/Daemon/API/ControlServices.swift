@@ -7,7 +7,7 @@ extension MasqDaemon {
     static func controlServices(datapath: Datapath, status: DaemonStatus, config: DaemonConfig,
                                 logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         let serving = ServingState()
-        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: .default)
+        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: config.conntrackLifetimes)
         let api = APIServer(socket: try ControlSocket.resolve(path: config.socketPath, group: config.socketGroup),
                             router: APIRouter(handlers: handlers), serving: serving, logger: logger)
         let notifier = SystemdNotifier(status: status, serving: serving, logger: logger)
