@@ -81,6 +81,10 @@ int masq_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 pr
 	return bpf_tc_attach(&hook, &opts);
 }
 
+/* Set while asking whether a filter exists: libbpf warns when the device has no clsact qdisc,
+ * which for that question is an ordinary "no". */
+static __thread int masq_print_quiet;
+
 int masq_tc_query(int ifindex, int ingress, __u32 handle, __u32 priority, __u32 *prog_id)
 {
 	struct bpf_tc_hook hook;
@@ -88,7 +92,9 @@ int masq_tc_query(int ifindex, int ingress, __u32 handle, __u32 priority, __u32 
 	int err;
 
 	masq_tc_hook_init(&hook, ifindex, ingress);
+	masq_print_quiet = 1;
 	err = bpf_tc_query(&hook, &opts);
+	masq_print_quiet = 0;
 	*prog_id = err ? 0 : opts.prog_id;
 	return err;
 }
@@ -127,7 +133,7 @@ static int masq_libbpf_print(enum libbpf_print_level level, const char *fmt, va_
 	char buf[512];
 	size_t n;
 
-	if (!masq_print_fn)
+	if (!masq_print_fn || (masq_print_quiet && level != LIBBPF_DEBUG))
 		return 0;
 	vsnprintf(buf, sizeof(buf), fmt, args);
 	n = strlen(buf);

@@ -5,6 +5,8 @@ import Foundation
 /// The bpffs that holds masq's pins (`bpffs-root`).
 enum BPFFS {
     static let magic: Int = 0xcafe_4a11
+    /// Files the kernel puts in every new bpffs (bpf_preload's iterators); not masq's.
+    static let kernelFiles: Set<String> = ["maps.debug", "progs.debug"]
 
     /// Whether `path` (which must exist) lies on a bpffs.
     static func isBPFFS(_ path: String) -> Bool {

@@ -168,6 +168,7 @@ public actor Datapath {
             logger.info("Nothing installed", metadata: ["bpffs.root": "\(root)"])
             return
         }
+        setLibbpfLogger(logger)
         let attachments = Attachments(root: root)
         var ifindexes = attachments.pinnedLinkIfindexes()
         let devicesFD = bpf_obj_get(root + "/" + MASQ_MAP_DEVICES)
@@ -180,9 +181,27 @@ public actor Datapath {
             attachments.detachAll(ifindex: ifindex)
             logger.info("Detached", metadata: ["device.ifindex": "\(ifindex)"])
         }
-        // Only masq's pins live under the root: links/ and the maps.
-        try FileManager.default.removeItem(atPath: root)
+        // Only masq's pins live under the root: links/ and the maps. The root itself may be a
+        // bpffs mount point, which cannot be removed (EBUSY) and stays, empty.
+        for entry in try FileManager.default.contentsOfDirectory(atPath: root) where !BPFFS.kernelFiles.contains(entry) {
+            try removePins(root + "/" + entry)
+        }
+        _ = rmdir(root)
         logger.info("Removed pinned state", metadata: ["bpffs.root": "\(root)"])
+    }
+}
+
+/// Removes a pin, or a directory of pins, naming the path that could not be removed.
+private func removePins(_ path: String) throws {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { throw BPFError("remove pinned state", path, errno: errno) }
+    if st.st_mode & S_IFMT == S_IFDIR {
+        for entry in try FileManager.default.contentsOfDirectory(atPath: path) {
+            try removePins(path + "/" + entry)
+        }
+        guard rmdir(path) == 0 else { throw BPFError("remove pinned state", path, errno: errno) }
+    } else {
+        guard unlink(path) == 0 else { throw BPFError("remove pinned state", path, errno: errno) }
     }
 }
 
