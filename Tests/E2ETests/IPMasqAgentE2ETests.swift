@@ -219,15 +219,3 @@ struct IPMasqAgentE2ETests {
         }
     }
 }
-
-/// A process-wide counter for ConfigMap version names.
-private final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
-    func next() -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        value += 1
-        return value
-    }
-}

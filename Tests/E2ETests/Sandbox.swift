@@ -377,8 +377,8 @@ final class Sandbox: @unchecked Sendable {
     }
 }
 
-/// A process-wide sandbox counter.
-private final class Counter: @unchecked Sendable {
+/// A process-wide counter (sandboxes, ConfigMap versions).
+final class Counter: @unchecked Sendable {
     private let lock = NSLock()
     private var value = 0
     func next() -> Int {
