@@ -141,6 +141,26 @@ struct ConntrackGCTests {
         #expect(IPv4Address(raw: top[0].key.snat) == Net.snat)
     }
 
+    @Test("a full table evicts old flows so new ones keep working, and the GC counts the halves evicted")
+    func fullTableEvicts() throws {
+        let dp = try Datapath(natEntries: 1024)
+        try dp.setConfig()
+        try dp.addDevice(snat: Net.snat)
+        try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
+        var verdicts: [UInt32] = []
+        for i in 0..<1500 {
+            verdicts.append(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(10000 + i), dport: 53))).verdict)
+        }
+
+        #expect(verdicts.allSatisfy { $0 == TC.pass })
+        #expect(try dp.droppedTotal() == 0)
+        #expect(try dp.entries().count <= 1024)
+        // 1500 pairs were written into 1024 entries: the LRU evicted entries one at a time, so
+        // some flows lost a half. The pass finds them (and repairs the live ones).
+        let report = try sweeper(dp).sweep(now: later(1))
+        #expect(report.repairedHalves + report.removedHalves > 0)
+    }
+
     @Test("a batch delete skips keys that are already gone")
     func deleteBatchSkipsMissing() throws {
         let dp = try Datapath.standard()
