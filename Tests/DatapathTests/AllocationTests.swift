@@ -66,6 +66,28 @@ struct AllocationTests {
         #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 256)
     }
 
+    @Test("a tuple just found full is not scanned again; a GC pass that frees its ports lifts the mark")
+    func fullHint() throws {
+        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        try dp.holdPorts(50000...50998, remote: Net.server, remotePort: 443, proto: Proto.tcp)
+        _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1000, dport: 443)))
+        let full = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1001, dport: 443)))
+        #expect(full.verdict == TC.shot)
+        #expect(try dp.stat(MASQ_STAT_ALLOC_SCANS) >= 1)
+        let scans = try dp.stat(MASQ_STAT_ALLOC_SCANS)
+
+        let again = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1002, dport: 443)))
+        #expect(again.verdict == TC.shot)
+        #expect(try dp.stat(MASQ_STAT_ALLOC_SCANS) == scans, "no second scan")
+        #expect(try dp.stat(MASQ_STAT_ALLOC_FULL_HINT) == 1)
+
+        // The pass expires the pod flow (a SYN 61 s ago): its port is free and the mark gone.
+        let sweeper = ConntrackSweeper(nat: dp.nat, lifetimes: .default, fullMarks: try dp.object.map(MASQ_MAP_FULL_V4))
+        #expect(try sweeper.sweep(now: ConntrackSweeper.bootTimeNow() + 61_000_000_000).expiredFlows >= 1)
+        let after = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1003, dport: 443)))
+        #expect(after.verdict == TC.pass)
+    }
+
     @Test("allocations are counted in the retry histogram by candidates tried")
     func histogram() throws {
         let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
@@ -125,8 +147,13 @@ struct AllocationTests {
             for i in 0..<trials {
                 // A source port below the range: never kept, so the allocator always searches.
                 let sport = UInt16(1000 + i)
-                let (out, cost) = try dp.runTimed(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: sport, dport: 443)))
-                ns.append(cost)
+                let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: sport, dport: 443))
+                let started = ContinuousClock.now
+                let (out, _) = try dp.runTimed(.egress, frame)
+                // Wall clock around the BPF_PROG_TEST_RUN syscall (about 3 µs of syscall and
+                // skb setup on top of the program), comparable across levels.
+                let wall = ContinuousClock.now - started
+                ns.append(UInt32(wall.components.attoseconds / 1_000_000_000 + wall.components.seconds * 1_000_000_000))
                 guard out.verdict == TC.pass else { continue }
                 ok += 1
                 // Give the port back, so that every trial sees the same occupancy.
@@ -136,9 +163,11 @@ struct AllocationTests {
             let scans = try dp.stat(MASQ_STAT_ALLOC_SCANS) - scansBefore
             let retries = try dp.stat(MASQ_STAT_ALLOC_RETRIES) - retriesBefore
             ns.sort()
-            let line = String(format: "occupancy %5.1f%%: success %5.1f%%, scans %5.1f%%, candidates/alloc %8.1f, ns/packet median %7d p99 %7d",
+            // Candidates per successful allocation (failures try 32, plus the range when they scan).
+            let line = String(format: "occupancy %5.1f%%: success %5.1f%%, scans %5.1f%%, candidates/alloc %6.1f, ns/packet (syscall, wall) median %7ld p99 %7ld max %8ld",
                               occupancy * 100, Double(ok) * 100 / Double(trials), Double(scans) * 100 / Double(trials),
-                              1 + Double(retries) / Double(trials), ns[ns.count / 2], ns[ns.count * 99 / 100])
+                              ok == 0 ? Double(0) : 1 + Double(retries) / Double(ok),
+                              Int(ns[ns.count / 2]), Int(ns[ns.count * 99 / 100]), Int(ns[ns.count - 1]))
             lines.append(line)
             if occupancy < 1 {
                 #expect(ok == trials, "\(line)")

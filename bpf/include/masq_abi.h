@@ -26,6 +26,7 @@
 #define MASQ_MAP_FRAG_V4   "masq_frag_v4"
 #define MASQ_MAP_ALLOC_HIST "masq_alloc_hist"
 #define MASQ_MAP_SAT_V4    "masq_sat_v4"
+#define MASQ_MAP_FULL_V4   "masq_full_v4"
 
 /* Program names (the entry functions in bpf/bpf_masq.c). */
 #define MASQ_PROG_EGRESS   "masq_egress"
@@ -157,6 +158,7 @@ _Static_assert(sizeof(struct masq_nat_entry_v4) == 48, "masq_nat_entry_v4 size")
 #define MASQ_STAT_ICMP_ERRORS      10 /* ICMP errors translated (RFC 5508), either direction */
 #define MASQ_STAT_FRAG_TRACKED     11 /* first fragments whose ports were remembered */
 #define MASQ_STAT_FRAG_MATCHED     12 /* later fragments matched to their first fragment's ports */
+#define MASQ_STAT_ALLOC_FULL_HINT  13 /* failures answered by a fresh masq_full_v4 mark, no rescan */
 #define MASQ_STAT_MAX               16
 
 /* ---- masq_alloc_hist: per-CPU histogram of port allocations by candidates tried. ----
@@ -210,5 +212,13 @@ struct masq_sat_entry_v4 {
 	__u32 max_tries;       /* the most candidates one allocation tried */
 };
 _Static_assert(sizeof(struct masq_sat_entry_v4) == 56, "masq_sat_entry_v4 size");
+
+/* ---- masq_full_v4: tuples an exhaustive scan just found full (LRU hash). ----
+ * Key struct masq_sat_key_v4; value __u64, the CLOCK_BOOTTIME ns of that scan. For
+ * SNAT_FULL_HINT_NS after it, new flows of the tuple try only the random probes instead of
+ * scanning the whole range again (a full scan of 32768 ports costs milliseconds). A found port
+ * removes the mark, and masqd's GC removes the marks of tuples whose flows it deletes, since
+ * that is how ports come free; so the answer stays exact except for ports freed otherwise
+ * (a flush, an LRU eviction) within the hint's lifetime. */
 
 #endif /* MASQ_ABI_H */

@@ -60,6 +60,10 @@
  * the common case cheap and the choice unpredictable. Count, not time. */
 #define SNAT_PORT_PROBES        32
 
+/* How long a tuple an exhaustive scan found full skips the next scans (masq_full_v4): bounds
+ * the cost of a flood of new flows to a full tuple to one scan per this time. 100 ms in ns. */
+#define SNAT_FULL_HINT_NS       (100ULL * 1000 * 1000)
+
 /* IPv4 fragments: datagrams whose first fragment's ports are remembered at once (masq_frag_v4,
  * LRU). A datagram's later fragments follow its first within milliseconds; the table only has
  * to outlive that. Entries, not time. */

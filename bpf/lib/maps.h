@@ -117,6 +117,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } masq_sat_v4 SEC(".maps");
 
+/* A (SNAT address, remote, remote port, protocol) an exhaustive scan found full, and when
+ * (masq_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_SAT_MAX_ENTRIES);
+	__type(key, struct masq_sat_key_v4);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_full_v4 SEC(".maps");
+
 /* IPv6 (masq_nat_v6, masq_pods_v6, masq_nonmasq_v6, masq_nodes_v6) goes here, same shapes. */
 
 #endif /* MASQ_MAPS_H */

@@ -141,20 +141,34 @@ static __always_inline __u32 snat_v4_alloc_hist_bucket(__u32 tries)
 	return b < MASQ_ALLOC_HIST_BUCKETS ? b : MASQ_ALLOC_HIST_BUCKETS - 1;
 }
 
+/* The masq_sat_v4 / masq_full_v4 key of an allocation's tuple. */
+static __always_inline void snat_v4_sat_key(const struct snat_v4_alloc *a, struct masq_sat_key_v4 *key)
+{
+	key->snat = a->rkey.daddr;
+	key->remote = a->rkey.saddr;
+	key->remote_port = a->rkey.sport;
+	key->proto = a->rkey.proto;
+	key->pad = 0;
+}
+
+/* Whether an exhaustive scan found this tuple full less than SNAT_FULL_HINT_NS ago. */
+static __always_inline bool snat_v4_recently_full(const struct masq_sat_key_v4 *key, __u64 now)
+{
+	__u64 *since = bpf_map_lookup_elem(&masq_full_v4, key);
+
+	return since && now - *since < SNAT_FULL_HINT_NS;
+}
+
 /* snat_v4_alloc_account: counts one allocation in masq_alloc_hist and, when it had to go past
  * the original port, in its tuple's masq_sat_v4 figure. Counters only: never fails. */
 static __always_inline void snat_v4_alloc_account(const struct snat_v4_alloc *a, bool failed, __u64 now)
 {
-	struct masq_sat_key_v4 key = {
-		.snat = a->rkey.daddr,
-		.remote = a->rkey.saddr,
-		.remote_port = a->rkey.sport,
-		.proto = a->rkey.proto,
-	};
 	struct masq_sat_entry_v4 *sat, fresh = {};
+	struct masq_sat_key_v4 key;
 	__u32 bucket = snat_v4_alloc_hist_bucket(a->tries);
 	__u64 *count;
 
+	snat_v4_sat_key(a, &key);
 	count = bpf_map_lookup_elem(&masq_alloc_hist, &bucket);
 	if (count)
 		*count += 1;
@@ -197,9 +211,10 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u32 sport = bpf_ntohs(tuple->sport);
 	struct masq_nat_entry_v4 fval;
+	struct masq_sat_key_v4 skey;
 	struct snat_v4_alloc a = {};
 	__u32 port_min, port_max;
-	bool kept = false;
+	bool kept = false, hinted;
 
 	snat_v4_port_range(cfg, &port_min, &port_max);
 	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &a.rkey);
@@ -212,14 +227,23 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 	if ((flags & MASQ_NAT_F_HOST) || (sport >= port_min && sport <= port_max))
 		kept = __snat_v4_claim(&a, tuple->sport) == MASQ_OK;
 	if (!kept) {
-		bpf_loop(SNAT_PORT_PROBES + a.range, snat_v4_port_probe, &a, 0);
+		/* A tuple a scan has just found full gets the random probes only (masq_full_v4). */
+		snat_v4_sat_key(&a, &skey);
+		hinted = snat_v4_recently_full(&skey, now);
+		bpf_loop(SNAT_PORT_PROBES + (hinted ? 0 : a.range), snat_v4_port_probe, &a, 0);
 		if (a.scanned)
 			stat_inc(MASQ_STAT_ALLOC_SCANS);
 		if (!a.found) {
+			if (a.scanned)
+				bpf_map_update_elem(&masq_full_v4, &skey, &now, BPF_ANY);
+			else
+				stat_inc(MASQ_STAT_ALLOC_FULL_HINT);
 			snat_v4_alloc_account(&a, /*failed=*/true, now);
 			stat_inc(MASQ_STAT_ALLOC_FAIL);
 			return -DROP_NAT_PORTS_EXHAUSTED;
 		}
+		if (hinted)
+			bpf_map_delete_elem(&masq_full_v4, &skey); /* a port came free: scan again */
 	}
 	snat_v4_alloc_account(&a, /*failed=*/false, now);
 	if (a.tries > 1)

@@ -41,7 +41,8 @@ struct ConntrackGC: Service {
     func run() async throws {
         // Map fds stay valid while the Datapath (and its object) lives, which is the daemon's
         // life; the kernel serialises map operations, so the sweeper needs no actor hop.
-        let sweeper = ConntrackSweeper(nat: try await datapath.map(MASQ_MAP_NAT_V4), lifetimes: lifetimes)
+        let sweeper = ConntrackSweeper(nat: try await datapath.map(MASQ_MAP_NAT_V4), lifetimes: lifetimes,
+                                       fullMarks: try await datapath.map(MASQ_MAP_FULL_V4))
         var pressure = AllocationPressure(stats: try await datapath.map(MASQ_MAP_STATS))
         var interval = min(maxInterval, GCInterval.initial)
         let clock = ContinuousClock()
@@ -146,6 +147,9 @@ struct AllocationPressure {
 public struct ConntrackSweeper: Sendable {
     let nat: BPFMap
     let lifetimes: FlowLifetimes
+    /// masq_full_v4: the datapath's "this tuple was just found full" marks. A pass that frees
+    /// ports of a tuple removes its mark, so the next new flow scans again and finds them.
+    let fullMarks: BPFMap?
     /// Entries read per BPF_MAP_LOOKUP_BATCH call.
     var batchSize = 4096
     /// Tuples listed in a report's saturation, most used first.
@@ -181,9 +185,10 @@ public struct ConntrackSweeper: Sendable {
         }
     }
 
-    init(nat: BPFMap, lifetimes: FlowLifetimes) {
+    init(nat: BPFMap, lifetimes: FlowLifetimes, fullMarks: BPFMap? = nil) {
         self.nat = nat
         self.lifetimes = lifetimes
+        self.fullMarks = fullMarks
     }
 
     /// One pass at `now` (CLOCK_BOOTTIME ns).
@@ -260,15 +265,26 @@ public struct ConntrackSweeper: Sendable {
         // Exact port use per tuple, from the INGRESS entries that remain.
         let deleted = Set(deleteIngress.map(NATKeyID.init))
         for (rid, reply) in ingress where !deleted.contains(rid) {
-            let sat = masq_sat_key_v4(snat: reply.key.daddr, remote: reply.key.saddr, remote_port: reply.key.sport,
-                                      proto: reply.key.proto, pad: 0)
+            let sat = Self.tupleKey(of: reply.key)
             uses[NATKeyID(sat), default: (sat, 0)].ports += 1
         }
         report.saturation = uses.values.sorted { $0.ports > $1.ports }.prefix(saturationTop)
             .map { TupleUse(key: $0.key, ports: $0.ports) }
 
         report.deletedEntries = try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
+        if let fullMarks, !deleteIngress.isEmpty {
+            let freed = Set(deleteIngress.map { NATKeyID(Self.tupleKey(of: $0)) })
+            for mark in try fullMarks.keys(as: masq_sat_key_v4.self) where freed.contains(NATKeyID(mark)) {
+                try fullMarks.delete(mark)
+            }
+        }
         return report
+    }
+
+    /// The (SNAT address, remote, remote port, protocol) an INGRESS key's port belongs to.
+    static func tupleKey(of ingress: masq_nat_key_v4) -> masq_sat_key_v4 {
+        masq_sat_key_v4(snat: ingress.daddr, remote: ingress.saddr, remote_port: ingress.sport,
+                        proto: ingress.proto, pad: 0)
     }
 
     /// Writes a missing half unless its key exists (another flow holds that tuple: leave it).
