@@ -1,6 +1,7 @@
 @preconcurrency import Glibc
 import CLibbpf
 import CMasq
+import Dispatch
 import Logging
 import ServiceLifecycle
 
@@ -50,7 +51,7 @@ struct ConntrackGC: Service {
 
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
-                let report = try sweeper.sweep(now: ConntrackSweeper.bootTimeNow())
+                let report = try await sweeper.sweepOffPool()
                 interval = GCInterval.next(current: interval, deletedFraction: report.deletedFraction, max: maxInterval)
                 status.update { $0.conntrackGC.record(report, nextInterval: interval) }
                 logger.debug("Conntrack GC pass", metadata: [
@@ -189,6 +190,16 @@ public struct ConntrackSweeper: Sendable {
         self.nat = nat
         self.lifetimes = lifetimes
         self.fullMarks = fullMarks
+    }
+
+    /// One pass now, on a thread of its own: a pass over a large table takes a while of map
+    /// syscalls and must not hold one of the few cooperative threads the API serves on.
+    func sweepOffPool() async throws -> Report {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global(qos: .utility).async {
+                continuation.resume(with: Result { try sweep(now: Self.bootTimeNow()) })
+            }
+        }
     }
 
     /// One pass at `now` (CLOCK_BOOTTIME ns).
