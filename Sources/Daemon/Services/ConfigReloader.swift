@@ -34,14 +34,23 @@ struct ConfigReloader: Service, CustomStringConvertible {
         }
     }
 
-    /// The bpffs root, map sizes, socket, logging, attach mode, the watched file and the IPv6
-    /// switch (the file's validation depends on it) are fixed for the life of the process.
+    /// The bpffs root, map sizes, socket, logging, attach mode, the watched file, the IPv6
+    /// switch (the file's validation depends on it) and the conntrack lifetimes are fixed for
+    /// the life of the process.
     static let restartOnly: [RestartOnly] = [
         .field(.bpffsRoot, \DaemonConfig.bpffsRoot), .field(.natMaxEntries, \DaemonConfig.natMaxEntries),
         .field(.socketPath, \DaemonConfig.socketPath), .field(.socketGroup, \DaemonConfig.socketGroup),
         .field(.logLevel, \DaemonConfig.logLevel), .field(.attachMode, \DaemonConfig.attachMode),
         .field(.ipMasqAgentConfigPath, \DaemonConfig.ipMasqAgentConfigPath),
         .field(.enableIPv6Masquerade, \DaemonConfig.enableIPv6Masquerade),
+        // The conntrack GC and the API read the flow lifetimes and the GC interval at start.
+        .field(.conntrackTCPSynTimeout, \DaemonConfig.conntrackLifetimes.tcpSynSent),
+        .field(.conntrackTCPEstablishedTimeout, \DaemonConfig.conntrackLifetimes.tcpEstablished),
+        .field(.conntrackTCPClosingTimeout, \DaemonConfig.conntrackLifetimes.tcpClosing),
+        .field(.conntrackUDPTimeout, \DaemonConfig.conntrackLifetimes.udpUnreplied),
+        .field(.conntrackUDPRepliedTimeout, \DaemonConfig.conntrackLifetimes.udpReplied),
+        .field(.conntrackICMPTimeout, \DaemonConfig.conntrackLifetimes.icmp),
+        .field(.conntrackGCInterval, \DaemonConfig.conntrackGCInterval),
     ]
 
     /// The config to run with after a reload: `new` with the restart-only keys kept as
