@@ -99,6 +99,18 @@ struct FragmentTests {
         #expect(try dp.dropped(.fragmentNotFound) == 1)
     }
 
+    @Test("a later fragment coming in to a pod address passes untouched, in order or not")
+    func inboundToPodUntouched() throws {
+        let dp = try Datapath.standard()
+        let toPod = ipv4Frame(src: Net.server, dst: Net.pod1, .udp(sport: 5353, dport: 8080), payload: Array(repeating: 3, count: 64))
+        let later = fragment(toPod, chunk: 32)[1]
+        let out = try dp.run(.ingress, later)
+
+        #expect(out.verdict == TC.pass)
+        #expect(out.frame == later)
+        #expect(try dp.droppedTotal() == 0)
+    }
+
     @Test("a later fragment to a destination that is not masqueraded passes untouched")
     func excludedDestinationUntouched() throws {
         let dp = try Datapath.standard()

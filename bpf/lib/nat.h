@@ -663,6 +663,10 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 
 	if (snat_v4_nat_can_skip(cfg, pkt->saddr))
 		return NAT_PUNT_TO_STACK;
+	/* Nothing here rewrites the packet, and the first fragment opens the flow: a later one
+	 * needs no ports, so one out of order is not dropped either. */
+	if (ipv4_is_non_first_fragment(pkt))
+		return NAT_PUNT_TO_STACK;
 
 	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_INGRESS, &tuple, &l4);
 	if (ret != MASQ_OK)
