@@ -26,10 +26,13 @@ enum MasqDaemon {
         let gc = ConntrackGC(datapath: datapath, lifetimes: config.conntrackLifetimes,
                              maxInterval: config.conntrackGCInterval, status: status, logger: logger)
 
+        // The control API and the systemd notifier come last: they stop first on SIGTERM.
+        let control = try controlServices(datapath: datapath, status: status, config: config, logger: logger)
+
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: reconciler), .init(service: agent), .init(service: reloader),
-                           .init(service: devices), .init(service: gc)],
+                           .init(service: devices), .init(service: gc)] + control,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
