@@ -70,7 +70,8 @@ final class DaemonSandbox: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let process, !process.isRunning { throw TestFailure("masqd exited: \(log)") }
-            if let r = try? await TestHTTP.request(socketPath: socketPath, method: .GET, uri: "/v1/healthz"), r.status == 200 {
+            if let r = try? await TestHTTP.request(socketPath: socketPath, method: .GET, uri: "/v1/healthz", timeout: .seconds(20)),
+               r.status == 200 {
                 return
             }
             try await Task.sleep(for: .milliseconds(50))

@@ -175,8 +175,9 @@ struct HTTPResult: Sendable {
 enum TestHTTP {
     typealias Connection = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
 
+    /// Fails (the connection is closed) when no complete answer came within `timeout`.
     static func request(socketPath: String, method: HTTPMethod, uri: String,
-                        headers extra: [(String, String)] = []) async throws -> HTTPResult {
+                        headers extra: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
         let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(unixDomainSocketPath: socketPath) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -184,6 +185,9 @@ enum TestHTTP {
                     return try Connection(wrappingChannelSynchronously: channel)
                 }
             }
+        let channel = connection.channel
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        defer { deadline.cancel() }
         return try await connection.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders([("Host", "masqd"), ("Connection", "close")])
             for (name, value) in extra { headers.add(name: name, value: value) }
