@@ -5,8 +5,8 @@
 # creates is removed on every exit path. It never touches the host's own devices.
 #
 #   pod1 10.244.1.2 ─┐                                          ┌─ outside 100.0.0.2
-#                    ├─ br0 10.244.1.1 [node] ext0 100.0.0.1 ───┤  (+ 100.0.9.2, listed in
-#   pod2 10.244.1.3 ─┘   masqd masquerades on ext0              └   --non-masquerade-cidrs)
+#                    ├─ br0 10.244.1.1 [node] ext0 100.0.0.1 ───┤  (+ 100.0.9.2, listed in the
+#   pod2 10.244.1.3 ─┘   masqd masquerades on ext0              └   ip-masq-agent file)
 #
 # Options: --attach-mode auto|tcx|tc (default auto), --release (build with -c release).
 set -euo pipefail
@@ -116,7 +116,9 @@ pids+=($!)
 for _ in $(seq 100); do [ -e "$RUN/server.ready" ] && break; sleep 0.1; done
 [ -e "$RUN/server.ready" ] || die "the outside server did not start: $(cat "$RUN/server.log")"
 
-masqd_args=(run --pod-cidrs 10.244.1.0/24 --devices ext0 --non-masquerade-cidrs 100.0.9.0/24
+echo "nonMasqueradeCIDRs: [100.0.9.0/24]" >"$RUN/ip-masq-agent"
+masqd_args=(run --pod-cidrs 10.244.1.0/24 --devices ext0
+            --enable-ip-masq-agent true --ip-masq-agent-config-path "$RUN/ip-masq-agent"
             --bpffs-root "$BPFFS" --socket-path "$SOCK" --attach-mode "$attach_mode")
 step "starting masqd in the node namespace: masqd ${masqd_args[*]}"
 nsenter --net="/run/netns/$NODE" "$masqd" "${masqd_args[@]}" >"$RUN/masqd.log" 2>&1 &
@@ -155,7 +157,7 @@ for podip in 10.244.1.2 10.244.1.3; do
     i=$((i + 1))
 done
 
-step "traffic to 100.0.9.2, listed in --non-masquerade-cidrs (not masqueraded: expect the pod)"
+step "traffic to 100.0.9.2, listed in the ip-masq-agent file (not masqueraded: expect the pod)"
 check "TCP  pod1 10.244.1.2 -> 100.0.9.2:8080" 10.244.1.2 "$(probe "$POD1" tcp --dst 100.0.9.2:8080)"
 check "UDP  pod1 10.244.1.2 -> 100.0.9.2:8081" 10.244.1.2 "$(probe "$POD1" udp --dst 100.0.9.2:8081)"
 

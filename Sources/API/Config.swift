@@ -18,7 +18,6 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
         public var devices: [String]
         public var enableIPMasqAgent: Bool
         public var ipMasqAgentConfigPath: String
-        public var nonMasqueradeCIDRs: [IPPrefix]
         public var clusterNodeIPs: [IPAddress]
         /// "LOW-HIGH".
         public var snatPortRange: String
@@ -31,7 +30,7 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
 
         public init(enableIPv4Masquerade: Bool, enableIPv6Masquerade: Bool, ipv4NativeRoutingCIDR: IPPrefix?,
                     ipv6NativeRoutingCIDR: IPPrefix?, podCIDRs: [IPPrefix], devices: [String], enableIPMasqAgent: Bool,
-                    ipMasqAgentConfigPath: String, nonMasqueradeCIDRs: [IPPrefix], clusterNodeIPs: [IPAddress],
+                    ipMasqAgentConfigPath: String, clusterNodeIPs: [IPAddress],
                     snatPortRange: String, natMaxEntries: UInt32, socketPath: String, socketGroup: String?,
                     bpffsRoot: String, logLevel: String, attachMode: String) {
             self.enableIPv4Masquerade = enableIPv4Masquerade
@@ -42,7 +41,6 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
             self.devices = devices
             self.enableIPMasqAgent = enableIPMasqAgent
             self.ipMasqAgentConfigPath = ipMasqAgentConfigPath
-            self.nonMasqueradeCIDRs = nonMasqueradeCIDRs
             self.clusterNodeIPs = clusterNodeIPs
             self.snatPortRange = snatPortRange
             self.natMaxEntries = natMaxEntries
@@ -67,7 +65,6 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
                 ("devices", list(devices)),
                 ("enable-ip-masq-agent", String(enableIPMasqAgent)),
                 ("ip-masq-agent-config-path", ipMasqAgentConfigPath),
-                ("nonMasqueradeCIDRs", list(nonMasqueradeCIDRs)),
                 ("cluster-node-ips", list(clusterNodeIPs)),
                 ("snat-port-range", snatPortRange),
                 ("nat-max-entries", String(natMaxEntries)),

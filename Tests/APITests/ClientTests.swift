@@ -24,7 +24,7 @@ struct ClientTests {
             let client = try builtBinary("masq-client")
             let text = try await run([client, "status", "--socket", api.socketPath])
             #expect(text.status == 0, "\(text.stderr)")
-            #expect(text.stdout.contains("Masquerading:   BPF   [lo]   10.244.1.0/24   [IPv4: Enabled, IPv6: Disabled]\n"), "\(text.stdout)")
+            #expect(text.stdout.contains("Masquerading:   BPF (ip-masq-agent)   [lo]   10.244.1.0/24   [IPv4: Enabled, IPv6: Disabled]\n"), "\(text.stdout)")
             let json = try await run([client, "status", "-o", "json"], environment: ["MASQ_SOCKET": api.socketPath])
             let decoded = try APIJSON.decoder().decode(StatusResponse.self, from: Data(json.stdout.utf8))
             #expect(decoded.ready)

@@ -56,7 +56,7 @@ final class LiveAPI: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: dir)
         }
         var config = try DaemonConfig(file: [:], flags: [
-            .podCIDRs: .scalar(podCIDR), .nonMasqueradeCIDRs: .scalar(nonMasquerade.joined(separator: ",")),
+            .podCIDRs: .scalar(podCIDR), .enableIPMasqAgent: .scalar("true"),
             .clusterNodeIPs: .scalar("192.0.2.10"), .bpffsRoot: .scalar(bpffs), .devices: .scalar("none0"),
             .natMaxEntries: .scalar("262144"),
         ])
@@ -67,7 +67,9 @@ final class LiveAPI: @unchecked Sendable {
         let datapath = try Datapath(config: config, logger: logger)
         let status = DaemonStatus()
         // No links: no device is selected, nothing is attached; the config maps are written.
-        let state = DesiredState(ReconcileInputs(config: config, network: NetworkSnapshot(links: [], defaultRouteDevices: [])))
+        let state = DesiredState(ReconcileInputs(
+            config: config, network: NetworkSnapshot(links: [], defaultRouteDevices: []),
+            nonMasquerade: NonMasqueradeList(cidrs: try nonMasquerade.map { try IPPrefix($0) })))
         try await datapath.apply(state)
         // A masquerading device in the map only, so explain has one (never attached; apply is
         // not called again, so nothing ever touches lo).

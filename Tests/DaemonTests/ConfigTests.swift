@@ -39,7 +39,7 @@ struct ConfigTests {
             .enableIPv4Masquerade: "false", .enableIPv6Masquerade: "false",
             .ipv4NativeRoutingCIDR: "10.0.0.0/8", .ipv6NativeRoutingCIDR: "fd00::/100",
             .podCIDRs: "10.244.0.0/16", .devices: "eth0", .enableIPMasqAgent: "true",
-            .ipMasqAgentConfigPath: "/tmp/agent", .nonMasqueradeCIDRs: "192.168.0.0/16",
+            .ipMasqAgentConfigPath: "/tmp/agent",
             .clusterNodeIPs: "10.1.0.1", .snatPortRange: "40000-50000", .natMaxEntries: "65536",
             .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .bpffsRoot: "/sys/fs/bpf/x",
             .logLevel: "debug", .attachMode: "tc",
@@ -49,12 +49,12 @@ struct ConfigTests {
         ]
         for key in ConfigKey.allCases {
             let sample = try #require(samples[key], "no sample for \(key.rawValue)")
-            let run = try MasqdCommand.Run.parse(["--\(key.flag)", sample])
-            #expect(run.flagSettings()[key] == .scalar(sample), "flag --\(key.flag) does not set \(key.rawValue)")
+            let run = try MasqdCommand.Run.parse(["--\(key.rawValue)", sample])
+            #expect(run.flagSettings()[key] == .scalar(sample), "flag --\(key.rawValue) does not set \(key.rawValue)")
         }
         let help = MasqdCommand.Run.helpMessage()
         for key in ConfigKey.allCases {
-            #expect(help.contains("--\(key.flag)"), "help lacks --\(key.flag)")
+            #expect(help.contains("--\(key.rawValue)"), "help lacks --\(key.rawValue)")
         }
     }
 
@@ -74,10 +74,9 @@ struct ConfigTests {
 
     @Test("a JSON config file is read like YAML")
     func jsonFile() throws {
-        let c = try config(file: #"{"pod-cidrs": ["10.1.0.0/24", "fd00:1::/64"], "cluster-node-ips": "10.0.0.2,10.0.0.3", "nonMasqueradeCIDRs": ["100.64.0.0/10"]}"#)
+        let c = try config(file: #"{"pod-cidrs": ["10.1.0.0/24", "fd00:1::/64"], "cluster-node-ips": "10.0.0.2,10.0.0.3"}"#)
         #expect(c.podCIDRs.map(\.description) == ["10.1.0.0/24", "fd00:1::/64"])
         #expect(c.clusterNodeIPs.map(\.description) == ["10.0.0.2", "10.0.0.3"])
-        #expect(c.nonMasqueradeCIDRs.map(\.description) == ["100.64.0.0/10"])
     }
 
     @Test("each bad value is reported with its key, and all at once")

@@ -46,8 +46,8 @@ struct DesiredStateTests {
     func families() throws {
         let s = try state([
             "--pod-cidrs", "10.244.1.0/24,fd00:244::/64", "--cluster-node-ips", "192.0.2.20,fd00::20",
-            "--non-masquerade-cidrs", "100.64.0.0/10,fd00:1::/48", "--ipv4-native-routing-cidr", "10.0.0.0/8",
-        ])
+            "--enable-ip-masq-agent=true", "--ipv4-native-routing-cidr", "10.0.0.0/8",
+        ], nonMasquerade: NonMasqueradeList(cidrs: [try IPPrefix("100.64.0.0/10"), try IPPrefix("fd00:1::/48")]))
         #expect(s.podCIDRsV4 == [try IPPrefix("10.244.1.0/24")])
         #expect(s.podCIDRsV6 == [try IPPrefix("fd00:244::/64")])
         #expect(s.nodeIPsV4 == [IPv4Address(192, 0, 2, 20)])

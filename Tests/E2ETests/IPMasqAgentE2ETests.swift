@@ -73,11 +73,7 @@ struct IPMasqAgentE2ETests {
     static let linkLocal = "169.254.0.0/16"
 
     private func startAgentMasqd(_ sandbox: Sandbox, configMap: ConfigMapDir, extra: KeyValuePairs<String, String> = [:]) async throws {
-        var overrides: [(String, String)] = [
-            ("--enable-ip-masq-agent", "true"),
-            ("--ip-masq-agent-config-path", configMap.path),
-            ("--non-masquerade-cidrs", ""),
-        ]
+        var overrides: [(String, String)] = [("--ip-masq-agent-config-path", configMap.path)]
         overrides += extra.map { ($0.0, $0.1) }
         try await sandbox.startMasqd(mode: .tcx, overrides: overrides)
     }
@@ -203,7 +199,7 @@ struct IPMasqAgentE2ETests {
             let configFile = "\(sandbox.dir)/masqd.yaml"
             try "cluster-node-ips: []\n".write(toFile: configFile, atomically: true, encoding: .utf8)
             try await sandbox.startServers()
-            try await sandbox.startMasqd(mode: .tcx, overrides: ["--config": configFile, "--non-masquerade-cidrs": ""])
+            try await sandbox.startMasqd(mode: .tcx, overrides: ["--config": configFile, "--enable-ip-masq-agent": "false"])
             #expect(try await sourceSeenAtExcluded(sandbox) == Sandbox.nodeIP)
 
             try "cluster-node-ips: [\(Sandbox.excludedIP)]\nnat-max-entries: 65536\n"

@@ -39,6 +39,8 @@ final class Sandbox: @unchecked Sendable {
     /// masqd's --bpffs-root: a directory inside that bpffs, as /sys/fs/bpf/masq is in production.
     let bpffsRoot: String
     let socketPath: String
+    /// The ip-masq-agent file every masqd of this sandbox reads: it lists the excluded CIDR.
+    var ipMasqAgentFile: String { "\(dir)/ip-masq-agent" }
     private(set) var processes: [Process] = []
     private(set) var masqd: Process?
     private var masqdRuns = 0
@@ -77,6 +79,7 @@ final class Sandbox: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: bpffsMount, withIntermediateDirectories: true)
         try await sh(["mount", "-t", "bpf", "bpf", bpffsMount])
         bpffsMounted = true
+        try "nonMasqueradeCIDRs: [\(Self.excludedCIDR)]\n".write(toFile: ipMasqAgentFile, atomically: true, encoding: .utf8)
 
         for ns in [node, outside] + pods {
             try await sh(["ip", "netns", "add", ns])
@@ -268,7 +271,8 @@ final class Sandbox: @unchecked Sendable {
         var flags: [(String, String)] = [
             ("--pod-cidrs", Self.podCIDR),
             ("--devices", Self.device),
-            ("--non-masquerade-cidrs", Self.excludedCIDR),
+            ("--enable-ip-masq-agent", "true"),
+            ("--ip-masq-agent-config-path", ipMasqAgentFile),
             ("--bpffs-root", bpffsRoot),
             ("--socket-path", socketPath),
             ("--attach-mode", mode.rawValue),

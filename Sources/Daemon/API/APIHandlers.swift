@@ -9,14 +9,14 @@ import NIOCore
 struct APIHandlers: Sendable {
     let datapath: Datapath
     let status: DaemonStatus
-    /// The config masqd started with (restart-only keys never change; see `currentConfig`).
+    /// The config masqd started with; `currentConfig` follows SIGHUP reloads.
     let config: DaemonConfig
     let lifetimes: FlowLifetimes
     /// Table entries read per batch when scanning the NAT table.
     var batchSize = 1024
 
-    /// The config in force.
-    var currentConfig: DaemonConfig { config }
+    /// The config in force: as last reloaded (restart-only keys keep their running values).
+    var currentConfig: DaemonConfig { status.snapshot.config ?? config }
 
     // MARK: health and status
 
@@ -80,15 +80,14 @@ struct APIHandlers: Sendable {
                 enableIPv4Masquerade: c.enableIPv4Masquerade, enableIPv6Masquerade: c.enableIPv6Masquerade,
                 ipv4NativeRoutingCIDR: c.ipv4NativeRoutingCIDR, ipv6NativeRoutingCIDR: c.ipv6NativeRoutingCIDR,
                 podCIDRs: c.podCIDRs, devices: c.devices.map(\.description), enableIPMasqAgent: c.enableIPMasqAgent,
-                ipMasqAgentConfigPath: c.ipMasqAgentConfigPath, nonMasqueradeCIDRs: c.nonMasqueradeCIDRs,
-                clusterNodeIPs: c.clusterNodeIPs,
+                ipMasqAgentConfigPath: c.ipMasqAgentConfigPath, clusterNodeIPs: c.clusterNodeIPs,
                 snatPortRange: "\(c.snatPortRange.lowerBound)-\(c.snatPortRange.upperBound)",
                 natMaxEntries: c.natMaxEntries, socketPath: c.socketPath, socketGroup: c.socketGroup,
                 bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue),
             ipMasqAgent: .init(
                 enabled: c.enableIPMasqAgent, configPath: c.ipMasqAgentConfigPath, generation: agent.generation,
                 lastError: agent.lastError,
-                nonMasqueradeCIDRs: c.enableIPMasqAgent ? agent.cidrs : c.nonMasqueradeCIDRs))
+                nonMasqueradeCIDRs: c.enableIPMasqAgent ? agent.cidrs : []))
     }
 
     // MARK: conntrack

@@ -37,9 +37,6 @@ extension MasqdCommand {
         @Option(name: .customLong("ip-masq-agent-config-path"), help: "The ip-masq-agent config file.")
         var ipMasqAgentConfigPath: String?
 
-        @Option(name: .customLong("non-masquerade-cidrs"), help: "Comma-separated destinations never masqueraded (config key nonMasqueradeCIDRs).")
-        var nonMasqueradeCIDRs: String?
-
         @Option(name: .customLong("cluster-node-ips"), help: "Comma-separated addresses of the other cluster nodes, never masqueraded to.")
         var clusterNodeIPs: String?
 
@@ -96,7 +93,7 @@ extension MasqdCommand {
                 .enableIPv4Masquerade: enableIPv4Masquerade, .enableIPv6Masquerade: enableIPv6Masquerade,
                 .ipv4NativeRoutingCIDR: ipv4NativeRoutingCIDR, .ipv6NativeRoutingCIDR: ipv6NativeRoutingCIDR,
                 .podCIDRs: podCIDRs, .devices: devices, .enableIPMasqAgent: enableIPMasqAgent,
-                .ipMasqAgentConfigPath: ipMasqAgentConfigPath, .nonMasqueradeCIDRs: nonMasqueradeCIDRs,
+                .ipMasqAgentConfigPath: ipMasqAgentConfigPath,
                 .clusterNodeIPs: clusterNodeIPs, .snatPortRange: snatPortRange, .natMaxEntries: natMaxEntries,
                 .socketPath: socketPath, .socketGroup: socketGroup, .bpffsRoot: bpffsRoot,
                 .logLevel: logLevel, .attachMode: attachMode,

@@ -1,5 +1,5 @@
 /// Every daemon config key, spelled as in the config file (kebab-case, as Cilium spells them).
-/// Each is also a `masqd run` flag of the same name (`flag`); a test holds the two in step.
+/// Each is also a `masqd run` flag of the same name; a test holds the two in step.
 public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
     case enableIPv4Masquerade = "enable-ipv4-masquerade"
     case enableIPv6Masquerade = "enable-ipv6-masquerade"
@@ -9,8 +9,6 @@ public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
     case devices = "devices"
     case enableIPMasqAgent = "enable-ip-masq-agent"
     case ipMasqAgentConfigPath = "ip-masq-agent-config-path"
-    /// Interim: the non-masquerade list given inline, until the ip-masq-agent file is read.
-    case nonMasqueradeCIDRs = "nonMasqueradeCIDRs"
     case clusterNodeIPs = "cluster-node-ips"
     case snatPortRange = "snat-port-range"
     case natMaxEntries = "nat-max-entries"
@@ -26,14 +24,6 @@ public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
     case conntrackUDPRepliedTimeout = "conntrack-udp-replied-timeout"
     case conntrackICMPTimeout = "conntrack-icmp-timeout"
     case conntrackGCInterval = "conntrack-gc-interval"
-
-    /// The command-line flag, without dashes.
-    public var flag: String {
-        switch self {
-        case .nonMasqueradeCIDRs: return "non-masquerade-cidrs"
-        default: return rawValue
-        }
-    }
 
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 }

@@ -34,7 +34,6 @@ public struct DaemonConfig: Equatable, Sendable {
     public var devices: [DeviceSelector] = []
     public var enableIPMasqAgent = false
     public var ipMasqAgentConfigPath = "/etc/config/ip-masq-agent"
-    public var nonMasqueradeCIDRs: [IPPrefix] = []
     public var clusterNodeIPs: [IPAddress] = []
     public var snatPortRange: ClosedRange<UInt16> = 32768...65535
     public var natMaxEntries: UInt32 = 524_288
@@ -79,7 +78,6 @@ public struct DaemonConfig: Equatable, Sendable {
         case .devices: devices = raw.items.map(DeviceSelector.init)
         case .enableIPMasqAgent: enableIPMasqAgent = try Self.bool(key, raw)
         case .ipMasqAgentConfigPath: ipMasqAgentConfigPath = try Self.path(key, raw)
-        case .nonMasqueradeCIDRs: nonMasqueradeCIDRs = try Self.prefixes(key, raw)
         case .clusterNodeIPs: clusterNodeIPs = try Self.addresses(key, raw)
         case .snatPortRange: snatPortRange = try Self.portRange(key, raw)
         case .natMaxEntries: natMaxEntries = try Self.natEntries(key, raw)

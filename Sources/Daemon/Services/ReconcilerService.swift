@@ -40,8 +40,10 @@ struct ReconcilerService: Service, CustomStringConvertible {
         ])
         status.update { $0.ready = true; $0.attachKind = datapath.mode }
 
+        status.update { $0.config = inputs.config }
         for await change in changes.cancelOnGracefulShutdown() {
             inputs.apply(change)
+            if case .config(let config) = change { status.update { $0.config = config } }
             let desired = DesiredState(inputs)
             guard desired != applied else { continue }
             do {

@@ -20,6 +20,8 @@ public final class DaemonStatus: Sendable {
         /// The device watcher's last failure to read the network, kept until a read succeeds.
         public var lastNetworkError: String?
         public var ipMasqAgent = IPMasqAgentState()
+        /// The daemon config in force, as the reconciler last received it (SIGHUP reloads).
+        public var config: DaemonConfig?
         /// The conntrack GC's passes, totals and the last pass's report.
         public var conntrackGC = ConntrackGCState()
     }

@@ -34,7 +34,7 @@ public struct DesiredState: Equatable, Sendable {
     public init(_ inputs: ReconcileInputs) {
         let config = inputs.config
         // Exclusion 2 applies only with the agent on; off, its map is emptied.
-        let nonMasquerade = config.enableIPMasqAgent ? inputs.nonMasquerade?.cidrs : config.nonMasqueradeCIDRs
+        let nonMasquerade = config.enableIPMasqAgent ? inputs.nonMasquerade?.cidrs : []
         ipv4Enabled = config.enableIPv4Masquerade
         ipv6Enabled = config.enableIPv6Masquerade
         nativeRoutingV4 = config.ipv4NativeRoutingCIDR
@@ -44,7 +44,7 @@ public struct DesiredState: Equatable, Sendable {
         podCIDRsV6 = Set(config.podCIDRs.filter { !$0.isIPv4 })
         nonMasqueradeV4 = nonMasquerade.map { Set($0.filter(\.isIPv4)) }
         nonMasqueradeV6 = nonMasquerade.map { Set($0.filter { !$0.isIPv4 }) }
-        nonMasqueradeEnabled = config.enableIPMasqAgent || !config.nonMasqueradeCIDRs.isEmpty
+        nonMasqueradeEnabled = config.enableIPMasqAgent
         nodeIPsV4 = []
         nodeIPsV6 = []
         for ip in config.clusterNodeIPs {
