@@ -168,10 +168,10 @@ sed 's/^/   | /' "$RUN/server.log"
 for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
 if [ -S "$SOCK" ]; then
     step "masq-client status"
-    "$client" --socket "$SOCK" status 2>&1 | sed 's/^/   | /' || true
+    MASQ_SOCKET="$SOCK" "$client" status 2>&1 | sed 's/^/   | /' || true
 fi
 step "the datapath's NAT table"
-if [ -S "$SOCK" ] && "$client" --socket "$SOCK" conntrack list >"$RUN/conntrack.txt" 2>&1; then
+if [ -S "$SOCK" ] && MASQ_SOCKET="$SOCK" "$client" conntrack list >"$RUN/conntrack.txt" 2>&1; then
     echo "   (masq-client conntrack list)"
     sed 's/^/   | /' "$RUN/conntrack.txt"
 elif [ -e "$BPFFS/masq_nat_v4" ]; then
