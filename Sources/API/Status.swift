@@ -37,16 +37,23 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public var skippedDevices: [SkippedDevice]
     public var reconcile: Reconcile
     public var ipMasqAgent: IPMasqAgent
+    /// Config loads counted by source and outcome (as `masq_config_reloads_total`).
+    public var configReloads: ConfigReloads
     /// Fill level of each datapath map.
     public var tables: [Table]
     /// Packets dropped, by reason (only reasons seen at least once, plus every known one).
     public var drops: [Drop]
     public var counters: Counters
+    /// How hard port allocation works: candidates tried per allocation and the most saturated tuples.
+    public var allocation: Allocation
+    /// The conntrack garbage collector's passes and what they found.
+    public var conntrackGC: ConntrackGC
 
     public init(version: String, startedAt: Date, uptimeSeconds: Double, ready: Bool, attachMode: String?,
                 masquerading: Masquerading, devices: [Device], skippedDevices: [SkippedDevice],
-                reconcile: Reconcile, ipMasqAgent: IPMasqAgent, tables: [Table], drops: [Drop],
-                counters: Counters) {
+                reconcile: Reconcile, ipMasqAgent: IPMasqAgent, configReloads: ConfigReloads = .init(),
+                tables: [Table], drops: [Drop], counters: Counters, allocation: Allocation = .init(),
+                conntrackGC: ConntrackGC = .init()) {
         self.version = version
         self.startedAt = startedAt
         self.uptimeSeconds = uptimeSeconds
@@ -57,9 +64,12 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         self.skippedDevices = skippedDevices
         self.reconcile = reconcile
         self.ipMasqAgent = ipMasqAgent
+        self.configReloads = configReloads
         self.tables = tables
         self.drops = drops
         self.counters = counters
+        self.allocation = allocation
+        self.conntrackGC = conntrackGC
     }
 
     /// The masquerading summary, shaped like Cilium's status model.
@@ -191,10 +201,24 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public var allocationFailures: UInt64
         public var hostFlows: UInt64
         public var inboundFlows: UInt64
+        /// Allocations that scanned the whole port range after their random probes.
+        public var allocationScans: UInt64
+        /// Failed allocations answered by a recent full-scan mark, without scanning again.
+        public var allocationFullHintFailures: UInt64
+        /// INGRESS halves re-created by the datapath after an LRU eviction.
+        public var reverseRestored: UInt64
+        /// ICMP errors translated (RFC 5508), either direction.
+        public var icmpErrorsTranslated: UInt64
+        /// First IPv4 fragments whose ports were remembered.
+        public var fragmentsTracked: UInt64
+        /// Later IPv4 fragments translated with their first fragment's ports.
+        public var fragmentsMatched: UInt64
 
         public init(snatPackets: UInt64 = 0, revSnatPackets: UInt64 = 0, allocations: UInt64 = 0,
                     allocationsKeptPort: UInt64 = 0, allocationRetries: UInt64 = 0, allocationFailures: UInt64 = 0,
-                    hostFlows: UInt64 = 0, inboundFlows: UInt64 = 0) {
+                    hostFlows: UInt64 = 0, inboundFlows: UInt64 = 0, allocationScans: UInt64 = 0,
+                    allocationFullHintFailures: UInt64 = 0, reverseRestored: UInt64 = 0,
+                    icmpErrorsTranslated: UInt64 = 0, fragmentsTracked: UInt64 = 0, fragmentsMatched: UInt64 = 0) {
             self.snatPackets = snatPackets
             self.revSnatPackets = revSnatPackets
             self.allocations = allocations
@@ -203,6 +227,187 @@ public struct StatusResponse: Codable, Sendable, Equatable {
             self.allocationFailures = allocationFailures
             self.hostFlows = hostFlows
             self.inboundFlows = inboundFlows
+            self.allocationScans = allocationScans
+            self.allocationFullHintFailures = allocationFullHintFailures
+            self.reverseRestored = reverseRestored
+            self.icmpErrorsTranslated = icmpErrorsTranslated
+            self.fragmentsTracked = fragmentsTracked
+            self.fragmentsMatched = fragmentsMatched
+        }
+    }
+
+    /// Config loads of one source: the ip-masq-agent file (at start and on each change of its
+    /// directory) or the daemon config (SIGHUP).
+    public struct ReloadCount: Codable, Sendable, Equatable {
+        public var ok: Int
+        public var error: Int
+        public var lastAt: Date?
+        /// The last load's error, kept until a load succeeds.
+        public var lastError: String?
+
+        public init(ok: Int = 0, error: Int = 0, lastAt: Date? = nil, lastError: String? = nil) {
+            self.ok = ok
+            self.error = error
+            self.lastAt = lastAt
+            self.lastError = lastError
+        }
+    }
+
+    public struct ConfigReloads: Codable, Sendable, Equatable {
+        public var ipMasqAgent: ReloadCount
+        public var daemon: ReloadCount
+
+        public init(ipMasqAgent: ReloadCount = .init(), daemon: ReloadCount = .init()) {
+            self.ipMasqAgent = ipMasqAgent
+            self.daemon = daemon
+        }
+    }
+
+    /// Port allocation figures the datapath keeps (masq_alloc_hist, masq_sat_v4).
+    public struct Allocation: Codable, Sendable, Equatable {
+        /// Allocations (successful or failed) by candidate ports tried, one element per log2
+        /// bucket, in order; not cumulative.
+        public var histogram: [TriesBucket]
+        /// All allocations the histogram counts.
+        public var total: UInt64
+        /// The most saturated (SNAT address, remote, remote port, protocol) tuples, by
+        /// estimated use of the port range, then failures; at most 10.
+        public var saturatedTuples: [TupleSaturation]
+
+        public init(histogram: [TriesBucket] = [], total: UInt64 = 0, saturatedTuples: [TupleSaturation] = []) {
+            self.histogram = histogram
+            self.total = total
+            self.saturatedTuples = saturatedTuples
+        }
+    }
+
+    /// Allocations that tried between `minTries` and `maxTries` candidates (no `maxTries`:
+    /// the last bucket, open above).
+    public struct TriesBucket: Codable, Sendable, Equatable {
+        public var minTries: Int
+        public var maxTries: Int?
+        public var count: UInt64
+
+        public init(minTries: Int, maxTries: Int?, count: UInt64) {
+            self.minTries = minTries
+            self.maxTries = maxTries
+            self.count = count
+        }
+    }
+
+    /// One tuple's allocation figures as the datapath measured them since the tuple first
+    /// needed more than its original port.
+    public struct TupleSaturation: Codable, Sendable, Equatable {
+        public var snat: IPAddress
+        public var remote: IPAddress
+        public var remotePort: UInt16
+        public var proto: L4Protocol
+        /// Share of the port range in use, 0-1, estimated from the random probes that hit a
+        /// used port; absent before any probe.
+        public var estimatedUse: Double?
+        public var allocations: UInt64
+        public var failures: UInt64
+        public var scans: UInt64
+        public var lastTries: UInt32
+        public var maxTries: UInt32
+
+        private enum CodingKeys: String, CodingKey {
+            case snat, remote, remotePort, proto = "protocol", estimatedUse, allocations, failures, scans, lastTries, maxTries
+        }
+
+        public init(snat: IPAddress, remote: IPAddress, remotePort: UInt16, proto: L4Protocol, estimatedUse: Double?,
+                    allocations: UInt64, failures: UInt64, scans: UInt64, lastTries: UInt32, maxTries: UInt32) {
+            self.snat = snat
+            self.remote = remote
+            self.remotePort = remotePort
+            self.proto = proto
+            self.estimatedUse = estimatedUse
+            self.allocations = allocations
+            self.failures = failures
+            self.scans = scans
+            self.lastTries = lastTries
+            self.maxTries = maxTries
+        }
+    }
+
+    /// The conntrack GC: totals over the daemon's life and its last pass.
+    public struct ConntrackGC: Codable, Sendable, Equatable {
+        public var passes: Int
+        public var lastPassAt: Date?
+        public var lastPassSeconds: Double?
+        /// The wait before the next pass (it adapts to what passes delete).
+        public var intervalSeconds: Double
+        public var expiredFlows: Int
+        public var deletedEntries: Int
+        /// Half pairs found (each an LRU eviction of one half, or a race with a flow being
+        /// created or deleted): written back for live flows, or deleted with expired ones.
+        public var repairedHalves: Int
+        public var removedHalves: Int
+        /// Passes started early because allocation pressure rose.
+        public var pressureWakeups: Int
+        public var lastPass: Pass?
+
+        public init(passes: Int = 0, lastPassAt: Date? = nil, lastPassSeconds: Double? = nil, intervalSeconds: Double = 0,
+                    expiredFlows: Int = 0, deletedEntries: Int = 0, repairedHalves: Int = 0, removedHalves: Int = 0,
+                    pressureWakeups: Int = 0, lastPass: Pass? = nil) {
+            self.passes = passes
+            self.lastPassAt = lastPassAt
+            self.lastPassSeconds = lastPassSeconds
+            self.intervalSeconds = intervalSeconds
+            self.expiredFlows = expiredFlows
+            self.deletedEntries = deletedEntries
+            self.repairedHalves = repairedHalves
+            self.removedHalves = removedHalves
+            self.pressureWakeups = pressureWakeups
+            self.lastPass = lastPass
+        }
+
+        /// What one pass saw and did.
+        public struct Pass: Codable, Sendable, Equatable {
+            /// Entries in the NAT table when read.
+            public var entries: Int
+            public var expiredFlows: Int
+            public var deletedEntries: Int
+            public var repairedHalves: Int
+            public var removedHalves: Int
+            /// The tuples holding the most ports, counted exactly; at most 10.
+            public var portsInUse: [TuplePorts]
+
+            public init(entries: Int, expiredFlows: Int, deletedEntries: Int, repairedHalves: Int,
+                        removedHalves: Int, portsInUse: [TuplePorts]) {
+                self.entries = entries
+                self.expiredFlows = expiredFlows
+                self.deletedEntries = deletedEntries
+                self.repairedHalves = repairedHalves
+                self.removedHalves = removedHalves
+                self.portsInUse = portsInUse
+            }
+        }
+
+        /// Ports held by one (SNAT address, remote, remote port, protocol) tuple.
+        public struct TuplePorts: Codable, Sendable, Equatable {
+            public var snat: IPAddress
+            public var remote: IPAddress
+            public var remotePort: UInt16
+            public var proto: L4Protocol
+            public var ports: Int
+            /// `ports` over the size of snat-port-range (host flows keeping a port outside
+            /// the range can take it past 1).
+            public var rangeShare: Double
+
+            private enum CodingKeys: String, CodingKey {
+                case snat, remote, remotePort, proto = "protocol", ports, rangeShare
+            }
+
+            public init(snat: IPAddress, remote: IPAddress, remotePort: UInt16, proto: L4Protocol, ports: Int,
+                        rangeShare: Double) {
+                self.snat = snat
+                self.remote = remote
+                self.remotePort = remotePort
+                self.proto = proto
+                self.ports = ports
+                self.rangeShare = rangeShare
+            }
         }
     }
 }

@@ -51,7 +51,11 @@ extension MasqClient.Status {
             lines.append(labelled("NAT table", "\(nat.entries)/\(nat.maxEntries) entries (\(String(format: "%.1f", percent))%)"))
         }
         let c = status.counters
-        lines.append(labelled("Allocations", "\(c.allocations) (\(c.allocationsKeptPort) kept their port, \(c.allocationRetries) retries, \(c.allocationFailures) failed)"))
+        lines.append(labelled("Allocations", "\(c.allocations) (\(c.allocationsKeptPort) kept their port, \(c.allocationRetries) retries, \(c.allocationScans) full scans, \(c.allocationFailures) failed)"))
+        lines += allocationLines(status.allocation)
+        lines.append(labelled("Datapath", "\(c.icmpErrorsTranslated) ICMP errors translated, fragments \(c.fragmentsTracked) tracked / \(c.fragmentsMatched) matched, \(c.reverseRestored) reverse entries restored"))
+        lines.append(labelled("Conntrack GC", gcSummary(status.conntrackGC, now: status.startedAt.addingTimeInterval(status.uptimeSeconds))))
+        lines.append(labelled("Config reloads", reloadSummary(status.configReloads)))
         let drops = status.drops.filter { $0.count > 0 }
         if drops.isEmpty {
             lines.append(labelled("Drops", "none"))
@@ -63,5 +67,53 @@ extension MasqClient.Status {
             }
         }
         return lines
+    }
+
+    /// The tries histogram's non-empty buckets on one line, and the most saturated tuples.
+    static func allocationLines(_ allocation: StatusResponse.Allocation) -> [String] {
+        var lines: [String] = []
+        let buckets = allocation.histogram.filter { $0.count > 0 }.map { b -> String in
+            let range = b.maxTries.map { $0 == b.minTries ? "\($0)" : "\(b.minTries)-\($0)" } ?? ">=\(b.minTries)"
+            return "\(range): \(b.count)"
+        }
+        lines.append(labelled("Ports tried", buckets.isEmpty ? "no allocations yet" : buckets.joined(separator: ", ")))
+        let tuples = allocation.saturatedTuples.prefix(3)
+        if tuples.isEmpty {
+            lines.append(labelled("Saturation", "no tuple needed more than its original port"))
+        } else {
+            lines.append(labelled("Saturation", ""))
+            let rows = tuples.map { t -> [String] in
+                let use = t.estimatedUse.map { String(format: "~%.0f%% used", $0 * 100) } ?? "use unknown"
+                return ["\(t.snat) -> \(t.remote):\(t.remotePort)/\(t.proto.rawValue)", use,
+                        "\(t.failures) failed, \(t.scans) scans, max \(t.maxTries) tries"]
+            }
+            let columns = Columns.fitting(rows)
+            for row in rows { lines.append("  " + columns.line(row)) }
+        }
+        return lines
+    }
+
+    static func gcSummary(_ gc: StatusResponse.ConntrackGC, now: Date) -> String {
+        guard let at = gc.lastPassAt, gc.passes > 0 else {
+            return "no pass yet, next in \(duration(gc.intervalSeconds))"
+        }
+        var text = "\(gc.passes) passes, last \(duration(max(0, now.timeIntervalSince(at)))) ago"
+        if let pass = gc.lastPass {
+            text += " (\(pass.entries) entries, \(pass.deletedEntries) deleted)"
+        }
+        text += ", next in \(duration(gc.intervalSeconds)); \(gc.expiredFlows) flows expired, halves \(gc.repairedHalves) repaired / \(gc.removedHalves) removed"
+        if let top = gc.lastPass?.portsInUse.first {
+            text += "; busiest \(top.snat) -> \(top.remote):\(top.remotePort)/\(top.proto.rawValue) holds \(top.ports) ports (\(String(format: "%.1f", top.rangeShare * 100))%)"
+        }
+        return text
+    }
+
+    static func reloadSummary(_ reloads: StatusResponse.ConfigReloads) -> String {
+        func part(_ name: String, _ r: StatusResponse.ReloadCount) -> String {
+            var text = "\(name) \(r.ok) ok, \(r.error) failed"
+            if let error = r.lastError { text += " (last: \(error))" }
+            return text
+        }
+        return [part("ip-masq-agent", reloads.ipMasqAgent), part("daemon (SIGHUP)", reloads.daemon)].joined(separator: "; ")
     }
 }

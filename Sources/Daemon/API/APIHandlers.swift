@@ -65,7 +65,11 @@ struct APIHandlers: Sendable {
             ipMasqAgent: .init(enabled: config.enableIPMasqAgent, path: config.ipMasqAgentConfigPath,
                                generation: snapshot.ipMasqAgent.generation, lastLoadAt: snapshot.ipMasqAgent.lastLoadAt,
                                lastError: snapshot.ipMasqAgent.lastError),
-            tables: try await datapath.tableFill(), drops: drops, counters: try await datapath.counters())
+            configReloads: StatusFigures.configReloads(snapshot.configReloads),
+            tables: try await datapath.tableFill(), drops: drops, counters: try await datapath.counters(),
+            allocation: StatusFigures.allocation(histogram: try await datapath.allocationHistogram(),
+                                                 saturation: try await datapath.portSaturation(top: saturationTop)),
+            conntrackGC: StatusFigures.conntrackGC(snapshot.conntrackGC, rangeSize: view.portRange.count))
     }
 
     func ipmasq() async throws -> IPMasqResponse {
@@ -206,31 +210,26 @@ struct APIHandlers: Sendable {
         out.family("masq_map_max_entries", .gauge, help: "Capacity of each datapath map.",
                    tables.map { (["map": $0.name], Double($0.maxEntries)) })
 
-        let c = try await datapath.counters()
-        out.single("masq_snat_packets_total", .counter, help: "Packets translated on egress.", Double(c.snatPackets))
-        out.single("masq_revsnat_packets_total", .counter, help: "Packets translated back on ingress.", Double(c.revSnatPackets))
-        out.single("masq_nat_allocations_total", .counter, help: "NAT mappings created.", Double(c.allocations))
-        out.single("masq_nat_allocations_kept_port_total", .counter, help: "NAT mappings that kept the original source port.",
-                   Double(c.allocationsKeptPort))
-        out.single("masq_nat_allocation_retries_total", .counter, help: "Port probes beyond the first while allocating.",
-                   Double(c.allocationRetries))
-        out.single("masq_nat_allocation_failures_total", .counter, help: "Allocations that found no free port.",
-                   Double(c.allocationFailures))
-        out.single("masq_host_flows_total", .counter, help: "Node-owned flows tracked.", Double(c.hostFlows))
-        out.single("masq_inbound_flows_total", .counter, help: "Flows that came in to a pod tracked.", Double(c.inboundFlows))
-        out.family("masq_drops_total", .counter, help: "Packets dropped by the datapath, by reason.",
+        // Every masq_stats counter under its stable name (DatapathStat).
+        for (stat, value) in try await datapath.stats() {
+            out.single(stat.metricName, .counter, help: stat.help, Double(value))
+        }
+        out.family("masq_drops_total", .counter, help: "Packets dropped by the datapath, by reason (every known reason, zeros included).",
                    try await datapath.drops().map { (["reason": $0.reason.label], Double($0.count)) })
+        out.allocationHistogram(try await datapath.allocationHistogram())
+        let rangeSize = try await datapath.readView().portRange.count
+        out.tupleSaturation(try await datapath.portSaturation(top: saturationTop), gc: snapshot.conntrackGC,
+                            rangeSize: rangeSize)
+        out.conntrackGC(snapshot.conntrackGC)
 
         out.single("masq_reconciles_total", .counter, help: "Times the desired state was applied to the datapath.",
                    Double(snapshot.applyCount))
         out.single("masq_reconcile_failing", .gauge, help: "Whether the last reconcile failed (1) or not (0).",
                    snapshot.lastApplyError == nil ? 0 : 1)
-        out.single("masq_config_reloads_total", .counter,
-                   help: "Distinct valid ip-masq-agent lists loaded (the config generation).",
+        out.configReloads(snapshot.configReloads)
+        out.single("masq_ip_masq_agent_generation", .gauge,
+                   help: "Distinct valid ip-masq-agent lists loaded (the config generation in status).",
                    Double(snapshot.ipMasqAgent.generation))
-        out.single("masq_config_reload_failing", .gauge,
-                   help: "Whether the last ip-masq-agent config load failed (1) or not (0); the last good list stays in force.",
-                   snapshot.ipMasqAgent.lastError == nil ? 0 : 1)
         return out.text
     }
 

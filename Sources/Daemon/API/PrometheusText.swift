@@ -8,7 +8,7 @@ import Foundation
 /// is the whole of what /metrics needs and adds nothing to the build.
 struct PrometheusText {
     enum MetricType: String {
-        case counter, gauge, info
+        case counter, gauge, info, histogram
     }
 
     private(set) var text = ""
@@ -26,6 +26,19 @@ struct PrometheusText {
             }
             text += " \(Self.format(sample.value))\n"
         }
+    }
+
+    /// A histogram: cumulative `_bucket{le=...}` samples (the last must be `+Inf`), `_sum`
+    /// when known (Prometheus accepts a histogram without it) and `_count`.
+    mutating func histogram(_ name: String, help: String, buckets: [(le: String, count: Double)],
+                            count: Double, sum: Double?) {
+        text += "# HELP \(name) \(Self.escapeHelp(help))\n"
+        text += "# TYPE \(name) histogram\n"
+        for bucket in buckets {
+            text += "\(name)_bucket{le=\"\(Self.escapeLabel(bucket.le))\"} \(Self.format(bucket.count))\n"
+        }
+        if let sum { text += "\(name)_sum \(Self.format(sum))\n" }
+        text += "\(name)_count \(Self.format(count))\n"
     }
 
     /// A family with one unlabelled sample.

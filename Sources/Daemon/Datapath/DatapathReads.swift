@@ -164,19 +164,9 @@ extension Datapath {
         ]
     }
 
-    /// masq_stats summed over CPUs.
+    /// masq_stats summed over CPUs, as status shows them.
     public func counters() throws -> StatusResponse.Counters {
-        let stats = try map(MASQ_MAP_STATS)
-        func stat(_ index: Int32) throws -> UInt64 { try stats.perCPUSum(UInt32(index)) }
-        return StatusResponse.Counters(
-            snatPackets: try stat(MASQ_STAT_SNAT_PACKETS),
-            revSnatPackets: try stat(MASQ_STAT_REVSNAT_PACKETS),
-            allocations: try stat(MASQ_STAT_ALLOC_OK),
-            allocationsKeptPort: try stat(MASQ_STAT_ALLOC_KEPT_PORT),
-            allocationRetries: try stat(MASQ_STAT_ALLOC_RETRIES),
-            allocationFailures: try stat(MASQ_STAT_ALLOC_FAIL),
-            hostFlows: try stat(MASQ_STAT_HOST_FLOWS),
-            inboundFlows: try stat(MASQ_STAT_INBOUND_FLOWS))
+        StatusResponse.Counters(stats: try self.stats())
     }
 
     /// masq_drops summed over CPUs, for every known reason.

@@ -57,6 +57,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
             status.update {
                 $0.ipMasqAgent.lastLoadAt = .now
                 $0.ipMasqAgent.lastError = error.description
+                $0.configReloads.record(.ipMasqAgent, error: error.description)
             }
             return nil
         case .success(let config):
@@ -68,6 +69,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
             status.update {
                 $0.ipMasqAgent.lastLoadAt = .now
                 $0.ipMasqAgent.lastError = nil
+                $0.configReloads.record(.ipMasqAgent, error: nil)
                 if changed {
                     $0.ipMasqAgent.generation += 1
                     $0.ipMasqAgent.cidrs = list.cidrs

@@ -9,15 +9,18 @@ struct ConfigReloader: Service, CustomStringConvertible {
     let current: DaemonConfig
     let reload: @Sendable () throws(ConfigErrors) -> DaemonConfig
     let changes: AsyncStream<ReconcileInputs.Change>.Continuation
+    /// Where each reload is counted (`masq_config_reloads_total{source="daemon"}`).
+    let status: DaemonStatus
     let logger: Logger
 
     var description: String { "ConfigReloader" }
 
     init(current: DaemonConfig, reload: @escaping @Sendable () throws(ConfigErrors) -> DaemonConfig,
-         changes: AsyncStream<ReconcileInputs.Change>.Continuation, logger: Logger) {
+         changes: AsyncStream<ReconcileInputs.Change>.Continuation, status: DaemonStatus, logger: Logger) {
         self.current = current
         self.reload = reload
         self.changes = changes
+        self.status = status
         var logger = logger
         logger[metadataKey: "service"] = "config"
         self.logger = logger
@@ -69,8 +72,10 @@ struct ConfigReloader: Service, CustomStringConvertible {
                 new = try reload()
             } catch {
                 logger.error("Config reload rejected; the running config stays", metadata: ["error": "\(error)"])
+                status.update { $0.configReloads.record(.daemon, error: "\(error)") }
                 continue
             }
+            status.update { $0.configReloads.record(.daemon, error: nil) }
             let (merged, pending) = Self.merge(running: running, new: new)
             if !pending.isEmpty {
                 logger.warning("Config keys changed that apply only after a restart",

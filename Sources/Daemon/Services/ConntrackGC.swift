@@ -2,6 +2,7 @@
 import CLibbpf
 import CMasq
 import Dispatch
+import Foundation
 import Logging
 import ServiceLifecycle
 
@@ -51,9 +52,11 @@ struct ConntrackGC: Service {
 
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
+                let started = clock.now
                 let report = try await sweeper.sweepOffPool()
+                let took = clock.now - started
                 interval = GCInterval.next(current: interval, deletedFraction: report.deletedFraction, max: maxInterval)
-                status.update { $0.conntrackGC.record(report, nextInterval: interval) }
+                status.update { $0.conntrackGC.record(report, nextInterval: interval, duration: took) }
                 logger.debug("Conntrack GC pass", metadata: [
                     "gc.entries": "\(report.entries)", "gc.expired_flows": "\(report.expiredFlows)",
                     "gc.deleted": "\(report.deletedEntries)", "gc.repaired_halves": "\(report.repairedHalves)",
@@ -81,6 +84,9 @@ public struct ConntrackGCState: Sendable {
     /// Passes run, and the last one's report.
     public var passes = 0
     public var last: ConntrackSweeper.Report?
+    /// When the last pass ended, and how long it took.
+    public var lastPassAt: Date?
+    public var lastPassDuration: Duration?
     /// Totals over the daemon's life.
     public var expiredFlows = 0
     public var deletedEntries = 0
@@ -95,9 +101,12 @@ public struct ConntrackGCState: Sendable {
     /// The interval before the next pass.
     public var interval: Duration = GCInterval.initial
 
-    mutating func record(_ report: ConntrackSweeper.Report, nextInterval: Duration) {
+    mutating func record(_ report: ConntrackSweeper.Report, nextInterval: Duration, duration: Duration? = nil,
+                         at date: Date = .now) {
         passes += 1
         last = report
+        lastPassAt = date
+        lastPassDuration = duration
         expiredFlows += report.expiredFlows
         deletedEntries += report.deletedEntries
         repairedHalves += report.repairedHalves

@@ -21,7 +21,8 @@ enum MasqDaemon {
         let inputs = ReconcileInputs(config: config, network: network, nonMasquerade: agent.initial)
         let reconciler = ReconcilerService(
             datapath: datapath, status: status, initial: inputs, changes: changes, logger: logger)
-        let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink, logger: logger)
+        let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink,
+                                      status: status, logger: logger)
         let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)
         let gc = ConntrackGC(datapath: datapath, lifetimes: config.conntrackLifetimes,
                              maxInterval: config.conntrackGCInterval, status: status, logger: logger)

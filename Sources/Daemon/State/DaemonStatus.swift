@@ -24,6 +24,8 @@ public final class DaemonStatus: Sendable {
         public var config: DaemonConfig?
         /// The conntrack GC's passes, totals and the last pass's report.
         public var conntrackGC = ConntrackGCState()
+        /// Config loads by source (ip-masq-agent file, daemon config on SIGHUP) and outcome.
+        public var configReloads = ConfigReloads()
     }
 
     /// The ip-masq-agent file as the watcher last saw it.

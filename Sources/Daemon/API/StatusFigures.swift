@@ -1,0 +1,160 @@
+import API
+import CMasq
+import Foundation
+
+// The figures issue 5's datapath and GC keep, shaped for /v1/status and written to /metrics.
+
+/// How many tuples status and /metrics list by saturation. Tuples are (SNAT address, remote,
+/// remote port, protocol): their number follows the traffic (a node talking to 100k remotes
+/// has 100k), so exporting all would make a scrape's series count track traffic. A saturation
+/// problem is a few hot destinations (a DNS server, an API server, a database) sharing one SNAT
+/// address, and both lists are sorted most saturated first, so the top 10 always shows them;
+/// 10 tuples times the 6 per-tuple families is at most 60 series.
+let saturationTop = 10
+
+enum StatusFigures {
+    /// masq_alloc_hist (per bucket, not cumulative) and masq_sat_v4's most saturated tuples.
+    static func allocation(histogram: [UInt64], saturation: [PortSaturation]) -> StatusResponse.Allocation {
+        let bounds = Datapath.allocationHistogramBounds
+        let buckets = histogram.enumerated().map { b, count in
+            StatusResponse.TriesBucket(minTries: b == 0 ? 1 : bounds[b - 1] + 1,
+                                       maxTries: b == histogram.count - 1 ? nil : bounds[b], count: count)
+        }
+        let tuples = saturation.map {
+            StatusResponse.TupleSaturation(
+                snat: .v4($0.snat), remote: .v4($0.remote), remotePort: $0.remotePort, proto: $0.proto,
+                estimatedUse: $0.estimatedUse, allocations: $0.allocations, failures: $0.failures, scans: $0.scans,
+                lastTries: $0.lastTries, maxTries: $0.maxTries)
+        }
+        return .init(histogram: buckets, total: histogram.reduce(0, &+), saturatedTuples: tuples)
+    }
+
+    /// The GC's state; `rangeSize` is the number of ports in snat-port-range.
+    static func conntrackGC(_ gc: ConntrackGCState, rangeSize: Int) -> StatusResponse.ConntrackGC {
+        let pass = gc.last.map { report in
+            StatusResponse.ConntrackGC.Pass(
+                entries: report.entries, expiredFlows: report.expiredFlows, deletedEntries: report.deletedEntries,
+                repairedHalves: report.repairedHalves, removedHalves: report.removedHalves,
+                portsInUse: report.saturation.prefix(saturationTop).map { use in
+                    StatusResponse.ConntrackGC.TuplePorts(
+                        snat: .v4(IPv4Address(networkOrder: use.key.snat)),
+                        remote: .v4(IPv4Address(networkOrder: use.key.remote)),
+                        remotePort: UInt16(bigEndian: use.key.remote_port), proto: L4Protocol(number: use.key.proto),
+                        ports: use.ports, rangeShare: rangeSize > 0 ? Double(use.ports) / Double(rangeSize) : 0)
+                })
+        }
+        return .init(passes: gc.passes, lastPassAt: gc.lastPassAt, lastPassSeconds: gc.lastPassDuration.map(\.seconds),
+                     intervalSeconds: gc.interval.seconds, expiredFlows: gc.expiredFlows,
+                     deletedEntries: gc.deletedEntries, repairedHalves: gc.repairedHalves,
+                     removedHalves: gc.removedHalves, pressureWakeups: gc.pressureWakeups, lastPass: pass)
+    }
+
+    static func configReloads(_ reloads: ConfigReloads) -> StatusResponse.ConfigReloads {
+        func count(_ c: ConfigReloads.Count) -> StatusResponse.ReloadCount {
+            .init(ok: c.ok, error: c.error, lastAt: c.lastAt, lastError: c.lastError)
+        }
+        return .init(ipMasqAgent: count(reloads.ipMasqAgent), daemon: count(reloads.daemon))
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, with its fraction.
+    var seconds: Double {
+        let (s, attoseconds) = components
+        return Double(s) + Double(attoseconds) / 1e18
+    }
+}
+
+extension PrometheusText {
+    typealias Samples = [(labels: KeyValuePairs<String, String>, value: Double)]
+
+    /// masq_alloc_hist as a Prometheus histogram: bucket b counts allocations that tried t
+    /// candidates with 2^(b-1) < t <= 2^b, so `le` is 2^b, cumulative. The last bucket also
+    /// takes anything larger, so it appears only as `+Inf`. No `_sum`: the datapath adds up
+    /// the candidates tried of successful allocations only (masq_nat_allocation_retries_total),
+    /// not of failed ones, so the sum of all observations is not known.
+    mutating func allocationHistogram(_ counts: [UInt64]) {
+        let name = "masq_nat_allocation_tries"
+        var buckets: [(le: String, count: Double)] = []
+        var cumulative: UInt64 = 0
+        for (b, count) in counts.enumerated() {
+            cumulative &+= count
+            if b < counts.count - 1 { buckets.append((String(Datapath.allocationHistogramBounds[b]), Double(cumulative))) }
+        }
+        buckets.append(("+Inf", Double(cumulative)))
+        histogram(name, help: "Port candidates tried per allocation, successful or failed (1: the original port or the first random one). No _sum: the datapath does not add up the candidates of failed allocations.",
+                  buckets: buckets, count: Double(cumulative), sum: nil)
+    }
+
+    /// The most saturated tuples: masq_sat_v4 (the datapath's figures) and the last GC pass's
+    /// exact port counts, each its own top `saturationTop`.
+    mutating func tupleSaturation(_ saturation: [PortSaturation], gc: ConntrackGCState, rangeSize: Int) {
+        func labels(_ snat: IPv4Address, _ remote: IPv4Address, _ port: UInt16, _ proto: L4Protocol) -> KeyValuePairs<String, String> {
+            ["snat": snat.description, "remote": remote.description, "remote_port": String(port), "proto": proto.rawValue]
+        }
+        let uses = (gc.last?.saturation ?? []).prefix(saturationTop).map { use in
+            (labels: labels(IPv4Address(networkOrder: use.key.snat), IPv4Address(networkOrder: use.key.remote),
+                            UInt16(bigEndian: use.key.remote_port), L4Protocol(number: use.key.proto)),
+             ports: Double(use.ports))
+        }
+        family("masq_nat_tuple_ports_in_use", .gauge,
+               help: "Source ports held per (SNAT address, remote, remote port, protocol), counted exactly by the last conntrack GC pass; the \(saturationTop) tuples holding the most.",
+               uses.map { ($0.labels, $0.ports) })
+        family("masq_nat_tuple_port_saturation_ratio", .gauge,
+               help: "Share of snat-port-range held per tuple (ports in use over the range size) at the last conntrack GC pass; the \(saturationTop) tuples holding the most.",
+               uses.map { ($0.labels, rangeSize > 0 ? $0.ports / Double(rangeSize) : 0) })
+
+        let sat = saturation.prefix(saturationTop).map { (labels: labels($0.snat, $0.remote, $0.remotePort, $0.proto), tuple: $0) }
+        family("masq_nat_tuple_port_saturation_estimate_ratio", .gauge,
+               help: "Share of snat-port-range in use per tuple as the datapath estimates it (random probes that hit a used port over probes, masq_sat_v4); the \(saturationTop) highest.",
+               sat.compactMap { s in s.tuple.estimatedUse.map { (s.labels, $0) } })
+        family("masq_nat_tuple_allocation_failures_total", .counter,
+               help: "Allocations that found no free port, per tuple (masq_sat_v4); the \(saturationTop) most saturated tuples.",
+               sat.map { ($0.labels, Double($0.tuple.failures)) })
+        family("masq_nat_tuple_allocation_scans_total", .counter,
+               help: "Allocations that scanned the whole range, per tuple (masq_sat_v4); the \(saturationTop) most saturated tuples.",
+               sat.map { ($0.labels, Double($0.tuple.scans)) })
+        family("masq_nat_tuple_allocation_max_tries", .gauge,
+               help: "The most port candidates one allocation tried, per tuple (masq_sat_v4); the \(saturationTop) most saturated tuples.",
+               sat.map { ($0.labels, Double($0.tuple.maxTries)) })
+    }
+
+    /// The conntrack GC's figures. Half pairs (repaired or removed here, restored by the
+    /// datapath as masq_nat_reverse_restored_total) are how the NAT table's LRU evictions show.
+    mutating func conntrackGC(_ gc: ConntrackGCState) {
+        single("masq_conntrack_gc_passes_total", .counter, help: "Conntrack GC passes run.", Double(gc.passes))
+        if let at = gc.lastPassAt {
+            single("masq_conntrack_gc_last_pass_timestamp_seconds", .gauge,
+                   help: "When the last conntrack GC pass ended (Unix time).", at.timeIntervalSince1970)
+        }
+        if let took = gc.lastPassDuration {
+            single("masq_conntrack_gc_last_pass_duration_seconds", .gauge,
+                   help: "How long the last conntrack GC pass took.", took.seconds)
+        }
+        single("masq_conntrack_gc_interval_seconds", .gauge,
+               help: "The wait before the next conntrack GC pass (adapts to the share of the table each pass deletes).",
+               gc.interval.seconds)
+        single("masq_conntrack_gc_expired_flows_total", .counter, help: "Flows the conntrack GC expired.", Double(gc.expiredFlows))
+        single("masq_conntrack_gc_deleted_entries_total", .counter,
+               help: "NAT table entries the conntrack GC deleted (both halves of a pair count).", Double(gc.deletedEntries))
+        single("masq_conntrack_gc_repaired_halves_total", .counter,
+               help: "Missing halves of live flows the conntrack GC wrote back (each an LRU eviction of one half, or a race with a flow being created).",
+               Double(gc.repairedHalves))
+        single("masq_conntrack_gc_removed_halves_total", .counter,
+               help: "Lone halves of expired flows the conntrack GC deleted (their partner was evicted).", Double(gc.removedHalves))
+        single("masq_conntrack_gc_pressure_wakeups_total", .counter,
+               help: "Conntrack GC passes started early because allocation scans or failures rose.", Double(gc.pressureWakeups))
+    }
+
+    /// `masq_config_reloads_total{source, result}`: every source and result, zeros included.
+    mutating func configReloads(_ reloads: ConfigReloads) {
+        var samples: Samples = []
+        for source in ConfigReloads.Source.allCases {
+            samples.append((["source": source.rawValue, "result": "ok"], Double(reloads[source].ok)))
+            samples.append((["source": source.rawValue, "result": "error"], Double(reloads[source].error)))
+        }
+        family("masq_config_reloads_total", .counter,
+               help: "Config loads by source (ip-masq-agent: the file at start and on each change; daemon: SIGHUP) and result; a failed load changes nothing.",
+               samples)
+    }
+}

@@ -1,0 +1,280 @@
+@preconcurrency import Glibc
+import API
+import CLibbpf
+import CMasq
+import Foundation
+import Testing
+
+@testable import Daemon
+
+/// The figures the datapath and the GC keep (issue 5) and the config reload counts, as
+/// /metrics and /v1/status show them.
+@Suite("metrics and status figures")
+struct FigureUnitTests {
+    static let header = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("bpf/include/masq_abi.h").path
+
+    @Test("every MASQ_STAT_* of masq_abi.h has a DatapathStat with its index, a unique metric name and help")
+    func everyStatIsExported() throws {
+        let text = try String(contentsOfFile: Self.header, encoding: .utf8)
+        var defined: [String: Int32] = [:]
+        for line in text.split(separator: "\n") {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard words.count >= 3, words[0] == "#define", words[1].hasPrefix("MASQ_STAT_"), words[1] != "MASQ_STAT_MAX",
+                  let value = Int32(words[2]) else { continue }
+            defined[String(words[1])] = value
+        }
+        #expect(defined.count >= 14)
+        let mirrored = Dictionary(uniqueKeysWithValues: DatapathStat.allCases.map { ($0.cName, $0.rawValue) })
+        #expect(mirrored == defined)
+        let names = DatapathStat.allCases.map(\.metricName)
+        #expect(Set(names).count == names.count)
+        #expect(names.allSatisfy { $0.hasPrefix("masq_") && $0.hasSuffix("_total") })
+        #expect(DatapathStat.allCases.allSatisfy { !$0.help.isEmpty })
+    }
+
+    @Test("the allocation histogram is cumulative with le = 2^b, the last bucket only as +Inf, _count and no _sum")
+    func allocationHistogram() {
+        var counts = [UInt64](repeating: 0, count: Int(MASQ_ALLOC_HIST_BUCKETS))
+        counts[0] = 100
+        counts[1] = 20
+        counts[5] = 3
+        counts[counts.count - 1] = 1
+        var out = PrometheusText()
+        out.allocationHistogram(counts)
+        let lines = out.text.split(separator: "\n").map(String.init)
+        #expect(lines[1] == "# TYPE masq_nat_allocation_tries histogram")
+        let buckets = lines.filter { $0.hasPrefix("masq_nat_allocation_tries_bucket") }
+        #expect(buckets.count == counts.count)
+        #expect(buckets.first == #"masq_nat_allocation_tries_bucket{le="1"} 100"#)
+        #expect(buckets.contains(#"masq_nat_allocation_tries_bucket{le="2"} 120"#))
+        #expect(buckets.contains(#"masq_nat_allocation_tries_bucket{le="16"} 120"#))
+        #expect(buckets.contains(#"masq_nat_allocation_tries_bucket{le="32"} 123"#))
+        #expect(buckets.dropLast().last == #"masq_nat_allocation_tries_bucket{le="262144"} 123"#)
+        #expect(buckets.last == #"masq_nat_allocation_tries_bucket{le="+Inf"} 124"#)
+        #expect(lines.last == "masq_nat_allocation_tries_count 124")
+        #expect(!lines.contains { $0.hasPrefix("masq_nat_allocation_tries_sum") })
+    }
+
+    @Test("status histogram buckets name their range of tries, the last open above")
+    func statusBuckets() {
+        var counts = [UInt64](repeating: 0, count: Int(MASQ_ALLOC_HIST_BUCKETS))
+        counts[2] = 7
+        let a = StatusFigures.allocation(histogram: counts, saturation: [])
+        #expect(a.total == 7)
+        #expect(a.histogram[0] == .init(minTries: 1, maxTries: 1, count: 0))
+        #expect(a.histogram[2] == .init(minTries: 3, maxTries: 4, count: 7))
+        #expect(a.histogram.last == .init(minTries: (1 << 18) + 1, maxTries: nil, count: 0))
+    }
+
+    @Test("reloads are counted by source and result, with every combination in /metrics")
+    func reloadCounts() {
+        var reloads = ConfigReloads()
+        reloads.record(.ipMasqAgent, error: nil)
+        reloads.record(.ipMasqAgent, error: "bad")
+        reloads.record(.daemon, error: nil)
+        #expect(reloads.ipMasqAgent.ok == 1 && reloads.ipMasqAgent.error == 1 && reloads.ipMasqAgent.lastError == "bad")
+        var out = PrometheusText()
+        out.configReloads(reloads)
+        #expect(out.text.contains(#"masq_config_reloads_total{source="ip-masq-agent",result="ok"} 1"#))
+        #expect(out.text.contains(#"masq_config_reloads_total{source="ip-masq-agent",result="error"} 1"#))
+        #expect(out.text.contains(#"masq_config_reloads_total{source="daemon",result="ok"} 1"#))
+        #expect(out.text.contains(#"masq_config_reloads_total{source="daemon",result="error"} 0"#))
+    }
+}
+
+extension LiveAPITests {
+@Suite("datapath figures through the API", .serialized)
+struct FigureLiveTests {
+    /// Writes `value` on every CPU of a per-CPU u64 array at `index`; the sum is value x CPUs.
+    static func setPerCPU(_ map: BPFMap, _ index: UInt32, _ value: UInt64) throws {
+        let cpus = Int(libbpf_num_possible_cpus())
+        var key = index
+        var values = [UInt64](repeating: value, count: cpus)
+        let rc = values.withUnsafeMutableBytes { bpf_map_update_elem(map.fd, &key, $0.baseAddress, 0) }
+        guard rc == 0 else { throw TestFailure("update \(map.name)[\(index)]: errno \(errno)") }
+    }
+
+    static func satKey(remotePort: UInt16, proto: UInt8) -> masq_sat_key_v4 {
+        masq_sat_key_v4(snat: IPv4Address(LiveAPI.snatAddress)!.networkOrder, remote: IPv4Address("100.0.0.2")!.networkOrder,
+                        remote_port: remotePort.bigEndian, proto: proto, pad: 0)
+    }
+
+    /// Fills masq_stats, masq_drops, masq_alloc_hist and masq_sat_v4 directly, records a GC
+    /// pass and reloads; returns the number of CPUs (per-CPU values are summed).
+    static func fill(_ api: LiveAPI) async throws -> UInt64 {
+        let cpus = UInt64(libbpf_num_possible_cpus())
+        let stats = try await api.datapath.map(MASQ_MAP_STATS)
+        for stat in DatapathStat.allCases { try setPerCPU(stats, UInt32(stat.rawValue), 100 + UInt64(stat.rawValue)) }
+        try setPerCPU(try await api.datapath.map(MASQ_MAP_DROPS), DropReason.fragmentNotFound.rawValue, 9)
+        let hist = try await api.datapath.map(MASQ_MAP_ALLOC_HIST)
+        for (bucket, count) in [(0, 100), (1, 20), (5, 3), (Int(MASQ_ALLOC_HIST_BUCKETS) - 1, 1)] as [(Int, UInt64)] {
+            try setPerCPU(hist, UInt32(bucket), count)
+        }
+        // 12 tuples, k = 0...11: estimated use 8k%; only the 10 highest (k = 2...11) are listed.
+        let sat = try await api.datapath.map(MASQ_MAP_SAT_V4)
+        for k in 0..<12 {
+            var v = masq_sat_entry_v4()
+            v.allocs = 50 + UInt64(k)
+            v.fails = UInt64(k)
+            v.probes = 100
+            v.taken = 8 * UInt64(k)
+            v.scans = UInt64(k) * 2
+            v.last_tries = 32
+            v.max_tries = 32 + UInt32(k)
+            try sat.update(satKey(remotePort: 1000 + UInt16(k), proto: 17), v)
+        }
+        var report = ConntrackSweeper.Report()
+        report.entries = 5000
+        report.expiredFlows = 40
+        report.deletedEntries = 80
+        report.repairedHalves = 3
+        report.removedHalves = 2
+        report.saturation = [.init(key: satKey(remotePort: 443, proto: 6), ports: 16384),
+                             .init(key: satKey(remotePort: 80, proto: 6), ports: 8)]
+        api.status.update {
+            $0.conntrackGC.record(report, nextInterval: .seconds(15), duration: .milliseconds(250),
+                                  at: Date(timeIntervalSince1970: 1_800_000_000))
+            $0.conntrackGC.pressureWakeups = 4
+            $0.configReloads.record(.daemon, error: nil)
+            $0.configReloads.record(.daemon, error: nil)
+            $0.configReloads.record(.daemon, error: "config.yaml: snat-port-range: 9-1 is empty")
+        }
+        // The ip-masq-agent watcher counts its own loads: one good file, one bad.
+        let file = api.dir + "/ip-masq-agent"
+        let (_, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+        let watcher = IPMasqAgentWatcher(path: file, ipv6Enabled: false, status: api.status, changes: sink,
+                                         logger: .init(label: "apitests"))
+        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(watcher.load(current: nil) != nil)
+        try "nonMasqueradeCIDRs:\n  - 10.1.1.1/8\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(watcher.load(current: nil) == nil)
+        return cpus
+    }
+
+    @Test("/metrics exports every counter, drop, the tries histogram, the top 10 tuples, the GC and reloads")
+    func metrics() async throws {
+        try await LiveAPI.with { api in
+            let cpus = try await Self.fill(api)
+            let result = try await api.get("/metrics", accept: "text/plain")
+            #expect(result.status == 200)
+            #expect(try OpenAPIDocument.load().check(method: "GET", path: "/metrics", status: result.status,
+                                                    contentType: result.headers.first(name: "content-type"), body: result.body).isEmpty)
+            let text = result.text
+            let lines = Set(text.split(separator: "\n").map(String.init))
+            func has(_ line: String) { #expect(lines.contains(line), "missing: \(line)") }
+
+            for stat in DatapathStat.allCases {
+                has("# HELP \(stat.metricName) \(stat.help)")
+                has("# TYPE \(stat.metricName) counter")
+                has("\(stat.metricName) \((100 + UInt64(stat.rawValue)) * cpus)")
+            }
+            for reason in DropReason.allCases {
+                has(#"masq_drops_total{reason="\#(reason.label)"} \#(reason == .fragmentNotFound ? 9 * cpus : 0)"#)
+            }
+
+            has("# TYPE masq_nat_allocation_tries histogram")
+            has(#"masq_nat_allocation_tries_bucket{le="1"} \#(100 * cpus)"#)
+            has(#"masq_nat_allocation_tries_bucket{le="2"} \#(120 * cpus)"#)
+            has(#"masq_nat_allocation_tries_bucket{le="32"} \#(123 * cpus)"#)
+            has(#"masq_nat_allocation_tries_bucket{le="+Inf"} \#(124 * cpus)"#)
+            has("masq_nat_allocation_tries_count \(124 * cpus)")
+
+            let hot = #"{snat="100.0.0.1",remote="100.0.0.2",remote_port="1011",proto="udp"}"#
+            has("masq_nat_tuple_port_saturation_estimate_ratio\(hot) 0.88")
+            has("masq_nat_tuple_allocation_failures_total\(hot) 11")
+            has("masq_nat_tuple_allocation_scans_total\(hot) 22")
+            has("masq_nat_tuple_allocation_max_tries\(hot) 43")
+            #expect(lines.filter { $0.hasPrefix("masq_nat_tuple_port_saturation_estimate_ratio{") }.count == 10)
+            #expect(!text.contains(#"remote_port="1000""#) && !text.contains(#"remote_port="1001""#))
+            let https = #"{snat="100.0.0.1",remote="100.0.0.2",remote_port="443",proto="tcp"}"#
+            has("masq_nat_tuple_ports_in_use\(https) 16384")
+            has("masq_nat_tuple_port_saturation_ratio\(https) 0.5")
+
+            has("masq_conntrack_gc_passes_total 1")
+            has("masq_conntrack_gc_last_pass_timestamp_seconds 1800000000")
+            has("masq_conntrack_gc_last_pass_duration_seconds 0.25")
+            has("masq_conntrack_gc_interval_seconds 15")
+            has("masq_conntrack_gc_expired_flows_total 40")
+            has("masq_conntrack_gc_deleted_entries_total 80")
+            has("masq_conntrack_gc_repaired_halves_total 3")
+            has("masq_conntrack_gc_removed_halves_total 2")
+            has("masq_conntrack_gc_pressure_wakeups_total 4")
+
+            has("# TYPE masq_config_reloads_total counter")
+            has(#"masq_config_reloads_total{source="ip-masq-agent",result="ok"} 1"#)
+            has(#"masq_config_reloads_total{source="ip-masq-agent",result="error"} 1"#)
+            has(#"masq_config_reloads_total{source="daemon",result="ok"} 2"#)
+            has(#"masq_config_reloads_total{source="daemon",result="error"} 1"#)
+            #expect(!text.contains("masq_config_reload_failing"))
+            // Each family's HELP and TYPE once.
+            let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }
+            #expect(Set(types).count == types.count)
+        }
+    }
+
+    @Test("/v1/status carries the counters, tries histogram, saturated tuples, GC state and reloads, as openapi.yaml says")
+    func status() async throws {
+        try await LiveAPI.with { api in
+            let cpus = try await Self.fill(api)
+            let result = try await api.get("/v1/status")
+            #expect(result.status == 200)
+            let problems = try OpenAPIDocument.load().check(method: "GET", path: "/v1/status", status: result.status,
+                                                            contentType: result.headers.first(name: "content-type"), body: result.body)
+            #expect(problems.isEmpty, "\(problems)")
+            let status = try api.decode(StatusResponse.self, result)
+
+            let c = status.counters
+            func stat(_ s: DatapathStat) -> UInt64 { (100 + UInt64(s.rawValue)) * cpus }
+            #expect(c.snatPackets == stat(.snatPackets) && c.inboundFlows == stat(.inboundFlows))
+            #expect(c.allocationScans == stat(.allocationScans))
+            #expect(c.reverseRestored == stat(.reverseRestored))
+            #expect(c.icmpErrorsTranslated == stat(.icmpErrorsTranslated))
+            #expect(c.fragmentsTracked == stat(.fragmentsTracked))
+            #expect(c.fragmentsMatched == stat(.fragmentsMatched))
+            #expect(c.allocationFullHintFailures == stat(.allocationFullHintFailures))
+            #expect(status.drops.first { $0.reason == "frag_not_found" }?.count == 9 * cpus)
+
+            let a = status.allocation
+            #expect(a.total == 124 * cpus)
+            #expect(a.histogram.count == Int(MASQ_ALLOC_HIST_BUCKETS))
+            #expect(a.histogram[5] == .init(minTries: 17, maxTries: 32, count: 3 * cpus))
+            #expect(a.histogram.last?.maxTries == nil && a.histogram.last?.count == cpus)
+            #expect(a.saturatedTuples.count == 10)
+            let top = a.saturatedTuples.first
+            #expect(top?.remotePort == 1011 && top?.proto == .udp && top?.snat == IPAddress(LiveAPI.snatAddress))
+            #expect(top?.estimatedUse == 0.88 && top?.failures == 11 && top?.scans == 22 && top?.maxTries == 43)
+            #expect(a.saturatedTuples.map(\.remotePort) == (2...11).reversed().map { 1000 + UInt16($0) })
+
+            let gc = status.conntrackGC
+            #expect(gc.passes == 1 && gc.intervalSeconds == 15 && gc.lastPassSeconds == 0.25)
+            #expect(gc.lastPassAt == Date(timeIntervalSince1970: 1_800_000_000))
+            #expect(gc.expiredFlows == 40 && gc.deletedEntries == 80 && gc.repairedHalves == 3 && gc.removedHalves == 2)
+            #expect(gc.pressureWakeups == 4)
+            #expect(gc.lastPass?.entries == 5000)
+            let busiest = try #require(gc.lastPass?.portsInUse.first)
+            #expect(busiest.snat == IPAddress(LiveAPI.snatAddress) && busiest.remote == IPAddress("100.0.0.2"))
+            #expect(busiest.remotePort == 443 && busiest.proto == .tcp && busiest.ports == 16384 && busiest.rangeShare == 0.5)
+            #expect(gc.lastPass?.portsInUse.count == 2)
+
+            let reloads = status.configReloads
+            #expect(reloads.ipMasqAgent.ok == 1 && reloads.ipMasqAgent.error == 1)
+            #expect(reloads.ipMasqAgent.lastError?.contains("has host bits set") == true)
+            #expect(reloads.daemon.ok == 2 && reloads.daemon.error == 1)
+            #expect(reloads.daemon.lastError == "config.yaml: snat-port-range: 9-1 is empty")
+
+            // masq-client status summarizes them.
+            let client = try builtBinary("masq-client")
+            let out = try await run([client, "status", "--socket", api.socketPath])
+            #expect(out.status == 0, "\(out.stderr)")
+            #expect(out.stdout.contains("Ports tried:    1: \(100 * cpus), 2: \(20 * cpus), 17-32: \(3 * cpus), >=262145: \(cpus)\n"), "\(out.stdout)")
+            #expect(out.stdout.contains("  100.0.0.1 -> 100.0.0.2:1011/udp  ~88% used  11 failed, 22 scans, max 43 tries\n"), "\(out.stdout)")
+            #expect(out.stdout.contains("Datapath:       \(stat(.icmpErrorsTranslated)) ICMP errors translated, fragments \(stat(.fragmentsTracked)) tracked / \(stat(.fragmentsMatched)) matched"), "\(out.stdout)")
+            #expect(out.stdout.contains("Conntrack GC:   1 passes, last "), "\(out.stdout)")
+            #expect(out.stdout.contains("(5000 entries, 80 deleted), next in 15s"), "\(out.stdout)")
+            #expect(out.stdout.contains("Config reloads: ip-masq-agent 1 ok, 1 failed (last: "), "\(out.stdout)")
+            #expect(out.stdout.contains("daemon (SIGHUP) 2 ok, 1 failed (last: config.yaml: snat-port-range: 9-1 is empty)\n"), "\(out.stdout)")
+        }
+    }
+}
+}
