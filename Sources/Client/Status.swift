@@ -54,7 +54,7 @@ extension MasqClient.Status {
         lines.append(labelled("Allocations", "\(c.allocations) (\(c.allocationsKeptPort) kept their port, \(c.allocationRetries) retries, \(c.allocationScans) full scans, \(c.allocationFailures) failed)"))
         lines += allocationLines(status.allocation)
         lines.append(labelled("Datapath", "\(c.icmpErrorsTranslated) ICMP errors translated, fragments \(c.fragmentsTracked) tracked / \(c.fragmentsMatched) matched, \(c.reverseRestored) reverse entries restored"))
-        lines.append(labelled("Conntrack GC", gcSummary(status.conntrackGC, now: status.startedAt.addingTimeInterval(status.uptimeSeconds))))
+        lines += gcSummary(status.conntrackGC, now: status.startedAt.addingTimeInterval(status.uptimeSeconds))
         lines.append(labelled("Config reloads", reloadSummary(status.configReloads)))
         let drops = status.drops.filter { $0.count > 0 }
         if drops.isEmpty {
@@ -93,27 +93,28 @@ extension MasqClient.Status {
         return lines
     }
 
-    static func gcSummary(_ gc: StatusResponse.ConntrackGC, now: Date) -> String {
+    /// The GC's last pass and totals on one line, the tuple holding the most ports on a second.
+    static func gcSummary(_ gc: StatusResponse.ConntrackGC, now: Date) -> [String] {
         guard let at = gc.lastPassAt, gc.passes > 0 else {
-            return "no pass yet, next in \(duration(gc.intervalSeconds))"
+            return [labelled("Conntrack GC", "no pass yet, next in \(duration(gc.intervalSeconds))")]
         }
         var text = "\(gc.passes) passes, last \(duration(max(0, now.timeIntervalSince(at)))) ago"
         if let pass = gc.lastPass {
             text += " (\(pass.entries) entries, \(pass.deletedEntries) deleted)"
         }
         text += ", next in \(duration(gc.intervalSeconds)); \(gc.expiredFlows) flows expired, halves \(gc.repairedHalves) repaired / \(gc.removedHalves) removed"
+        var lines = [labelled("Conntrack GC", text)]
         if let top = gc.lastPass?.portsInUse.first {
-            text += "; busiest \(top.snat) -> \(top.remote):\(top.remotePort)/\(top.proto.rawValue) holds \(top.ports) ports (\(String(format: "%.1f", top.rangeShare * 100))%)"
+            lines.append(String(repeating: " ", count: 16)
+                + "busiest \(top.snat) -> \(top.remote):\(top.remotePort)/\(top.proto.rawValue): \(top.ports) ports (\(String(format: "%.1f", top.rangeShare * 100))% of the range)")
         }
-        return text
+        return lines
     }
 
     static func reloadSummary(_ reloads: StatusResponse.ConfigReloads) -> String {
-        func part(_ name: String, _ r: StatusResponse.ReloadCount) -> String {
-            var text = "\(name) \(r.ok) ok, \(r.error) failed"
-            if let error = r.lastError { text += " (last: \(error))" }
-            return text
-        }
-        return [part("ip-masq-agent", reloads.ipMasqAgent), part("daemon (SIGHUP)", reloads.daemon)].joined(separator: "; ")
+        // The ip-masq-agent line above already shows that file's last error.
+        var daemon = "daemon (SIGHUP) \(reloads.daemon.ok) ok, \(reloads.daemon.error) failed"
+        if let error = reloads.daemon.lastError { daemon += " (last: \(error))" }
+        return "ip-masq-agent \(reloads.ipMasqAgent.ok) ok, \(reloads.ipMasqAgent.error) failed; " + daemon
     }
 }

@@ -3,6 +3,7 @@ import API
 import CLibbpf
 import CMasq
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Daemon
@@ -80,6 +81,35 @@ struct FigureUnitTests {
         #expect(out.text.contains(#"masq_config_reloads_total{source="ip-masq-agent",result="error"} 1"#))
         #expect(out.text.contains(#"masq_config_reloads_total{source="daemon",result="ok"} 1"#))
         #expect(out.text.contains(#"masq_config_reloads_total{source="daemon",result="error"} 0"#))
+    }
+
+    @Test("a SIGHUP reload counts ok or error in status; a rejected config keeps the running one")
+    func sighupReloadsAreCounted() async throws {
+        let running = try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.244.1.0/24")])
+        let reloaded = try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.244.2.0/24")])
+        let attempts = Mutex(0)
+        let status = DaemonStatus()
+        let (changes, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+        let reloader = ConfigReloader(current: running, reload: { () throws(ConfigErrors) -> DaemonConfig in
+            let n = attempts.withLock { $0 += 1; return $0 }
+            if n == 1 { throw ConfigErrors(errors: [ConfigError(.podCIDRs, "pod-cidrs: 'x' is not a CIDR")]) }
+            return reloaded
+        }, changes: sink, status: status, logger: .init(label: "apitests"))
+
+        #expect(reloader.reloadOnce(running: running) == running)
+        #expect(status.snapshot.configReloads.daemon.error == 1 && status.snapshot.configReloads.daemon.ok == 0)
+        #expect(status.snapshot.configReloads.daemon.lastError?.contains("is not a CIDR") == true)
+        #expect(reloader.reloadOnce(running: running) == reloaded)
+        let counts = status.snapshot.configReloads.daemon
+        #expect(counts.ok == 1 && counts.error == 1 && counts.lastError == nil && counts.lastAt != nil)
+        #expect(status.snapshot.configReloads.ipMasqAgent == .init())
+        sink.finish()
+        var yielded = 0
+        for await case .config(let config) in changes {
+            #expect(config == reloaded)
+            yielded += 1
+        }
+        #expect(yielded == 1)
     }
 }
 
@@ -272,8 +302,8 @@ struct FigureLiveTests {
             #expect(out.stdout.contains("Datapath:       \(stat(.icmpErrorsTranslated)) ICMP errors translated, fragments \(stat(.fragmentsTracked)) tracked / \(stat(.fragmentsMatched)) matched"), "\(out.stdout)")
             #expect(out.stdout.contains("Conntrack GC:   1 passes, last "), "\(out.stdout)")
             #expect(out.stdout.contains("(5000 entries, 80 deleted), next in 15s"), "\(out.stdout)")
-            #expect(out.stdout.contains("Config reloads: ip-masq-agent 1 ok, 1 failed (last: "), "\(out.stdout)")
-            #expect(out.stdout.contains("daemon (SIGHUP) 2 ok, 1 failed (last: config.yaml: snat-port-range: 9-1 is empty)\n"), "\(out.stdout)")
+            #expect(out.stdout.contains("Config reloads: ip-masq-agent 1 ok, 1 failed; daemon (SIGHUP) 2 ok, 1 failed (last: config.yaml: snat-port-range: 9-1 is empty)\n"), "\(out.stdout)")
+            #expect(out.stdout.contains("removed\n                busiest 100.0.0.1 -> 100.0.0.2:443/tcp: 16384 ports (50.0% of the range)\n"), "\(out.stdout)")
         }
     }
 }

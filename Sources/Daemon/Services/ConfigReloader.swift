@@ -67,25 +67,30 @@ struct ConfigReloader: Service, CustomStringConvertible {
     func run() async throws {
         var running = current
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
-            let new: DaemonConfig
-            do {
-                new = try reload()
-            } catch {
-                logger.error("Config reload rejected; the running config stays", metadata: ["error": "\(error)"])
-                status.update { $0.configReloads.record(.daemon, error: "\(error)") }
-                continue
-            }
-            status.update { $0.configReloads.record(.daemon, error: nil) }
-            let (merged, pending) = Self.merge(running: running, new: new)
-            if !pending.isEmpty {
-                logger.warning("Config keys changed that apply only after a restart",
-                               metadata: ["config.keys": "\(pending.map(\.rawValue).joined(separator: ","))"])
-            }
-            if merged != running {
-                running = merged
-                changes.yield(.config(merged))
-            }
-            logger.info("Config reloaded")
+            running = reloadOnce(running: running)
         }
+    }
+
+    /// One reload (a SIGHUP), counted in status; returns the config to run with from now on.
+    func reloadOnce(running: DaemonConfig) -> DaemonConfig {
+        let new: DaemonConfig
+        do {
+            new = try reload()
+        } catch {
+            logger.error("Config reload rejected; the running config stays", metadata: ["error": "\(error)"])
+            status.update { $0.configReloads.record(.daemon, error: "\(error)") }
+            return running
+        }
+        status.update { $0.configReloads.record(.daemon, error: nil) }
+        let (merged, pending) = Self.merge(running: running, new: new)
+        if !pending.isEmpty {
+            logger.warning("Config keys changed that apply only after a restart",
+                           metadata: ["config.keys": "\(pending.map(\.rawValue).joined(separator: ","))"])
+        }
+        if merged != running {
+            changes.yield(.config(merged))
+        }
+        logger.info("Config reloaded")
+        return merged
     }
 }
