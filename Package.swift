@@ -78,13 +78,15 @@ let package = Package(
         .testTarget(
             name: "APITests",
             dependencies: [
-                "API", "Daemon", "CMasq", "CLibbpf",
+                "API", "Daemon", "CMasq", "CLibbpf", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .testTarget(name: "E2ETests", dependencies: ["API", "Daemon", "CMasq", "CLibbpf"], exclude: ["netprobe.py"]),
+        .testTarget(name: "E2ETests", dependencies: ["API", "Daemon", "CMasq", "CLibbpf", "TestSupport"], exclude: ["netprobe.py"]),
+        // Child processes for the tests that run masqd, masq-client and host tools.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
     ]
 )

@@ -1,5 +1,6 @@
 @preconcurrency import Glibc
 import Foundation
+import TestSupport
 import Synchronization
 import Testing
 
@@ -11,7 +12,7 @@ final class DaemonSandbox: @unchecked Sendable {
     let dir: String
     var bpffs: String { dir + "/bpffs" }
     var socketPath: String { dir + "/masqd.sock" }
-    private(set) var process: Process?
+    private(set) var process: ChildProcess?
     private var namespace = false
     private var mounted = false
 
@@ -46,19 +47,10 @@ final class DaemonSandbox: @unchecked Sendable {
 
     /// Starts argv inside the namespace (nsenter keeps the root mount namespace, so the bpffs
     /// stays visible), output to files in the sandbox.
-    func start(_ argv: [String], environment: [String: String] = [:]) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        process.arguments = ["--net=/run/netns/\(name)"] + argv
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { $1 }
-        process.environment = env
-        FileManager.default.createFile(atPath: dir + "/out", contents: nil)
-        FileManager.default.createFile(atPath: dir + "/err", contents: nil)
-        process.standardOutput = FileHandle(forWritingAtPath: dir + "/out")
-        process.standardError = FileHandle(forWritingAtPath: dir + "/err")
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+    func start(_ argv: [String], environment: [String: String] = [:]) throws -> ChildProcess {
+        let process = try ChildProcess(
+            executable: "/usr/bin/nsenter", argv: ["nsenter", "--net=/run/netns/\(name)"] + argv,
+            stdout: dir + "/out", stderr: dir + "/err", stdin: nil, environment: environment)
         self.process = process
         return process
     }
@@ -80,19 +72,8 @@ final class DaemonSandbox: @unchecked Sendable {
     }
 
     func teardown() {
-        if let process, process.isRunning {
-            kill(process.processIdentifier, SIGTERM)
-            let deadline = Date().addingTimeInterval(10)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL); usleep(100_000) }
-        }
-        if namespace {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["ip", "netns", "delete", name]
-            try? p.run()
-            p.waitUntilExit()
-        }
+        if let process { Command.stop(process) }
+        if namespace { Command.runSync(["ip", "netns", "delete", name]) }
         if mounted { umount2(bpffs, Int32(MNT_DETACH)) }
         try? FileManager.default.removeItem(atPath: dir)
     }
@@ -111,7 +92,7 @@ func memory(of pid: Int32) -> (peak: Int, current: Int) {
 }
 
 /// The pid of masqd under `nsenter` (its only child) or the process itself.
-func daemonPID(_ process: Process) -> Int32 {
+func daemonPID(_ process: ChildProcess) -> Int32 {
     let children = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(process.processIdentifier)/children",
                                 encoding: .utf8)) ?? ""
     return children.split(separator: " ").compactMap { Int32($0) }.first ?? process.processIdentifier

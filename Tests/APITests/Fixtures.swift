@@ -2,6 +2,7 @@
 import API
 import CMasq
 import Foundation
+import TestSupport
 import Synchronization
 import Logging
 import NIOCore
@@ -282,34 +283,9 @@ func builtBinary(_ name: String) throws -> String {
 func run(_ argv: [String], environment: [String: String] = [:], timeout: Duration = .seconds(30)) async throws
     -> (status: Int32, stdout: String, stderr: String)
 {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : "/usr/bin/env")
-    process.arguments = argv[0].hasPrefix("/") ? Array(argv.dropFirst()) : argv
-    var env = ProcessInfo.processInfo.environment
-    env.merge(environment) { $1 }
-    process.environment = env
-    let base = NSTemporaryDirectory() + "masqapi-run-\(UUID().uuidString)"
-    FileManager.default.createFile(atPath: base + ".out", contents: nil)
-    FileManager.default.createFile(atPath: base + ".err", contents: nil)
-    defer {
-        try? FileManager.default.removeItem(atPath: base + ".out")
-        try? FileManager.default.removeItem(atPath: base + ".err")
-    }
-    process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
-    process.standardError = FileHandle(forWritingAtPath: base + ".err")
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let deadline = ContinuousClock.now + timeout
-    while process.isRunning {
-        if ContinuousClock.now > deadline {
-            process.terminate()
-            throw TestFailure("\(argv.joined(separator: " ")) still runs after \(timeout)")
-        }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    let out = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
-    let err = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-    return (process.terminationStatus, out, err)
+    let result = try await Command.run(argv, timeout: timeout, environment: environment)
+    if result.timedOut { throw TestFailure("\(argv.joined(separator: " ")) still runs after \(timeout)") }
+    return (result.status, result.stdout, result.stderr)
 }
 
 /// Every test that runs a live server or masqd, one after another: each loads a datapath and

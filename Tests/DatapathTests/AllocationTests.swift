@@ -101,7 +101,13 @@ struct AllocationTests {
         #expect(hist.count == Int(MASQ_ALLOC_HIST_BUCKETS))
         #expect(hist[0] == 1)
         #expect(hist.reduce(0, +) == 2)
-        #expect(hist[6...].reduce(0, +) == 1, "the scanning allocation tried more than 32 candidates")
+        // Usually the 32 random probes miss the one free port and the scan finds it; now and
+        // then (32 in 1000) a probe hits it first. Either way the bucket must match.
+        if try dp.stat(MASQ_STAT_ALLOC_SCANS) > 0 {
+            #expect(hist[6...].reduce(0, +) == 1, "the scanning allocation tried more than 32 candidates")
+        } else {
+            #expect(hist[1..<6].reduce(0, +) == 1, "a random probe found the port within 32 candidates")
+        }
     }
 
     @Test("a tuple whose flows cannot keep their port gets a saturation figure from its random probes")

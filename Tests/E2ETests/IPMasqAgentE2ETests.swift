@@ -3,6 +3,7 @@ import CLibbpf
 import CMasq
 import Daemon
 import Foundation
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

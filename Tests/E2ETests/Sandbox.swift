@@ -1,9 +1,13 @@
 import Foundation
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
 @preconcurrency import Glibc
 #endif
+
+/// In the end-to-end tests a process is a `ChildProcess` (see TestSupport for why not Foundation's).
+typealias Process = ChildProcess
 
 /// How masqd attaches its programs; the datapath scenarios run with each.
 enum AttachMode: String, CaseIterable, Sendable, CustomTestStringConvertible {

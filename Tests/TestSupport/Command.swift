@@ -4,19 +4,20 @@ import Foundation
 @preconcurrency import Glibc
 #endif
 
-/// In this test module `Process` is `ChildProcess`: Foundation's `Process.run()` in Swift 6.3.1
-/// on Linux crashes now and then (it over-reads a `dirent` while listing /proc/self/fd,
-/// swift-corelibs-foundation#5472), which takes the whole test run down with it.
-typealias Process = ChildProcess
-
+/// A child started with posix_spawn. The test modules use it instead of Foundation's `Process`:
+/// `Process.run()` in Swift 6.3.1 on Linux crashes now and then (it over-reads a `dirent` while
+/// listing /proc/self/fd, swift-corelibs-foundation#5472), which takes the whole test run down.
+///
 /// A child started with posix_spawn: stdout and stderr go to files, stdin is /dev/null or a
 /// pipe, every other descriptor is closed in the child. Reaped with waitpid(WNOHANG) on demand.
-final class ChildProcess: @unchecked Sendable {
-    let processIdentifier: pid_t
+public final class ChildProcess: @unchecked Sendable {
+    public let processIdentifier: pid_t
     private let lock = NSLock()
     private var waitStatus: Int32?
 
-    init(executable: String, argv: [String], stdout: String, stderr: String, stdin: Int32?) throws {
+    /// `environment` is added to (and overrides) this process's environment.
+    public init(executable: String, argv: [String], stdout: String, stderr: String, stdin: Int32?,
+                environment: [String: String] = [:]) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -31,8 +32,12 @@ final class ChildProcess: @unchecked Sendable {
 
         var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { for arg in cArgs { free(arg) } }
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        var cEnv: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for entry in cEnv { free(entry) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, nil, &cArgs, environ)
+        let rc = posix_spawn(&pid, executable, &actions, nil, &cArgs, &cEnv)
         guard rc == 0 else {
             throw CommandError(description: "posix_spawn \(executable): \(String(cString: strerror(rc)))")
         }
@@ -56,10 +61,10 @@ final class ChildProcess: @unchecked Sendable {
         return waitStatus
     }
 
-    var isRunning: Bool { reap() == nil }
+    public var isRunning: Bool { reap() == nil }
 
     /// The exit code, or the signal number when a signal ended it (as Foundation reports it).
-    var terminationStatus: Int32 {
+    public var terminationStatus: Int32 {
         guard let status = reap() else { return -1 }
         let signal = status & 0x7F
         return signal == 0 ? (status >> 8) & 0xFF : signal
@@ -67,31 +72,35 @@ final class ChildProcess: @unchecked Sendable {
 }
 
 /// The outcome of one finished command.
-struct CommandResult: Sendable, CustomStringConvertible {
-    var argv: [String]
-    var status: Int32
-    var stdout: String
-    var stderr: String
-    var timedOut: Bool
+public struct CommandResult: Sendable, CustomStringConvertible {
+    public var argv: [String]
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+    public var timedOut: Bool
 
-    var succeeded: Bool { status == 0 && !timedOut }
+    public var succeeded: Bool { status == 0 && !timedOut }
 
-    var description: String {
+    public var description: String {
         let how = timedOut ? "timed out" : "exit \(status)"
         return "`\(argv.joined(separator: " "))`: \(how)\nstdout: \(stdout)\nstderr: \(stderr)"
     }
 }
 
-struct CommandError: Error, CustomStringConvertible {
-    var description: String
+public struct CommandError: Error, CustomStringConvertible {
+    public var description: String
+
+    public init(description: String) {
+        self.description = description
+    }
 }
 
-/// Runs host commands with Foundation.Process. Output goes through files (never pipes that
+/// Runs host commands as `ChildProcess`es. Output goes through files (never pipes that
 /// could fill up), every wait is bounded, and nothing here blocks a Swift concurrency thread
 /// for long: async waits poll.
-enum Command {
+public enum Command {
     /// Finds a tool on PATH or in the sbin directories (root's tools are there).
-    static func which(_ name: String) -> String? {
+    public static func which(_ name: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
         let dirs = path.split(separator: ":").map(String.init)
             + ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
@@ -103,20 +112,22 @@ enum Command {
     }
 
     /// Starts argv[0] (looked up with `which`) with stdout and stderr in the given files.
-    static func launch(
-        _ argv: [String], stdout: String, stderr: String, stdin: Pipe? = nil
-    ) throws -> Process {
+    public static func launch(
+        _ argv: [String], stdout: String, stderr: String, stdin: Pipe? = nil,
+        environment: [String: String] = [:]
+    ) throws -> ChildProcess {
         guard let tool = argv.first, let executable = which(tool) ?? (tool.hasPrefix("/") ? tool : nil)
         else { throw CommandError(description: "\(argv.first ?? "?"): not found on PATH") }
         return try ChildProcess(executable: executable, argv: argv, stdout: stdout, stderr: stderr,
-                                stdin: stdin?.fileHandleForReading.fileDescriptor)
+                                stdin: stdin?.fileHandleForReading.fileDescriptor, environment: environment)
     }
 
     /// Runs a command to completion (killing it after `timeout`) and returns its output.
-    static func run(_ argv: [String], timeout: Duration = .seconds(30)) async throws -> CommandResult {
+    public static func run(_ argv: [String], timeout: Duration = .seconds(30),
+                           environment: [String: String] = [:]) async throws -> CommandResult {
         let (out, err) = scratchFiles()
         defer { removeScratch(out, err) }
-        let process = try launch(argv, stdout: out, stderr: err)
+        let process = try launch(argv, stdout: out, stderr: err, environment: environment)
         let exited = await waitForExit(process, timeout: timeout)
         if !exited { stop(process) }
         return CommandResult(
@@ -126,7 +137,7 @@ enum Command {
 
     /// The synchronous form, for teardown paths (short commands only).
     @discardableResult
-    static func runSync(_ argv: [String], timeout: Double = 15) -> CommandResult {
+    public static func runSync(_ argv: [String], timeout: Double = 15) -> CommandResult {
         let (out, err) = scratchFiles()
         defer { removeScratch(out, err) }
         guard let process = try? launch(argv, stdout: out, stderr: err) else {
@@ -141,7 +152,7 @@ enum Command {
     }
 
     /// Waits until the process exits; false when it is still running after `timeout`.
-    static func waitForExit(_ process: Process, timeout: Duration) async -> Bool {
+    public static func waitForExit(_ process: ChildProcess, timeout: Duration) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while process.isRunning {
             if ContinuousClock.now >= deadline { return false }
@@ -150,7 +161,7 @@ enum Command {
         return true
     }
 
-    static func waitForExitSync(_ process: Process, timeout: Double) -> Bool {
+    public static func waitForExitSync(_ process: ChildProcess, timeout: Double) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning {
             if Date() >= deadline { return false }
@@ -160,7 +171,7 @@ enum Command {
     }
 
     /// SIGTERM, then SIGKILL if it is still there after two seconds.
-    static func stop(_ process: Process) {
+    public static func stop(_ process: ChildProcess) {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGTERM)
         if !waitForExitSync(process, timeout: 2) {
@@ -169,7 +180,7 @@ enum Command {
         }
     }
 
-    static func read(_ path: String) -> String {
+    public static func read(_ path: String) -> String {
         (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
     }
 
