@@ -116,7 +116,8 @@ struct PortAllocationTests {
 
         #expect(out.verdict == TC.pass)
         #expect(out.parsed.sport == 50777)
-        #expect(try dp.stat(MASQ_STAT_ALLOC_SCANS) == 1)
+        // The scan finds it, unless one of the 32 random probes hit it first (32 in 1000).
+        #expect(try dp.stat(MASQ_STAT_ALLOC_SCANS) <= 1)
     }
 
     @Test("a flow whose EGRESS entry was lost keeps its port: its own INGRESS entry does not block it")
