@@ -163,6 +163,37 @@ struct MasqueradeTests {
         }
     }
 
+    @Test("in tc mode masqd shares the clsact qdisc: another tool's filter keeps running beside it and stays after uninstall")
+    func coexistsWithOtherTCFilters() async throws {
+        try await Sandbox.with { sandbox in
+            // Another tool's program, ahead of masq's (priority 1), that sends every packet on to
+            // the next filter, as a well-behaved program does.
+            let pin = sandbox.bpffsMount + "/other-tool"
+            try await sandbox.sh(sandbox.netprobe(sandbox.node, ["passprog", "--pin", pin]))
+            let tc = ["tc", "-n", sandbox.node]
+            try await sandbox.sh(tc + ["qdisc", "add", "dev", Sandbox.device, "clsact"])
+            for hook in ["ingress", "egress"] {
+                try await sandbox.sh(tc + ["filter", "add", "dev", Sandbox.device, hook, "prio", "1",
+                                           "bpf", "da", "object-pinned", pin])
+            }
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: .tc)
+
+            let tcp = try await sandbox.probe(sandbox.pods[0], ["tcp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.tcpPort)"])
+            #expect(observedIP(tcp) == Sandbox.nodeIP, "\(tcp)\n\(sandbox.masqdLog)")
+
+            #expect(try await sandbox.stopMasqd() == 0)
+            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
+                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]), timeout: .seconds(60))
+            #expect(uninstall.succeeded, "\(uninstall)")
+            for hook in ["ingress", "egress"] {
+                let left = try await sandbox.sh(tc + ["filter", "show", "dev", Sandbox.device, hook])
+                #expect(left.stdout.contains("pref 1 bpf"), "the other tool's \(hook) filter is gone: \(left.stdout)")
+                #expect(!left.stdout.contains("masq_"), "masq's \(hook) filter is still there: \(left.stdout)")
+            }
+        }
+    }
+
     @Test("a bad config exits non-zero with an error naming the key, and attaches nothing",
           arguments: [
               BadConfig(key: "pod-cidrs", value: "10.244.1.0/33"),

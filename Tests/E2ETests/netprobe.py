@@ -15,6 +15,7 @@ Every subcommand is bounded: sockets have timeouts, loops have counts, servers h
              each line "x" exchanges one line and prints "ok ANSWER" (or "err WHY"),
              "q" or end of input closes it. Prints "connected LOCAL" first.
   progquery  --dev NAME                  JSON: the tcx program ids on NAME's ingress/egress
+  passprog   --pin PATH                  loads a tc program that passes to the next filter, pinned
   nattable                               reads `bpftool -j map dump` of masq_nat_v4 on stdin and
              prints its flows as a table (layout: bpf/include/masq_abi.h)
 """
@@ -249,6 +250,37 @@ def tcx_prog_ids(ifindex, attach_type):
     return [ids[i] for i in range(count)]
 
 
+BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
+BPF_PROG_TYPE_SCHED_CLS = 3
+
+
+def bpf(cmd, attr):
+    libc = ctypes.CDLL(None, use_errno=True)
+    ret = libc.syscall(BPF_SYSCALL[platform.machine()], cmd, attr, len(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def cmd_passprog(args):
+    """Loads a tc program that only says "go on to the next filter" (r0 = TC_ACT_UNSPEC) and
+    pins it, standing in for another tool's program on the same hook."""
+    insns = struct.pack("=BBhi", 0xB7, 0, 0, -1) + struct.pack("=BBhi", 0x95, 0, 0, 0)  # r0 = -1; exit
+    code = ctypes.create_string_buffer(insns, len(insns))
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=IIQQ", attr, 0, BPF_PROG_TYPE_SCHED_CLS, 2, ctypes.addressof(code), ctypes.addressof(license))
+    fd = bpf(BPF_PROG_LOAD, attr)
+    path = ctypes.create_string_buffer(args.pin.encode())
+    attr = ctypes.create_string_buffer(16)
+    struct.pack_into("=QI", attr, 0, ctypes.addressof(path), fd)
+    bpf(BPF_OBJ_PIN, attr)
+    os.close(fd)
+    return 0
+
+
 def cmd_progquery(args):
     ifindex = socket.if_nametoindex(args.dev)
     print(json.dumps({
@@ -325,12 +357,14 @@ def main():
     p.add_argument("--dst", required=True)
     p.add_argument("--sport", type=int, default=0)
     p.add_argument("--lifetime", type=float, default=300.0)
+    p = sub.add_parser("passprog")
+    p.add_argument("--pin", required=True)
     p = sub.add_parser("progquery")
     p.add_argument("--dev", required=True)
     sub.add_parser("nattable")
     args = parser.parse_args()
     handler = {"serve": cmd_serve, "tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping,
-               "session": cmd_session, "progquery": cmd_progquery,
+               "session": cmd_session, "progquery": cmd_progquery, "passprog": cmd_passprog,
                "nattable": cmd_nattable}[args.cmd]
     try:
         return handler(args) or 0
