@@ -27,12 +27,14 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
         public var bpffsRoot: String
         public var logLevel: String
         public var attachMode: String
+        /// The `conntrack-*` keys, in seconds.
+        public var conntrack: Conntrack
 
         public init(enableIPv4Masquerade: Bool, enableIPv6Masquerade: Bool, ipv4NativeRoutingCIDR: IPPrefix?,
                     ipv6NativeRoutingCIDR: IPPrefix?, podCIDRs: [IPPrefix], devices: [String], enableIPMasqAgent: Bool,
                     ipMasqAgentConfigPath: String, clusterNodeIPs: [IPAddress],
                     snatPortRange: String, natMaxEntries: UInt32, socketPath: String, socketGroup: String?,
-                    bpffsRoot: String, logLevel: String, attachMode: String) {
+                    bpffsRoot: String, logLevel: String, attachMode: String, conntrack: Conntrack) {
             self.enableIPv4Masquerade = enableIPv4Masquerade
             self.enableIPv6Masquerade = enableIPv6Masquerade
             self.ipv4NativeRoutingCIDR = ipv4NativeRoutingCIDR
@@ -49,6 +51,7 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
             self.bpffsRoot = bpffsRoot
             self.logLevel = logLevel
             self.attachMode = attachMode
+            self.conntrack = conntrack
         }
 
         /// Each field with its config key, in the file's spelling, for human output.
@@ -73,7 +76,36 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
                 ("bpffs-root", bpffsRoot),
                 ("log-level", logLevel),
                 ("attach-mode", attachMode),
+                ("conntrack-tcp-syn-timeout", "\(conntrack.tcpSynTimeout)s"),
+                ("conntrack-tcp-established-timeout", "\(conntrack.tcpEstablishedTimeout)s"),
+                ("conntrack-tcp-closing-timeout", "\(conntrack.tcpClosingTimeout)s"),
+                ("conntrack-udp-timeout", "\(conntrack.udpTimeout)s"),
+                ("conntrack-udp-replied-timeout", "\(conntrack.udpRepliedTimeout)s"),
+                ("conntrack-icmp-timeout", "\(conntrack.icmpTimeout)s"),
+                ("conntrack-gc-interval", "\(conntrack.gcInterval)s"),
             ]
+        }
+    }
+
+    /// Flow lifetimes and the GC's longest interval, in seconds.
+    public struct Conntrack: Codable, Sendable, Equatable {
+        public var tcpSynTimeout: Double
+        public var tcpEstablishedTimeout: Double
+        public var tcpClosingTimeout: Double
+        public var udpTimeout: Double
+        public var udpRepliedTimeout: Double
+        public var icmpTimeout: Double
+        public var gcInterval: Double
+
+        public init(tcpSynTimeout: Double, tcpEstablishedTimeout: Double, tcpClosingTimeout: Double,
+                    udpTimeout: Double, udpRepliedTimeout: Double, icmpTimeout: Double, gcInterval: Double) {
+            self.tcpSynTimeout = tcpSynTimeout
+            self.tcpEstablishedTimeout = tcpEstablishedTimeout
+            self.tcpClosingTimeout = tcpClosingTimeout
+            self.udpTimeout = udpTimeout
+            self.udpRepliedTimeout = udpRepliedTimeout
+            self.icmpTimeout = icmpTimeout
+            self.gcInterval = gcInterval
         }
     }
 

@@ -87,7 +87,13 @@ struct APIHandlers: Sendable {
                 ipMasqAgentConfigPath: c.ipMasqAgentConfigPath, clusterNodeIPs: c.clusterNodeIPs,
                 snatPortRange: "\(c.snatPortRange.lowerBound)-\(c.snatPortRange.upperBound)",
                 natMaxEntries: c.natMaxEntries, socketPath: c.socketPath, socketGroup: c.socketGroup,
-                bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue),
+                bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue,
+                conntrack: .init(
+                    tcpSynTimeout: c.conntrackLifetimes.tcpSynSent, tcpEstablishedTimeout: c.conntrackLifetimes.tcpEstablished,
+                    tcpClosingTimeout: c.conntrackLifetimes.tcpClosing, udpTimeout: c.conntrackLifetimes.udpUnreplied,
+                    udpRepliedTimeout: c.conntrackLifetimes.udpReplied, icmpTimeout: c.conntrackLifetimes.icmp,
+                    gcInterval: Double(c.conntrackGCInterval.components.seconds)
+                        + Double(c.conntrackGCInterval.components.attoseconds) / 1e18)),
             ipMasqAgent: .init(
                 enabled: c.enableIPMasqAgent, configPath: c.ipMasqAgentConfigPath, generation: agent.generation,
                 lastError: agent.lastError,
