@@ -10,6 +10,9 @@ import ServiceLifecycle
 struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     let path: String
     let ipv6Enabled: Bool
+    /// `enable-ip-masq-agent` at start. The watcher runs either way, so that turning the agent
+    /// on by SIGHUP finds the list loaded; while it is off, loads are logged at debug only.
+    let enabledAtStart: Bool
     /// The list loaded before the daemon started (see `load(current:)`), nil if it was invalid.
     var initial: NonMasqueradeList?
     let status: DaemonStatus
@@ -21,10 +24,11 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
 
     var description: String { "IPMasqAgentWatcher" }
 
-    init(path: String, ipv6Enabled: Bool, status: DaemonStatus,
+    init(path: String, ipv6Enabled: Bool, enabledAtStart: Bool, status: DaemonStatus,
          changes: AsyncStream<ReconcileInputs.Change>.Continuation, logger: Logger) {
         self.path = path
         self.ipv6Enabled = ipv6Enabled
+        self.enabledAtStart = enabledAtStart
         self.status = status
         self.changes = changes
         var logger = logger
@@ -32,6 +36,9 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
         logger[metadataKey: "config.path"] = "\(path)"
         self.logger = logger
     }
+
+    /// Whether the agent is on in the config in force (SIGHUP may have changed it).
+    private var inUse: Bool { status.snapshot.config?.enableIPMasqAgent ?? enabledAtStart }
 
     /// Reads and parses the file. Missing or empty: the defaults.
     static func read(path: String, ipv6Enabled: Bool) -> Result<IPMasqAgentConfig, IPMasqAgentError> {
@@ -53,7 +60,8 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
         let outcome = Self.read(path: path, ipv6Enabled: ipv6Enabled)
         switch outcome {
         case .failure(let error):
-            logger.error("ip-masq-agent config rejected; the last good list stays in force", metadata: ["error": "\(error)"])
+            logger.log(level: inUse ? .error : .debug, "ip-masq-agent config rejected; the last good list stays in force",
+                       metadata: ["error": "\(error)"])
             status.update {
                 $0.ipMasqAgent.lastLoadAt = .now
                 $0.ipMasqAgent.lastError = error.description
@@ -63,7 +71,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
         case .success(let config):
             let list = config.effectiveList
             if !config.ignoredKeys.isEmpty {
-                logger.info("ip-masq-agent config keys ignored", metadata: ["config.ignored": "\(config.ignoredKeys.joined(separator: ","))"])
+                logger.log(level: inUse ? .info : .debug, "ip-masq-agent config keys ignored", metadata: ["config.ignored": "\(config.ignoredKeys.joined(separator: ","))"])
             }
             let changed = list != current
             status.update {
@@ -76,7 +84,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
                 }
             }
             guard changed else { return nil }
-            logger.info("ip-masq-agent config loaded", metadata: [
+            logger.log(level: inUse ? .info : .debug, "ip-masq-agent config loaded", metadata: [
                 "config.generation": "\(status.snapshot.ipMasqAgent.generation)",
                 "config.cidrs": "\(list.cidrs.count)",
             ])

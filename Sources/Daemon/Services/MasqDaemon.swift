@@ -13,7 +13,7 @@ enum MasqDaemon {
 
         var agent = IPMasqAgentWatcher(
             path: config.ipMasqAgentConfigPath, ipv6Enabled: config.enableIPv6Masquerade,
-            status: status, changes: changeSink, logger: logger)
+            enabledAtStart: config.enableIPMasqAgent, status: status, changes: changeSink, logger: logger)
         // The first reconcile already applies the file, so no packet sees a list-less moment.
         agent.initial = agent.load(current: nil)
 
