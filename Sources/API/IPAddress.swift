@@ -112,9 +112,9 @@ public struct IPPrefix: Hashable, Sendable, Comparable, CustomStringConvertible 
     public let address: IPAddress
     public let length: Int
 
-    /// Parses "ADDRESS/LENGTH". A bare address is a host prefix (/32, /128). With `strict`,
-    /// host bits set is an error (as ip-masq-agent has it); without, they are cleared.
-    public init(_ text: String, strict: Bool = true) throws(PrefixError) {
+    /// Parses "ADDRESS/LENGTH". A bare address is a host prefix (/32, /128). Host bits set is
+    /// an error (as in ip-masq-agent).
+    public init(_ text: String) throws(PrefixError) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2, let address = IPAddress(String(parts[0])) else {
             throw .malformed(text)
@@ -128,7 +128,7 @@ public struct IPPrefix: Hashable, Sendable, Comparable, CustomStringConvertible 
             length = l
         }
         let canonical = IPPrefix(unchecked: address, length: length)
-        if strict && canonical.address != address {
+        if canonical.address != address {
             throw .hostBitsSet(text, canonical: canonical.description)
         }
         self = canonical

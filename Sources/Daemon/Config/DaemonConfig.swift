@@ -1,4 +1,5 @@
 import API
+import Foundation
 import Logging
 
 /// How masqd attaches its programs: tcx links (kernel 6.6+), tc clsact filters, or whichever
@@ -100,7 +101,7 @@ public struct DaemonConfig: Equatable, Sendable {
 
     private static func scalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
         guard case .scalar(let text) = raw else { throw ConfigError(key, "expects a single value, not a list") }
-        return text.trimmingSpaces
+        return text.trimmingCharacters(in: .whitespaces)
     }
 
     private static func bool(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Bool {
@@ -205,11 +206,5 @@ public struct DaemonConfig: Equatable, Sendable {
             throw ConfigError(key, "'\(text)' is not one of \(names.joined(separator: ", "))")
         }
         return value
-    }
-}
-
-extension String {
-    var trimmingSpaces: String {
-        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
     }
 }

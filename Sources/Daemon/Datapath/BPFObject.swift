@@ -110,17 +110,6 @@ public final class BPFObject: @unchecked Sendable {
         }
         return bpf_program__fd(prog)
     }
-
-    /// Unpins every map this object pinned (used by uninstall).
-    public func unpinMaps() {
-        var map = bpf_object__next_map(object, nil)
-        while let m = map {
-            if bpf_map__is_pinned(m) {
-                _ = bpf_map__unpin(m, nil)
-            }
-            map = bpf_object__next_map(object, m)
-        }
-    }
 }
 
 /// A map fd with typed accessors. Keys and values are the C structs of `masq_abi.h`.
