@@ -17,6 +17,11 @@ start=$(date +%s)
 step "building (swift build --build-tests)"
 swift build --build-tests
 
+# Release must compile too (the systemd recipe and the image install .build/release/masqd);
+# the tests run on the debug build.
+step "building release (swift build -c release)"
+swift build -c release
+
 step "running the tests"
 status=0
 # Bounded: CI allows 90 minutes; a hung test must not eat them all.

@@ -5,6 +5,11 @@
 
 #include <stddef.h>
 #include <linux/types.h>
+#include <sys/socket.h>
+
+/* Socket types for Swift: in -O builds of the Daemon module Glibc's SOCK_RAW and SOCK_CLOEXEC
+ * enum constants are not found (debug finds them), so they come from here. */
+static const int CMASQ_SOCK_RAW_CLOEXEC = SOCK_RAW | SOCK_CLOEXEC;
 #include "../../../bpf/include/masq_abi.h"
 
 struct bpf_object;

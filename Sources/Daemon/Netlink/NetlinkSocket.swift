@@ -1,4 +1,5 @@
 @preconcurrency import Glibc
+import CMasq
 import Foundation
 
 /// struct sockaddr_nl (linux/netlink.h): family, padding, port id, multicast group bits.
@@ -21,7 +22,7 @@ final class NetlinkSocket: @unchecked Sendable {
     /// A socket subscribed to `groups` (RTNL.group* bits; 0 for a dump-only socket).
     /// `receiveTimeout` bounds every blocking receive.
     init(groups: UInt32 = 0, receiveTimeout: Duration = .seconds(5)) throws(NetlinkError) {
-        fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), RTNL.netlinkRoute)
+        fd = socket(AF_NETLINK, CMASQ_SOCK_RAW_CLOEXEC, RTNL.netlinkRoute)
         guard fd >= 0 else { throw .system(step: "socket", errno: errno) }
         var address = SockaddrNL(groups: groups)
         let bound = withUnsafePointer(to: &address) {
