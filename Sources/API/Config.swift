@@ -54,35 +54,35 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
             self.conntrack = conntrack
         }
 
-        /// Each field with its config key, in the file's spelling, for human output.
-        public var keyedValues: [(key: String, value: String)] {
-            func list<T: CustomStringConvertible>(_ items: [T]) -> String {
-                "[" + items.map(\.description).joined(separator: ", ") + "]"
-            }
+        /// Each field with its config key and its value as the config file spells them.
+        public var keyedValues: [(key: String, value: ConfigFileValue)] {
+            func list<T: CustomStringConvertible>(_ items: [T]) -> ConfigFileValue { .list(items.map(\.description)) }
+            func optional<T: CustomStringConvertible>(_ value: T?) -> ConfigFileValue { value.map { .scalar($0.description) } ?? .unset }
+            func duration(_ seconds: Double) -> ConfigFileValue { .scalar(DurationText.format(seconds: seconds)) }
             return [
-                ("enable-ipv4-masquerade", String(enableIPv4Masquerade)),
-                ("enable-ipv6-masquerade", String(enableIPv6Masquerade)),
-                ("ipv4-native-routing-cidr", ipv4NativeRoutingCIDR?.description ?? ""),
-                ("ipv6-native-routing-cidr", ipv6NativeRoutingCIDR?.description ?? ""),
+                ("enable-ipv4-masquerade", .scalar(String(enableIPv4Masquerade))),
+                ("enable-ipv6-masquerade", .scalar(String(enableIPv6Masquerade))),
+                ("ipv4-native-routing-cidr", optional(ipv4NativeRoutingCIDR)),
+                ("ipv6-native-routing-cidr", optional(ipv6NativeRoutingCIDR)),
                 ("pod-cidrs", list(podCIDRs)),
                 ("devices", list(devices)),
-                ("enable-ip-masq-agent", String(enableIPMasqAgent)),
-                ("ip-masq-agent-config-path", ipMasqAgentConfigPath),
+                ("enable-ip-masq-agent", .scalar(String(enableIPMasqAgent))),
+                ("ip-masq-agent-config-path", .scalar(ipMasqAgentConfigPath)),
                 ("cluster-node-ips", list(clusterNodeIPs)),
-                ("snat-port-range", snatPortRange),
-                ("nat-max-entries", String(natMaxEntries)),
-                ("socket-path", socketPath),
-                ("socket-group", socketGroup ?? ""),
-                ("bpffs-root", bpffsRoot),
-                ("log-level", logLevel),
-                ("attach-mode", attachMode),
-                ("conntrack-tcp-syn-timeout", "\(conntrack.tcpSynTimeout)s"),
-                ("conntrack-tcp-established-timeout", "\(conntrack.tcpEstablishedTimeout)s"),
-                ("conntrack-tcp-closing-timeout", "\(conntrack.tcpClosingTimeout)s"),
-                ("conntrack-udp-timeout", "\(conntrack.udpTimeout)s"),
-                ("conntrack-udp-replied-timeout", "\(conntrack.udpRepliedTimeout)s"),
-                ("conntrack-icmp-timeout", "\(conntrack.icmpTimeout)s"),
-                ("conntrack-gc-interval", "\(conntrack.gcInterval)s"),
+                ("snat-port-range", .scalar(snatPortRange)),
+                ("nat-max-entries", .scalar(String(natMaxEntries))),
+                ("socket-path", .scalar(socketPath)),
+                ("socket-group", optional(socketGroup)),
+                ("bpffs-root", .scalar(bpffsRoot)),
+                ("log-level", .scalar(logLevel)),
+                ("attach-mode", .scalar(attachMode)),
+                ("conntrack-tcp-syn-timeout", duration(conntrack.tcpSynTimeout)),
+                ("conntrack-tcp-established-timeout", duration(conntrack.tcpEstablishedTimeout)),
+                ("conntrack-tcp-closing-timeout", duration(conntrack.tcpClosingTimeout)),
+                ("conntrack-udp-timeout", duration(conntrack.udpTimeout)),
+                ("conntrack-udp-replied-timeout", duration(conntrack.udpRepliedTimeout)),
+                ("conntrack-icmp-timeout", duration(conntrack.icmpTimeout)),
+                ("conntrack-gc-interval", duration(conntrack.gcInterval)),
             ]
         }
     }
@@ -125,5 +125,33 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
             self.lastError = lastError
             self.nonMasqueradeCIDRs = nonMasqueradeCIDRs
         }
+    }
+}
+
+/// A config key's value as masqd's config file spells it.
+public enum ConfigFileValue: Sendable, Equatable {
+    case scalar(String)
+    case list([String])
+    /// Not set (YAML null).
+    case unset
+}
+
+/// Durations as Go, Cilium and masqd's config file write them.
+public enum DurationText {
+    /// 21600 as "6h", 5400 as "1h30m", 0.5 as "500ms"; a value finer than a millisecond as
+    /// plain seconds ("0.0001s"). masqd's config parser reads every form back.
+    public static func format(seconds: Double) -> String {
+        let milliseconds = (seconds * 1000).rounded()
+        guard seconds.isFinite, seconds >= 0, abs(milliseconds - seconds * 1000) < 1e-6,
+              milliseconds < Double(Int64.max) else {
+            return "\(seconds)s"
+        }
+        var rest = Int64(milliseconds)
+        var text = ""
+        for (unit, size) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1000), ("ms", 1)] where rest >= size {
+            text += "\(rest / size)\(unit)"
+            rest %= size
+        }
+        return text.isEmpty ? "0s" : text
     }
 }

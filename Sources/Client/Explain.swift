@@ -42,7 +42,7 @@ extension MasqClient.Explain {
         let query = ExplainQuery(src: src, dst: dst, proto: proto.value, sport: sport, dport: dport, device: device)
         try await reportingErrors {
             let (answer, raw) = try await global.client.request(.explain, query: query.queryItems, as: ExplainResponse.self)
-            if global.json { return printRaw(raw) }
+            if try global.printedDocument(raw) { return }
             print(labelled("Masquerade", answer.masquerade ? "yes" : "no"))
             print(labelled("Rule", answer.rule.rawValue + (answer.cidr.map { " (\($0))" } ?? "")))
             if let device = answer.device { print(labelled("Device", device)) }

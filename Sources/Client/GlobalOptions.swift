@@ -4,13 +4,22 @@ import Foundation
 
 /// How results are printed.
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    /// Aligned text for people.
+    /// Aligned text for people; conntrack list's narrow table.
     case text
-    /// The API's JSON as masqd sent it (NDJSON, one flow a line, for conntrack lists).
+    /// conntrack list with every column (other commands print their text).
+    case wide
+    /// The API's JSON as masqd sent it; conntrack list prints NDJSON, one flow a line.
     case json
+    /// The API's JSON as YAML, same keys and order; conntrack list prints one document a flow.
+    case yaml
+
+    /// The API's documents rather than text.
+    var isDocument: Bool { self == .json || self == .yaml }
 }
 
-/// Flags every subcommand takes.
+/// The options every command takes, before or after the subcommand: the root command declares
+/// them too, and ArgumentParser hands the root's parsed group to each subcommand's
+/// `@OptionGroup`, wherever on the line they were typed.
 struct GlobalOptions: ParsableArguments {
     static let defaultSocket = "/run/masq/masqd.sock"
 
@@ -18,7 +27,9 @@ struct GlobalOptions: ParsableArguments {
         "masqd's control socket (default: $MASQ_SOCKET, else \(GlobalOptions.defaultSocket)).", valueName: "path"))
     var socket: String?
 
-    @Option(name: [.short, .customLong("output")], help: "Output format: text or json.")
+    @Option(name: [.short, .customLong("output")], help: ArgumentHelp(
+        "Output format: text, wide (conntrack list's full columns), json or yaml (the API's documents).",
+        valueName: "format"))
     var output: OutputFormat = .text
 
     /// --socket, else MASQ_SOCKET, else the default path.
@@ -30,7 +41,21 @@ struct GlobalOptions: ParsableArguments {
 
     var client: UnixHTTPClient { UnixHTTPClient(socketPath: socketPath) }
 
-    var json: Bool { output == .json }
+    /// Prints an API body as `-o json` or `-o yaml` asks; false for text (the caller prints it).
+    func printedDocument(_ raw: Data) throws -> Bool {
+        switch output {
+        case .json: printRaw(raw)
+        case .yaml: print(try YAMLDocument(json: raw).text, terminator: "")
+        case .text, .wide: return false
+        }
+        return true
+    }
+}
+
+/// The options of commands that print a table.
+struct TableOptions: ParsableArguments {
+    @Flag(help: "Print the table's rows without its header line.")
+    var noHeaders = false
 }
 
 /// The conntrack filters, shared by `conntrack list` and `conntrack flush`.
@@ -69,6 +94,9 @@ struct ConntrackFilterOptions: ParsableArguments {
         ConntrackFilter(family: family?.value, proto: proto?.value, src: src.flatMap { try? IPPrefix($0) },
                         dst: dst.flatMap { try? IPPrefix($0) }, sport: sport, dport: dport)
     }
+
+    /// No filter given: the filter matches every flow.
+    var isEmpty: Bool { filter == ConntrackFilter() }
 }
 
 enum FamilyArgument: String, ExpressibleByArgument, CaseIterable {

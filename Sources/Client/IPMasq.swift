@@ -17,12 +17,13 @@ extension MasqClient.IPMasq {
             abstract: "List the non-masquerade CIDRs read back from the BPF maps.")
 
         @OptionGroup var global: GlobalOptions
+        @OptionGroup var table: TableOptions
 
         func run() async throws {
             try await reportingErrors {
                 let (list, raw) = try await global.client.request(.ipmasq, as: IPMasqResponse.self)
-                if global.json { return printRaw(raw) }
-                print("IP PREFIX/ADDRESS")
+                if try global.printedDocument(raw) { return }
+                if !table.noHeaders { print("IP PREFIX/ADDRESS") }
                 for cidr in list.cidrs { print(cidr) }
             }
         }

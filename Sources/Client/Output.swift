@@ -70,10 +70,12 @@ func duration(_ seconds: Double) -> String {
 extension FlowTuple {
     /// "10.244.1.2:40000 -> 100.0.0.2:8080" (IPv6 addresses in brackets).
     var text: String {
-        func endpoint(_ a: IPAddress, _ p: UInt16) -> String {
-            if case .v6 = a { return "[\(a)]:\(p)" }
-            return "\(a):\(p)"
-        }
-        return "\(endpoint(src, sport)) -> \(endpoint(dst, dport))"
+        "\(Self.endpoint(src, sport)) -> \(Self.endpoint(dst, dport))"
+    }
+
+    /// "10.244.1.2:40000", "[fd00::1]:40000".
+    static func endpoint(_ address: IPAddress, _ port: UInt16) -> String {
+        if case .v6 = address { return "[\(address)]:\(port)" }
+        return "\(address):\(port)"
     }
 }

@@ -5,27 +5,41 @@ import Foundation
 extension MasqClient {
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show masqd's state: masquerading, devices, config, table fill and drops.")
+            abstract: "Show masqd's state: masquerading, devices, config, table fill and drops.",
+            discussion: """
+                The health is masqd's own verdict (GET /v1/healthz). Exit status: 0 when masqd is \
+                healthy (Ok, or Warning: serving, something needs attention); 1 when it is not \
+                (Failure, answered 503) or cannot be reached; 64 usage error. --brief prints only \
+                the health line, for probes and scripts.
+                """)
 
         @OptionGroup var global: GlobalOptions
+
+        @Flag(help: "Print only the health on one line (-o json|yaml: the healthz document); the exit status says it too.")
+        var brief = false
     }
 }
 
 extension MasqClient.Status {
     func run() async throws {
         try await reportingErrors {
-            let (status, raw) = try await global.client.request(.status, as: StatusResponse.self)
-            if global.json { return printRaw(raw) }
-            for line in Self.summary(status) { print(line) }
+            let (health, httpStatus, rawHealth) = try await global.client.health()
+            if brief {
+                if try !global.printedDocument(rawHealth) { print(health.summary) }
+            } else {
+                let (status, raw) = try await global.client.request(.status, as: StatusResponse.self)
+                if try !global.printedDocument(raw) {
+                    for line in Self.summary(status, health: health) { print(line) }
+                }
+            }
+            if !health.isHealthy(httpStatus: httpStatus) { throw ExitCode(1) }
         }
     }
 
-    static func summary(_ status: StatusResponse) -> [String] {
+    static func summary(_ status: StatusResponse, health: HealthResponse) -> [String] {
         var lines: [String] = []
         lines.append(labelled("Version", "\(status.version), up \(duration(status.uptimeSeconds))"))
-        let health = !status.ready ? "Failure (the datapath is not attached)"
-            : status.reconcile.lastError != nil ? "Warning (the last reconcile failed)" : "Ok"
-        lines.append(labelled("Health", health))
+        lines.append(labelled("Health", health.summary))
         lines.append(labelled("Masquerading", status.masquerading.summaryLine))
         let devices = status.devices.map { d in
             "\(d.name) \([d.snatIPv4, d.snatIPv6].compactMap { $0?.description }.joined(separator: " "))"
@@ -60,7 +74,8 @@ extension MasqClient.Status {
         if drops.isEmpty {
             lines.append(labelled("Drops", "none"))
         } else {
-            lines.append(labelled("Drops", ""))
+            let total = drops.reduce(0) { $0 + $1.count }
+            lines.append(labelled("Drops", "\(total) packet\(total == 1 ? "" : "s") by reason:"))
             let columns = Columns.fitting(drops.map { [$0.reason, String($0.count)] })
             for drop in drops {
                 lines.append("  " + columns.line([drop.reason, String(drop.count), drop.summary]))
@@ -81,7 +96,7 @@ extension MasqClient.Status {
         if tuples.isEmpty {
             lines.append(labelled("Saturation", "no tuple needed more than its original port"))
         } else {
-            lines.append(labelled("Saturation", ""))
+            lines.append(labelled("Saturation", "tuples that needed more than their original port, most saturated first:"))
             let rows = tuples.map { t -> [String] in
                 let use = t.estimatedUse.map { String(format: "~%.0f%% used", $0 * 100) } ?? "use unknown"
                 return ["\(t.snat) -> \(t.remote):\(t.remotePort)/\(t.proto.rawValue)", use,
@@ -116,5 +131,18 @@ extension MasqClient.Status {
         var daemon = "daemon (SIGHUP) \(reloads.daemon.ok) ok, \(reloads.daemon.error) failed"
         if let error = reloads.daemon.lastError { daemon += " (last: \(error))" }
         return "ip-masq-agent \(reloads.ipMasqAgent.ok) ok, \(reloads.ipMasqAgent.error) failed; " + daemon
+    }
+}
+
+extension HealthResponse {
+    /// "Ok", or the state with masqd's reason: "Failure (the datapath is not attached yet)".
+    var summary: String {
+        state.rawValue + (message.map { " (\($0))" } ?? "")
+    }
+
+    /// Healthy as a probe sees it: masqd serves (2xx) and says Ok or Warning. Both must hold, so
+    /// the exit status agrees with an HTTP probe of /v1/healthz whatever state a daemon reports.
+    func isHealthy(httpStatus: UInt) -> Bool {
+        (200..<300).contains(httpStatus) && (state == .ok || state == .warning)
     }
 }

@@ -36,6 +36,20 @@ struct UnixHTTPClient: Sendable {
         return body
     }
 
+    /// masqd's verdict on itself (`GET /v1/healthz`), also when it answers 503, with the HTTP
+    /// status: a Failure comes with 503, and the verdict is the answer, not an error.
+    func health() async throws -> (health: HealthResponse, httpStatus: UInt, raw: Data) {
+        var body = Data()
+        let status = try await exchange(.healthz, query: [], accept: MediaType.json, alsoAccepting: [503]) { chunk in
+            body.append(contentsOf: chunk.readableBytesView)
+        }
+        do {
+            return (try APIJSON.decoder().decode(HealthResponse.self, from: body), status, body)
+        } catch {
+            throw ClientError(description: "masqd at \(socketPath) answered \(Route.healthz.path) (HTTP \(status)) with a body this client cannot read: \(error)")
+        }
+    }
+
     /// Streams an NDJSON endpoint, calling `line` for each line as it arrives (never buffering
     /// more than one partial line). Throws if the stream is cut before its end.
     func streamLines(_ route: Route, query: [(String, String)] = [], _ line: (Data) throws -> Void) async throws {
@@ -51,10 +65,13 @@ struct UnixHTTPClient: Sendable {
         if !pending.isEmpty { try line(pending) }
     }
 
-    /// One request: connects, sends, hands each body chunk of a 2xx answer to `body`; a non-2xx
-    /// answer becomes a ClientError carrying the API's message.
+    /// One request: connects, sends, hands each body chunk of a 2xx (or `alsoAccepting`) answer to
+    /// `body` and returns its status; any other answer becomes a ClientError carrying the API's
+    /// message.
+    @discardableResult
     private func exchange(_ route: Route, query: [(String, String)], accept: String,
-                          body: (ByteBuffer) throws -> Void) async throws {
+                          alsoAccepting: [UInt] = [],
+                          body: (ByteBuffer) throws -> Void) async throws -> UInt {
         let connection: Connection
         do {
             connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -69,7 +86,7 @@ struct UnixHTTPClient: Sendable {
             throw ClientError(description: "cannot reach masqd at \(socketPath): \(Self.reason(error)) (is masqd running? --socket or MASQ_SOCKET picks another socket)")
         }
         let uri = query.isEmpty ? route.path : route.path + "?" + QueryParameters.encode(query)
-        try await connection.executeThenClose { inbound, outbound in
+        return try await connection.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders()
             headers.add(name: "Host", value: "masqd")
             headers.add(name: "Accept", value: accept)
@@ -83,12 +100,13 @@ struct UnixHTTPClient: Sendable {
             var status: HTTPResponseStatus?
             var errorBody = ByteBuffer()
             var complete = false
+            let answered = { (code: UInt) in (200..<300).contains(code) || alsoAccepting.contains(code) }
             for try await part in inbound {
                 switch part {
                 case .head(let head):
                     status = head.status
                 case .body(let chunk):
-                    if let status, (200..<300).contains(status.code) {
+                    if let status, answered(status.code) {
                         try body(chunk)
                     } else {
                         var chunk = chunk
@@ -102,7 +120,7 @@ struct UnixHTTPClient: Sendable {
             guard let status else {
                 throw ClientError(description: "masqd at \(socketPath) closed the connection without answering \(route.path)")
             }
-            guard (200..<300).contains(status.code) else {
+            guard answered(status.code) else {
                 let message = (try? APIJSON.decoder().decode(APIError.self, from: Data(errorBody.readableBytesView)))?.message
                     ?? String(buffer: errorBody)
                 throw ClientError(description: "\(message) (HTTP \(status.code))")
@@ -110,6 +128,7 @@ struct UnixHTTPClient: Sendable {
             guard complete else {
                 throw ClientError(description: "the answer from masqd at \(socketPath) was cut short (the daemon stopped or failed mid-stream)")
             }
+            return status.code
         }
     }
 

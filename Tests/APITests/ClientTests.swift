@@ -1,72 +1,298 @@
 import API
 import Foundation
 import Testing
+import Yams
 
 @testable import Daemon
 
 extension LiveAPITests {
-/// masq-client, the built binary, against a live server.
+/// masq-client, the built binary, as people type it, against a live server.
 @Suite("masq-client", .serialized)
 struct ClientTests {
-    @Test("an unreachable daemon is one line naming the socket and exit status 1")
+    /// EX_USAGE, what ArgumentParser exits with on a usage error.
+    static let usage: Int32 = 64
+
+    @Test("an unreachable daemon is one line naming the socket and exit status 1, --brief too")
     func unreachable() async throws {
         let client = try builtBinary("masq-client")
-        let result = try await run([client, "status"], environment: ["MASQ_SOCKET": "/nonexistent/masqd.sock"])
-        #expect(result.status == 1)
-        let lines = result.stderr.split(separator: "\n")
-        #expect(lines.count == 1)
-        #expect(lines.first?.hasPrefix("masq-client: cannot reach masqd at /nonexistent/masqd.sock") == true)
+        for argv in [["status"], ["status", "--brief"], ["--socket", "/nonexistent/masqd.sock", "ipmasq", "list"]] {
+            let result = try await run([client] + argv, environment: ["MASQ_SOCKET": "/nonexistent/masqd.sock"])
+            #expect(result.status == 1, "\(argv)")
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "\(argv): \(result.stderr)")
+            #expect(lines.first?.hasPrefix("masq-client: cannot reach masqd at /nonexistent/masqd.sock") == true, "\(argv)")
+            #expect(result.stdout.isEmpty, "\(argv)")
+        }
     }
 
-    @Test("status prints the Cilium-style masquerading line; -o json prints the API's JSON")
-    func status() async throws {
+    @Test("--socket and -o work before and after the subcommand; --socket beats MASQ_SOCKET; help names them")
+    func globalOptions() async throws {
+        let client = try builtBinary("masq-client")
         try await LiveAPI.with { api in
-            let client = try builtBinary("masq-client")
+            let socket = api.socketPath
+            let elsewhere = ["MASQ_SOCKET": "/nonexistent/masqd.sock"]
+            for argv in [["--socket", socket, "status"], ["status", "--socket", socket], ["--socket=\(socket)", "status"],
+                         ["-o", "json", "--socket", socket, "status"], ["--socket", socket, "status", "--output", "json"]] {
+                let result = try await run([client] + argv, environment: elsewhere)
+                #expect(result.status == 0, "\(argv): \(result.stderr)")
+                #expect(result.stdout.contains("Masquerading:") || result.stdout.hasPrefix("{"), "\(argv): \(result.stdout)")
+            }
+            let jsonFirst = try await run([client, "-o", "json", "ipmasq", "list"], environment: ["MASQ_SOCKET": socket])
+            let jsonLast = try await run([client, "ipmasq", "list", "-o", "json"], environment: ["MASQ_SOCKET": socket])
+            #expect(jsonFirst.status == 0 && jsonFirst.stdout == jsonLast.stdout, "\(jsonFirst) \(jsonLast)")
+            #expect((try? APIJSON.decoder().decode(IPMasqResponse.self, from: Data(jsonFirst.stdout.utf8))) != nil, "\(jsonFirst.stdout)")
+            // Between the two levels of a nested command too.
+            let nested = try await run([client, "conntrack", "--socket", socket, "list", "-o", "json"])
+            #expect(nested.status == 0, "\(nested.stderr)")
+        }
+
+        let help = try await run([client, "--help"])
+        #expect(help.status == 0)
+        for text in ["--socket <path>", "-o, --output <format>", "MASQ_SOCKET", "Exit status", "64 usage"] {
+            #expect(help.stdout.contains(text), "\(text) missing from:\n\(help.stdout)")
+        }
+        let statusHelp = try await run([client, "status", "--help"])
+        #expect(statusHelp.stdout.contains("--brief") && statusHelp.stdout.contains("--socket <path>"), "\(statusHelp.stdout)")
+
+        for argv in [["status", "--bogus"], ["-o", "xml", "status"], ["frobnicate"], ["conntrack", "list", "--limit", "0"]] {
+            let result = try await run([client] + argv, environment: ["MASQ_SOCKET": "/nonexistent/masqd.sock"])
+            #expect(result.status == Self.usage, "\(argv): \(result)")
+        }
+    }
+
+    @Test("status exits as healthz answers: 0 Ok, 1 Failure; --brief prints that one line")
+    func healthExitCodes() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            let env = ["MASQ_SOCKET": api.socketPath]
+            let ok = try await run([client, "status"], environment: env)
+            #expect(ok.status == 0, "\(ok)")
+            #expect(ok.stdout.contains("\nHealth:         Ok\n"), "\(ok.stdout)")
+            let okBrief = try await run([client, "status", "--brief"], environment: env)
+            #expect(okBrief.status == 0 && okBrief.stdout == "Ok\n", "\(okBrief)")
+
+            // Not attached: healthz answers Failure with 503.
+            api.status.update { $0.ready = false }
+            let failure = try await run([client, "status"], environment: env)
+            #expect(failure.status == 1, "\(failure)")
+            #expect(failure.stdout.contains("\nHealth:         Failure (the datapath is not attached yet)\n"), "\(failure.stdout)")
+            #expect(failure.stdout.contains("Masquerading:"), "the details still print: \(failure.stdout)")
+            let brief = try await run([client, "status", "--brief"], environment: env)
+            #expect(brief.status == 1 && brief.stdout == "Failure (the datapath is not attached yet)\n", "\(brief)")
+            let briefJSON = try await run([client, "status", "--brief", "-o", "json"], environment: env)
+            #expect(briefJSON.status == 1)
+            #expect(try APIJSON.decoder().decode(HealthResponse.self, from: Data(briefJSON.stdout.utf8)).state == .failure)
+            let statusJSON = try await run([client, "status", "-o", "json"], environment: env)
+            #expect(statusJSON.status == 1, "-o json exits by health too")
+            #expect(try APIJSON.decoder().decode(StatusResponse.self, from: Data(statusJSON.stdout.utf8)).ready == false)
+
+            // A failed reconcile with the datapath attached: whatever state masqd reports, the
+            // exit status agrees with an HTTP probe of /v1/healthz.
+            api.status.update { $0.ready = true; $0.lastApplyError = "netlink: device busy" }
+            let probe = try await api.get("/v1/healthz")
+            let health = try api.decode(HealthResponse.self, probe)
+            let warning = try await run([client, "status", "--brief"], environment: env)
+            #expect(warning.status == (probe.status == 200 ? 0 : 1), "\(probe.text) \(warning)")
+            #expect(warning.stdout.hasPrefix(health.state.rawValue + " (") && warning.stdout.contains("netlink: device busy"),
+                    "\(warning.stdout)")
+            #expect(warning.stdout.split(separator: "\n").count == 1)
+            api.status.update { $0.lastApplyError = nil }
+        }
+    }
+
+    @Test("-o yaml prints the API's documents as block YAML with the same values, for every command")
+    func yamlOutput() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            try await api.fillFlows(3)
+            let env = ["MASQ_SOCKET": api.socketPath]
+            func outputs(_ argv: [String]) async throws -> (json: Data, yaml: String) {
+                let json = try await run([client] + argv + ["-o", "json"], environment: env)
+                let yaml = try await run([client, "-o", "yaml"] + argv, environment: env)
+                #expect(json.status == 0 && yaml.status == 0, "\(argv): \(json.stderr) \(yaml.stderr)")
+                #expect(!yaml.stdout.hasPrefix("{") && !yaml.stdout.isEmpty, "\(argv): not block YAML: \(yaml.stdout)")
+                return (Data(json.stdout.utf8), yaml.stdout)
+            }
+            let yamlDecoder = YAMLDecoder()
+            let jsonDecoder = APIJSON.decoder()
+
+            let ipmasq = try await outputs(["ipmasq", "list"])
+            #expect(ipmasq.yaml == "cidrs:\n- 100.0.9.0/24\n- 192.168.0.0/16\n", "\(ipmasq.yaml)")
+
+            let config = try await outputs(["config"])
+            #expect(try yamlDecoder.decode(ConfigResponse.self, from: config.yaml) == jsonDecoder.decode(ConfigResponse.self, from: config.json))
+
+            let explainArgs = ["explain", "--src", "10.244.1.2", "--dst", "192.0.2.10", "--device", "lo"]
+            let explain = try await outputs(explainArgs)
+            #expect(try yamlDecoder.decode(ExplainResponse.self, from: explain.yaml) == jsonDecoder.decode(ExplainResponse.self, from: explain.json))
+
+            let status = try await outputs(["status"])
+            var fromYAML = try yamlDecoder.decode(StatusResponse.self, from: status.yaml)
+            let fromJSON = try jsonDecoder.decode(StatusResponse.self, from: status.json)
+            fromYAML.uptimeSeconds = fromJSON.uptimeSeconds
+            #expect(fromYAML == fromJSON)
+            #expect(status.yaml.contains("\nready: true\n") && status.yaml.contains("\nversion: \(masqVersion)\n"), "\(status.yaml)")
+
+            let health = try await outputs(["status", "--brief"])
+            #expect(health.yaml == "state: Ok\n", "\(health.yaml)")
+
+            // conntrack list: NDJSON, and a YAML stream of one document a flow.
+            let flows = try await outputs(["conntrack", "list"])
+            let lines = String(decoding: flows.json, as: UTF8.self).split(separator: "\n")
+            let documents = try Yams.load_all(yaml: flows.yaml).map { $0 }
+            #expect(lines.count == 3 && documents.count == 3, "\(flows.yaml)")
+            func stable(_ entry: ConntrackEntry) -> ConntrackEntry {
+                var entry = entry
+                entry.ageSeconds = 0
+                entry.expiresInSeconds = 0
+                return entry
+            }
+            let jsonEntries = try lines.map { stable(try jsonDecoder.decode(ConntrackEntry.self, from: Data($0.utf8))) }
+            let yamlEntries = try flows.yaml.components(separatedBy: "---\n").filter { !$0.isEmpty }
+                .map { stable(try yamlDecoder.decode(ConntrackEntry.self, from: $0)) }
+            #expect(jsonEntries.count == yamlEntries.count && jsonEntries.allSatisfy(yamlEntries.contains), "\(flows.yaml)")
+
+            let flush = try await run([client, "conntrack", "flush", "--all", "-o", "yaml"], environment: env)
+            #expect(flush.status == 0 && flush.stdout == "deleted: 3\n", "\(flush)")
+        }
+    }
+
+    @Test("conntrack list: a narrow table under 100 columns, -o wide the full one, --no-headers the rows only")
+    func tables() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            try await api.fillFlows(5)
+            let env = ["MASQ_SOCKET": api.socketPath]
+            let narrow = try await run([client, "conntrack", "list", "--proto", "tcp", "--dst", "100.0.0.0/24"], environment: env)
+            #expect(narrow.status == 0, "\(narrow.stderr)")
+            let rows = narrow.stdout.split(separator: "\n")
+            #expect(rows.count == 6, "\(narrow.stdout)")
+            #expect(rows.first?.split(separator: " ") == ["PROTO", "SOURCE", "DESTINATION", "SNAT", "STATE", "EXPIRES"])
+            #expect(narrow.stderr == "5 flows\n")
+            for row in rows { #expect(row.count <= 100, "\(row.count) columns: \(row)") }
+            // Aligned: SNAT starts in the same column on every row, the translated source there.
+            let header = String(rows[0])
+            let snat = try #require(header.range(of: "SNAT")).lowerBound.utf16Offset(in: header)
+            for row in rows.dropFirst() {
+                let cells = row.split(separator: " ")
+                #expect(cells.count == 6 && cells[0] == "tcp" && cells[1].hasPrefix("10.244.") && cells[2] == "100.0.0.2:8080", "\(row)")
+                let start = row.index(row.startIndex, offsetBy: snat)
+                #expect(row[start...].hasPrefix("100.0.0.1:"), "\(row)")
+            }
+
+            let wide = try await run([client, "conntrack", "list", "-o", "wide"], environment: env)
+            let wideRows = wide.stdout.split(separator: "\n")
+            #expect(wideRows.count == 6)
+            #expect(wideRows.first?.split(separator: " ").joined(separator: " ") == "PROTO KIND ORIGINAL TRANSLATED STATE AGE EXPIRES PACKETS O/R DEVICE")
+            #expect(wideRows.dropFirst().allSatisfy { $0.contains("masquerade") && $0.contains(" -> 100.0.0.2:8080") && $0.hasSuffix("lo") },
+                    "\(wide.stdout)")
+
+            let bare = try await run([client, "conntrack", "list", "--no-headers"], environment: env)
+            #expect(bare.status == 0 && bare.stderr.isEmpty, "\(bare)")
+            #expect(bare.stdout.split(separator: "\n") == Array(rows.dropFirst()), "\(bare.stdout)")
+            let list = try await run([client, "ipmasq", "list", "--no-headers"], environment: env)
+            #expect(list.stdout == "100.0.9.0/24\n192.168.0.0/16\n")
+            let withHeader = try await run([client, "ipmasq", "list"], environment: env)
+            #expect(withHeader.stdout == "IP PREFIX/ADDRESS\n100.0.9.0/24\n192.168.0.0/16\n")
+
+            let json = try await run([client, "conntrack", "list", "-o", "json", "--limit", "2"], environment: env)
+            let lines = json.stdout.split(separator: "\n")
+            #expect(lines.count == 2)
+            for line in lines { #expect((try? APIJSON.decoder().decode(ConntrackEntry.self, from: Data(line.utf8))) != nil, "\(line)") }
+
+            let bad = try await run([client, "conntrack", "list", "--src", "10.0.0.1/8"], environment: env)
+            #expect(bad.status == Self.usage && bad.stderr.contains("--src: '10.0.0.1/8' has host bits set"))
+        }
+    }
+
+    @Test("conntrack flush needs a filter or --all, not both")
+    func flush() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            try await api.fillFlows(5)
+            let env = ["MASQ_SOCKET": api.socketPath]
+            func flows() async throws -> Int {
+                try await run([client, "conntrack", "list", "--no-headers"], environment: env).stdout.split(separator: "\n").count
+            }
+            let refused = try await run([client, "conntrack", "flush"], environment: env)
+            #expect(refused.status == Self.usage && refused.stderr.contains("--all"), "\(refused)")
+            let both = try await run([client, "conntrack", "flush", "--all", "--proto", "tcp"], environment: env)
+            #expect(both.status == Self.usage, "\(both)")
+            #expect(try await flows() == 5, "a refused flush deleted flows")
+
+            let filtered = try await run([client, "conntrack", "flush", "--sport", "10000", "--src", "10.244.0.1"], environment: env)
+            #expect(filtered.stdout == "Deleted 1 flow.\n", "\(filtered)")
+            let all = try await run([client, "conntrack", "flush", "--all"], environment: env)
+            #expect(all.stdout == "Deleted 4 flows.\n", "\(all)")
+            #expect(try await flows() == 0)
+        }
+    }
+
+    @Test("config prints YAML masqd reads back as its config file, durations as people write them")
+    func config() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            let result = try await run([client, "config", "--socket", api.socketPath])
+            #expect(result.status == 0, "\(result.stderr)")
+            let text = result.stdout
+            #expect(text.contains("\nconntrack-tcp-established-timeout: 6h\n") && text.contains("\nconntrack-gc-interval: 1m\n"), "\(text)")
+            #expect(text.contains("\npod-cidrs: [10.244.1.0/24]\n") && text.contains("\n# socket-group: (not set)\n"), "\(text)")
+            #expect(!text.contains(".0s"), "\(text)")
+            #expect(text.contains("\n# ip-masq-agent: enabled, "), "\(text)")
+            let parsed = try #require(try Yams.load(yaml: text) as? [String: Any])
+            #expect(parsed["nat-max-entries"] as? Int == 262144 && parsed["enable-ipv4-masquerade"] as? Bool == true)
+
+            // masqd reads the text as a config file and gets the same config.
+            let reread = try DaemonConfig(file: ConfigFile.parse(text, path: "masq-client config"), flags: [:])
+            #expect(reread.conntrackLifetimes == api.config.conntrackLifetimes)
+            #expect(reread.conntrackGCInterval == api.config.conntrackGCInterval)
+            #expect(reread.podCIDRs == api.config.podCIDRs && reread.clusterNodeIPs == api.config.clusterNodeIPs)
+            #expect(reread.natMaxEntries == api.config.natMaxEntries && reread.socketPath == api.config.socketPath)
+            #expect(reread.socketGroup == api.config.socketGroup && reread.ipv4NativeRoutingCIDR == api.config.ipv4NativeRoutingCIDR)
+        }
+    }
+
+    @Test("status: every label has a value on its own line (no empty headers)")
+    func statusText() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
             let text = try await run([client, "status", "--socket", api.socketPath])
             #expect(text.status == 0, "\(text.stderr)")
             #expect(text.stdout.contains("Masquerading:   BPF (ip-masq-agent)   [lo]   10.244.1.0/24   [IPv4: Enabled, IPv6: Disabled]\n"), "\(text.stdout)")
-            let json = try await run([client, "status", "-o", "json"], environment: ["MASQ_SOCKET": api.socketPath])
-            let decoded = try APIJSON.decoder().decode(StatusResponse.self, from: Data(json.stdout.utf8))
-            #expect(decoded.ready)
+            #expect(text.stdout.contains("\nSaturation:     no tuple needed more than its original port\n"), "\(text.stdout)")
+            #expect(emptyLabels(text.stdout).isEmpty, "\(text.stdout)")
+            let explain = try await run([client, "explain", "--src", "10.244.1.2", "--dst", "192.0.2.10", "--device", "lo", "--socket", api.socketPath])
+            #expect(explain.stdout.contains("Rule:           cluster-node"), "\(explain.stdout)")
+            let completion = try await run([client, "--generate-completion-script", "bash"])
+            #expect(completion.stdout.contains("conntrack") && completion.stdout.contains("--no-headers"))
         }
     }
 
-    @Test("ipmasq list, conntrack list and flush, explain and config print aligned text")
-    func commands() async throws {
+    @Test("each masq-client line of the README runs and succeeds")
+    func readmeExamples() async throws {
+        let client = try builtBinary("masq-client")
+        let text = try String(contentsOfFile: SystemdTests.readme, encoding: .utf8)
+        guard let start = text.range(of: "<!-- client-examples:begin"), let end = text.range(of: "<!-- client-examples:end -->") else {
+            throw TestFailure("README has no client-examples block")
+        }
+        let lines = text[start.upperBound..<end.lowerBound].split(separator: "\n").map(String.init)
+            .filter { $0.hasPrefix("masq-client ") }
+        #expect(lines.count >= 8)
         try await LiveAPI.with { api in
-            try await api.fillFlows(5)
-            let client = try builtBinary("masq-client")
-            let env = ["MASQ_SOCKET": api.socketPath]
-            let list = try await run([client, "ipmasq", "list"], environment: env)
-            #expect(list.stdout == "IP PREFIX/ADDRESS\n100.0.9.0/24\n192.168.0.0/16\n")
-
-            let flows = try await run([client, "conntrack", "list", "--proto", "tcp", "--dst", "100.0.0.0/24"], environment: env)
-            let rows = flows.stdout.split(separator: "\n")
-            #expect(rows.count == 6, "\(flows.stdout)")
-            #expect(rows.first?.hasPrefix("PROTO   KIND        ORIGINAL") == true)
-            // Aligned: TRANSLATED starts in the same column on every row.
-            let column = rows.first.flatMap { $0.range(of: "TRANSLATED") }.map { rows[0].distance(from: rows[0].startIndex, to: $0.lowerBound) }
-            for row in rows.dropFirst() {
-                let start = row.index(row.startIndex, offsetBy: column ?? 0)
-                #expect(row[start...].hasPrefix("100.0.0.1:"), "\(row)")
+            try await api.fillFlows(20)
+            for line in lines {
+                let argv = ReadmeTests.words(line.replacingOccurrences(of: "/run/masq/masqd.sock", with: api.socketPath)).dropFirst()
+                let result = try await run([client] + argv, environment: ["MASQ_SOCKET": api.socketPath])
+                #expect(result.status == 0, "\(line): \(result)")
             }
-            let json = try await run([client, "conntrack", "list", "-o", "json", "--limit", "2"], environment: env)
-            #expect(json.stdout.split(separator: "\n").count == 2)
-
-            let bad = try await run([client, "conntrack", "list", "--src", "10.0.0.1/8"], environment: env)
-            #expect(bad.status != 0 && bad.stderr.contains("--src: '10.0.0.1/8' has host bits set"))
-
-            let flush = try await run([client, "conntrack", "flush", "--sport", "10000"], environment: env)
-            #expect(flush.stdout == "Deleted 5 flows.\n", "\(flush.stdout) \(flush.stderr)")
-
-            let explain = try await run([client, "explain", "--src", "10.244.1.2", "--dst", "192.0.2.10", "--device", "lo"], environment: env)
-            #expect(explain.stdout.contains("Rule:           cluster-node"), "\(explain.stdout)")
-
-            let config = try await run([client, "config"], environment: env)
-            #expect(config.stdout.contains("pod-cidrs:"))
-            let completion = try await run([client, "--generate-completion-script", "bash"])
-            #expect(completion.stdout.contains("conntrack"))
         }
     }
 }
+}
+
+/// The lines of a status text whose label has no value after it ("Saturation:" alone).
+func emptyLabels(_ text: String) -> [Substring] {
+    text.split(separator: "\n").filter { line in
+        !line.hasPrefix(" ") && line.hasSuffix(":") && !line.dropLast().contains(":")
+    }
 }

@@ -148,7 +148,7 @@ struct ServerTests {
             let get = try await run(asNobody + ["ipmasq", "list", "--socket", api.socketPath])
             #expect(get.status == 0, "\(get.stderr)")
             #expect(get.stdout.hasPrefix("IP PREFIX/ADDRESS\n"))
-            let flush = try await run(asNobody + ["conntrack", "flush", "--socket", api.socketPath])
+            let flush = try await run(asNobody + ["conntrack", "flush", "--all", "--socket", api.socketPath])
             #expect(flush.status == 1)
             #expect(flush.stderr.contains("needs uid 0; this connection's peer is uid 65534 (HTTP 403)"), "\(flush.stderr)")
         }

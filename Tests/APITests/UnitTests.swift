@@ -74,6 +74,16 @@ struct ContractTests {
         #expect(health.state == .unknown)
     }
 
+    @Test("durations print as people write them, and masqd's config parser reads each back")
+    func durationText() throws {
+        let cases: [(Double, String)] = [(21_600, "6h"), (5_400, "1h30m"), (90, "1m30s"), (10, "10s"), (0.5, "500ms"),
+                                         (3_661.25, "1h1m1s250ms"), (0, "0s"), (0.0001, "0.0001s")]
+        for (seconds, text) in cases {
+            #expect(DurationText.format(seconds: seconds) == text)
+            if seconds > 0 { #expect(try DaemonConfig.seconds(.conntrackUDPTimeout, .scalar(text)) == seconds, "\(text)") }
+        }
+    }
+
     @Test("the masquerading line reads like Cilium's")
     func masqueradingLine() {
         let m = StatusResponse.Masquerading(enabled: true, ipMasqAgent: true, devices: ["eth0", "eth1"],

@@ -84,7 +84,7 @@ struct APIE2ETests {
             let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
             let list = try await sandbox.masqClient(["conntrack", "list", "-o", "json"], prefix: nobody)
             #expect(list.succeeded && list.stdout.contains(#""kind":"masquerade""#), "\(list)")
-            let flush = try await sandbox.masqClient(["conntrack", "flush"], prefix: nobody)
+            let flush = try await sandbox.masqClient(["conntrack", "flush", "--all"], prefix: nobody)
             #expect(flush.status == 1 && flush.stderr.contains("(HTTP 403)"), "\(flush)")
             #expect(!(try await sandbox.conntrack()).isEmpty, "the refused DELETE removed flows")
         }
