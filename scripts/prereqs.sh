@@ -23,7 +23,9 @@ ensure_swift() {
 ensure_packages() {
     local missing=() pkg
     have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-    for pkg in libbpf-dev libsystemd-dev pkg-config iproute2 bpftool; do
+    # systemd: systemd-socket-activate and systemd-analyze; python3-seccomp: scripts/unit-sandbox.py
+    # (the systemd test); socat and curl: scripts/checks.sh.
+    for pkg in libbpf-dev libsystemd-dev pkg-config iproute2 bpftool systemd python3-seccomp socat curl; do
         have_pkg "$pkg" || missing+=("$pkg")
     done
     # The BPF build includes the distribution's uapi headers (asm/types.h).

@@ -28,6 +28,13 @@ status=0
 timeout --signal=TERM --kill-after=30 1500 swift test --skip-build "$@" || status=$?
 sweep_stale masqe2e
 
+# The outside checkers (OpenAPI, schemathesis, Kubernetes, systemd); only on a full run.
+if [ $# -eq 0 ]; then
+    step "running the outside checkers (scripts/checks.sh)"
+    timeout --signal=TERM --kill-after=30 900 scripts/checks.sh "$(swift build --show-bin-path)/masqd" || status=1
+    sweep_stale masqe2e
+fi
+
 if [ "$status" -eq 0 ]; then
     step "all tests passed in $(( $(date +%s) - start )) s"
 else

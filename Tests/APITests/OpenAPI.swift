@@ -12,12 +12,62 @@ struct OpenAPIDocument {
         .deletingLastPathComponent().appendingPathComponent("docs/api/openapi.yaml").path
 
     static func load() throws -> OpenAPIDocument {
-        let text = try String(contentsOfFile: path, encoding: .utf8)
+        try OpenAPIDocument(yaml: String(contentsOfFile: path, encoding: .utf8))
+    }
+
+    init(yaml text: String) throws {
         guard let root = try Yams.load(yaml: text) as? [String: Any] else { throw TestFailure("openapi.yaml: not a mapping") }
-        return OpenAPIDocument(root: root)
+        self.root = root
     }
 
     var paths: [String: [String: Any]] { (root["paths"] as? [String: [String: Any]]) ?? [:] }
+
+    /// The Schema Object keywords of OpenAPI 3.0 (plus `x-` extensions).
+    static let schemaKeywords: Set<String> = [
+        "$ref", "title", "description", "type", "format", "enum", "default", "example", "nullable",
+        "required", "properties", "additionalProperties", "items", "allOf", "oneOf", "anyOf", "not",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength",
+        "pattern", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties",
+        "readOnly", "writeOnly", "deprecated", "discriminator", "xml", "externalDocs",
+    ]
+
+    /// Structural problems a YAML parse alone lets through: a plain scalar such as
+    /// `{ type: integer, description: One, two. }` silently becomes an extra key `two.` with a
+    /// null value. Reports keys with null values anywhere, schema keys that are no Schema Object
+    /// keyword, non-string descriptions and `$ref`s that resolve to nothing.
+    func structuralProblems() -> [String] {
+        var problems: [String] = []
+        func walk(_ node: Any, at path: String, isSchema: Bool) {
+            if let list = node as? [Any] {
+                for (i, item) in list.enumerated() { walk(item, at: "\(path)[\(i)]", isSchema: false) }
+                return
+            }
+            guard let map = node as? [String: Any] else { return }
+            for (key, value) in map {
+                let here = "\(path)/\(key)"
+                if value is NSNull { problems.append("\(here): null value (an unquoted ', ' or ': ' in a flow mapping?)") }
+                if key == "description", !(value is String) { problems.append("\(here): not a string") }
+                if key == "$ref", let ref = value as? String, resolve(ref) == nil { problems.append("\(here): unresolved \(ref)") }
+                if isSchema, !Self.schemaKeywords.contains(key), !key.hasPrefix("x-") {
+                    problems.append("\(here): '\(key)' is not a Schema Object keyword")
+                }
+                switch (isSchema, key) {
+                case (false, "schema"), (true, "items"), (true, "not"), (true, "additionalProperties"):
+                    walk(value, at: here, isSchema: true)
+                case (true, "properties"):
+                    for (name, schema) in (value as? [String: Any]) ?? [:] { walk(schema, at: "\(here)/\(name)", isSchema: true) }
+                case (true, "allOf"), (true, "oneOf"), (true, "anyOf"):
+                    for (i, schema) in ((value as? [Any]) ?? []).enumerated() { walk(schema, at: "\(here)[\(i)]", isSchema: true) }
+                case (false, "schemas") where path == "/components":
+                    for (name, schema) in (value as? [String: Any]) ?? [:] { walk(schema, at: "\(here)/\(name)", isSchema: true) }
+                default:
+                    walk(value, at: here, isSchema: false)
+                }
+            }
+        }
+        walk(root, at: "", isSchema: false)
+        return problems.sorted()
+    }
 
     /// The documented (path, method) pairs.
     var operations: Set<String> {

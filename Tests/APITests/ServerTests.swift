@@ -29,6 +29,18 @@ struct ServerTests {
         return result
     }
 
+    @Test("openapi.yaml is structurally sound: no null keys, only Schema Object keywords in schemas, every $ref resolves")
+    func specStructure() throws {
+        #expect(spec.structuralProblems() == [])
+        // The check notices the breakage it exists for: an unquoted ", " in a flow mapping.
+        let broken = try OpenAPIDocument(yaml: """
+            components:
+              schemas:
+                A: { type: object, properties: { n: { type: integer, description: One, two. } } }
+            """)
+        #expect(broken.structuralProblems().contains { $0.hasPrefix("/components/schemas/A/properties/n/two.") })
+    }
+
     @Test("every route is in openapi.yaml and openapi.yaml documents no route the server lacks")
     func specCoversRoutes() {
         let routes = Set(Route.allCases.map { "\($0.method.rawValue) \($0.path)" })

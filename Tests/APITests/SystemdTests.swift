@@ -1,6 +1,7 @@
 @preconcurrency import Glibc
 import API
 import Foundation
+import TestSupport
 import Testing
 
 extension LiveAPITests {
@@ -77,6 +78,100 @@ struct SystemdTests {
                 if n > 0 { stopping = String(decoding: buffer[0..<n], as: UTF8.self).contains("STOPPING=1") }
             }
             #expect(stopping, "no STOPPING=1 after SIGTERM")
+        }
+    }
+
+    static var repo: URL { URL(fileURLWithPath: readme).deletingLastPathComponent() }
+
+    /// The unit's CapabilityBoundingSet= line and the capabilities it names.
+    static func capabilities(_ unit: String) throws -> (line: String, names: [String]) {
+        guard let line = unit.split(separator: "\n").last(where: { $0.hasPrefix("CapabilityBoundingSet=") }) else {
+            throw TestFailure("masqd.service has no CapabilityBoundingSet=")
+        }
+        return (String(line), line.dropFirst("CapabilityBoundingSet=".count).split(separator: " ").map(String.init))
+    }
+
+    /// The same as a /proc CapEff mask.
+    static func capabilityMask(_ unit: String) throws -> UInt64 {
+        let numbers = ["CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_SYS_RESOURCE": 24, "CAP_PERFMON": 38, "CAP_BPF": 39]
+        return try capabilities(unit).names.reduce(0) { mask, name in
+            guard let bit = numbers[name] else { throw TestFailure("unexpected capability \(name)") }
+            return mask | 1 << bit
+        }
+    }
+
+    @Test("masqd under masqd.service's hardening (its capabilities, syscall filter, read-only system): attaches, serves, reloads on ExecReload's SIGHUP, stops")
+    func hardenedUnit() async throws {
+        let masqd = try builtBinary("masqd")
+        let unitPath = Self.repo.appendingPathComponent("contrib/systemd/masqd.service").path
+        let unit = try String(contentsOfFile: unitPath, encoding: .utf8)
+        #expect(unit.split(separator: "\n").contains("ExecReload=/bin/kill -HUP $MAINPID"))
+        let capabilities = try Self.capabilityMask(unit)
+        try await DaemonSandbox.with { sandbox in
+            // A device in force, so the programs are loaded, pinned and attached under the unit.
+            for argv in [["link", "add", "ext0", "type", "veth", "peer", "name", "ext1"], ["addr", "add", "192.0.2.1/24", "dev", "ext0"],
+                         ["link", "set", "ext0", "up"], ["link", "set", "ext1", "up"]] {
+                guard try await run(["/usr/bin/env", "ip", "-n", sandbox.name] + argv).status == 0 else {
+                    throw TestFailure("ip \(argv.joined(separator: " ")) failed")
+                }
+            }
+            // systemd's part: the socket from masqd.socket, then the unit's settings (the bpffs
+            // stands in for ReadWritePaths=/sys/fs/bpf), then ExecStart.
+            let process = try sandbox.start(
+                ["/usr/bin/systemd-socket-activate", "-l", sandbox.socketPath, "--fdname=masqd",
+                 "/usr/bin/python3", Self.repo.appendingPathComponent("scripts/unit-sandbox.py").path, unitPath, "--rw", sandbox.bpffs, "--",
+                 masqd, "run"] + sandbox.masqdFlags(["--socket-path", "/nonexistent/ignored.sock"]))
+            try await sandbox.waitHealthy()
+            let pid = daemonPID(process)
+            let procStatus = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            #expect(procStatus.contains("CapEff:\t" + String(format: "%016llx", capabilities)), "\(procStatus)")
+            #expect(procStatus.contains("NoNewPrivs:\t1") && procStatus.contains("Seccomp:\t2"))
+
+            func status() async throws -> StatusResponse {
+                let result = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/status")
+                return try APIJSON.decoder().decode(StatusResponse.self, from: result.body)
+            }
+            let before = try await status()
+            #expect(before.ready && before.devices.map(\.name) == ["ext0"], "\(sandbox.log)")
+
+            // ExecReload: masqd re-reads its config and counts the load.
+            kill(pid, SIGHUP)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await status().configReloads.daemon.ok == before.configReloads.daemon.ok {
+                guard ContinuousClock.now < deadline else {
+                    Issue.record("no config reload counted after SIGHUP: \(sandbox.log)")
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let health = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/healthz")
+            #expect(health.status == 200 && health.text.contains(#""state":"Ok""#), "\(health.text)")
+
+            kill(pid, SIGTERM)
+            #expect(await Command.waitForExit(process, timeout: .seconds(20)), "masqd did not stop within TimeoutStopSec")
+            #expect(!sandbox.log.contains("Operation not permitted"), "\(sandbox.log)")
+        }
+    }
+
+    @Test("the unit's capability set is the smallest: without any one of them masqd does not start")
+    func capabilitiesAllNeeded() async throws {
+        let masqd = try builtBinary("masqd")
+        let unitPath = Self.repo.appendingPathComponent("contrib/systemd/masqd.service").path
+        let unit = try String(contentsOfFile: unitPath, encoding: .utf8)
+        let (line, capabilities) = try Self.capabilities(unit)
+        try await DaemonSandbox.with { sandbox in
+            for dropped in capabilities {
+                let variant = sandbox.dir + "/without-\(dropped).service"
+                let kept = capabilities.filter { $0 != dropped }.joined(separator: " ")
+                try unit.replacingOccurrences(of: line, with: "CapabilityBoundingSet=" + kept)
+                    .write(toFile: variant, atomically: true, encoding: .utf8)
+                let result = try await run(
+                    ["/usr/bin/nsenter", "--net=/run/netns/\(sandbox.name)", "/usr/bin/python3",
+                     Self.repo.appendingPathComponent("scripts/unit-sandbox.py").path, variant, "--rw", sandbox.dir, "--",
+                     masqd, "run"] + sandbox.masqdFlags(), timeout: .seconds(60))
+                #expect(result.status != 0, "masqd ran without \(dropped)")
+                #expect(result.stderr.contains("load BPF object"), "without \(dropped): \(result.stderr)")
+            }
         }
     }
 
