@@ -78,6 +78,8 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
                 ("attach-mode", .scalar(attachMode)),
                 ("conntrack-tcp-syn-timeout", duration(conntrack.tcpSynTimeout)),
                 ("conntrack-tcp-established-timeout", duration(conntrack.tcpEstablishedTimeout)),
+                ("conntrack-tcp-fin-wait-timeout", duration(conntrack.tcpFinWaitTimeout)),
+                ("conntrack-tcp-close-wait-timeout", duration(conntrack.tcpCloseWaitTimeout)),
                 ("conntrack-tcp-closing-timeout", duration(conntrack.tcpClosingTimeout)),
                 ("conntrack-udp-timeout", duration(conntrack.udpTimeout)),
                 ("conntrack-udp-replied-timeout", duration(conntrack.udpRepliedTimeout)),
@@ -91,16 +93,21 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
     public struct Conntrack: Codable, Sendable, Equatable {
         public var tcpSynTimeout: Double
         public var tcpEstablishedTimeout: Double
+        public var tcpFinWaitTimeout: Double
+        public var tcpCloseWaitTimeout: Double
         public var tcpClosingTimeout: Double
         public var udpTimeout: Double
         public var udpRepliedTimeout: Double
         public var icmpTimeout: Double
         public var gcInterval: Double
 
-        public init(tcpSynTimeout: Double, tcpEstablishedTimeout: Double, tcpClosingTimeout: Double,
+        public init(tcpSynTimeout: Double, tcpEstablishedTimeout: Double, tcpFinWaitTimeout: Double,
+                    tcpCloseWaitTimeout: Double, tcpClosingTimeout: Double,
                     udpTimeout: Double, udpRepliedTimeout: Double, icmpTimeout: Double, gcInterval: Double) {
             self.tcpSynTimeout = tcpSynTimeout
             self.tcpEstablishedTimeout = tcpEstablishedTimeout
+            self.tcpFinWaitTimeout = tcpFinWaitTimeout
+            self.tcpCloseWaitTimeout = tcpCloseWaitTimeout
             self.tcpClosingTimeout = tcpClosingTimeout
             self.udpTimeout = udpTimeout
             self.udpRepliedTimeout = udpRepliedTimeout

@@ -51,6 +51,27 @@ public struct FlowCounters: Codable, Sendable, Equatable {
     }
 }
 
+/// The state of a tracked flow, which decides its lifetime (masqd's `conntrack-*-timeout` keys).
+public enum FlowState: String, OpenStringEnum, CaseIterable {
+    /// TCP: a SYN, no SYN-ACK yet.
+    case synSent = "syn-sent"
+    /// TCP: a SYN-ACK, the handshake's last ACK not yet seen.
+    case synRecv = "syn-recv"
+    /// TCP: the handshake completed (or the flow was picked up mid-stream).
+    case established
+    /// TCP: one side sent a FIN, the other has sent nothing since.
+    case finWait = "fin-wait"
+    /// TCP: one side closed, the other acknowledged and may go on sending.
+    case closeWait = "close-wait"
+    /// TCP: both sides sent a FIN, or an in-window RST ended the connection.
+    case closing
+    /// UDP and ICMP: no reply yet.
+    case unreplied
+    /// UDP and ICMP: replies were seen.
+    case replied
+    case unknown
+}
+
 /// One tracked flow of the NAT table (`GET /v1/conntrack`).
 public struct ConntrackEntry: Codable, Sendable, Equatable {
     /// What the datapath does with the flow.
@@ -71,8 +92,7 @@ public struct ConntrackEntry: Codable, Sendable, Equatable {
     public var original: FlowTuple
     /// The tuple as it leaves the device.
     public var translated: FlowTuple
-    /// TCP: syn-sent, established, closing; UDP and ICMP: unreplied, replied.
-    public var state: String
+    public var state: FlowState
     public var ageSeconds: Double
     /// Seconds until the flow expires if no packet comes; 0 when already due for collection.
     public var expiresInSeconds: Double
@@ -89,7 +109,7 @@ public struct ConntrackEntry: Codable, Sendable, Equatable {
     }
 
     public init(family: IPFamily, proto: L4Protocol, kind: Kind, original: FlowTuple, translated: FlowTuple,
-                state: String, ageSeconds: Double, expiresInSeconds: Double, originalCounters: FlowCounters,
+                state: FlowState, ageSeconds: Double, expiresInSeconds: Double, originalCounters: FlowCounters,
                 replyCounters: FlowCounters?, device: String?, ifindex: UInt32) {
         self.family = family
         self.proto = proto

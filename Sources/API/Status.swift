@@ -205,8 +205,12 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public var allocationScans: UInt64
         /// Failed allocations answered by a recent full-scan mark, without scanning again.
         public var allocationFullHintFailures: UInt64
-        /// INGRESS halves re-created by the datapath after an LRU eviction.
+        /// INGRESS halves of live flows re-created by the datapath.
         public var reverseRestored: UInt64
+        /// New flows the full NAT table refused.
+        public var tableFull: UInt64
+        /// Node packets passed untracked because the table was full.
+        public var hostUntracked: UInt64
         /// ICMP errors translated (RFC 5508), either direction.
         public var icmpErrorsTranslated: UInt64
         /// First IPv4 fragments whose ports were remembered.
@@ -218,6 +222,7 @@ public struct StatusResponse: Codable, Sendable, Equatable {
                     allocationsKeptPort: UInt64 = 0, allocationRetries: UInt64 = 0, allocationFailures: UInt64 = 0,
                     hostFlows: UInt64 = 0, inboundFlows: UInt64 = 0, allocationScans: UInt64 = 0,
                     allocationFullHintFailures: UInt64 = 0, reverseRestored: UInt64 = 0,
+                    tableFull: UInt64 = 0, hostUntracked: UInt64 = 0,
                     icmpErrorsTranslated: UInt64 = 0, fragmentsTracked: UInt64 = 0, fragmentsMatched: UInt64 = 0) {
             self.snatPackets = snatPackets
             self.revSnatPackets = revSnatPackets
@@ -230,6 +235,8 @@ public struct StatusResponse: Codable, Sendable, Equatable {
             self.allocationScans = allocationScans
             self.allocationFullHintFailures = allocationFullHintFailures
             self.reverseRestored = reverseRestored
+            self.tableFull = tableFull
+            self.hostUntracked = hostUntracked
             self.icmpErrorsTranslated = icmpErrorsTranslated
             self.fragmentsTracked = fragmentsTracked
             self.fragmentsMatched = fragmentsMatched
@@ -339,16 +346,15 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public var intervalSeconds: Double
         public var expiredFlows: Int
         public var deletedEntries: Int
-        /// Half pairs found (each an LRU eviction of one half, or a race with a flow being
-        /// created or deleted): written back for live flows, or deleted with expired ones.
-        public var repairedHalves: Int
+        /// Lone halves of expired flows deleted (each a flush, or a race with a flow being
+        /// created or deleted).
         public var removedHalves: Int
         /// Passes started early because allocation pressure rose.
         public var pressureWakeups: Int
         public var lastPass: Pass?
 
         public init(passes: Int = 0, lastPassAt: Date? = nil, lastPassSeconds: Double? = nil, intervalSeconds: Double = 0,
-                    expiredFlows: Int = 0, deletedEntries: Int = 0, repairedHalves: Int = 0, removedHalves: Int = 0,
+                    expiredFlows: Int = 0, deletedEntries: Int = 0, removedHalves: Int = 0,
                     pressureWakeups: Int = 0, lastPass: Pass? = nil) {
             self.passes = passes
             self.lastPassAt = lastPassAt
@@ -356,7 +362,6 @@ public struct StatusResponse: Codable, Sendable, Equatable {
             self.intervalSeconds = intervalSeconds
             self.expiredFlows = expiredFlows
             self.deletedEntries = deletedEntries
-            self.repairedHalves = repairedHalves
             self.removedHalves = removedHalves
             self.pressureWakeups = pressureWakeups
             self.lastPass = lastPass
@@ -368,17 +373,15 @@ public struct StatusResponse: Codable, Sendable, Equatable {
             public var entries: Int
             public var expiredFlows: Int
             public var deletedEntries: Int
-            public var repairedHalves: Int
             public var removedHalves: Int
-            /// The tuples holding the most ports, counted exactly; at most 10.
+            /// The tuples holding the most ports (exact below 16384 tuples); at most 10.
             public var portsInUse: [TuplePorts]
 
-            public init(entries: Int, expiredFlows: Int, deletedEntries: Int, repairedHalves: Int,
+            public init(entries: Int, expiredFlows: Int, deletedEntries: Int,
                         removedHalves: Int, portsInUse: [TuplePorts]) {
                 self.entries = entries
                 self.expiredFlows = expiredFlows
                 self.deletedEntries = deletedEntries
-                self.repairedHalves = repairedHalves
                 self.removedHalves = removedHalves
                 self.portsInUse = portsInUse
             }

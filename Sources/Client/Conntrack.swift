@@ -48,13 +48,13 @@ extension MasqClient.Conntrack {
             case .masquerade, .unknown: snat = FlowTuple.endpoint(entry.translated.src, entry.translated.sport)
             }
             return [entry.proto.rawValue, FlowTuple.endpoint(entry.original.src, entry.original.sport),
-                    FlowTuple.endpoint(entry.original.dst, entry.original.dport), snat, entry.state,
+                    FlowTuple.endpoint(entry.original.dst, entry.original.dport), snat, entry.state.rawValue,
                     duration(entry.expiresInSeconds)]
         }
 
         static func wideRow(_ entry: ConntrackEntry) -> [String] {
             [entry.proto.rawValue, entry.kind.rawValue, entry.original.text, entry.translated.text,
-             entry.state, duration(entry.ageSeconds), duration(entry.expiresInSeconds),
+             entry.state.rawValue, duration(entry.ageSeconds), duration(entry.expiresInSeconds),
              "\(entry.originalCounters.packets)/\(entry.replyCounters?.packets ?? 0)",
              entry.device ?? "if\(entry.ifindex)"]
         }

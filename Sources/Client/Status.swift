@@ -117,7 +117,7 @@ extension MasqClient.Status {
         if let pass = gc.lastPass {
             text += " (\(pass.entries) entries, \(pass.deletedEntries) deleted)"
         }
-        text += ", next in \(duration(gc.intervalSeconds)); \(gc.expiredFlows) flows expired, halves \(gc.repairedHalves) repaired / \(gc.removedHalves) removed"
+        text += ", next in \(duration(gc.intervalSeconds)); \(gc.expiredFlows) flows expired, \(gc.removedHalves) lone halves removed"
         var lines = [labelled("Conntrack GC", text)]
         if let top = gc.lastPass?.portsInUse.first {
             lines.append(String(repeating: " ", count: 16)

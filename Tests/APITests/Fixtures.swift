@@ -142,6 +142,7 @@ final class LiveAPI: @unchecked Sendable {
             out.created = now
             out.last_seen = now
             out.seen = UInt8(MASQ_SEEN_SYN)
+            out.tcp_state = L4Protocol(number: proto) == .tcp ? UInt8(MASQ_TCP_ESTABLISHED) : 0
             out.packets = 1
             out.bytes = 60
             var ingress = masq_nat_key_v4()

@@ -121,7 +121,7 @@ struct ServerTests {
             #expect(lines.count == 2_510)
             let first = try APIJSON.decoder().decode(ConntrackEntry.self, from: Data(lines[0]))
             #expect(first.translated.src == IPAddress(LiveAPI.snatAddress) && first.device == "lo")
-            #expect(first.state == "established" && first.replyCounters != nil)
+            #expect(first.state == .established && first.replyCounters != nil)
 
             let udp = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?proto=udp&dport=53"))
             #expect(udp.entries.count == 10 && udp.entries.allSatisfy { $0.proto == .udp })

@@ -10,7 +10,7 @@ import Testing
 extension LiveAPITests {
 /// The real masqd streaming a large NAT table: time, and the daemon's peak memory. The table is
 /// filled directly (BPF_MAP_UPDATE_ELEM on the pinned map): 150,000 flows, 300,000 entries
-/// written (the LRU map may evict some; every flow whose EGRESS entry is there is listed).
+/// written (every flow whose EGRESS entry is there is listed).
 @Suite("streaming a large conntrack dump", .serialized)
 struct StreamingTests {
     static let flows = 150_000
@@ -39,7 +39,7 @@ struct StreamingTests {
                 egress += batch.entries.filter { $0.key.dir == UInt8(MASQ_DIR_EGRESS) }.count
                 token = batch.next
             } while token != nil
-            #expect(egress >= 100_000, "the LRU map kept \(egress) flows of \(Self.flows)")
+            #expect(egress >= 100_000, "the map kept \(egress) flows of \(Self.flows)")
 
             let before = memory(of: pid)
             // curl: the raw stream; masq-client: the stream decoded and printed as a table.

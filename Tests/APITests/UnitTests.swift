@@ -143,12 +143,13 @@ struct ConntrackEntryTests {
         #expect(entry.kind == ConntrackEntry.Kind.inbound && entry.translated == entry.original)
     }
 
-    @Test("state, age and expiry come from the seen flags and CLOCK_BOOTTIME stamps")
+    @Test("state, age and expiry come from the TCP state, the seen flags and CLOCK_BOOTTIME stamps")
     func stateAndExpiry() {
         var v = Self.value("100.0.0.1", 40000)
         v.created = 1_000_000_000
         v.last_seen = 5_000_000_000
         v.seen = UInt8(MASQ_SEEN_SYN)
+        v.tcp_state = UInt8(MASQ_TCP_ESTABLISHED)
         var reply = Self.value("10.244.1.2", 40000)
         reply.seen = UInt8(MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY)
         reply.last_seen = 6_000_000_000
@@ -156,12 +157,14 @@ struct ConntrackEntryTests {
         let entry = NATEntries.entry(NATFlow(key: Self.key("10.244.1.2", 40000, "100.0.0.2", 8080), egress: v,
                                              reply: reply, after: .start),
                                      now: 16_000_000_000, lifetimes: .default, deviceName: nil)
-        #expect(entry.state == "established")
+        #expect(entry.state == .established)
         #expect(entry.ageSeconds == 15)
         #expect(entry.expiresInSeconds == FlowLifetimes.default.tcpEstablished - 10)
         #expect(entry.replyCounters?.packets == 3)
-        #expect(FlowLifetimes.state(proto: .udp, seen: 0) == "unreplied")
-        #expect(FlowLifetimes.state(proto: .tcp, seen: UInt8(MASQ_SEEN_SYN | MASQ_SEEN_SYNACK | MASQ_SEEN_FIN)) == "closing")
+        #expect(FlowLifetimes.state(proto: .udp, tcpState: 0, seen: 0) == .unreplied)
+        #expect(FlowLifetimes.state(proto: .udp, tcpState: 0, seen: UInt8(MASQ_SEEN_REPLY)) == .replied)
+        #expect(FlowLifetimes.state(proto: .tcp, tcpState: UInt8(MASQ_TCP_FIN_WAIT), seen: UInt8(MASQ_SEEN_FIN)) == .finWait)
+        #expect(FlowLifetimes.default.lifetime(proto: .tcp, state: .closeWait) == 60)
     }
 
     @Test("cursors round-trip and a foreign cursor is a 400")

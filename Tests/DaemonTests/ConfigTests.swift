@@ -44,6 +44,7 @@ struct ConfigTests {
             .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .bpffsRoot: "/sys/fs/bpf/x",
             .logLevel: "debug", .attachMode: "tc",
             .conntrackTCPSynTimeout: "30s", .conntrackTCPEstablishedTimeout: "1h30m",
+            .conntrackTCPFinWaitTimeout: "90s", .conntrackTCPCloseWaitTimeout: "45s",
             .conntrackTCPClosingTimeout: "5s", .conntrackUDPTimeout: "20", .conntrackUDPRepliedTimeout: "3m",
             .conntrackICMPTimeout: "15s", .conntrackGCInterval: "500ms",
         ]
@@ -101,9 +102,11 @@ struct ConfigTests {
 
     @Test("conntrack lifetimes and the GC interval read durations; bad ones name their key")
     func conntrackDurations() throws {
-        let c = try config(file: "pod-cidrs: [10.0.0.0/8]\nconntrack-tcp-established-timeout: 1h30m\n",
-                           flags: ["--conntrack-udp-timeout", "45", "--conntrack-gc-interval", "500ms"])
+        let c = try config(file: "pod-cidrs: [10.0.0.0/8]\nconntrack-tcp-established-timeout: 1h30m\nconntrack-tcp-fin-wait-timeout: 3m\n",
+                           flags: ["--conntrack-udp-timeout", "45", "--conntrack-gc-interval", "500ms",
+                                   "--conntrack-tcp-close-wait-timeout", "90s"])
         #expect(c.conntrackLifetimes.tcpEstablished == 5400)
+        #expect(c.conntrackLifetimes.tcpFinWait == 180 && c.conntrackLifetimes.tcpCloseWait == 90)
         #expect(c.conntrackLifetimes.udpUnreplied == 45)
         #expect(c.conntrackLifetimes.tcpSynSent == FlowLifetimes.default.tcpSynSent)
         #expect(c.conntrackGCInterval == .milliseconds(500))

@@ -1,5 +1,5 @@
 // The conntrack GC's pass (ConntrackSweeper) on a loaded datapath's own NAT table: expiry by
-// state, both halves together, half pairs repaired or removed, ports freed; and its interval.
+// state, both halves together, lone halves removed, ports freed, batches; and its interval.
 
 import CMasq
 import Testing
@@ -23,11 +23,17 @@ struct ConntrackGCTests {
         }
     }
 
+    /// A completed handshake of pod1:sport -> server:443.
+    private func established(_ dp: Datapath, sport: UInt16) throws {
+        try tcp(dp, sport: sport, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
+        try tcp(dp, sport: sport, TCPFlag.ack)
+    }
+
     @Test("a closed TCP flow expires after the closing lifetime, both halves at once; an established one stays")
     func closedFlowExpires() throws {
         let dp = try Datapath.standard()
-        try tcp(dp, sport: 40000, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
-        try tcp(dp, sport: 40001, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
+        try established(dp, sport: 40000)
+        try established(dp, sport: 40001)
         try tcp(dp, sport: 40001, TCPFlag.fin | TCPFlag.ack, reply: TCPFlag.fin | TCPFlag.ack)
 
         #expect(try sweeper(dp).sweep(now: later(5)).deletedEntries == 0)
@@ -43,14 +49,45 @@ struct ConntrackGCTests {
     }
 
     @Test("each state expires after its own lifetime", arguments: [
-        (TCPFlag.syn, nil as UInt8?, 60.0), (TCPFlag.syn, TCPFlag.syn | TCPFlag.ack, 21_600.0),
-        (TCPFlag.syn, TCPFlag.rst, 10.0),
+        ("syn", 60.0), ("syn-ack only", 60.0), ("established", 21_600.0), ("one FIN", 120.0),
+        ("FIN answered", 60.0), ("both FINs", 10.0), ("RST", 10.0),
     ])
-    func tcpLifetimes(_ out: UInt8, _ back: UInt8?, _ lifetime: Double) throws {
+    func tcpLifetimes(_ story: String, _ lifetime: Double) throws {
         let dp = try Datapath.standard()
-        try tcp(dp, sport: 40000, out, reply: back)
+        switch story {
+        case "syn": try tcp(dp, sport: 40000, TCPFlag.syn)
+        case "syn-ack only": try tcp(dp, sport: 40000, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
+        case "established": try established(dp, sport: 40000)
+        case "one FIN":
+            try established(dp, sport: 40000)
+            try tcp(dp, sport: 40000, TCPFlag.fin | TCPFlag.ack)
+        case "FIN answered":
+            try established(dp, sport: 40000)
+            try tcp(dp, sport: 40000, TCPFlag.fin | TCPFlag.ack, reply: TCPFlag.ack)
+        case "both FINs":
+            try established(dp, sport: 40000)
+            try tcp(dp, sport: 40000, TCPFlag.fin | TCPFlag.ack, reply: TCPFlag.fin | TCPFlag.ack)
+        default:
+            try established(dp, sport: 40000)
+            try tcp(dp, sport: 40000, TCPFlag.ack, reply: TCPFlag.rst)
+        }
         #expect(try sweeper(dp).sweep(now: later(lifetime - 2)).deletedEntries == 0)
         #expect(try sweeper(dp).sweep(now: later(lifetime + 1)).deletedEntries == 2)
+    }
+
+    @Test("a half-closed flow outlives 15 s of silence with a GC pass every second, and its data still flows")
+    func halfClosedSurvives() throws {
+        let dp = try Datapath.standard()
+        try established(dp, sport: 40000)
+        try tcp(dp, sport: 40000, TCPFlag.fin | TCPFlag.ack)
+        for second in 1...20 {
+            #expect(try sweeper(dp).sweep(now: later(Double(second))).deletedEntries == 0)
+        }
+        let answer = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack | TCPFlag.fin)))
+        #expect(answer.verdict == TC.pass)
+        #expect(answer.parsed.dst == Net.pod1 && answer.parsed.dport == 40000)
+        let last = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack)))
+        #expect(last.parsed.src == Net.snat && last.parsed.sport == 40000)
     }
 
     @Test("UDP lives 30 s unreplied and 120 s replied; configured lifetimes replace the defaults")
@@ -68,32 +105,18 @@ struct ConntrackGCTests {
         #expect(try dp.entries().isEmpty)
     }
 
-    @Test("a live flow whose INGRESS half was evicted gets it back")
-    func lostIngressRepaired() throws {
+    @Test("a lone half is removed once idle, and left alone while its flow lives")
+    func loneHalves() throws {
         let dp = try Datapath.standard()
-        try tcp(dp, sport: 40000, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
+        try established(dp, sport: 40000)
         let rkey = natKey(Net.server, Net.snat, sport: 443, dport: 40000, proto: Proto.tcp, dir: MASQ_DIR_INGRESS)
         try dp.nat.delete(rkey)
 
-        let report = try sweeper(dp).sweep(now: later(1))
-
-        #expect(report.repairedHalves == 1)
-        let rev = try #require(try dp.entry(rkey))
-        #expect(IPv4Address(raw: rev.to_addr) == Net.pod1 && host16(rev.to_port) == 40000)
-        let back = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack)))
-        #expect(back.parsed.dst == Net.pod1)
-    }
-
-    @Test("a live flow whose EGRESS half was evicted gets it back and keeps its port")
-    func lostEgressRepaired() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 59999)
-        let first = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1234, dport: 443))).parsed.sport
-        try dp.nat.delete(natKey(Net.pod1, Net.server, sport: 1234, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS))
-
-        #expect(try sweeper(dp).sweep(now: later(1)).repairedHalves == 1)
-        let again = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1234, dport: 443, flags: TCPFlag.ack))).parsed.sport
-        #expect(again == first)
-        #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 1, "no new mapping was made")
+        let live = try sweeper(dp).sweep(now: later(1))
+        #expect(live.removedHalves == 0 && live.deletedEntries == 0)
+        let idle = try sweeper(dp).sweep(now: later(21_601))
+        #expect(idle.removedHalves == 1 && idle.expiredFlows == 1)
+        #expect(try dp.entries().isEmpty)
     }
 
     @Test("the lone half of an expired flow is removed")
@@ -141,24 +164,45 @@ struct ConntrackGCTests {
         #expect(IPv4Address(raw: top[0].key.snat) == Net.snat)
     }
 
-    @Test("a full table evicts old flows so new ones keep working, and the GC counts the halves evicted")
-    func fullTableEvicts() throws {
-        let dp = try Datapath(natEntries: 1024)
-        try dp.setConfig()
-        try dp.addDevice(snat: Net.snat)
-        try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
-        var verdicts: [UInt32] = []
-        for i in 0..<1500 {
-            verdicts.append(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(10000 + i), dport: 53))).verdict)
+    @Test("a pass in small batches keeps only a batch at hand and still expires pairs whole")
+    func smallBatches() throws {
+        let dp = try Datapath.standard()
+        for i in 0..<60 {
+            _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(40000 + i), dport: 53)))
+            if i % 2 == 0 {
+                _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: UInt16(40000 + i))))
+            }
         }
+        var gc = sweeper(dp)
+        gc.batchSize = 7
+        let report = try gc.sweep(now: later(31))
 
-        #expect(verdicts.allSatisfy { $0 == TC.pass })
-        #expect(try dp.droppedTotal() == 0)
-        #expect(try dp.entries().count <= 1024)
-        // 1500 pairs were written into 1024 entries: the LRU evicted entries one at a time, so
-        // some flows lost a half. The pass finds them (and repairs the live ones).
-        let report = try sweeper(dp).sweep(now: later(1))
-        #expect(report.repairedHalves + report.removedHalves > 0)
+        #expect(report.entries == 120)
+        #expect(report.expiredFlows == 30 && report.deletedEntries == 60 && report.removedHalves == 0)
+        let left = try dp.entries()
+        #expect(left.count == 60)
+        #expect(Set(left.map { host16($0.0.dir == UInt8(MASQ_DIR_EGRESS) ? $0.0.sport : $0.0.dport) % 2 }) == [0],
+                "the replied flows stay, both entries")
+        #expect(report.saturation.first?.ports == 30)
+    }
+
+    @Test("the port tally is exact below its capacity and keeps the heavy tuples above it")
+    func portTally() {
+        func key(_ port: UInt16) -> masq_sat_key_v4 {
+            masq_sat_key_v4(snat: Net.snat.raw, remote: Net.server.raw, remote_port: be16(port), proto: Proto.tcp, pad: 0)
+        }
+        var exact = PortUseTally(capacity: 8)
+        for port in UInt16(1)...5 { for _ in 0..<Int(port) { exact.add(key(port)) } }
+        #expect(exact.top(3).map(\.count) == [5, 4, 3])
+
+        var bounded = PortUseTally(capacity: 4)
+        for i in 0..<1000 {
+            bounded.add(key(443))
+            bounded.add(key(UInt16(1000 + i)))
+        }
+        let top = bounded.top(1)
+        #expect(top.first.map { host16($0.key.remote_port) } == 443)
+        #expect((top.first?.count ?? 0) >= 1000 - 2000 / 5, "Misra-Gries undercounts by at most n / (capacity + 1)")
     }
 
     @Test("a batch delete skips keys that are already gone")
@@ -183,7 +227,7 @@ struct ConntrackGCTests {
         #expect(GCInterval.next(current: .seconds(1), deletedFraction: 0.9, max: max) == .seconds(1))
     }
 
-    @Test("allocation pressure rises with exhaustive scans and failures")
+    @Test("allocation pressure rises with exhaustive scans, failures and a full table")
     func pressure() throws {
         let dp = try Datapath.standard(portMin: 50000, portMax: 50000)
         var pressure = AllocationPressure(stats: dp.stats)
@@ -197,5 +241,18 @@ struct ConntrackGCTests {
         #expect(!kept, "a kept port is no pressure")
         #expect(failed)
         #expect(!quiet)
+
+        let small = try Datapath(natEntries: 2)
+        try small.setConfig()
+        try small.addDevice(snat: Net.snat)
+        try small.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
+        var full = AllocationPressure(stats: small.stats)
+        _ = full.risen()
+        _ = try small.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
+        let fits = full.risen()
+        _ = try small.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40001, dport: 53)))
+        let refused = full.risen()
+        #expect(!fits)
+        #expect(refused, "a new flow the full table refused wakes the GC")
     }
 }

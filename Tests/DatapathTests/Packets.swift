@@ -105,7 +105,7 @@ func pseudoHeaderSum(src: [UInt8], dst: [UInt8], proto: UInt8, length: Int) -> U
 
 /// The L4 part of a test packet.
 enum L4: Sendable {
-    case tcp(sport: UInt16, dport: UInt16, flags: UInt8 = TCPFlag.syn)
+    case tcp(sport: UInt16, dport: UInt16, flags: UInt8 = TCPFlag.syn, seq: UInt32 = 1, ack: UInt32 = 0)
     case udp(sport: UInt16, dport: UInt16, zeroChecksum: Bool = false)
     case icmpEcho(type: UInt8, id: UInt16, seq: UInt16 = 1)
     /// Any ICMP message: type, code, then the rest of the 8-byte header and a body.
@@ -120,9 +120,9 @@ func ipv4Frame(src: IPv4Address, dst: IPv4Address, _ l4: L4, payload: [UInt8] = 
     var seg: [UInt8]
     var proto: UInt8
     switch l4 {
-    case let .tcp(sport, dport, flags):
+    case let .tcp(sport, dport, flags, seq, ack):
         proto = Proto.tcp
-        seg = be(sport) + be(dport) + [0, 0, 0, 1] + [0, 0, 0, 0] + [0x50, flags] + be(64240) + [0, 0, 0, 0]
+        seg = be(sport) + be(dport) + be32(seq) + be32(ack) + [0x50, flags] + be(64240) + [0, 0, 0, 0]
         seg += payload
         let sum = internetChecksum(seg, initial: pseudoHeaderSum(src: src.octets, dst: dst.octets, proto: proto, length: seg.count))
         seg.replace(at: 16, with: be(sum))
@@ -159,6 +159,7 @@ func ethernetHeader(type: UInt16) -> [UInt8] {
 }
 
 func be(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
+func be32(_ v: UInt32) -> [UInt8] { be(UInt16(v >> 16)) + be(UInt16(v & 0xffff)) }
 
 extension Array where Element == UInt8 {
     mutating func replace(at offset: Int, with bytes: [UInt8]) {
@@ -246,10 +247,10 @@ final class Datapath {
     private let egressFD: Int32
     private let ingressFD: Int32
 
-    /// Loads the embedded object with a small NAT table (the LRU preallocates every entry).
-    init(natEntries: UInt32 = 4096) throws {
-        object = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil,
-                               maxEntries: [MASQ_MAP_NAT_V4: natEntries])
+    /// Loads the embedded object (or `bytes`) with a small NAT table (the hash preallocates
+    /// every entry).
+    init(natEntries: UInt32 = 4096, bytes: [UInt8] = EmbeddedDatapath.bytes) throws {
+        object = try BPFObject(bytes: bytes, pinRoot: nil, maxEntries: [MASQ_MAP_NAT_V4: natEntries])
         config = try object.map(MASQ_MAP_CONFIG)
         devices = try object.map(MASQ_MAP_DEVICES)
         nat = try object.map(MASQ_MAP_NAT_V4)
@@ -265,8 +266,8 @@ final class Datapath {
     /// The usual node: IPv4 masquerading on, pod CIDR 10.0.1.0/24, the test device (ifindex 1)
     /// masquerading to 192.168.0.10, default port range.
     static func standard(flags: UInt32 = MASQ_CFG_IPV4_MASQ, portMin: UInt16 = 32768,
-                         portMax: UInt16 = 65535) throws -> Datapath {
-        let dp = try Datapath()
+                         portMax: UInt16 = 65535, bytes: [UInt8] = EmbeddedDatapath.bytes) throws -> Datapath {
+        let dp = try Datapath(bytes: bytes)
         try dp.setConfig(flags: flags, portMin: portMin, portMax: portMax)
         try dp.addDevice(snat: Net.snat)
         try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)

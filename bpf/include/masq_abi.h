@@ -55,7 +55,8 @@ struct masq_config {
 	__u32 native_v4_len;   /* its prefix length, 0-32 */
 	__u8 native_v6[16];    /* ipv6-native-routing-cidr address, network order */
 	__u32 native_v6_len;   /* 0-128 */
-	__u32 pad;             /* reserved, zero */
+	__u32 port_key;        /* the secret key of the port probe order (snat_v4_probe_hash): random,
+				* chosen once by masqd and kept across restarts with the pins */
 };
 _Static_assert(sizeof(struct masq_config) == 40, "masq_config size");
 
@@ -88,8 +89,11 @@ _Static_assert(sizeof(struct masq_lpm_v6) == 20, "masq_lpm_v6 size");
 /* Value of every CIDR map and of masq_nodes_v4 (key __be32 address): presence is what counts. */
 #define MASQ_CIDR_PRESENT 1
 
-/* ---- masq_nat_v4: the NAT / connection table (LRU hash). ----
+/* ---- masq_nat_v4: the NAT / connection table (preallocated hash). ----
  *
+ * Entries are never evicted: the datapath creates and deletes a flow's two entries together,
+ * masqd's GC expires idle flows (both entries), and a new flow that finds the table full is
+ * dropped (DROP_NAT_TABLE_FULL) rather than push out a live one.
  * A masqueraded flow is a pair of entries:
  *   dir EGRESS:  key = original tuple as the pod sends it (pod -> remote);
  *                value.to_addr/to_port = the SNAT address and port it leaves with.
@@ -100,7 +104,10 @@ _Static_assert(sizeof(struct masq_lpm_v6) == 20, "masq_lpm_v6 size");
  * entry flagged MASQ_NAT_F_INBOUND: its replies leave untranslated (exclusion 4); packets
  * of either direction refresh its last_seen and seen, its counters count the pod's replies.
  * Deleting a pair (GC, flush): delete the EGRESS entry first; an egress packet re-creates a
- * missing INGRESS entry of a live EGRESS entry (MASQ_STAT_REVERSE_RESTORED).
+ * missing INGRESS entry of a live EGRESS entry (MASQ_STAT_REVERSE_RESTORED) unless another
+ * flow holds its tuple (DROP_NAT_REPLY_CONFLICT). A lost EGRESS entry is found again on the
+ * flow's next packet: ports are probed in an order fixed by the original tuple, and a reply
+ * entry that maps back to this very flow is reused.
  * For ICMP echo, sport is the echo id and dport is 0 (EGRESS); the INGRESS key has sport 0 and
  * dport the translated id.
  */
@@ -128,20 +135,39 @@ _Static_assert(sizeof(struct masq_nat_key_v4) == 16, "masq_nat_key_v4 size");
 #define MASQ_SEEN_FIN       (1U << 2)
 #define MASQ_SEEN_RST       (1U << 3)
 #define MASQ_SEEN_REPLY     (1U << 4) /* a packet of the reply direction was seen */
+#define MASQ_SEEN_REPLY_FIN (1U << 5) /* MASQ_NAT_F_INBOUND entries: a FIN of the pod's (reply) side */
+
+/* TCP state of a flow (tcp_state field), the same in both entries of a pair. The datapath moves
+ * it per packet (ct_tcp_next4, conntrack.h); masqd's GC gives each state its lifetime. */
+#define MASQ_TCP_NONE        0 /* not TCP, or an entry carried over without state */
+#define MASQ_TCP_SYN_SENT    1 /* a SYN, no SYN-ACK yet */
+#define MASQ_TCP_SYN_RECV    2 /* a SYN-ACK, the handshake's last ACK not yet seen */
+#define MASQ_TCP_ESTABLISHED 3 /* the handshake completed, or the flow was picked up mid-stream */
+#define MASQ_TCP_FIN_WAIT    4 /* one side sent a FIN; the other has sent nothing since */
+#define MASQ_TCP_CLOSE_WAIT  5 /* one side closed; the other acknowledged and may go on sending */
+#define MASQ_TCP_CLOSING     6 /* both sides sent a FIN, or an in-window RST was seen */
 
 struct masq_nat_entry_v4 {
 	__be32 to_addr;        /* network order: SNAT address (EGRESS) or pod address (INGRESS) */
 	__be16 to_port;        /* network order: SNAT port/id (EGRESS) or pod port/id (INGRESS) */
 	__u8 flags;            /* MASQ_NAT_F_* */
-	__u8 seen;             /* MASQ_SEEN_* */
+	__u8 seen;             /* MASQ_SEEN_* of this entry's direction (INBOUND: both) */
 	__u32 ifindex;         /* the masquerading device of the flow, host order */
-	__u32 pad;             /* reserved, zero */
+	__u8 tcp_state;        /* MASQ_TCP_*, the flow's; the same in both entries of a pair */
+	__u8 pad[3];           /* reserved, zero */
 	__u64 created;         /* CLOCK_BOOTTIME ns */
 	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last packet in this entry's direction */
 	__u64 packets;         /* packets in this entry's direction */
 	__u64 bytes;           /* bytes (L3 length) in this entry's direction */
+	__u32 seq_next;        /* TCP, host order: the sequence number after the last segment of
+				* this entry's direction (INBOUND: the remote's); RST window check */
+	__u32 reply_seq_next;  /* INBOUND entries: the same for the pod's side; else zero */
 };
-_Static_assert(sizeof(struct masq_nat_entry_v4) == 48, "masq_nat_entry_v4 size");
+_Static_assert(sizeof(struct masq_nat_entry_v4) == 56, "masq_nat_entry_v4 size");
+
+/* The entry layout before tcp_state (48 bytes: the first 48 of today's, tcp_state and the
+ * sequence numbers zero). masqd carries such a table over into the current layout. */
+#define MASQ_NAT_ENTRY_V4_V1_SIZE 48
 
 /* ---- masq_stats: per-CPU counters, indexed by these. ---- */
 
@@ -159,6 +185,8 @@ _Static_assert(sizeof(struct masq_nat_entry_v4) == 48, "masq_nat_entry_v4 size")
 #define MASQ_STAT_FRAG_TRACKED     11 /* first fragments whose ports were remembered */
 #define MASQ_STAT_FRAG_MATCHED     12 /* later fragments matched to their first fragment's ports */
 #define MASQ_STAT_ALLOC_FULL_HINT  13 /* failures answered by a fresh masq_full_v4 mark, no rescan */
+#define MASQ_STAT_TABLE_FULL       14 /* new flows refused by a full masq_nat_v4 (pods: DROP_NAT_TABLE_FULL) */
+#define MASQ_STAT_HOST_UNTRACKED   15 /* node packets passed untracked: a full table, their tuple free */
 #define MASQ_STAT_MAX               16
 
 /* ---- masq_alloc_hist: per-CPU histogram of port allocations by candidates tried. ----
@@ -184,9 +212,13 @@ struct masq_frag_entry_v4 {
 	__be16 dport;          /* network order (ICMP echo: id and 0 placed as in masq_nat_key_v4) */
 	__u8 tcp_flags;        /* the first fragment's TCP flags */
 	__u8 icmp_type;        /* ICMP_ECHO or ICMP_ECHOREPLY for ICMP */
-	__u16 pad;             /* zero */
+	__u8 flags;            /* MASQ_FRAG_F_* */
+	__u8 pad;              /* zero */
 };
 _Static_assert(sizeof(struct masq_frag_entry_v4) == 8, "masq_frag_entry_v4 size");
+
+#define MASQ_FRAG_F_PASS (1U << 0) /* the datagram is not translated (ICMP other than echo): its
+				    * later fragments pass as the first did */
 
 /* ---- masq_sat_v4: port saturation of one (SNAT address, remote, remote port, protocol). ----
  * Kept (LRU) for tuples whose new flows could not keep their original port. Random probes are
@@ -219,6 +251,6 @@ _Static_assert(sizeof(struct masq_sat_entry_v4) == 56, "masq_sat_entry_v4 size")
  * scanning the whole range again (a full scan of 32768 ports costs milliseconds). A found port
  * removes the mark, and masqd's GC removes the marks of tuples whose flows it deletes, since
  * that is how ports come free; so the answer stays exact except for ports freed otherwise
- * (a flush, an LRU eviction) within the hint's lifetime. */
+ * (a flush) within the hint's lifetime. */
 
 #endif /* MASQ_ABI_H */

@@ -16,7 +16,26 @@
 struct ct_l4_info {
 	__u8 tcp_flags;        /* TCP: the flags byte; 0 for other protocols */
 	__u8 icmp_type;        /* ICMP: ICMP_ECHO or ICMP_ECHOREPLY; 0 for other protocols */
+	__u8 has_seq;          /* TCP with its header: seq, ack and seq_end are set */
+	__u8 pad;
+	__u32 seq;             /* TCP sequence number, host order */
+	__u32 ack;             /* TCP acknowledgment number, host order */
+	__u32 seq_end;         /* seq + payload bytes + SYN + FIN: the sender's next sequence number */
 };
+
+/* __ct_tcp_seq4: the sequence facts of a TCP segment with header tcp (RST window check). */
+static __always_inline void __ct_tcp_seq4(const struct ipv4_pkt *pkt, const struct tcphdr *tcp,
+					  struct ct_l4_info *l4)
+{
+	__u32 hdr = (pkt->l4_off - pkt->l3_off) + tcp->doff * 4;
+	__u32 payload = pkt->l3_len > hdr ? pkt->l3_len - hdr : 0;
+
+	l4->has_seq = 1;
+	l4->seq = bpf_ntohl(tcp->seq);
+	l4->ack = bpf_ntohl(tcp->ack_seq);
+	l4->seq_end = l4->seq + payload + !!(l4->tcp_flags & TCP_FLAG_SYN) +
+		      !!(l4->tcp_flags & TCP_FLAG_FIN);
+}
 
 /* __ct_extract_l4_4: the ports (or echo id) and L4 facts from pkt's L4 header, placed as the
  * NAT key of direction dir holds them. Returns MASQ_OK, NAT_PUNT_TO_STACK or -DROP_INVALID_L4. */
@@ -37,6 +56,7 @@ static __always_inline int __ct_extract_l4_4(struct __sk_buff *skb, const struct
 		tuple->sport = tcp.source;
 		tuple->dport = tcp.dest;
 		l4->tcp_flags = ((__u8 *)&tcp)[TCP_OFF_FLAGS];
+		__ct_tcp_seq4(pkt, &tcp, l4);
 		return MASQ_OK;
 	case IPPROTO_UDP:
 		if (!ipv4_has_l4(pkt, UDP_HDR_LEN) ||
@@ -63,8 +83,9 @@ static __always_inline int __ct_extract_l4_4(struct __sk_buff *skb, const struct
  * so that reversing a tuple turns one into the other), and *l4. Fragments: a first fragment's
  * ports are remembered (frag.h) and a later fragment takes them from there, since it carries
  * no L4 header. Returns MASQ_OK, NAT_PUNT_TO_STACK for protocols and ICMP types not
- * translated, -DROP_INVALID_L4 when the L4 header is cut (such a packet could not be
- * translated correctly), or -DROP_FRAG_NOT_FOUND for a later fragment whose first is unknown. */
+ * translated (a first fragment of such a datagram is remembered as MASQ_FRAG_F_PASS, so that
+ * its later ones pass too), -DROP_INVALID_L4 when the L4 header is cut (such a packet could not
+ * be translated correctly), or -DROP_FRAG_NOT_FOUND for a later fragment whose first is unknown. */
 static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 					     __u8 dir, struct masq_nat_key_v4 *tuple,
 					     struct ct_l4_info *l4)
@@ -77,8 +98,7 @@ static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct
 	tuple->proto = pkt->proto;
 	tuple->dir = dir;
 	tuple->pad = 0;
-	l4->tcp_flags = 0;
-	l4->icmp_type = 0;
+	__builtin_memset(l4, 0, sizeof(*l4));
 
 	if (ipv4_is_non_first_fragment(pkt)) {
 		ret = frag_v4_lookup(pkt, &frag);
@@ -91,8 +111,12 @@ static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct
 		return MASQ_OK;
 	}
 	ret = __ct_extract_l4_4(skb, pkt, dir, tuple, l4);
-	if (ret == MASQ_OK && ipv4_is_first_fragment(pkt))
-		frag_v4_record(pkt, tuple->sport, tuple->dport, l4->tcp_flags, l4->icmp_type);
+	if (!ipv4_is_first_fragment(pkt))
+		return ret;
+	if (ret == MASQ_OK)
+		frag_v4_record(pkt, tuple->sport, tuple->dport, l4->tcp_flags, l4->icmp_type, 0);
+	else if (ret == NAT_PUNT_TO_STACK && pkt->proto == IPPROTO_ICMP)
+		frag_v4_record(pkt, 0, 0, 0, 0, MASQ_FRAG_F_PASS); /* ICMP other than echo */
 	return ret;
 }
 
@@ -153,16 +177,13 @@ static __always_inline struct masq_nat_entry_v4 *ct_lookup4(const struct masq_na
 static __always_inline void ct_entry_init4(struct masq_nat_entry_v4 *entry, __be32 to_addr,
 					   __be16 to_port, __u8 flags, __u32 ifindex, __u64 now)
 {
+	__builtin_memset(entry, 0, sizeof(*entry));
 	entry->to_addr = to_addr;
 	entry->to_port = to_port;
 	entry->flags = flags;
-	entry->seen = 0;
 	entry->ifindex = ifindex;
-	entry->pad = 0;
 	entry->created = now;
 	entry->last_seen = now;
-	entry->packets = 0;
-	entry->bytes = 0;
 }
 
 /* Marks entry alive now and ORs in seen. Plain stores: two CPUs racing can lose one seen bit
@@ -170,12 +191,7 @@ static __always_inline void ct_entry_init4(struct masq_nat_entry_v4 *entry, __be
 static __always_inline void ct_refresh4(struct masq_nat_entry_v4 *entry, __u8 seen)
 {
 	entry->last_seen = bpf_ktime_get_boot_ns();
-	/* A handshake on a tuple whose connection had closed (FIN or RST seen) is a new
-	 * connection reusing it: its state starts over, or the GC would give the new connection
-	 * the closing lifetime (netfilter re-opens such a tuple the same way). */
-	if ((seen & (MASQ_SEEN_SYN | MASQ_SEEN_SYNACK)) && (entry->seen & (MASQ_SEEN_FIN | MASQ_SEEN_RST)))
-		entry->seen = seen;
-	else if ((entry->seen | seen) != entry->seen)
+	if ((entry->seen | seen) != entry->seen)
 		entry->seen |= seen;
 }
 
@@ -185,6 +201,144 @@ static __always_inline void ct_update4(struct masq_nat_entry_v4 *entry, __u32 by
 	__sync_fetch_and_add(&entry->packets, 1);
 	__sync_fetch_and_add(&entry->bytes, bytes);
 	ct_refresh4(entry, seen);
+}
+
+/* ---- TCP state (MASQ_TCP_*) ----
+ * netfilter's machine (nf_conntrack_proto_tcp.c), reduced to what decides a flow's lifetime:
+ * the SYN timeout until the handshake completes (a SYN-ACK alone does not), established, then
+ * FIN_WAIT / CLOSE_WAIT while one side has closed and the other may still send, and the short
+ * closing timeout only once both sides sent a FIN or an in-window RST ended the connection.
+ * Each side's SYN, SYN-ACK and FIN are remembered in its entry's seen bits (an inbound entry
+ * keeps the pod's FIN as MASQ_SEEN_REPLY_FIN), each side's next sequence number beside them. */
+
+/* ct_tcp_track4: advances *next, a side's next sequence number, past this segment. A RST does
+ * not move it: a blind one must not shift the window the next RST is checked against. */
+static __always_inline void ct_tcp_track4(__u32 *next, const struct ct_l4_info *l4)
+{
+	if (l4->has_seq && !(l4->tcp_flags & TCP_FLAG_RST) && (!*next || (__s32)(l4->seq_end - *next) > 0))
+		*next = l4->seq_end;
+}
+
+/* ct_tcp_rst_in_window4: whether a RST fits its sender's sequence space, roughly as netfilter's
+ * tcp_in_window: its seq within MASQ_TCP_RST_WINDOW of the sender's next sequence number; or,
+ * when the sender has sent nothing yet (a RST answering a SYN), its ACK acknowledging exactly
+ * the other side's segments. A side whose numbers were never seen (a flow carried over) cannot
+ * be checked: its RST counts. A RST out of window still passes: the receiver judges it. */
+static __always_inline bool ct_tcp_rst_in_window4(const struct ct_l4_info *l4, __u32 self_next,
+						  __u32 peer_next)
+{
+	if (!l4->has_seq)
+		return false;
+	if (self_next)
+		return (__u32)(l4->seq - self_next + MASQ_TCP_RST_WINDOW) <= 2 * MASQ_TCP_RST_WINDOW;
+	if (peer_next && (l4->tcp_flags & TCP_FLAG_ACK))
+		return l4->ack == peer_next;
+	return true;
+}
+
+/* ct_tcp_next4: the flow's state after a segment with l4's flags from one side. self_seen and
+ * peer_seen: the MASQ_SEEN_SYN/SYNACK/FIN bits of the sending side and of the other one,
+ * before this segment; rst_ok: a RST is in window. */
+static __always_inline __u8 ct_tcp_next4(__u8 state, __u8 flags, __u8 self_seen, __u8 peer_seen,
+					 bool rst_ok)
+{
+	if (flags & TCP_FLAG_RST)
+		return rst_ok ? MASQ_TCP_CLOSING : state;
+	if (flags & TCP_FLAG_SYN) {
+		/* A SYN opens the flow, or re-opens a tuple whose connection ended (netfilter
+		 * re-opens TIME_WAIT and CLOSE the same way); a retransmitted one changes nothing.
+		 * A SYN-ACK moves the handshake on without completing it. */
+		if (!(flags & TCP_FLAG_ACK))
+			return state == MASQ_TCP_NONE || state == MASQ_TCP_CLOSING ? MASQ_TCP_SYN_SENT : state;
+		return state == MASQ_TCP_NONE || state == MASQ_TCP_SYN_SENT ? MASQ_TCP_SYN_RECV : state;
+	}
+	/* A flow first seen mid-stream (no SYN) is taken as established: netfilter's pickup. */
+	if (state == MASQ_TCP_NONE)
+		state = MASQ_TCP_ESTABLISHED;
+	/* The handshake's last ACK comes from the side that did not send the SYN-ACK. */
+	if (state == MASQ_TCP_SYN_RECV && (flags & TCP_FLAG_ACK) && !(self_seen & MASQ_SEEN_SYNACK))
+		state = MASQ_TCP_ESTABLISHED;
+	if (flags & TCP_FLAG_FIN) {
+		if (peer_seen & MASQ_SEEN_FIN)
+			return MASQ_TCP_CLOSING; /* both sides have closed */
+		return state == MASQ_TCP_SYN_SENT ? state : MASQ_TCP_FIN_WAIT;
+	}
+	/* The side that has not closed answered after the other's FIN: it acknowledged it. */
+	if (state == MASQ_TCP_FIN_WAIT && (peer_seen & MASQ_SEEN_FIN) && !(self_seen & MASQ_SEEN_FIN))
+		return MASQ_TCP_CLOSE_WAIT;
+	return state;
+}
+
+/* ct_tcp_pair4: moves the state of a pair on a segment that self's direction carries; peer is
+ * the other entry (NULL when it is gone: self alone moves). A re-opened tuple starts its seen
+ * bits over in both entries, or the new connection's first FIN would look like the second.
+ * Call before ct_update4, which adds this segment's own bits. */
+static __always_inline void ct_tcp_pair4(struct masq_nat_entry_v4 *self, struct masq_nat_entry_v4 *peer,
+					 const struct ct_l4_info *l4)
+{
+	__u8 old = self->tcp_state, state;
+
+	state = ct_tcp_next4(old, l4->tcp_flags, self->seen, peer ? peer->seen : 0,
+			     ct_tcp_rst_in_window4(l4, self->seq_next, peer ? peer->seq_next : 0));
+	if (state == MASQ_TCP_SYN_SENT && old != MASQ_TCP_SYN_SENT) {
+		self->seen &= MASQ_SEEN_REPLY;
+		self->seq_next = 0;
+		if (peer) {
+			peer->seen &= MASQ_SEEN_REPLY;
+			peer->seq_next = 0;
+		}
+	}
+	ct_tcp_track4(&self->seq_next, l4);
+	if (state != old)
+		self->tcp_state = state;
+	if (peer && peer->tcp_state != state)
+		peer->tcp_state = state;
+}
+
+/* ct_tcp_pair_needs_peer4: whether a segment may move the state (and so needs the other
+ * entry of its pair): a SYN, FIN or RST, or any segment before established or after a FIN.
+ * Established flows' plain segments, nearly all of them, skip the second lookup. */
+static __always_inline bool ct_tcp_pair_needs_peer4(const struct masq_nat_entry_v4 *self,
+						    const struct ct_l4_info *l4)
+{
+	return (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) ||
+	       self->tcp_state != MASQ_TCP_ESTABLISHED;
+}
+
+/* ct_tcp_inbound4: the same for a MASQ_NAT_F_INBOUND entry, which stands for both sides: the
+ * remote's (from_pod false) bits and sequence in seen and seq_next, the pod's SYN-ACK as
+ * MASQ_SEEN_SYNACK, its FIN as MASQ_SEEN_REPLY_FIN and its sequence in reply_seq_next. */
+static __always_inline void ct_tcp_inbound4(struct masq_nat_entry_v4 *entry, const struct ct_l4_info *l4,
+					    bool from_pod)
+{
+	__u8 remote = entry->seen & (MASQ_SEEN_SYN | MASQ_SEEN_FIN);
+	__u8 pod = (entry->seen & MASQ_SEEN_SYNACK) |
+		   ((entry->seen & MASQ_SEEN_REPLY_FIN) ? MASQ_SEEN_FIN : 0);
+	__u32 *self_next = from_pod ? &entry->reply_seq_next : &entry->seq_next;
+	__u32 peer_next = from_pod ? entry->seq_next : entry->reply_seq_next;
+	__u8 old = entry->tcp_state, state;
+
+	state = ct_tcp_next4(old, l4->tcp_flags, from_pod ? pod : remote, from_pod ? remote : pod,
+			     ct_tcp_rst_in_window4(l4, *self_next, peer_next));
+	if (state == MASQ_TCP_SYN_SENT && old != MASQ_TCP_SYN_SENT) {
+		entry->seen &= MASQ_SEEN_REPLY;
+		entry->seq_next = 0;
+		entry->reply_seq_next = 0;
+	}
+	ct_tcp_track4(self_next, l4);
+	if (state != old)
+		entry->tcp_state = state;
+}
+
+/* ct_seen_inbound4: the seen bits a packet of an inbound flow adds: the pod's FIN is kept
+ * apart from the remote's (MASQ_SEEN_REPLY_FIN). */
+static __always_inline __u8 ct_seen_inbound4(const struct ct_l4_info *l4, bool from_pod)
+{
+	__u8 seen = ct_seen4(l4, from_pod ? MASQ_SEEN_REPLY : 0);
+
+	if (from_pod && (seen & MASQ_SEEN_FIN))
+		seen = (seen & ~MASQ_SEEN_FIN) | MASQ_SEEN_REPLY_FIN;
+	return seen;
 }
 
 /* ct_lookup6 and friends (masq_nat_v6) go here, same shapes. */

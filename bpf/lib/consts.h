@@ -64,6 +64,11 @@
  * the cost of a flood of new flows to a full tuple to one scan per this time. 100 ms in ns. */
 #define SNAT_FULL_HINT_NS       (100ULL * 1000 * 1000)
 
+/* The RST window (ct_tcp_rst_in_window4): how far a RST's sequence number may lie from its
+ * sender's next one and still end the flow. Roughly the largest receive window Linux grants
+ * by default (tcp_rmem max 6 MB, scaled); a blind RST must land inside it. Bytes. */
+#define MASQ_TCP_RST_WINDOW     (8U << 20)
+
 /* IPv4 fragments: datagrams whose first fragment's ports are remembered at once (masq_frag_v4,
  * LRU). A datagram's later fragments follow its first within milliseconds; the table only has
  * to outlive that. Entries, not time. */

@@ -18,5 +18,7 @@
 #define DROP_CSUM_L4 135 /* updating the TCP, UDP or ICMP checksum failed */
 #define DROP_WRITE_FAILED 136 /* writing a rewritten address or port into the packet failed */
 #define DROP_FRAG_NOT_FOUND 137 /* a later IPv4 fragment came before its datagram's first: ports unknown */
+#define DROP_NAT_TABLE_FULL 138 /* a new flow found the NAT table full; live flows are never evicted for it */
+#define DROP_NAT_REPLY_CONFLICT 139 /* a flow's reply tuple is held by another flow: it cannot go on with its port */
 
 #endif /* MASQ_DROP_REASONS_H */

@@ -21,16 +21,18 @@ static __always_inline void frag_v4_key(const struct ipv4_pkt *pkt, struct masq_
 }
 
 /* frag_v4_record: remembers the ports (as the NAT key of this direction holds them) and the
- * L4 facts of a first fragment, for its datagram's later fragments. A failed update only
- * costs those fragments (they are dropped as DROP_FRAG_NOT_FOUND), so it is not an error. */
+ * L4 facts of a first fragment, for its datagram's later fragments; flags MASQ_FRAG_F_PASS
+ * for a datagram that is not translated. A failed update only costs those fragments (they are
+ * dropped as DROP_FRAG_NOT_FOUND where a translation is needed), so it is not an error. */
 static __always_inline void frag_v4_record(const struct ipv4_pkt *pkt, __be16 sport, __be16 dport,
-					   __u8 tcp_flags, __u8 icmp_type)
+					   __u8 tcp_flags, __u8 icmp_type, __u8 flags)
 {
 	struct masq_frag_entry_v4 entry = {
 		.sport = sport,
 		.dport = dport,
 		.tcp_flags = tcp_flags,
 		.icmp_type = icmp_type,
+		.flags = flags,
 	};
 	struct masq_frag_key_v4 key;
 
@@ -40,7 +42,8 @@ static __always_inline void frag_v4_record(const struct ipv4_pkt *pkt, __be16 sp
 }
 
 /* frag_v4_lookup: the remembered ports of a later fragment's datagram. Returns MASQ_OK with
- * *entry filled, NAT_PUNT_TO_STACK for protocols the NAT does not translate, or
+ * *entry filled, NAT_PUNT_TO_STACK for protocols the NAT does not translate and datagrams
+ * whose first fragment was not translated (MASQ_FRAG_F_PASS), or
  * -DROP_FRAG_NOT_FOUND when the first fragment has not been seen: it arrived out of order (or
  * was lost). Such a fragment cannot be matched to its flow and would otherwise leave with the
  * pod's address (or reach the node for a pod), so it is dropped and counted instead; the
@@ -62,6 +65,8 @@ static __always_inline int frag_v4_lookup(const struct ipv4_pkt *pkt, struct mas
 	found = bpf_map_lookup_elem(&masq_frag_v4, &key);
 	if (!found)
 		return -DROP_FRAG_NOT_FOUND;
+	if (found->flags & MASQ_FRAG_F_PASS)
+		return NAT_PUNT_TO_STACK;
 	*entry = *found;
 	stat_inc(MASQ_STAT_FRAG_MATCHED);
 	return MASQ_OK;

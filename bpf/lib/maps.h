@@ -32,10 +32,11 @@ struct {
 } masq_devices SEC(".maps");
 
 /* One direction of a tracked IPv4 flow: EGRESS (original tuple -> SNAT address and port) or
- * INGRESS (reply tuple -> pod address and port). See masq_abi.h for the pairs. LRU, so a full
- * table evicts the least recently used flows; masqd resizes it (nat-max-entries) before load. */
+ * INGRESS (reply tuple -> pod address and port). See masq_abi.h for the pairs. A preallocated
+ * hash, not an LRU: the kernel never evicts a live flow's entry to make room (an LRU would, one
+ * half at a time); masqd's GC expires flows and resizes it (nat-max-entries) before load. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MASQ_NAT_MAX_ENTRIES);
 	__type(key, struct masq_nat_key_v4);
 	__type(value, struct masq_nat_entry_v4);

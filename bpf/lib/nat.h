@@ -4,8 +4,11 @@
 #ifndef MASQ_NAT_H
 #define MASQ_NAT_H
 
+#include <linux/errno.h>
+
 #include "conntrack.h"
 #include "csum.h"
+#include "jhash.h"
 #include "stats.h"
 
 /* Naming: snat_v4_nat* is egress (source rewrite), snat_v4_rev_nat* ingress (the reply back);
@@ -56,6 +59,15 @@ static __always_inline void snat_v4_port_range(const struct masq_config *cfg, __
 	}
 }
 
+/* Whether port (host order) lies in snat-port-range: every port a pod mapping holds does. */
+static __always_inline bool snat_v4_port_in_range(const struct masq_config *cfg, __u32 port)
+{
+	__u32 min, max;
+
+	snat_v4_port_range(cfg, &min, &max);
+	return port >= min && port <= max;
+}
+
 /* Port allocation state for one new flow, on the stack (bpf_loop's callback reaches it). */
 struct snat_v4_alloc {
 	struct masq_nat_key_v4 rkey;   /* the reverse (INGRESS) key; dport is the candidate */
@@ -64,26 +76,40 @@ struct snat_v4_alloc {
 	__u32 range;                   /* ports in snat-port-range, 1-65535 */
 	__u32 start;                   /* where the exhaustive scan starts, 0..range-1 */
 	__u32 tries;                   /* candidates tried so far */
+	__u32 hash_a, hash_b, hash_c;  /* the original tuple, as snat_v4_probe_hash hashes it */
+	__u32 key;                     /* masq_config.port_key */
 	__be16 port;                   /* the claimed port, network order */
-	__u32 probes;                  /* random candidates tried */
+	__u32 probes;                  /* pseudo-random candidates tried */
 	__u32 taken;                   /* ... of which were in use */
 	__u8 created;                  /* this flow wrote the reverse entry (else it reuses one) */
 	__u8 found;                    /* a port was claimed */
-	__u8 scanned;                  /* the random probes failed: the exhaustive scan ran */
+	__u8 scanned;                  /* the pseudo-random probes failed: the exhaustive scan ran */
+	__u8 full;                     /* the table had no room for the claim */
 };
+
+/* snat_v4_probe_hash: the i-th number of the flow's probe order, a keyed hash of its original
+ * tuple (as nf_nat_l4proto_unique_tuple derives its offset from the tuple with a secret). The
+ * same flow always probes the same ports in the same order: should it lose its EGRESS entry,
+ * it finds its own reply entry again instead of taking another port, while no outsider can
+ * predict the order without masq_config.port_key. */
+static __always_inline __u32 snat_v4_probe_hash(const struct snat_v4_alloc *a, __u32 i)
+{
+	return jhash_3words(a->hash_a, a->hash_b, a->hash_c, a->key + i);
+}
 
 /* __snat_v4_claim: claims the reply tuple a->rkey with dport = port for the flow a->rval
  * describes. Free means no INGRESS entry holds it; one that already maps back to this flow's
- * own address and port is this flow's (its EGRESS entry was evicted) and is reused.
- * Returns MASQ_OK or NAT_PORT_TAKEN. */
+ * own address and port (the key holds the remote side) is this flow's, whose EGRESS entry was
+ * lost, and is reused. Returns MASQ_OK, NAT_PORT_TAKEN or -DROP_NAT_TABLE_FULL. */
 static __always_inline int __snat_v4_claim(struct snat_v4_alloc *a, __be16 port)
 {
 	struct masq_nat_entry_v4 *held;
+	long err;
 
 	a->rkey.dport = port;
 	a->tries++;
-	/* Look before writing: an LRU insert takes a free node (possibly evicting a live flow)
-	 * before it notices the key exists, so a taken port must not be probed by writing. */
+	/* Look before writing: a failed insert costs more than a lookup, and most taken ports
+	 * are found this way. */
 	held = bpf_map_lookup_elem(&masq_nat_v4, &a->rkey);
 	if (held) {
 		if (held->to_addr != a->rval.to_addr || held->to_port != a->rval.to_port)
@@ -91,8 +117,14 @@ static __always_inline int __snat_v4_claim(struct snat_v4_alloc *a, __be16 port)
 		a->created = 0;
 	} else {
 		/* BPF_NOEXIST makes the claim atomic: of two CPUs racing for one port, one wins
-		 * and the other goes on to its next candidate. */
-		if (bpf_map_update_elem(&masq_nat_v4, &a->rkey, &a->rval, BPF_NOEXIST) < 0)
+		 * and the other goes on to its next candidate. A full table fails every
+		 * candidate alike: stop at once. */
+		err = bpf_map_update_elem(&masq_nat_v4, &a->rkey, &a->rval, BPF_NOEXIST);
+		if (err == -E2BIG || err == -ENOMEM) {
+			a->full = 1;
+			return -DROP_NAT_TABLE_FULL;
+		}
+		if (err < 0)
 			return NAT_PORT_TAKEN;
 		a->created = 1;
 	}
@@ -100,27 +132,32 @@ static __always_inline int __snat_v4_claim(struct snat_v4_alloc *a, __be16 port)
 	return MASQ_OK;
 }
 
-/* bpf_loop callback: candidate i. The first SNAT_PORT_PROBES are random; the rest scan the
- * whole range once from a random start, so a free port is always found. Returns 1 to stop. */
+/* bpf_loop callback: candidate i. The first SNAT_PORT_PROBES are spread over the range by
+ * the flow's probe hash; the rest scan the whole range once from a start the hash also fixes,
+ * so a free port is always found. Returns 1 to stop. */
 static long snat_v4_port_probe(__u32 i, void *ctx)
 {
 	struct snat_v4_alloc *a = ctx;
 	__u32 off;
+	int ret;
 
 	if (i < SNAT_PORT_PROBES) {
-		off = bpf_get_prandom_u32() % a->range;
+		off = snat_v4_probe_hash(a, i) % a->range;
 		a->probes++;
 	} else {
 		off = (a->start + i - SNAT_PORT_PROBES) % a->range;
 		a->scanned = 1;
 	}
-	if (__snat_v4_claim(a, bpf_htons(a->port_min + off)) != MASQ_OK) {
-		if (i < SNAT_PORT_PROBES)
-			a->taken++;
-		return 0;
+	ret = __snat_v4_claim(a, bpf_htons(a->port_min + off));
+	if (ret == MASQ_OK) {
+		a->found = 1;
+		return 1;
 	}
-	a->found = 1;
-	return 1;
+	if (IS_ERR(ret))
+		return 1;
+	if (i < SNAT_PORT_PROBES)
+		a->taken++;
+	return 0;
 }
 
 /* The masq_alloc_hist bucket of an allocation that tried `tries` candidates: ceil(log2),
@@ -198,11 +235,13 @@ static __always_inline void snat_v4_alloc_account(const struct snat_v4_alloc *a,
 
 /* snat_v4_new_mapping: creates the pair of a new flow `tuple` (its EGRESS key) leaving with
  * address to_addr. The port: the original one when it is free and the flow may keep it (a
- * host flow always may, a pod flow when it is inside snat-port-range), else a free one from
- * the range. The reverse entry is written first (the atomic claim), then the forward one; the
- * reverse is rolled back when the forward insert fails.
- * Fills *state with the EGRESS entry. Returns MASQ_OK, -DROP_NAT_PORTS_EXHAUSTED or
- * -DROP_NAT_INSERT_FAILED. */
+ * host flow always may, a pod flow when it is inside snat-port-range), else the first free
+ * one in the flow's probe order (snat_v4_probe_hash). The reverse entry is written first (the
+ * atomic claim), then the forward one; the reverse is rolled back when the forward insert
+ * fails, so a pair is never half-written. A full table refuses the new flow and counts
+ * MASQ_STAT_TABLE_FULL, which wakes masqd's GC; no live flow is evicted for it.
+ * Fills *state with the EGRESS entry. Returns MASQ_OK, -DROP_NAT_PORTS_EXHAUSTED,
+ * -DROP_NAT_TABLE_FULL or -DROP_NAT_INSERT_FAILED. */
 static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 					       const struct masq_nat_key_v4 *tuple,
 					       const struct masq_config *cfg, __be32 to_addr,
@@ -215,6 +254,8 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 	struct snat_v4_alloc a = {};
 	__u32 port_min, port_max;
 	bool kept = false, hinted;
+	long err;
+	int ret;
 
 	snat_v4_port_range(cfg, &port_min, &port_max);
 	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &a.rkey);
@@ -222,18 +263,24 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 	ct_entry_init4(&a.rval, tuple->saddr, tuple->sport, flags, skb->ifindex, now);
 	a.port_min = port_min;
 	a.range = port_max - port_min + 1;
-	a.start = bpf_get_prandom_u32() % a.range;
+	a.hash_a = tuple->saddr;
+	a.hash_b = tuple->daddr;
+	a.hash_c = ((__u32)tuple->sport << 16 | tuple->dport) ^ tuple->proto;
+	a.key = cfg->port_key;
+	a.start = snat_v4_probe_hash(&a, SNAT_PORT_PROBES) % a.range;
 
-	if ((flags & MASQ_NAT_F_HOST) || (sport >= port_min && sport <= port_max))
-		kept = __snat_v4_claim(&a, tuple->sport) == MASQ_OK;
-	if (!kept) {
+	if ((flags & MASQ_NAT_F_HOST) || (sport >= port_min && sport <= port_max)) {
+		ret = __snat_v4_claim(&a, tuple->sport);
+		kept = ret == MASQ_OK;
+	}
+	if (!kept && !a.full) {
 		/* A tuple a scan has just found full gets the random probes only (masq_full_v4). */
 		snat_v4_sat_key(&a, &skey);
 		hinted = snat_v4_recently_full(&skey, now);
 		bpf_loop(SNAT_PORT_PROBES + (hinted ? 0 : a.range), snat_v4_port_probe, &a, 0);
 		if (a.scanned)
 			stat_inc(MASQ_STAT_ALLOC_SCANS);
-		if (!a.found) {
+		if (!a.found && !a.full) {
 			if (a.scanned)
 				bpf_map_update_elem(&masq_full_v4, &skey, &now, BPF_ANY);
 			else
@@ -242,26 +289,37 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 			stat_inc(MASQ_STAT_ALLOC_FAIL);
 			return -DROP_NAT_PORTS_EXHAUSTED;
 		}
-		if (hinted)
+		if (hinted && a.found)
 			bpf_map_delete_elem(&masq_full_v4, &skey); /* a port came free: scan again */
+	}
+	if (a.full) {
+		stat_inc(MASQ_STAT_TABLE_FULL);
+		return -DROP_NAT_TABLE_FULL;
 	}
 	snat_v4_alloc_account(&a, /*failed=*/false, now);
 	if (a.tries > 1)
 		stat_add(MASQ_STAT_ALLOC_RETRIES, a.tries - 1);
 
 	ct_entry_init4(&fval, to_addr, a.port, flags, skb->ifindex, now);
-	if (bpf_map_update_elem(&masq_nat_v4, tuple, &fval, BPF_NOEXIST) < 0) {
-		/* Another CPU created this flow first (or the table refused). Use the winner's
+	err = bpf_map_update_elem(&masq_nat_v4, tuple, &fval, BPF_NOEXIST);
+	if (err < 0) {
+		/* Another CPU created this flow first, or the table is full. Use the winner's
 		 * entry; our reverse goes unless the winner holds the same port (then it is
 		 * shared, both CPUs having claimed the same reply tuple for the same flow). */
 		*state = ct_lookup4(tuple);
 		if (a.created && !(*state && (*state)->to_addr == to_addr && (*state)->to_port == a.port))
 			bpf_map_delete_elem(&masq_nat_v4, &a.rkey);
-		return *state ? MASQ_OK : -DROP_NAT_INSERT_FAILED;
+		if (*state)
+			return MASQ_OK;
+		if (err == -E2BIG || err == -ENOMEM) {
+			stat_inc(MASQ_STAT_TABLE_FULL);
+			return -DROP_NAT_TABLE_FULL;
+		}
+		return -DROP_NAT_INSERT_FAILED;
 	}
 	*state = ct_lookup4(tuple);
 	if (!*state)
-		return -DROP_NAT_INSERT_FAILED; /* evicted at once: the table is thrashing */
+		return -DROP_NAT_INSERT_FAILED; /* deleted at once (a flush) */
 
 	stat_inc(MASQ_STAT_ALLOC_OK);
 	if (kept)
@@ -269,12 +327,24 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 	return MASQ_OK;
 }
 
-/* snat_v4_restore_reverse: makes sure the INGRESS entry of an established pair exists. The
- * LRU evicts entries one at a time, so the reverse of a flow that only sends can age out while
- * its forward lives on: replies would pass untranslated and another flow could claim the
- * port. Looking it up on every packet also keeps it recent in the LRU, so this rarely writes. */
-static __always_inline void snat_v4_restore_reverse(const struct masq_nat_key_v4 *tuple,
-						    const struct masq_nat_entry_v4 *state)
+/* Whether the INGRESS entry rstate maps back to the flow whose EGRESS key is tuple: a reply
+ * entry of the same reply tuple may belong to another flow that claimed it. */
+static __always_inline bool snat_v4_reverse_is_own(const struct masq_nat_key_v4 *tuple,
+						   const struct masq_nat_entry_v4 *rstate)
+{
+	return rstate->to_addr == tuple->saddr && rstate->to_port == tuple->sport;
+}
+
+/* snat_v4_restore_reverse: the INGRESS entry of an established pair, in *rstate, re-created
+ * when it is missing (a flush or a race with the GC deleted it while a packet was on its way).
+ * The entry is checked to map back to this very flow: should another flow hold the reply tuple
+ * (it claimed the port while the entry was gone), this flow cannot go on with the port, since
+ * the replies are the other flow's: its packets are dropped until the GC expires it, instead
+ * of leaving on a wire tuple two flows share. *rstate is NULL when a full table refused the
+ * re-creation. Returns MASQ_OK or -DROP_NAT_REPLY_CONFLICT. */
+static __always_inline int snat_v4_restore_reverse(const struct masq_nat_key_v4 *tuple,
+						   const struct masq_nat_entry_v4 *state,
+						   struct masq_nat_entry_v4 **rstate)
 {
 	struct masq_nat_entry_v4 rval;
 	struct masq_nat_key_v4 rkey;
@@ -282,14 +352,20 @@ static __always_inline void snat_v4_restore_reverse(const struct masq_nat_key_v4
 	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &rkey);
 	rkey.daddr = state->to_addr;
 	rkey.dport = state->to_port;
-	if (ct_lookup4(&rkey))
-		return;
-	ct_entry_init4(&rval, tuple->saddr, tuple->sport, state->flags, state->ifindex,
-		       bpf_ktime_get_boot_ns());
-	rval.created = state->created;
-	/* BPF_NOEXIST: should another flow have claimed the tuple meanwhile, it keeps it. */
-	if (bpf_map_update_elem(&masq_nat_v4, &rkey, &rval, BPF_NOEXIST) == 0)
-		stat_inc(MASQ_STAT_REVERSE_RESTORED);
+	*rstate = ct_lookup4(&rkey);
+	if (!*rstate) {
+		ct_entry_init4(&rval, tuple->saddr, tuple->sport, state->flags, state->ifindex,
+			       bpf_ktime_get_boot_ns());
+		rval.created = state->created;
+		rval.tcp_state = state->tcp_state;
+		/* BPF_NOEXIST: should another flow claim the tuple meanwhile, it keeps it. */
+		if (bpf_map_update_elem(&masq_nat_v4, &rkey, &rval, BPF_NOEXIST) == 0)
+			stat_inc(MASQ_STAT_REVERSE_RESTORED);
+		*rstate = ct_lookup4(&rkey);
+		if (!*rstate)
+			return MASQ_OK;
+	}
+	return snat_v4_reverse_is_own(tuple, *rstate) ? MASQ_OK : -DROP_NAT_REPLY_CONFLICT;
 }
 
 /* snat_v4_delete_pair: removes an established pair, reverse first, the reverse only when it
@@ -304,7 +380,7 @@ static __always_inline void snat_v4_delete_pair(const struct masq_nat_key_v4 *tu
 	rkey.daddr = state->to_addr;
 	rkey.dport = state->to_port;
 	rstate = ct_lookup4(&rkey);
-	if (rstate && rstate->to_addr == tuple->saddr && rstate->to_port == tuple->sport)
+	if (rstate && snat_v4_reverse_is_own(tuple, rstate))
 		bpf_map_delete_elem(&masq_nat_v4, &rkey);
 	bpf_map_delete_elem(&masq_nat_v4, tuple);
 }
@@ -522,7 +598,7 @@ static __always_inline int snat_v4_rev_icmp_error(struct __sk_buff *skb, const s
 static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 				       const struct masq_config *cfg, const struct masq_device *dev)
 {
-	struct masq_nat_entry_v4 *state;
+	struct masq_nat_entry_v4 *state, *rstate = NULL;
 	struct masq_nat_key_v4 tuple;
 	struct ct_l4_info l4;
 	int ret;
@@ -539,7 +615,9 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 	state = ct_lookup4(&tuple);
 	if (state && (state->flags & MASQ_NAT_F_INBOUND)) {
 		/* 4. The packet is a reply of a connection that came in to the pod. */
-		ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY));
+		if (tuple.proto == IPPROTO_TCP)
+			ct_tcp_inbound4(state, &l4, /*from_pod=*/true);
+		ct_update4(state, pkt->l3_len, ct_seen_inbound4(&l4, /*from_pod=*/true));
 		return NAT_PUNT_TO_STACK;
 	}
 	if (state && state->to_addr != dev->snat_v4) {
@@ -550,7 +628,9 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 		state = NULL;
 	}
 	if (state) {
-		snat_v4_restore_reverse(&tuple, state);
+		ret = snat_v4_restore_reverse(&tuple, state, &rstate);
+		if (ret != MASQ_OK)
+			return ret;
 	} else {
 		/* An echo reply whose request we never saw opens nothing: it passes as it is. */
 		if (ct_is_icmp_echo_reply(&tuple, &l4))
@@ -558,7 +638,11 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, 0, &state);
 		if (ret != MASQ_OK)
 			return ret;
+		if (tuple.proto == IPPROTO_TCP)
+			snat_v4_restore_reverse(&tuple, state, &rstate);
 	}
+	if (tuple.proto == IPPROTO_TCP)
+		ct_tcp_pair4(state, rstate, &l4);
 	ct_update4(state, pkt->l3_len, ct_seen4(&l4, 0));
 
 	ret = snat_v4_rewrite_egress(skb, pkt, &tuple, state);
@@ -570,18 +654,24 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 
 /* snat_v4_nat_track_host: tracks a packet of the node's own flow (source = dev's SNAT address)
  * as a MASQ_NAT_F_HOST pair, so that no pod mapping takes a reply tuple a host socket uses.
- * The pair is the identity when that tuple is free; when a pod mapping holds it already, the
- * host flow gets another port the way a pod flow does, and is translated.
+ * Only where a pod mapping could collide: not to destinations the exclusions skip (pods never
+ * leave translated to them), not from ports outside snat-port-range (pod mappings only hold
+ * ports inside it), not for later fragments (no port to translate). The pair is the identity
+ * when the tuple is free; when a pod mapping holds it already, the host flow gets another
+ * port the way a pod flow does, and is translated. A packet needing no translation is never
+ * dropped for lack of room: with the table full it passes untracked (MASQ_STAT_HOST_UNTRACKED).
  * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (identity) or a negative DROP_* reason. */
 static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 						  const struct masq_config *cfg,
 						  const struct masq_device *dev)
 {
-	struct masq_nat_entry_v4 *state;
-	struct masq_nat_key_v4 tuple;
+	struct masq_nat_entry_v4 *state, *rstate = NULL;
+	struct masq_nat_key_v4 tuple, rkey;
 	struct ct_l4_info l4;
 	int ret;
 
+	if (snat_v4_nat_can_skip(cfg, pkt->daddr) || ipv4_is_non_first_fragment(pkt))
+		return NAT_PUNT_TO_STACK;
 	/* The node's own error about a host flow that was given another port. */
 	if (icmp_v4_is_error(skb, pkt))
 		return snat_v4_nat_icmp_error(skb, pkt);
@@ -589,20 +679,37 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
 	if (ret != MASQ_OK)
 		return ret;
+	if (!snat_v4_port_in_range(cfg, bpf_ntohs(tuple.sport)))
+		return NAT_PUNT_TO_STACK;
 
 	state = ct_lookup4(&tuple);
 	if (state) {
-		snat_v4_restore_reverse(&tuple, state);
+		ret = snat_v4_restore_reverse(&tuple, state, &rstate);
+		if (ret != MASQ_OK)
+			return ret;
 	} else {
 		/* The node answering a ping holds no echo id of its own, and a reset ends a flow
 		 * (answering a port scan, say): neither is worth a pair. */
 		if (ct_is_icmp_echo_reply(&tuple, &l4) || (l4.tcp_flags & TCP_FLAG_RST))
 			return NAT_PUNT_TO_STACK;
 		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, MASQ_NAT_F_HOST, &state);
+		if (ret == -DROP_NAT_TABLE_FULL) {
+			/* No room to track it: it leaves as it is unless a pod flow holds its
+			 * reply tuple (then it would take that flow's replies). */
+			ct_reverse_tuple4(&tuple, MASQ_DIR_INGRESS, &rkey);
+			if (ct_lookup4(&rkey))
+				return ret;
+			stat_inc(MASQ_STAT_HOST_UNTRACKED);
+			return NAT_PUNT_TO_STACK;
+		}
 		if (ret != MASQ_OK)
 			return ret;
 		stat_inc(MASQ_STAT_HOST_FLOWS);
+		if (tuple.proto == IPPROTO_TCP)
+			snat_v4_restore_reverse(&tuple, state, &rstate);
 	}
+	if (tuple.proto == IPPROTO_TCP)
+		ct_tcp_pair4(state, rstate, &l4);
 	ct_update4(state, pkt->l3_len, ct_seen4(&l4, 0));
 
 	if (state->to_addr == tuple.saddr && state->to_port == tuple.sport)
@@ -612,6 +719,33 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 		return ret;
 	stat_inc(MASQ_STAT_SNAT_PACKETS);
 	return MASQ_OK;
+}
+
+/* snat_v4_rev_nat_tcp: moves the TCP state of a reply segment's flow. The EGRESS entry is
+ * looked up only when the segment may change the state (ct_tcp_pair_needs_peer4), and used only
+ * when it maps to this reply tuple. */
+static __always_inline void snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tuple,
+						struct masq_nat_entry_v4 *state,
+						const struct ct_l4_info *l4)
+{
+	struct masq_nat_entry_v4 *peer;
+	struct masq_nat_key_v4 fkey;
+
+	if (!ct_tcp_pair_needs_peer4(state, l4)) {
+		ct_tcp_track4(&state->seq_next, l4);
+		return;
+	}
+	fkey.saddr = state->to_addr;
+	fkey.daddr = tuple->saddr;
+	fkey.sport = state->to_port;
+	fkey.dport = tuple->sport;
+	fkey.proto = tuple->proto;
+	fkey.dir = MASQ_DIR_EGRESS;
+	fkey.pad = 0;
+	peer = ct_lookup4(&fkey);
+	if (peer && (peer->to_addr != tuple->daddr || peer->to_port != tuple->dport))
+		peer = NULL;
+	ct_tcp_pair4(state, peer, l4);
 }
 
 /* snat_v4_rev_nat: translates back a packet arriving for dev's SNAT address that matches an
@@ -628,6 +762,11 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 		return snat_v4_rev_icmp_error(skb, pkt);
 
 	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_INGRESS, &tuple, &l4);
+	/* A later fragment before its first: its datagram may be the node's own (which the
+	 * kernel reassembles) or a pod's. Passed on it reaches only the node: a pod's datagram
+	 * is lost either way, the node's is kept. */
+	if (ret == -DROP_FRAG_NOT_FOUND)
+		return NAT_PUNT_TO_STACK;
 	if (ret != MASQ_OK)
 		return ret;
 	/* Only replies go back: an echo request to the node is the node's to answer. */
@@ -637,6 +776,8 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 	state = ct_lookup4(&tuple);
 	if (!state)
 		return NAT_PUNT_TO_STACK;
+	if (tuple.proto == IPPROTO_TCP)
+		snat_v4_rev_nat_tcp(&tuple, state, &l4);
 	ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY));
 
 	if (state->to_addr == tuple.daddr && state->to_port == tuple.dport)
@@ -676,8 +817,11 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 	state = ct_lookup4(&key);
 	if (state) {
 		/* An inbound entry stands for the whole flow: this side keeps it alive too. */
-		if (state->flags & MASQ_NAT_F_INBOUND)
-			ct_refresh4(state, ct_seen4(&l4, 0));
+		if (state->flags & MASQ_NAT_F_INBOUND) {
+			if (tuple.proto == IPPROTO_TCP)
+				ct_tcp_inbound4(state, &l4, /*from_pod=*/false);
+			ct_refresh4(state, ct_seen_inbound4(&l4, /*from_pod=*/false));
+		}
 		return NAT_PUNT_TO_STACK;
 	}
 	if (!ct_opens_flow4(&tuple, &l4))
@@ -685,9 +829,14 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 
 	ct_entry_init4(&entry, key.saddr, key.sport, MASQ_NAT_F_INBOUND, skb->ifindex,
 		       bpf_ktime_get_boot_ns());
-	entry.seen = ct_seen4(&l4, 0);
-	if (bpf_map_update_elem(&masq_nat_v4, &key, &entry, BPF_NOEXIST) == 0)
+	if (tuple.proto == IPPROTO_TCP)
+		ct_tcp_inbound4(&entry, &l4, /*from_pod=*/false);
+	entry.seen = ct_seen_inbound4(&l4, /*from_pod=*/false);
+	ret = bpf_map_update_elem(&masq_nat_v4, &key, &entry, BPF_NOEXIST);
+	if (ret == 0)
 		stat_inc(MASQ_STAT_INBOUND_FLOWS);
+	else if (ret == -E2BIG || ret == -ENOMEM)
+		stat_inc(MASQ_STAT_TABLE_FULL); /* the flow passes untracked; the GC makes room */
 	return NAT_PUNT_TO_STACK;
 }
 

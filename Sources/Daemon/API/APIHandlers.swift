@@ -90,6 +90,7 @@ struct APIHandlers: Sendable {
                 bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue,
                 conntrack: .init(
                     tcpSynTimeout: c.conntrackLifetimes.tcpSynSent, tcpEstablishedTimeout: c.conntrackLifetimes.tcpEstablished,
+                    tcpFinWaitTimeout: c.conntrackLifetimes.tcpFinWait, tcpCloseWaitTimeout: c.conntrackLifetimes.tcpCloseWait,
                     tcpClosingTimeout: c.conntrackLifetimes.tcpClosing, udpTimeout: c.conntrackLifetimes.udpUnreplied,
                     udpRepliedTimeout: c.conntrackLifetimes.udpReplied, icmpTimeout: c.conntrackLifetimes.icmp,
                     gcInterval: Double(c.conntrackGCInterval.components.seconds)

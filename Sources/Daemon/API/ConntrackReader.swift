@@ -92,7 +92,7 @@ enum NATEntries {
         let translated = kind == .inbound ? original
             : FlowTuple(src: address(egress.to_addr), sport: UInt16(bigEndian: egress.to_port),
                         dst: original.dst, dport: original.dport)
-        let state = FlowLifetimes.state(proto: proto, seen: egress.seen | (flow.reply?.seen ?? 0))
+        let state = FlowLifetimes.state(proto: proto, tcpState: egress.tcp_state, seen: egress.seen | (flow.reply?.seen ?? 0))
         let lastSeen = max(egress.last_seen, flow.reply?.last_seen ?? 0)
         let idle = seconds(now, since: lastSeen)
         return ConntrackEntry(

@@ -34,7 +34,7 @@ enum StatusFigures {
         let pass = gc.last.map { report in
             StatusResponse.ConntrackGC.Pass(
                 entries: report.entries, expiredFlows: report.expiredFlows, deletedEntries: report.deletedEntries,
-                repairedHalves: report.repairedHalves, removedHalves: report.removedHalves,
+                removedHalves: report.removedHalves,
                 portsInUse: report.saturation.prefix(saturationTop).map { use in
                     StatusResponse.ConntrackGC.TuplePorts(
                         snat: .v4(IPv4Address(networkOrder: use.key.snat)),
@@ -45,7 +45,7 @@ enum StatusFigures {
         }
         return .init(passes: gc.passes, lastPassAt: gc.lastPassAt, lastPassSeconds: gc.lastPassDuration.map(\.seconds),
                      intervalSeconds: gc.interval.seconds, expiredFlows: gc.expiredFlows,
-                     deletedEntries: gc.deletedEntries, repairedHalves: gc.repairedHalves,
+                     deletedEntries: gc.deletedEntries,
                      removedHalves: gc.removedHalves, pressureWakeups: gc.pressureWakeups, lastPass: pass)
     }
 
@@ -119,8 +119,8 @@ extension PrometheusText {
                sat.map { ($0.labels, Double($0.tuple.maxTries)) })
     }
 
-    /// The conntrack GC's figures. Half pairs (repaired or removed here, restored by the
-    /// datapath as masq_nat_reverse_restored_total) are how the NAT table's LRU evictions show.
+    /// The conntrack GC's figures. Lone halves (removed here, restored by the datapath as
+    /// masq_nat_reverse_restored_total) show flushes and races; the table never evicts.
     mutating func conntrackGC(_ gc: ConntrackGCState) {
         single("masq_conntrack_gc_passes_total", .counter, help: "Conntrack GC passes run.", Double(gc.passes))
         if let at = gc.lastPassAt {
@@ -137,11 +137,8 @@ extension PrometheusText {
         single("masq_conntrack_gc_expired_flows_total", .counter, help: "Flows the conntrack GC expired.", Double(gc.expiredFlows))
         single("masq_conntrack_gc_deleted_entries_total", .counter,
                help: "NAT table entries the conntrack GC deleted (both halves of a pair count).", Double(gc.deletedEntries))
-        single("masq_conntrack_gc_repaired_halves_total", .counter,
-               help: "Missing halves of live flows the conntrack GC wrote back (each an LRU eviction of one half, or a race with a flow being created).",
-               Double(gc.repairedHalves))
         single("masq_conntrack_gc_removed_halves_total", .counter,
-               help: "Lone halves of expired flows the conntrack GC deleted (their partner was evicted).", Double(gc.removedHalves))
+               help: "Lone halves of expired flows the conntrack GC deleted (their partner was flushed, or raced away).", Double(gc.removedHalves))
         single("masq_conntrack_gc_pressure_wakeups_total", .counter,
                help: "Conntrack GC passes started early because allocation scans or failures rose.", Double(gc.pressureWakeups))
     }

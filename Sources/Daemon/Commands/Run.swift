@@ -61,13 +61,19 @@ extension MasqdCommand {
         @Option(name: .customLong("attach-mode"), help: "auto, tcx (Linux 6.6+) or tc (clsact); default auto.")
         var attachMode: String?
 
-        @Option(name: .customLong("conntrack-tcp-syn-timeout"), help: "How long a TCP flow waits for its SYN-ACK (duration such as 60s; default 60s).")
+        @Option(name: .customLong("conntrack-tcp-syn-timeout"), help: "How long a TCP flow waits for its handshake to complete (duration such as 60s; default 60s).")
         var conntrackTCPSynTimeout: String?
 
         @Option(name: .customLong("conntrack-tcp-established-timeout"), help: "How long an idle established TCP flow lives (default 6h).")
         var conntrackTCPEstablishedTimeout: String?
 
-        @Option(name: .customLong("conntrack-tcp-closing-timeout"), help: "How long a TCP flow lives after a FIN or RST (default 10s).")
+        @Option(name: .customLong("conntrack-tcp-fin-wait-timeout"), help: "How long a TCP flow lives after one side's FIN until the other side answers (default 2m).")
+        var conntrackTCPFinWaitTimeout: String?
+
+        @Option(name: .customLong("conntrack-tcp-close-wait-timeout"), help: "How long an idle half-closed TCP flow lives once the FIN was answered (default 1m).")
+        var conntrackTCPCloseWaitTimeout: String?
+
+        @Option(name: .customLong("conntrack-tcp-closing-timeout"), help: "How long a TCP flow lives once both sides sent a FIN, or after an in-window RST (default 10s).")
         var conntrackTCPClosingTimeout: String?
 
         @Option(name: .customLong("conntrack-udp-timeout"), help: "How long an idle UDP flow lives before any reply (default 30s).")
@@ -98,6 +104,7 @@ extension MasqdCommand {
                 .socketPath: socketPath, .socketGroup: socketGroup, .bpffsRoot: bpffsRoot,
                 .logLevel: logLevel, .attachMode: attachMode,
                 .conntrackTCPSynTimeout: conntrackTCPSynTimeout, .conntrackTCPEstablishedTimeout: conntrackTCPEstablishedTimeout,
+                .conntrackTCPFinWaitTimeout: conntrackTCPFinWaitTimeout, .conntrackTCPCloseWaitTimeout: conntrackTCPCloseWaitTimeout,
                 .conntrackTCPClosingTimeout: conntrackTCPClosingTimeout, .conntrackUDPTimeout: conntrackUDPTimeout,
                 .conntrackUDPRepliedTimeout: conntrackUDPRepliedTimeout, .conntrackICMPTimeout: conntrackICMPTimeout,
                 .conntrackGCInterval: conntrackGCInterval,

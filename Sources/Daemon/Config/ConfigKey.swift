@@ -19,6 +19,8 @@ public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
     case attachMode = "attach-mode"
     case conntrackTCPSynTimeout = "conntrack-tcp-syn-timeout"
     case conntrackTCPEstablishedTimeout = "conntrack-tcp-established-timeout"
+    case conntrackTCPFinWaitTimeout = "conntrack-tcp-fin-wait-timeout"
+    case conntrackTCPCloseWaitTimeout = "conntrack-tcp-close-wait-timeout"
     case conntrackTCPClosingTimeout = "conntrack-tcp-closing-timeout"
     case conntrackUDPTimeout = "conntrack-udp-timeout"
     case conntrackUDPRepliedTimeout = "conntrack-udp-replied-timeout"

@@ -89,6 +89,8 @@ public struct DaemonConfig: Equatable, Sendable {
         case .attachMode: attachMode = try Self.choice(key, raw, AttachMode.allCases.map(\.rawValue)) { AttachMode(rawValue: $0) }
         case .conntrackTCPSynTimeout: conntrackLifetimes.tcpSynSent = try Self.seconds(key, raw)
         case .conntrackTCPEstablishedTimeout: conntrackLifetimes.tcpEstablished = try Self.seconds(key, raw)
+        case .conntrackTCPFinWaitTimeout: conntrackLifetimes.tcpFinWait = try Self.seconds(key, raw)
+        case .conntrackTCPCloseWaitTimeout: conntrackLifetimes.tcpCloseWait = try Self.seconds(key, raw)
         case .conntrackTCPClosingTimeout: conntrackLifetimes.tcpClosing = try Self.seconds(key, raw)
         case .conntrackUDPTimeout: conntrackLifetimes.udpUnreplied = try Self.seconds(key, raw)
         case .conntrackUDPRepliedTimeout: conntrackLifetimes.udpReplied = try Self.seconds(key, raw)

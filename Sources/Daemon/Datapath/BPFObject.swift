@@ -35,12 +35,18 @@ public enum EmbeddedDatapath {
 public final class BPFObject: @unchecked Sendable {
     private let object: OpaquePointer
     /// Pinned maps whose shape (type, sizes, entries, flags) no longer matched this object and
-    /// were unpinned so that new ones could be created; their old contents are gone.
+    /// were unpinned so that new ones could be created; their old contents are gone unless the
+    /// map was named in `keepReplaced` (then it is in `replacedMaps`).
     public private(set) var replacedPins: [String] = []
+    /// The old maps of `keepReplaced` that were replaced, still open, for their contents to
+    /// be carried over; closed when the caller drops them.
+    public private(set) var replacedMaps: [String: ReplacedMap] = [:]
 
     /// Opens `bytes`, sizes maps per `maxEntries` (map name to entries), reuses or pins the
     /// maps marked for pinning under `pinRoot` (nil: nothing is pinned), and loads everything.
-    public init(bytes: [UInt8], pinRoot: String?, maxEntries: [String: UInt32] = [:]) throws {
+    /// A pinned map of `keepReplaced` that has to be replaced stays open in `replacedMaps`.
+    public init(bytes: [UInt8], pinRoot: String?, maxEntries: [String: UInt32] = [:],
+                keepReplaced: Set<String> = []) throws {
         guard let object = bytes.withUnsafeBytes({ buf in
             masq_object_open_mem(buf.baseAddress, buf.count, "masq", pinRoot)
         }) else {
@@ -58,7 +64,7 @@ public final class BPFObject: @unchecked Sendable {
             }
         }
         if pinRoot != nil {
-            replacedPins = Self.unpinIncompatible(object)
+            (replacedPins, replacedMaps) = Self.unpinIncompatible(object, keep: keepReplaced)
         }
         let err = bpf_object__load(object)
         if err != 0 {
@@ -67,28 +73,38 @@ public final class BPFObject: @unchecked Sendable {
     }
 
     /// libbpf refuses to reuse a pinned map whose definition differs (a new nat-max-entries, a
-    /// newer layout). Such a pin is removed so the load creates a fresh map.
-    private static func unpinIncompatible(_ object: OpaquePointer) -> [String] {
+    /// newer layout). Such a pin is removed so the load creates a fresh map; the old map of a
+    /// name in `keep` stays open.
+    private static func unpinIncompatible(_ object: OpaquePointer, keep: Set<String>)
+        -> ([String], [String: ReplacedMap])
+    {
         var replaced: [String] = []
+        var kept: [String: ReplacedMap] = [:]
         var map = bpf_object__next_map(object, nil)
         while let m = map {
             defer { map = bpf_object__next_map(object, m) }
             guard let path = bpf_map__pin_path(m) else { continue }
             let fd = bpf_obj_get(path)
             guard fd >= 0 else { continue }
-            defer { close(fd) }
             var info = bpf_map_info()
             var len = UInt32(MemoryLayout<bpf_map_info>.size)
-            guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { continue }
+            guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { close(fd); continue }
             if info.type != bpf_map__type(m).rawValue || info.key_size != bpf_map__key_size(m)
                 || info.value_size != bpf_map__value_size(m) || info.max_entries != bpf_map__max_entries(m)
                 || info.map_flags != bpf_map__map_flags(m)
             {
                 unlink(path)
-                replaced.append(String(cString: bpf_map__name(m)))
+                let name = String(cString: bpf_map__name(m))
+                replaced.append(name)
+                if keep.contains(name) {
+                    kept[name] = ReplacedMap(name: name, fd: fd, keySize: info.key_size, valueSize: info.value_size,
+                                             maxEntries: info.max_entries)
+                    continue
+                }
             }
+            close(fd)
         }
-        return replaced
+        return (replaced, kept)
     }
 
     deinit {
@@ -109,6 +125,24 @@ public final class BPFObject: @unchecked Sendable {
             throw BPFError("find", "program \(name)", errno: ENOENT)
         }
         return bpf_program__fd(prog)
+    }
+}
+
+/// A map an earlier run pinned and this load replaced, kept open to carry its contents over.
+/// Owns its fd.
+public final class ReplacedMap: @unchecked Sendable {
+    public let map: BPFMap
+    public let keySize: UInt32
+    public let valueSize: UInt32
+
+    init(name: String, fd: Int32, keySize: UInt32, valueSize: UInt32, maxEntries: UInt32) {
+        map = BPFMap(name: name, fd: fd, maxEntries: maxEntries)
+        self.keySize = keySize
+        self.valueSize = valueSize
+    }
+
+    deinit {
+        close(map.fd)
     }
 }
 

@@ -18,10 +18,14 @@ public actor Datapath {
     private let object: BPFObject
     private let attachments: Attachments
     private let logger: Logger
+    /// masq_config.port_key: the secret of the port probe order. Kept from the pinned config
+    /// when there is one, so a restart probes each flow's ports in the same order.
+    private let portKey: UInt32
 
     /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
     /// pinned under `config.bpffsRoot` by an earlier run so that established flows keep their
-    /// state, and resolves the attach mode. Nothing is attached until `apply(_:)`.
+    /// state (a NAT table that has to be recreated, for another size or layout, has its flows
+    /// carried over), and resolves the attach mode. Nothing is attached until `apply(_:)`.
     public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, logger: Logger) throws {
         root = config.bpffsRoot
         self.logger = logger
@@ -32,11 +36,24 @@ public actor Datapath {
         object = try BPFObject(
             bytes: objectBytes ?? EmbeddedDatapath.bytes,
             pinRoot: root,
-            maxEntries: [MASQ_MAP_NAT_V4: config.natMaxEntries])
-        for name in object.replacedPins {
-            logger.warning("Pinned map did not match this datapath and was recreated; its entries are gone",
-                           metadata: ["map.name": "\(name)"])
+            maxEntries: [MASQ_MAP_NAT_V4: config.natMaxEntries],
+            keepReplaced: [MASQ_MAP_NAT_V4])
+        for name in object.replacedPins where object.replacedMaps[name] == nil {
+            logger.info("Pinned map did not match this datapath and was recreated",
+                        metadata: ["map.name": "\(name)"])
         }
+        if let old = object.replacedMaps[MASQ_MAP_NAT_V4] {
+            do {
+                let carried = try NATCarryOver.run(from: old, to: try object.map(MASQ_MAP_NAT_V4))
+                logger.log(level: carried.lost == 0 ? .notice : .warning,
+                           "NAT table recreated (size or layout changed); flows carried over, those that fit",
+                           metadata: ["nat.copied": "\(carried.copied)", "nat.lost": "\(carried.lost)"])
+            } catch {
+                logger.warning("NAT table recreated; its flows could not be carried over",
+                               metadata: ["map.name": "\(MASQ_MAP_NAT_V4)", "error": "\(error)"])
+            }
+        }
+        portKey = Self.portKey(existing: try object.map(MASQ_MAP_CONFIG))
         attachments = Attachments(root: root)
         let egress = try object.programFD(MASQ_PROG_EGRESS)
         switch config.attachMode {
@@ -115,8 +132,17 @@ public actor Datapath {
         return report
     }
 
+    /// The pinned config's port key, or a new random one (never 0, which means "none yet").
+    private static func portKey(existing config: BPFMap) -> UInt32 {
+        if let cfg = try? config.lookup(UInt32(0), as: masq_config.self), cfg.port_key != 0 {
+            return cfg.port_key
+        }
+        return UInt32.random(in: 1...UInt32.max)
+    }
+
     private func writeConfig(_ state: DesiredState) throws {
         var cfg = masq_config()
+        cfg.port_key = portKey
         if state.ipv4Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV4_MASQ) }
         if state.ipv6Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV6_MASQ) }
         if state.nonMasqueradeEnabled { cfg.flags |= UInt32(MASQ_CFG_NONMASQ) }

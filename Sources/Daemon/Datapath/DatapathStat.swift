@@ -19,6 +19,8 @@ public enum DatapathStat: Int32, CaseIterable, Sendable {
     case fragmentsTracked = 11
     case fragmentsMatched = 12
     case allocationFullHintFailures = 13
+    case tableFull = 14
+    case hostUntracked = 15
 
     /// The C name of the index, as in masq_abi.h.
     public var cName: String {
@@ -37,6 +39,8 @@ public enum DatapathStat: Int32, CaseIterable, Sendable {
         case .fragmentsTracked: "MASQ_STAT_FRAG_TRACKED"
         case .fragmentsMatched: "MASQ_STAT_FRAG_MATCHED"
         case .allocationFullHintFailures: "MASQ_STAT_ALLOC_FULL_HINT"
+        case .tableFull: "MASQ_STAT_TABLE_FULL"
+        case .hostUntracked: "MASQ_STAT_HOST_UNTRACKED"
         }
     }
 
@@ -57,6 +61,8 @@ public enum DatapathStat: Int32, CaseIterable, Sendable {
         case .fragmentsTracked: "masq_fragments_tracked_total"
         case .fragmentsMatched: "masq_fragments_matched_total"
         case .allocationFullHintFailures: "masq_nat_allocation_full_hint_failures_total"
+        case .tableFull: "masq_nat_table_full_total"
+        case .hostUntracked: "masq_host_untracked_packets_total"
         }
     }
 
@@ -72,11 +78,13 @@ public enum DatapathStat: Int32, CaseIterable, Sendable {
         case .hostFlows: "Node-owned flows tracked."
         case .inboundFlows: "Flows that came in to a pod tracked."
         case .allocationScans: "Allocations whose random probes all hit used ports, so they scanned the whole snat-port-range."
-        case .reverseRestored: "INGRESS halves of live flows re-created by the datapath after an LRU eviction."
+        case .reverseRestored: "INGRESS halves of live flows re-created by the datapath after a flush or GC race deleted them."
         case .icmpErrorsTranslated: "ICMP errors (destination unreachable, time exceeded) translated per RFC 5508, either direction."
         case .fragmentsTracked: "First IPv4 fragments whose ports were remembered for the later fragments."
         case .fragmentsMatched: "Later IPv4 fragments translated with their first fragment's ports."
         case .allocationFullHintFailures: "Failed allocations answered by a recent full-scan mark of their tuple, without scanning again."
+        case .tableFull: "New flows the full NAT table refused (pod flows are nat_table_full drops); each wakes the GC."
+        case .hostUntracked: "Node packets passed untracked because the NAT table was full and their tuple was free."
         }
     }
 }
@@ -109,6 +117,8 @@ extension StatusResponse.Counters {
             case .fragmentsTracked: fragmentsTracked = value
             case .fragmentsMatched: fragmentsMatched = value
             case .allocationFullHintFailures: allocationFullHintFailures = value
+            case .tableFull: tableFull = value
+            case .hostUntracked: hostUntracked = value
             }
         }
     }

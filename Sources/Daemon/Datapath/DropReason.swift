@@ -12,6 +12,8 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
     case checksumL4 = 135
     case writeFailed = 136
     case fragmentNotFound = 137
+    case natTableFull = 138
+    case natReplyConflict = 139
 
     /// The stable snake_case name used as the `reason` label in `/metrics` (the C name
     /// without `DROP_`, lowercased).
@@ -25,6 +27,8 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
         case .checksumL4: "csum_l4"
         case .writeFailed: "write_failed"
         case .fragmentNotFound: "frag_not_found"
+        case .natTableFull: "nat_table_full"
+        case .natReplyConflict: "nat_reply_conflict"
         }
     }
 
@@ -47,6 +51,10 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
             "Writing a rewritten address or port into the packet failed."
         case .fragmentNotFound:
             "A later IPv4 fragment arrived before its datagram's first fragment, so its ports were unknown."
+        case .natTableFull:
+            "A new flow found the NAT table full; established flows are never evicted to make room."
+        case .natReplyConflict:
+            "The flow's reply tuple was held by another flow, so it could not go on with its port."
         }
     }
 }

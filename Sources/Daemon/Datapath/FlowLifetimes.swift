@@ -6,16 +6,23 @@ import CMasq
 /// `conntrack-*-timeout` config keys set it, the GC (`ConntrackGC`) expires flows by it, and
 /// `/v1/conntrack` reports the time to expiry with it.
 ///
-/// A flow's state comes from the `MASQ_SEEN_*` bits of both its entries (the datapath sets them
-/// per packet, and restarts them when a handshake reuses a closed tuple); its idle time from the
-/// later `last_seen` of the two.
+/// A TCP flow's state is the datapath's (`tcp_state`, moved per segment by `ct_tcp_next4`); a
+/// UDP or ICMP flow's comes from whether a reply was seen (`MASQ_SEEN_REPLY`). Its idle time
+/// is from the later `last_seen` of its two entries.
 public struct FlowLifetimes: Sendable, Equatable {
-    /// TCP after the SYN, before the SYN-ACK (netfilter SYN_SENT: 120 s; Cilium: 60 s). Seconds.
+    /// TCP until the handshake completes: SYN sent, or SYN-ACK seen without the last ACK
+    /// (netfilter SYN_SENT: 120 s, SYN_RECV: 60 s; Cilium: 60 s). Seconds.
     public var tcpSynSent: Double = 60
     /// TCP once the handshake completed, or picked up mid-stream (netfilter: 5 days;
     /// Cilium: 6 hours). Seconds.
     public var tcpEstablished: Double = 21_600
-    /// TCP after a FIN or RST (netfilter FIN_WAIT/CLOSE: 10-120 s; Cilium: 10 s). Seconds.
+    /// TCP after one side's FIN, before the other side answered (netfilter FIN_WAIT: 120 s).
+    /// Seconds.
+    public var tcpFinWait: Double = 120
+    /// TCP after one side's FIN was answered while the other side may still send
+    /// (netfilter CLOSE_WAIT: 60 s). Seconds.
+    public var tcpCloseWait: Double = 60
+    /// TCP once both sides sent a FIN, or after an in-window RST (Cilium: 10 s). Seconds.
     public var tcpClosing: Double = 10
     /// UDP before any reply (netfilter: 30 s). Seconds.
     public var udpUnreplied: Double = 30
@@ -28,48 +35,56 @@ public struct FlowLifetimes: Sendable, Equatable {
 
     public static let `default` = FlowLifetimes()
 
-    /// A flow's state name from the TCP flags and replies seen (MASQ_SEEN_*, either direction).
-    /// TCP: "closing" once a FIN or RST was seen; "established" once the SYN-ACK was seen, or
-    /// when no SYN was ever seen (a flow picked up mid-stream, after a table loss: netfilter's
-    /// loose pickup); "syn-sent" otherwise. UDP and ICMP: "replied" or "unreplied".
-    public static func state(proto: L4Protocol, seen: UInt8) -> String {
-        let syn = UInt8(MASQ_SEEN_SYN), synack = UInt8(MASQ_SEEN_SYNACK), fin = UInt8(MASQ_SEEN_FIN),
-            rst = UInt8(MASQ_SEEN_RST), reply = UInt8(MASQ_SEEN_REPLY)
+    /// A flow's state from its datapath TCP state (`MASQ_TCP_*`, TCP only) and the seen bits
+    /// of both its entries (`MASQ_SEEN_*`). A TCP flow without a state (carried over from a
+    /// table without one, or picked up) counts as established, netfilter's loose pickup.
+    public static func state(proto: L4Protocol, tcpState: UInt8, seen: UInt8) -> FlowState {
         switch proto {
         case .tcp:
-            if seen & (fin | rst) != 0 { return "closing" }
-            if seen & synack != 0 || seen & syn == 0 { return "established" }
-            return "syn-sent"
+            switch Int32(tcpState) {
+            case MASQ_TCP_SYN_SENT: return .synSent
+            case MASQ_TCP_SYN_RECV: return .synRecv
+            case MASQ_TCP_FIN_WAIT: return .finWait
+            case MASQ_TCP_CLOSE_WAIT: return .closeWait
+            case MASQ_TCP_CLOSING: return .closing
+            default: return .established
+            }
         default:
-            return seen & reply != 0 ? "replied" : "unreplied"
+            return seen & UInt8(MASQ_SEEN_REPLY) != 0 ? .replied : .unreplied
         }
     }
 
     /// Seconds a flow in `state` lives after its last packet.
-    public func lifetime(proto: L4Protocol, state: String) -> Double {
+    public func lifetime(proto: L4Protocol, state: FlowState) -> Double {
         switch (proto, state) {
-        case (.tcp, "closing"): return tcpClosing
-        case (.tcp, "established"): return tcpEstablished
-        case (.tcp, _): return tcpSynSent
-        case (.udp, "replied"): return udpReplied
+        case (.tcp, .synSent), (.tcp, .synRecv): return tcpSynSent
+        case (.tcp, .finWait): return tcpFinWait
+        case (.tcp, .closeWait): return tcpCloseWait
+        case (.tcp, .closing): return tcpClosing
+        case (.tcp, _): return tcpEstablished
+        case (.udp, .replied): return udpReplied
         case (.udp, _): return udpUnreplied
         default: return icmp
         }
     }
 
-    /// Seconds a flow with these seen bits lives after its last packet.
-    public func lifetime(proto: L4Protocol, seen: UInt8) -> Double {
-        lifetime(proto: proto, state: Self.state(proto: proto, seen: seen))
+    /// Nanoseconds (CLOCK_BOOTTIME) a flow lives after its last packet.
+    func lifetimeNanoseconds(proto: UInt8, tcpState: UInt8, seen: UInt8) -> UInt64 {
+        let l4 = L4Protocol(number: proto)
+        return UInt64(lifetime(proto: l4, state: Self.state(proto: l4, tcpState: tcpState, seen: seen)) * 1e9)
     }
 
-    /// Nanoseconds (CLOCK_BOOTTIME) a flow with these seen bits lives after its last packet.
-    func lifetimeNanoseconds(proto: UInt8, seen: UInt8) -> UInt64 {
-        UInt64(lifetime(proto: L4Protocol(number: proto), seen: seen) * 1e9)
+    /// Nanoseconds the shortest-lived flow of this protocol and TCP state lives, whatever its
+    /// seen bits: what one entry alone can tell of its flow's lifetime when the other entry
+    /// (which may hold the reply bit) is not at hand.
+    func shortestLifetimeNanoseconds(proto: UInt8, tcpState: UInt8) -> UInt64 {
+        min(lifetimeNanoseconds(proto: proto, tcpState: tcpState, seen: 0),
+            lifetimeNanoseconds(proto: proto, tcpState: tcpState, seen: UInt8(MASQ_SEEN_REPLY)))
     }
 
     /// Whether a flow last seen at `lastSeen` has outlived its lifetime at `now` (both
     /// CLOCK_BOOTTIME ns).
-    func isExpired(proto: UInt8, seen: UInt8, lastSeen: UInt64, now: UInt64) -> Bool {
-        now > lastSeen && now - lastSeen > lifetimeNanoseconds(proto: proto, seen: seen)
+    func isExpired(proto: UInt8, tcpState: UInt8, seen: UInt8, lastSeen: UInt64, now: UInt64) -> Bool {
+        now > lastSeen && now - lastSeen > lifetimeNanoseconds(proto: proto, tcpState: tcpState, seen: seen)
     }
 }

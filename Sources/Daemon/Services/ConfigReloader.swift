@@ -49,6 +49,8 @@ struct ConfigReloader: Service, CustomStringConvertible {
         // The conntrack GC and the API read the flow lifetimes and the GC interval at start.
         .field(.conntrackTCPSynTimeout, \DaemonConfig.conntrackLifetimes.tcpSynSent),
         .field(.conntrackTCPEstablishedTimeout, \DaemonConfig.conntrackLifetimes.tcpEstablished),
+        .field(.conntrackTCPFinWaitTimeout, \DaemonConfig.conntrackLifetimes.tcpFinWait),
+        .field(.conntrackTCPCloseWaitTimeout, \DaemonConfig.conntrackLifetimes.tcpCloseWait),
         .field(.conntrackTCPClosingTimeout, \DaemonConfig.conntrackLifetimes.tcpClosing),
         .field(.conntrackUDPTimeout, \DaemonConfig.conntrackLifetimes.udpUnreplied),
         .field(.conntrackUDPRepliedTimeout, \DaemonConfig.conntrackLifetimes.udpReplied),

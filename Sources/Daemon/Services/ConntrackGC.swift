@@ -7,19 +7,20 @@ import Logging
 import ServiceLifecycle
 
 /// The NAT table's garbage collector: expires idle flows by `FlowLifetimes`, both entries of a
-/// flow together, repairs or removes half pairs, and reports what it saw in `DaemonStatus`.
+/// flow together, removes lone halves, and reports what it saw in `DaemonStatus`. The table is
+/// a hash that never evicts, so this is what makes room for new flows.
 ///
-/// Each pass reads the whole table in batches (`BPF_MAP_LOOKUP_BATCH`) and deletes in batches
-/// (`BPF_MAP_DELETE_BATCH`): every EGRESS entry first, then the INGRESS entries. That order
-/// matters: an egress packet re-creates a missing INGRESS entry of a live EGRESS entry
+/// Each pass reads the table in batches (`BPF_MAP_LOOKUP_BATCH`) and deletes in batches
+/// (`BPF_MAP_DELETE_BATCH`): a batch's EGRESS entries first, then its INGRESS entries. That
+/// order matters: an egress packet re-creates a missing INGRESS entry of a live EGRESS entry
 /// (`snat_v4_restore_reverse`), so deleting INGRESS first could let a packet in between bring
 /// it back and strand it once its EGRESS goes.
 ///
 /// The interval adapts to the share of the table a pass deletes (`GCInterval`): many expired
 /// flows, pass sooner; few, later, up to `conntrack-gc-interval`. Between passes the service
-/// watches allocation pressure (`AllocationPressure`: the datapath's exhaustive scans and
-/// failed allocations) once a second and runs at once when it rises, since expired flows may
-/// hold the ports new flows are looking for.
+/// watches allocation pressure (`AllocationPressure`: the datapath's exhaustive scans, failed
+/// allocations and new flows a full table refused) once a second and runs at once when it
+/// rises, since expired flows may hold the ports and the room new flows are looking for.
 struct ConntrackGC: Service {
     let datapath: Datapath
     let lifetimes: FlowLifetimes
@@ -59,8 +60,7 @@ struct ConntrackGC: Service {
                 status.update { $0.conntrackGC.record(report, nextInterval: interval, duration: took) }
                 logger.debug("Conntrack GC pass", metadata: [
                     "gc.entries": "\(report.entries)", "gc.expired_flows": "\(report.expiredFlows)",
-                    "gc.deleted": "\(report.deletedEntries)", "gc.repaired_halves": "\(report.repairedHalves)",
-                    "gc.removed_halves": "\(report.removedHalves)", "gc.next_interval": "\(interval)",
+                    "gc.deleted": "\(report.deletedEntries)", "gc.removed_halves": "\(report.removedHalves)", "gc.next_interval": "\(interval)",
                 ])
             } catch {
                 logger.error("Conntrack GC pass failed; retrying at the next interval", metadata: ["error": "\(error)"])
@@ -90,11 +90,9 @@ public struct ConntrackGCState: Sendable {
     /// Totals over the daemon's life.
     public var expiredFlows = 0
     public var deletedEntries = 0
-    /// Half pairs found: an entry whose partner was gone. The datapath always writes both
-    /// halves and deletes both, so each is an LRU eviction (of one half) or a race with a
-    /// flow being created or deleted; together with the datapath's MASQ_STAT_REVERSE_RESTORED
-    /// (an INGRESS half re-created by a packet) they count the evictions the table shows.
-    public var repairedHalves = 0
+    /// Lone halves of expired flows: an entry whose partner was gone. The datapath always
+    /// writes both halves and deletes both, so each is a flush or a race with a flow being
+    /// created or deleted.
     public var removedHalves = 0
     /// Passes started early by allocation pressure.
     public var pressureWakeups = 0
@@ -109,7 +107,6 @@ public struct ConntrackGCState: Sendable {
         lastPassDuration = duration
         expiredFlows += report.expiredFlows
         deletedEntries += report.deletedEntries
-        repairedHalves += report.repairedHalves
         removedHalves += report.removedHalves
         interval = nextInterval
     }
@@ -133,8 +130,9 @@ enum GCInterval {
 }
 
 /// Allocation pressure as the datapath counts it: new flows that needed the exhaustive port
-/// scan (their 32 random probes all hit used ports) or found no port at all. Either rising
-/// means some (SNAT address, remote, remote port, protocol) is nearly full.
+/// scan (their 32 probes all hit used ports), found no port at all, or found the table full.
+/// The first two rising mean some (SNAT address, remote, remote port, protocol) is nearly
+/// full, the last that the table is.
 struct AllocationPressure {
     let stats: BPFMap
     private var last: UInt64?
@@ -143,27 +141,36 @@ struct AllocationPressure {
         self.stats = stats
     }
 
-    /// Whether scans or failures rose since the last call (false on the first).
+    /// Whether scans, failures or refusals rose since the last call (false on the first).
     mutating func risen() -> Bool {
         guard let scans = try? stats.perCPUSum(UInt32(MASQ_STAT_ALLOC_SCANS)),
-              let fails = try? stats.perCPUSum(UInt32(MASQ_STAT_ALLOC_FAIL)) else { return false }
-        let now = scans &+ fails
+              let fails = try? stats.perCPUSum(UInt32(MASQ_STAT_ALLOC_FAIL)),
+              let full = try? stats.perCPUSum(UInt32(MASQ_STAT_TABLE_FULL)) else { return false }
+        let now = scans &+ fails &+ full
         defer { last = now }
         return last.map { now > $0 } ?? false
     }
 }
 
 /// One GC pass over `masq_nat_v4`. Works on map fds only, so tests run it on their own maps.
+///
+/// A pass walks the table in batches and keeps only the batch at hand and a bounded tally of
+/// port use: its memory does not grow with the table. Each entry gets a `Verdict`; a pair is
+/// deleted from its EGRESS entry, both halves at once, a lone half by itself. Each batch's
+/// expired entries are deleted before the next batch is read, EGRESS first.
 public struct ConntrackSweeper: Sendable {
     let nat: BPFMap
     let lifetimes: FlowLifetimes
     /// masq_full_v4: the datapath's "this tuple was just found full" marks. A pass that frees
-    /// ports of a tuple removes its mark, so the next new flow scans again and finds them.
+    /// ports removes the marks, so the next new flow of a tuple scans again and finds them.
     let fullMarks: BPFMap?
     /// Entries read per BPF_MAP_LOOKUP_BATCH call.
     var batchSize = 4096
     /// Tuples listed in a report's saturation, most used first.
     var saturationTop = 10
+    /// Distinct (SNAT address, remote, remote port, protocol) tuples a pass counts exactly;
+    /// beyond that the tally is Misra-Gries' (`PortUseTally`), which bounds its memory.
+    var tallyCapacity = 16_384
 
     /// What one pass saw and did.
     public struct Report: Sendable, Equatable {
@@ -173,8 +180,6 @@ public struct ConntrackSweeper: Sendable {
         public var expiredFlows = 0
         /// Entries deleted (both halves of a pair count).
         public var deletedEntries = 0
-        /// Missing halves written back for live flows.
-        public var repairedHalves = 0
         /// Lone halves of expired flows deleted.
         public var removedHalves = 0
         /// The (SNAT address, remote, remote port, protocol) tuples holding the most ports.
@@ -184,8 +189,8 @@ public struct ConntrackSweeper: Sendable {
         public var deletedFraction: Double { entries == 0 ? 0 : Double(deletedEntries) / Double(entries) }
     }
 
-    /// Ports in use for one (SNAT address, remote, remote port, protocol): INGRESS entries
-    /// counted exactly during the pass.
+    /// Ports in use for one (SNAT address, remote, remote port, protocol): the INGRESS entries
+    /// left after the pass.
     public struct TupleUse: Sendable, Equatable {
         public var key: masq_sat_key_v4
         public var ports: Int
@@ -214,128 +219,101 @@ public struct ConntrackSweeper: Sendable {
     /// One pass at `now` (CLOCK_BOOTTIME ns).
     func sweep(now: UInt64) throws -> Report {
         var report = Report()
-        var egress: [(masq_nat_key_v4, masq_nat_entry_v4)] = []
-        var ingress: [NATKeyID: (key: masq_nat_key_v4, value: masq_nat_entry_v4)] = [:]
+        var tally = PortUseTally(capacity: tallyCapacity)
+        var pairsDeleted = 0, ingressSeenBeforePair = 0
         var token: UInt32?
         repeat {
             let batch = try nat.lookupBatch(from: token, count: batchSize, key: masq_nat_key_v4.self,
                                             value: masq_nat_entry_v4.self)
+            var deleteEgress: [masq_nat_key_v4] = []
+            var deleteIngress: [masq_nat_key_v4] = []
             for (key, value) in batch.entries {
-                if key.dir == UInt8(MASQ_DIR_EGRESS) {
-                    egress.append((key, value))
-                } else {
-                    ingress[NATKeyID(key)] = (key, value)
+                report.entries += 1
+                let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
+                switch try verdict(key, value, now: now) {
+                case .live:
+                    if !egress { tally.add(Self.tupleKey(of: key)) }
+                case .expiredPair:
+                    // Decided from both entries, deleted once: from the EGRESS entry. An
+                    // INGRESS entry deleted so before the walk reached it is never read.
+                    guard egress, let pkey = NATEntries.partner(key, value) else {
+                        ingressSeenBeforePair += 1
+                        continue
+                    }
+                    deleteEgress.append(key)
+                    deleteIngress.append(pkey)
+                    pairsDeleted += 1
+                    report.expiredFlows += 1
+                case .expiredAlone:
+                    if egress { deleteEgress.append(key) } else { deleteIngress.append(key) }
+                    report.expiredFlows += 1
+                    if NATEntries.partner(key, value) != nil { report.removedHalves += 1 }
                 }
             }
+            report.deletedEntries += try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
             token = batch.next
         } while token != nil
-        report.entries = egress.count + ingress.count
+        // The entries there were: those read, and the INGRESS halves of expired pairs that
+        // were deleted before the walk reached them.
+        report.entries += pairsDeleted - ingressSeenBeforePair
 
-        var deleteEgress: [masq_nat_key_v4] = []
-        var deleteIngress: [masq_nat_key_v4] = []
-        var paired = Set<NATKeyID>()
-        var uses: [NATKeyID: (key: masq_sat_key_v4, ports: Int)] = [:]
-
-        for (key, value) in egress {
-            let inbound = value.flags & UInt8(MASQ_NAT_F_INBOUND) != 0
-            guard !inbound, let rkey = NATEntries.partner(key, value) else {
-                // An inbound flow is one entry standing for both directions.
-                if lifetimes.isExpired(proto: key.proto, seen: value.seen, lastSeen: value.last_seen, now: now) {
-                    deleteEgress.append(key)
-                    report.expiredFlows += 1
-                }
-                continue
-            }
-            let rid = NATKeyID(rkey)
-            if let reply = ingress[rid], reply.value.to_addr == key.saddr, reply.value.to_port == key.sport {
-                paired.insert(rid)
-                let seen = value.seen | reply.value.seen
-                let last = max(value.last_seen, reply.value.last_seen)
-                if lifetimes.isExpired(proto: key.proto, seen: seen, lastSeen: last, now: now) {
-                    deleteEgress.append(key)
-                    deleteIngress.append(rkey)
-                    report.expiredFlows += 1
-                }
-            } else if lifetimes.isExpired(proto: key.proto, seen: value.seen, lastSeen: value.last_seen, now: now) {
-                // Its INGRESS half was evicted and the flow is idle: remove the rest.
-                deleteEgress.append(key)
-                report.expiredFlows += 1
-                report.removedHalves += 1
-            } else if ingress[rid] == nil, repair(rkey, Self.reverse(of: key, value)) {
-                // A live flow lost its INGRESS half: replies would pass untranslated and its
-                // port could go to another flow. The datapath restores it on the flow's next
-                // egress packet; a flow that only receives needs the GC to.
-                report.repairedHalves += 1
-            }
-        }
-        for (rid, reply) in ingress where !paired.contains(rid) {
-            if lifetimes.isExpired(proto: reply.key.proto, seen: reply.value.seen, lastSeen: reply.value.last_seen, now: now) {
-                deleteIngress.append(reply.key)
-                report.expiredFlows += 1
-                report.removedHalves += 1
-            } else if let fkey = NATEntries.partner(reply.key, reply.value),
-                      repair(fkey, Self.forward(of: reply.key, reply.value)) {
-                // A live flow lost its EGRESS half: without it the flow's next packet would be
-                // a new flow, likely on another port, breaking the connection. (A half seen
-                // while the datapath writes a new pair is repaired to the same values, which
-                // the datapath then finds and uses.)
-                report.repairedHalves += 1
-            }
-        }
-        // Exact port use per tuple, from the INGRESS entries that remain.
-        let deleted = Set(deleteIngress.map(NATKeyID.init))
-        for (rid, reply) in ingress where !deleted.contains(rid) {
-            let sat = Self.tupleKey(of: reply.key)
-            uses[NATKeyID(sat), default: (sat, 0)].ports += 1
-        }
-        report.saturation = uses.values.sorted { $0.ports > $1.ports }.prefix(saturationTop)
-            .map { TupleUse(key: $0.key, ports: $0.ports) }
-
-        report.deletedEntries = try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
-        if let fullMarks, !deleteIngress.isEmpty {
-            let freed = Set(deleteIngress.map { NATKeyID(Self.tupleKey(of: $0)) })
-            for mark in try fullMarks.keys(as: masq_sat_key_v4.self) where freed.contains(NATKeyID(mark)) {
+        report.saturation = tally.top(saturationTop).map { TupleUse(key: $0.key, ports: $0.count) }
+        if let fullMarks, report.deletedEntries > 0 {
+            // Ports came free: every tuple may scan again (a mark is only a 100 ms hint).
+            for mark in try fullMarks.keys(as: masq_sat_key_v4.self) {
                 try fullMarks.delete(mark)
             }
         }
         return report
     }
 
+    /// What a pass does with one entry.
+    enum Verdict {
+        /// Its flow lives (its INGRESS entry holds a port).
+        case live
+        /// Both entries of its pair are idle for the flow's lifetime.
+        case expiredPair
+        /// It stands alone (an inbound flow, or a half whose partner is gone or another
+        /// flow's) and is idle.
+        case expiredAlone
+    }
+
+    /// The verdict on one entry. An entry idle for the shortest lifetime its flow could have
+    /// is a candidate; only then is its partner looked up, since the flow lives as long as its
+    /// later entry, by the state and seen bits of both.
+    func verdict(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4, now: UInt64) throws -> Verdict {
+        guard now > value.last_seen,
+              now - value.last_seen > lifetimes.shortestLifetimeNanoseconds(proto: key.proto, tcpState: value.tcp_state)
+        else { return .live }
+        guard let pkey = NATEntries.partner(key, value),
+              let partner = try nat.lookup(pkey, as: masq_nat_entry_v4.self), Self.mapsBack(key, to: partner)
+        else {
+            return isExpired(key, value, lastSeen: value.last_seen, seen: value.seen, now: now) ? .expiredAlone : .live
+        }
+        let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
+        let (fwd, rev) = egress ? (value, partner) : (partner, value)
+        return isExpired(egress ? key : pkey, fwd, lastSeen: max(fwd.last_seen, rev.last_seen), seen: fwd.seen | rev.seen,
+                         now: now) ? .expiredPair : .live
+    }
+
+    private func isExpired(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4, lastSeen: UInt64, seen: UInt8,
+                           now: UInt64) -> Bool {
+        lifetimes.isExpired(proto: key.proto, tcpState: value.tcp_state, seen: seen, lastSeen: lastSeen, now: now)
+    }
+
+    /// Whether `partner` (the entry under `key`'s partner key) maps back to `key`'s flow.
+    static func mapsBack(_ key: masq_nat_key_v4, to partner: masq_nat_entry_v4) -> Bool {
+        if key.dir == UInt8(MASQ_DIR_EGRESS) {
+            return partner.to_addr == key.saddr && partner.to_port == key.sport
+        }
+        return partner.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 && partner.to_addr == key.daddr
+            && partner.to_port == key.dport
+    }
+
     /// The (SNAT address, remote, remote port, protocol) an INGRESS key's port belongs to.
     static func tupleKey(of ingress: masq_nat_key_v4) -> masq_sat_key_v4 {
         masq_sat_key_v4(snat: ingress.daddr, remote: ingress.saddr, remote_port: ingress.sport,
                         proto: ingress.proto, pad: 0)
-    }
-
-    /// Writes a missing half unless its key exists (another flow holds that tuple: leave it).
-    private func repair(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4) -> Bool {
-        (try? nat.update(key, value, flags: UInt64(BPF_NOEXIST))) != nil
-    }
-
-    /// The INGRESS half of an EGRESS entry, as snat_v4_restore_reverse writes it.
-    static func reverse(of key: masq_nat_key_v4, _ value: masq_nat_entry_v4) -> masq_nat_entry_v4 {
-        var r = masq_nat_entry_v4()
-        r.to_addr = key.saddr
-        r.to_port = key.sport
-        r.flags = value.flags
-        r.ifindex = value.ifindex
-        r.created = value.created
-        r.last_seen = value.last_seen
-        return r
-    }
-
-    /// The EGRESS half of an INGRESS entry: the flow leaves with the INGRESS key's address and
-    /// port, the ones its replies arrive for.
-    static func forward(of key: masq_nat_key_v4, _ value: masq_nat_entry_v4) -> masq_nat_entry_v4 {
-        var f = masq_nat_entry_v4()
-        f.to_addr = key.daddr
-        f.to_port = key.dport
-        f.flags = value.flags
-        f.ifindex = value.ifindex
-        f.created = value.created
-        f.last_seen = value.last_seen
-        f.seen = value.seen & ~UInt8(MASQ_SEEN_REPLY)
-        return f
     }
 
     /// CLOCK_BOOTTIME in ns, the clock of the entries' timestamps.
@@ -346,14 +324,42 @@ public struct ConntrackSweeper: Sendable {
     }
 }
 
-/// A map key's bytes as a hashable value (the C structs are not Hashable).
+/// Ports in use per (SNAT address, remote, remote port, protocol), in bounded memory: exact
+/// while at most `capacity` tuples are seen; past that, Misra-Gries (a new tuple finding the
+/// tally full lowers every count by one and drops the zeros), so a count falls short by at
+/// most entries / capacity and every tuple holding more than that is kept. The tuples that
+/// matter here hold thousands of ports.
+struct PortUseTally {
+    let capacity: Int
+    private var counts: [NATKeyID: (key: masq_sat_key_v4, count: Int)] = [:]
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 1)
+    }
+
+    mutating func add(_ key: masq_sat_key_v4) {
+        let id = NATKeyID(key)
+        if counts[id] != nil {
+            counts[id]!.count += 1
+        } else if counts.count < capacity {
+            counts[id] = (key, 1)
+        } else {
+            for (other, entry) in counts {
+                if entry.count <= 1 { counts[other] = nil } else { counts[other]!.count -= 1 }
+            }
+        }
+    }
+
+    /// The `n` tuples holding the most ports, most first.
+    func top(_ n: Int) -> [(key: masq_sat_key_v4, count: Int)] {
+        Array(counts.values.sorted { $0.count > $1.count }.prefix(n))
+    }
+}
+
+/// A tuple key's bytes as a hashable value (the C structs are not Hashable).
 struct NATKeyID: Hashable {
     let low: UInt64
     let high: UInt64
-
-    init(_ key: masq_nat_key_v4) {
-        (low, high) = withUnsafeBytes(of: key) { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
-    }
 
     init(_ key: masq_sat_key_v4) {
         (low, high) = withUnsafeBytes(of: key) {

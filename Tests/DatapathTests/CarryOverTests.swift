@@ -1,0 +1,132 @@
+// A NAT table that has to be recreated at load (another nat-max-entries, map type or entry
+// layout) has its flows carried over into the new one (issue 11, finding 10). Loads the
+// daemon's Datapath with pins under a private bpffs root; nothing is attached.
+
+@preconcurrency import Glibc
+import CLibbpf
+import CMasq
+import Logging
+import Testing
+@testable import Daemon
+
+@Suite("NAT table carry-over", .serialized)
+struct CarryOverTests {
+    private let logger = Logger(label: "carry-over-test")
+
+    private func config(root: String, entries: UInt32) -> DaemonConfig {
+        var config = DaemonConfig()
+        config.bpffsRoot = root
+        config.natMaxEntries = entries
+        return config
+    }
+
+    /// Runs `body` with a fresh pin root, removed afterwards also on failure.
+    private func withRoot(_ body: (String) async throws -> Void) async throws {
+        let root = "/sys/fs/bpf/masq-test-\(getpid())-carry"
+        try? Daemon.Datapath.uninstall(root: root, logger: logger)
+        defer { try? Daemon.Datapath.uninstall(root: root, logger: logger) }
+        try await body(root)
+    }
+
+    /// A pair as the datapath writes it: pod1:sport -> server:443 leaving as snat:port.
+    private func writePair(_ nat: BPFMap, sport: UInt16, port: UInt16, tcpState: Int32) throws {
+        var out = masq_nat_entry_v4()
+        out.to_addr = Net.snat.raw
+        out.to_port = be16(port)
+        out.tcp_state = UInt8(tcpState)
+        out.last_seen = 1
+        var back = out
+        back.to_addr = Net.pod1.raw
+        back.to_port = be16(sport)
+        try nat.update(natKey(Net.server, Net.snat, sport: 443, dport: port, proto: Proto.tcp, dir: MASQ_DIR_INGRESS), back)
+        try nat.update(natKey(Net.pod1, Net.server, sport: sport, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS), out)
+    }
+
+    @Test("a restart with a larger nat-max-entries keeps every flow, with its port and state")
+    func largerTable() async throws {
+        try await withRoot { root in
+            do {
+                let first = try Daemon.Datapath(config: config(root: root, entries: 1024), logger: logger)
+                let nat = try await first.map(MASQ_MAP_NAT_V4)
+                for i in UInt16(0)..<100 {
+                    try writePair(nat, sport: 1000 + i, port: 50000 + i, tcpState: MASQ_TCP_ESTABLISHED)
+                }
+            }
+            let second = try Daemon.Datapath(config: config(root: root, entries: 4096), logger: logger)
+            let nat = try await second.map(MASQ_MAP_NAT_V4)
+            #expect(nat.maxEntries == 4096)
+            let entries = try nat.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
+            #expect(entries.count == 200)
+            let fwd = try #require(try nat.lookup(natKey(Net.pod1, Net.server, sport: 1042, dport: 443, proto: Proto.tcp,
+                                                        dir: MASQ_DIR_EGRESS), as: masq_nat_entry_v4.self))
+            #expect(host16(fwd.to_port) == 50042 && fwd.tcp_state == UInt8(MASQ_TCP_ESTABLISHED))
+        }
+    }
+
+    @Test("a smaller table keeps what fits and counts the rest")
+    func smallerTable() throws {
+        let old = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil, maxEntries: [MASQ_MAP_NAT_V4: 256])
+        let oldNAT = try old.map(MASQ_MAP_NAT_V4)
+        for i in UInt16(0)..<100 {
+            try writePair(oldNAT, sport: 1000 + i, port: 50000 + i, tcpState: MASQ_TCP_ESTABLISHED)
+        }
+        let new = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil, maxEntries: [MASQ_MAP_NAT_V4: 64])
+        let oldFD = dup(oldNAT.fd)
+        let replaced = ReplacedMap(name: MASQ_MAP_NAT_V4, fd: oldFD, keySize: 16,
+                                   valueSize: UInt32(MemoryLayout<masq_nat_entry_v4>.size), maxEntries: 256)
+        let report = try NATCarryOver.run(from: replaced, to: try new.map(MASQ_MAP_NAT_V4), batchSize: 32)
+
+        #expect(report.copied == 64 && report.lost == 136)
+    }
+
+    @Test("a table of the layout before tcp_state is carried over with each TCP flow's state from its seen bits")
+    func oldLayout() async throws {
+        try await withRoot { root in
+            _ = try BPFFS.prepare(root: root)
+            // The pin an older masqd left: an LRU hash of 48-byte entries.
+            let fd = bpf_map_create(BPF_MAP_TYPE_LRU_HASH, MASQ_MAP_NAT_V4, 16, UInt32(MASQ_NAT_ENTRY_V4_V1_SIZE), 1024, nil)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            #expect(bpf_obj_pin(fd, root + "/" + MASQ_MAP_NAT_V4) == 0)
+            let old = BPFMap(name: MASQ_MAP_NAT_V4, fd: fd, maxEntries: 1024)
+            // (sport, egress seen, ingress seen, expected state)
+            let flows: [(UInt16, UInt32, UInt32, Int32)] = [
+                (1000, MASQ_SEEN_SYN, MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY, MASQ_TCP_ESTABLISHED),
+                (1001, MASQ_SEEN_SYN, 0, MASQ_TCP_SYN_SENT),
+                (1002, MASQ_SEEN_SYN | MASQ_SEEN_FIN, MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY, MASQ_TCP_FIN_WAIT),
+                (1003, MASQ_SEEN_SYN | MASQ_SEEN_FIN, MASQ_SEEN_SYNACK | MASQ_SEEN_FIN | MASQ_SEEN_REPLY, MASQ_TCP_CLOSING),
+            ]
+            for (i, flow) in flows.enumerated() {
+                let port = UInt16(50000 + i)
+                var out = masq_nat_entry_v4()
+                out.to_addr = Net.snat.raw
+                out.to_port = be16(port)
+                out.seen = UInt8(flow.1)
+                out.packets = 7
+                var back = out
+                back.to_addr = Net.pod1.raw
+                back.to_port = be16(flow.0)
+                back.seen = UInt8(flow.2)
+                try old.update(natKey(Net.pod1, Net.server, sport: flow.0, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS),
+                               v1(out))
+                try old.update(natKey(Net.server, Net.snat, sport: 443, dport: port, proto: Proto.tcp, dir: MASQ_DIR_INGRESS),
+                               v1(back))
+            }
+
+            let dp = try Daemon.Datapath(config: config(root: root, entries: 1024), logger: logger)
+            let nat = try await dp.map(MASQ_MAP_NAT_V4)
+            #expect(try nat.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self).count == 8)
+            for (i, flow) in flows.enumerated() {
+                let fwd = try #require(try nat.lookup(natKey(Net.pod1, Net.server, sport: flow.0, dport: 443, proto: Proto.tcp,
+                                                            dir: MASQ_DIR_EGRESS), as: masq_nat_entry_v4.self))
+                #expect(host16(fwd.to_port) == UInt16(50000 + i) && fwd.packets == 7)
+                #expect(fwd.tcp_state == UInt8(flow.3), "flow \(flow.0)")
+            }
+        }
+    }
+
+    /// The first 48 bytes of an entry: the v1 layout.
+    private func v1(_ entry: masq_nat_entry_v4) -> (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) {
+        withUnsafeBytes(of: entry) { $0.loadUnaligned(as: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64).self) }
+    }
+}
