@@ -17,11 +17,15 @@
 SEC("tc")
 int masq_egress(struct __sk_buff *skb)
 {
+	const struct masq_device *dev = masq_device_lookup(skb);
 	int ret;
 
+	if (!dev || masq_vlan_can_skip(skb))
+		return TC_ACT_UNSPEC;
+	/* skb->protocol, not an Ethernet header, gives the family: L3 devices have none. */
 	switch (skb->protocol) {
 	case bpf_htons(ETH_P_IP):
-		ret = masq_v4_egress(skb, ETH_HLEN);
+		ret = masq_v4_egress(skb, dev);
 		break;
 	/* case bpf_htons(ETH_P_IPV6): masq_v6_egress(), with the IPv6 datapath. */
 	default:
@@ -35,11 +39,14 @@ int masq_egress(struct __sk_buff *skb)
 SEC("tc")
 int masq_ingress(struct __sk_buff *skb)
 {
+	const struct masq_device *dev = masq_device_lookup(skb);
 	int ret;
 
+	if (!dev || masq_ingress_can_skip(skb, dev))
+		return TC_ACT_UNSPEC;
 	switch (skb->protocol) {
 	case bpf_htons(ETH_P_IP):
-		ret = masq_v4_ingress(skb, ETH_HLEN);
+		ret = masq_v4_ingress(skb, dev);
 		break;
 	/* case bpf_htons(ETH_P_IPV6): masq_v6_ingress(), with the IPv6 datapath. */
 	default:

@@ -109,12 +109,16 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public struct Device: Codable, Sendable, Equatable {
         public var name: String
         public var ifindex: UInt32
+        /// The link type and driver ("ether(veth)", "none(tun)"); nil when masqd has not
+        /// applied the device yet.
+        public var kind: String?
         public var snatIPv4: IPAddress?
         public var snatIPv6: IPAddress?
 
-        public init(name: String, ifindex: UInt32, snatIPv4: IPAddress?, snatIPv6: IPAddress?) {
+        public init(name: String, ifindex: UInt32, kind: String? = nil, snatIPv4: IPAddress?, snatIPv6: IPAddress?) {
             self.name = name
             self.ifindex = ifindex
+            self.kind = kind
             self.snatIPv4 = snatIPv4
             self.snatIPv6 = snatIPv6
         }

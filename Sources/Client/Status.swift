@@ -42,7 +42,9 @@ extension MasqClient.Status {
         lines.append(labelled("Health", health.summary))
         lines.append(labelled("Masquerading", status.masquerading.summaryLine))
         let devices = status.devices.map { d in
-            "\(d.name) \([d.snatIPv4, d.snatIPv6].compactMap { $0?.description }.joined(separator: " "))"
+            let addresses = [d.snatIPv4, d.snatIPv6].compactMap { $0?.description }
+            return ([d.name] + (d.kind.map { ["(\($0))"] } ?? []) + (addresses.isEmpty ? ["no address"] : addresses))
+                .joined(separator: " ")
         }
         lines.append(labelled("Devices", devices.isEmpty ? "none" : devices.joined(separator: ", ")))
         for skipped in status.skippedDevices {

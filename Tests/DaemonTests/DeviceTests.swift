@@ -56,22 +56,40 @@ struct DeviceTests {
         #expect(skipped == ["ext1": "no such device"])
     }
 
-    @Test("a device that is down is reported, not masqueraded")
+    @Test("a device that is down stays in force with its address, so its programs stay attached through a link flap")
     func downDevice() throws {
         var down = ext1
         down.isUp = false
         let (devices, skipped) = try select(["--devices", "ext+"], NetworkSnapshot(links: [ext0, down], defaultRouteDevices: []))
-        #expect(devices.map(\.name) == ["ext0"])
-        #expect(skipped == ["ext1": "device is down"])
+        #expect(devices.map(\.name) == ["ext0", "ext1"])
+        #expect(devices.last?.snatV4 == IPv4Address(100, 1, 0, 1))
+        #expect(skipped.isEmpty)
     }
 
-    @Test("a device that lost its address is reported, never given its old address")
+    @Test("a device that lost its address stays in force without one (its pod traffic is dropped), never given its old address")
     func addresslessDevice() throws {
         var bare = ext0
         bare.ipv4 = []
         let (devices, skipped) = try select(["--devices", "ext0"], NetworkSnapshot(links: [bare], defaultRouteDevices: []))
-        #expect(devices.isEmpty)
-        #expect(skipped == ["ext0": "no usable address for an enabled family"])
+        #expect(devices == [.init(name: "ext0", ifindex: 2, snatV4: nil, snatV6: nil)])
+        #expect(skipped.isEmpty)
+    }
+
+    @Test("an L3 device is in force with an L2 header length of 0; a link type masq does not know is skipped with the reason")
+    func linkTypes() throws {
+        let tun = NetworkSnapshot.Link(name: "tun0", index: 9, linkLayer: LinkLayer(type: 0xfffe, driver: "tun"),
+                                       ipv4: [IPv4Address(172, 16, 0, 1)])
+        let wg = NetworkSnapshot.Link(name: "wg0", index: 10, linkLayer: LinkLayer(type: 0xfffe, driver: "wireguard"),
+                                      ipv4: [IPv4Address(172, 17, 0, 1)])
+        let ib = NetworkSnapshot.Link(name: "ib0", index: 11, linkLayer: LinkLayer(type: 32), ipv4: [IPv4Address(172, 18, 0, 1)])
+        let (devices, skipped) = try select(["--devices", "ext0,tun0,wg0,ib0"],
+                                            NetworkSnapshot(links: [ext0, tun, wg, ib], defaultRouteDevices: []))
+        #expect(devices.map(\.name) == ["ext0", "tun0", "wg0"])
+        #expect(devices.map(\.l2HeaderLength) == [14, 0, 0])
+        #expect(devices.map(\.linkLayer.kind) == ["ether", "none(tun)", "none(wireguard)"])
+        #expect(skipped == ["ib0": "link type arphrd-32 is not supported (neither Ethernet nor an L3 device)"])
+        #expect(LinkLayer(type: 1, driver: "veth").kind == "ether(veth)")
+        #expect(LinkLayer(type: 768, driver: "ipip").l2HeaderLength == 0)
     }
 
     @Test("with no devices configured, masquerading follows the default route to another device")
@@ -169,6 +187,19 @@ struct DeviceTests {
         let messages = try NetlinkMessage.parse(datagram[...])
         #expect(messages.count == 1 && messages[0].type == RTNL.newLink)
         #expect(try LinkMessage(messages[0]) == LinkMessage(index: 7, name: "ext1", flags: UInt32(IFF_UP)))
+    }
+
+    @Test("a link message gives the link type (ifi_type) and the driver from IFLA_LINKINFO's IFLA_INFO_KIND")
+    func parseLinkType() throws {
+        var header = ifinfomsg(index: 9, flags: UInt32(IFF_UP))
+        header.replaceSubrange(2..<4, with: le16(0xfffe)) // ARPHRD_NONE
+        let info = rta(RTNL.linkInfoKind, Array("tun".utf8) + [0])
+        let datagram = nlmsg(RTNL.newLink, header + rta(RTNL.linkName, Array("tun0".utf8) + [0])
+            + rta(RTNL.linkInfo | 0x8000, info)) // NLA_F_NESTED, as the kernel sets it
+        let link = try LinkMessage(try NetlinkMessage.parse(datagram[...])[0])
+        #expect(link.linkLayer == LinkLayer(type: 0xfffe, driver: "tun"))
+        #expect(link.linkLayer.kind == "none(tun)")
+        #expect(link.linkLayer.l2HeaderLength == 0)
     }
 
     @Test("an address message prefers IFA_LOCAL over the peer address, and IFA_FLAGS over the 8-bit flags")

@@ -191,14 +191,6 @@ struct EgressSNATTests {
         #expect(try dp.entries().isEmpty)
     }
 
-    @Test("a device without an IPv4 SNAT address passes traffic untouched")
-    func deviceWithoutV4Untouched() throws {
-        let dp = try Datapath.standard()
-        try dp.addDevice(snat: Net.snat, hasV4: false)
-        let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443))
-
-        #expect(try dp.run(.egress, frame).frame == frame)
-    }
 
     @Test("with IPv4 masquerading disabled traffic passes untouched")
     func ipv4MasqueradeOffUntouched() throws {

@@ -154,8 +154,11 @@ func ipv4Frame(src: IPv4Address, dst: IPv4Address, _ l4: L4, payload: [UInt8] = 
     return ethernetHeader(type: 0x0800) + ip + seg
 }
 
-func ethernetHeader(type: UInt16) -> [UInt8] {
-    [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01] + be(type)
+/// An Ethernet header to the test device's own address: BPF_PROG_TEST_RUN sets pkt_type from
+/// the destination as the kernel does on receive, and loopback's address is all zeros, so the
+/// frame is PACKET_HOST (`dst` to send it elsewhere).
+func ethernetHeader(type: UInt16, dst: [UInt8] = [0, 0, 0, 0, 0, 0]) -> [UInt8] {
+    dst + [0x02, 0, 0, 0, 0, 0x01] + be(type)
 }
 
 func be(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
@@ -287,11 +290,16 @@ final class Datapath {
         try config.update(UInt32(0), cfg)
     }
 
-    func addDevice(ifindex: UInt32 = Net.testIfindex, snat: IPv4Address, hasV4: Bool = true) throws {
+    /// A masquerading device and its SNAT address, as masqd writes them; `l2HeaderLength` 0 is
+    /// an L3 device (tun, WireGuard).
+    func addDevice(ifindex: UInt32 = Net.testIfindex, snat: IPv4Address, hasV4: Bool = true,
+                   l2HeaderLength: UInt16 = 14) throws {
         var dev = masq_device()
-        dev.snat_v4 = snat.raw
+        dev.snat_v4 = hasV4 ? snat.raw : 0
         dev.flags = hasV4 ? MASQ_DEV_HAS_V4 : 0
+        dev.l2_hdr_len = l2HeaderLength
         try devices.update(ifindex, dev)
+        if hasV4 { try object.map(MASQ_MAP_SNAT_V4).update(snat.raw, UInt8(MASQ_CIDR_PRESENT)) }
     }
 
     func addPodCIDR(_ addr: IPv4Address, _ len: UInt32) throws {

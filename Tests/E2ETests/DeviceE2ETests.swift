@@ -61,27 +61,36 @@ struct DeviceE2ETests {
         }
     }
 
-    @Test("an uplink that loses its only address is reported and stops masquerading, and takes up again with its next address")
-    func addresslessDeviceIsReported() async throws {
+    @Test("an uplink that loses its only address keeps its programs and drops pod traffic (counted), and takes up again with its next address")
+    func addresslessDeviceFailsClosed() async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             let masqd = try await sandbox.startMasqd(mode: .tcx, devices: Sandbox.device)
             let server = "\(Sandbox.outsideIP):\(Sandbox.udpPort)"
 
             try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "del", "\(Sandbox.nodeIP)/24", "dev", Sandbox.device])
-            try await sandbox.waitUntil("\(Sandbox.device) loses its programs", timeout: .seconds(5)) {
-                try sandbox.attachmentsSync(of: Sandbox.device).isEmpty
+            try await sandbox.waitUntil("masqd reports \(Sandbox.device) without an address", timeout: .seconds(5)) {
+                sandbox.deviceLog.split(separator: "\n").contains {
+                    $0.contains("no usable IPv4 address") && $0.contains("device.name=\(Sandbox.device)")
+                }
             }
-            let reported = sandbox.deviceLog.split(separator: "\n").contains {
-                $0.contains("Configured device not in force") && $0.contains("device.name=\(Sandbox.device)")
-                    && $0.contains("no usable address")
-            }
-            #expect(reported, "\(sandbox.deviceLog)")
+            let attached = try sandbox.attachmentsSync(of: Sandbox.device)
+            #expect(attached.tcxEgress.count == 1 && attached.tcxIngress.count == 1, "\(attached)")
+
+            // The outside is still on the link (the node keeps a route to it): without masq
+            // the datagram would leave with the pod's address.
+            try await sandbox.sh(["ip", "-n", sandbox.node, "route", "add", "\(Sandbox.outsideIP)/32", "dev", Sandbox.device])
+            let dropsBefore = try sandbox.dropCount(138)
+            let lost = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", server, "--tries", "2"])
+            #expect(!lost.succeeded, "answered without an SNAT address: \(lost)")
+            #expect(try sandbox.dropCount(138) - dropsBefore >= 2, "no_snat_address did not count the datagrams")
+            #expect(!sandbox.serverObservations.contains { $0.contains("10.244.1.") },
+                    "the outside saw a pod address: \(sandbox.serverObservations)")
 
             let nextIP = "100.0.0.7"
             try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "add", "\(nextIP)/24", "dev", Sandbox.device])
-            try await sandbox.waitUntil("\(Sandbox.device) has its programs again", timeout: .seconds(5)) {
-                try sandbox.attachmentsSync(of: Sandbox.device).tcxEgress.count == 1
+            try await sandbox.waitUntil("\(Sandbox.device) masquerades to \(nextIP)", timeout: .seconds(5)) {
+                sandbox.deviceLog.contains("snat.v4=\(nextIP)")
             }
             let after = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", server])
             #expect(observedIP(after) == nextIP, "with the next address: \(after)\n\(sandbox.deviceLog)")
@@ -228,6 +237,21 @@ extension Sandbox {
             tcIngress: ingress.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
             tcEgress: egress.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
             tcxIngress: tcx.tcx_ingress, tcxEgress: tcx.tcx_egress)
+    }
+
+    /// Packets dropped for drop reason `reason` (bpf/lib/drop_reasons.h), summed over CPUs,
+    /// read from the pinned masq_drops with bpftool.
+    func dropCount(_ reason: UInt32) throws -> UInt64 {
+        let key = withUnsafeBytes(of: reason.littleEndian) { $0.map(String.init) }
+        let lookup = Command.runSync(["bpftool", "-j", "map", "lookup", "pinned", "\(bpffsRoot)/masq_drops", "key"] + key)
+        guard lookup.succeeded else { throw CommandError(description: lookup.description) }
+        struct PerCPU: Decodable { var value: [String] }
+        struct Entry: Decodable { var values: [PerCPU] }
+        let entry = try JSONDecoder().decode(Entry.self, from: Data(lookup.stdout.utf8))
+        return entry.values.reduce(0) { sum, cpu in
+            // Each CPU's u64, little-endian, as hex bytes.
+            sum + cpu.value.reversed().reduce(0) { $0 << 8 | UInt64($1.dropFirst(2), radix: 16)! }
+        }
     }
 
     /// The ifindexes masqd's pinned device map holds (read with bpftool).

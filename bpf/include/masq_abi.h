@@ -17,6 +17,7 @@
  * The kernel keeps 15 characters of a map name. */
 #define MASQ_MAP_CONFIG    "masq_config"
 #define MASQ_MAP_DEVICES   "masq_devices"
+#define MASQ_MAP_SNAT_V4   "masq_snat_v4"
 #define MASQ_MAP_NAT_V4    "masq_nat_v4"
 #define MASQ_MAP_PODS_V4   "masq_pods_v4"
 #define MASQ_MAP_NONMASQ_V4 "masq_nonmasq_v4"
@@ -65,12 +66,23 @@ _Static_assert(sizeof(struct masq_config) == 40, "masq_config size");
 #define MASQ_DEV_HAS_V4        (1U << 0) /* snat_v4 is usable */
 #define MASQ_DEV_HAS_V6        (1U << 1) /* snat_v6 is usable */
 
+/* A device in the config (or carrying the default route) stays in the map while it exists, up or
+ * down and with or without an address: its programs stay attached, and a pod packet it would
+ * have to masquerade without an SNAT address of the family is dropped (DROP_NO_SNAT_ADDRESS),
+ * never forwarded with the pod's address. */
 struct masq_device {
 	__be32 snat_v4;        /* SNAT address: the device's primary IPv4, network order */
 	__u32 flags;           /* MASQ_DEV_* */
 	__u8 snat_v6[16];      /* network order */
+	__u16 l2_hdr_len;      /* bytes before the L3 header, host order: ETH_HLEN on Ethernet,
+				* 0 on L3 devices (tun, WireGuard, ipip, ppp: ARPHRD_NONE etc.) */
+	__u16 pad;             /* reserved, zero */
 };
-_Static_assert(sizeof(struct masq_device) == 24, "masq_device size");
+_Static_assert(sizeof(struct masq_device) == 28, "masq_device size");
+
+/* ---- masq_snat_v4: every masquerading device's IPv4 SNAT address (key __be32, network order;
+ * value MASQ_CIDR_PRESENT). A reply to any of them is looked up on whichever masquerading
+ * device it arrives. ---- */
 
 /* ---- LPM keys: masq_pods_v4 (pod-cidrs), masq_nonmasq_v4 (non-masquerade list). ---- */
 
@@ -86,7 +98,8 @@ struct masq_lpm_v6 {
 };
 _Static_assert(sizeof(struct masq_lpm_v6) == 20, "masq_lpm_v6 size");
 
-/* Value of every CIDR map and of masq_nodes_v4 (key __be32 address): presence is what counts. */
+/* Value of every CIDR map and of masq_nodes_v4 and masq_snat_v4 (key __be32 address): presence
+ * is what counts. */
 #define MASQ_CIDR_PRESENT 1
 
 /* ---- masq_nat_v4: the NAT / connection table (preallocated hash). ----

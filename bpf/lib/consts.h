@@ -13,10 +13,8 @@
 
 #define IS_ERR(ret)             ((ret) < 0)
 
-/* L2 */
-#ifndef ETH_HLEN
-#define ETH_HLEN                14 /* bytes; the entry programs run on Ethernet devices */
-#endif
+/* L2: the header length comes from the device's masq_devices entry (l2_hdr_len). */
+#define VLAN_VID_MASK           0x0fff /* the VLAN id bits of skb->vlan_tci; 0: priority tag only */
 
 /* IPv4 header (RFC 791). */
 #define IPV4_HDR_MIN_LEN        20     /* bytes, ihl 5 */

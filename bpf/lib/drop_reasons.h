@@ -20,5 +20,6 @@
 #define DROP_FRAG_NOT_FOUND 137 /* a later IPv4 fragment came before its datagram's first: ports unknown */
 #define DROP_NAT_TABLE_FULL 138 /* a new flow found the NAT table full; live flows are never evicted for it */
 #define DROP_NAT_REPLY_CONFLICT 139 /* a flow's reply tuple is held by another flow: it cannot go on with its port */
+#define DROP_NO_SNAT_ADDRESS 140 /* a pod packet to masquerade left a device with no SNAT address of its family */
 
 #endif /* MASQ_DROP_REASONS_H */

@@ -31,6 +31,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } masq_devices SEC(".maps");
 
+/* One IPv4 SNAT address of a masquerading device (network order): replies to it are reverse
+ * translated on every masquerading device, not only on the one that holds it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MASQ_DEVICES_MAX_ENTRIES);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_snat_v4 SEC(".maps");
+
 /* One direction of a tracked IPv4 flow: EGRESS (original tuple -> SNAT address and port) or
  * INGRESS (reply tuple -> pod address and port). See masq_abi.h for the pairs. A preallocated
  * hash, not an LRU: the kernel never evicts a live flow's entry to make room (an LRU would, one

@@ -620,6 +620,10 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 		ct_update4(state, pkt->l3_len, ct_seen_inbound4(&l4, /*from_pod=*/true));
 		return NAT_PUNT_TO_STACK;
 	}
+	/* Fail closed: without an SNAT address (removed, or not yet there) the packet would
+	 * leave with the pod's own address; MASQUERADE drops it too. */
+	if (!(dev->flags & MASQ_DEV_HAS_V4))
+		return -DROP_NO_SNAT_ADDRESS;
 	if (state && state->to_addr != dev->snat_v4) {
 		/* The device's SNAT address changed since the mapping was made (SPEC: the SNAT
 		 * address follows the device): the flow starts over with the new address rather

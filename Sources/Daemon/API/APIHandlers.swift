@@ -37,8 +37,10 @@ struct APIHandlers: Sendable {
         let snapshot = status.snapshot
         let config = currentConfig
         let view = try await datapath.readView()
+        let applied = snapshot.applied?.devices ?? []
         let devices = view.devices.map { ifindex, device in
             StatusResponse.Device(name: RouteLookup.name(of: ifindex) ?? "if\(ifindex)", ifindex: ifindex,
+                                  kind: applied.first { $0.ifindex == ifindex }?.linkLayer.kind,
                                   snatIPv4: device.snatV4.map(IPAddress.v4), snatIPv6: device.snatV6.map(IPAddress.v6))
         }.sorted { $0.name < $1.name }
         let exclusionV4 = view.nativeRoutingV4?.description

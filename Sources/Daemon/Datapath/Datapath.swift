@@ -85,9 +85,13 @@ public actor Datapath {
         var report = ApplyReport()
         try writeConfig(state)
 
+        // Every SNAT address first: a reply is reverse-translated on whichever device it
+        // arrives, so the addresses are known before any device's programs run.
+        try syncAddressesV4(MASQ_MAP_SNAT_V4, Set(state.devices.compactMap(\.snatV4)))
         let devicesMap = try object.map(MASQ_MAP_DEVICES)
         for device in state.devices {
             var value = masq_device()
+            value.l2_hdr_len = device.l2HeaderLength
             if let v4 = device.snatV4 {
                 value.snat_v4 = v4.networkOrder
                 value.flags |= UInt32(MASQ_DEV_HAS_V4)
@@ -105,7 +109,7 @@ public actor Datapath {
             report.cidrsAdded += diff.add.count
             report.cidrsRemoved += diff.remove.count
         }
-        try syncNodesV4(state.nodeIPsV4)
+        try syncAddressesV4(MASQ_MAP_NODES_V4, state.nodeIPsV4)
 
         let egress = try object.programFD(MASQ_PROG_EGRESS)
         let ingress = try object.programFD(MASQ_PROG_INGRESS)
@@ -174,8 +178,9 @@ public actor Datapath {
         return diff
     }
 
-    private func syncNodesV4(_ desired: Set<IPv4Address>) throws {
-        let map = try object.map(MASQ_MAP_NODES_V4)
+    /// Brings a set of IPv4 addresses (key __be32, value MASQ_CIDR_PRESENT) to `desired`.
+    private func syncAddressesV4(_ name: String, _ desired: Set<IPv4Address>) throws {
+        let map = try object.map(name)
         let current = Set(try map.keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
         let diff = SetDiff(current: current, desired: desired)
         for ip in diff.add { try map.update(ip.networkOrder, UInt8(MASQ_CIDR_PRESENT)) }

@@ -14,6 +14,7 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
     case fragmentNotFound = 137
     case natTableFull = 138
     case natReplyConflict = 139
+    case noSNATAddress = 140
 
     /// The stable snake_case name used as the `reason` label in `/metrics` (the C name
     /// without `DROP_`, lowercased).
@@ -29,6 +30,7 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
         case .fragmentNotFound: "frag_not_found"
         case .natTableFull: "nat_table_full"
         case .natReplyConflict: "nat_reply_conflict"
+        case .noSNATAddress: "no_snat_address"
         }
     }
 
@@ -55,6 +57,8 @@ public enum DropReason: UInt32, CaseIterable, Sendable {
             "A new flow found the NAT table full; established flows are never evicted to make room."
         case .natReplyConflict:
             "The flow's reply tuple was held by another flow, so it could not go on with its port."
+        case .noSNATAddress:
+            "A pod packet needed masquerading on a device that had no address of its family, so it was dropped rather than sent with the pod's address."
         }
     }
 }

@@ -43,21 +43,17 @@ public enum MasqueradeDecision {
             return ExplainResponse(masquerade: false, rule: .familyDisabled, device: device.name,
                                    reason: "This datapath translates IPv4 only; IPv6 passes untouched.")
         }
-        // masq_v4_lookup: the device entry, its IPv4 SNAT address, then the family switch.
+        // masq_device_lookup, then masq_v4_config: the device entry, then the family switch.
         guard let entry = view.devices[device.ifindex] else {
             return ExplainResponse(masquerade: false, rule: .notMasqueradingDevice, device: device.name,
                                    reason: "\(device.name) does not run masq's programs (it is not a masquerading device).")
-        }
-        guard let snat = entry.snatV4 else {
-            return ExplainResponse(masquerade: false, rule: .noSNATAddress, device: device.name,
-                                   reason: "\(device.name) has no IPv4 address to masquerade to.")
         }
         guard view.ipv4Enabled else {
             return ExplainResponse(masquerade: false, rule: .familyDisabled, device: device.name,
                                    reason: "IPv4 masquerading is off (enable-ipv4-masquerade: false).")
         }
         // masq_v4_egress: the node's own flows, then pod sources.
-        if src == snat {
+        if let snat = entry.snatV4, src == snat {
             var response = ExplainResponse(
                 masquerade: false, rule: .hostFlow, device: device.name, snatAddress: .v4(snat),
                 reason: "\(src) is \(device.name)'s own address: the node's flow is tracked and keeps its source unless a pod flow holds that tuple.")
@@ -99,6 +95,11 @@ public enum MasqueradeDecision {
         if let existing, existing.inbound {
             return ExplainResponse(masquerade: false, rule: .inboundReply, device: device.name,
                                    reason: "A connection from \(dst) came in to \(src): its replies leave with the pod's address.")
+        }
+        // Fail closed: without an SNAT address the packet is dropped, never sent with the pod's.
+        guard let snat = entry.snatV4 else {
+            return ExplainResponse(masquerade: false, rule: .noSNATAddress, device: device.name,
+                                   reason: "\(device.name) has no IPv4 address to masquerade to: the packet is dropped (\(DropReason.noSNATAddress.label)).")
         }
         if let existing {
             return ExplainResponse(masquerade: true, rule: .masquerade, device: device.name, snatAddress: .v4(existing.toAddress),

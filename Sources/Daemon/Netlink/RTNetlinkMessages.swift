@@ -46,6 +46,8 @@ enum RTNL {
 
     // linux/if_link.h
     static let linkName: UInt16 = 3 // IFLA_IFNAME
+    static let linkInfo: UInt16 = 18 // IFLA_LINKINFO: nested
+    static let linkInfoKind: UInt16 = 1 // IFLA_INFO_KIND, inside IFLA_LINKINFO: the driver ("veth", "tun")
 
     // linux/if_addr.h
     static let addressAddress: UInt16 = 1 // IFA_ADDRESS (the peer on point-to-point links)
@@ -173,16 +175,20 @@ struct LinkMessage: Equatable, Sendable {
     var name: String
     /// The device flags (IFF_UP, IFF_LOOPBACK, ...).
     var flags: UInt32
+    /// The link layer: ifi_type (ARPHRD_*) and the driver kind from IFLA_LINKINFO.
+    var linkLayer: LinkLayer
 
-    init(index: UInt32, name: String, flags: UInt32) {
+    init(index: UInt32, name: String, flags: UInt32, linkLayer: LinkLayer = .ethernet) {
         self.index = index
         self.name = name
         self.flags = flags
+        self.linkLayer = linkLayer
     }
 
     init(_ message: NetlinkMessage) throws(NetlinkError) {
         let p = message.payload
         guard p.count >= RTNL.ifinfomsgSize else { throw .malformed("link message of \(p.count) bytes") }
+        let type = p.u16(at: p.startIndex + 2) // ifi_type
         index = p.u32(at: p.startIndex + 4) // ifi_index is an int; ifindexes are positive
         flags = p.u32(at: p.startIndex + 8)
         let attributes = try NetlinkAttributes(p.dropFirst(RTNL.ifinfomsgSize))
@@ -190,6 +196,10 @@ struct LinkMessage: Equatable, Sendable {
             throw .malformed("link \(index) without a name")
         }
         self.name = name
+        let driver = try attributes[RTNL.linkInfo].flatMap { info throws(NetlinkError) in
+            try NetlinkAttributes(info).string(RTNL.linkInfoKind)
+        }
+        linkLayer = LinkLayer(type: type, driver: driver)
     }
 }
 

@@ -61,6 +61,10 @@ struct ReconcilerService: Service, CustomStringConvertible {
         for (name, reason) in state.skippedDevices.sorted(by: { $0.key < $1.key }) {
             logger.warning("Configured device not in force", metadata: ["device.name": "\(name)", "reason": "\(reason)"])
         }
+        for device in state.devices where state.ipv4Enabled && device.snatV4 == nil {
+            logger.warning("Masquerading device has no usable IPv4 address; pod packets it would masquerade are dropped (no_snat_address)",
+                           metadata: device.metadata)
+        }
         if state.devices.isEmpty {
             logger.warning("No masquerading device: nothing is masqueraded")
         }

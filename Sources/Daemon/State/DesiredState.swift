@@ -4,9 +4,16 @@ import API
 /// reconcile inputs, so it is computed and compared without touching the kernel.
 public struct DesiredState: Equatable, Sendable {
     /// A masquerading device with the addresses its flows leave with.
+    /// A masquerading device with the addresses its flows leave with. A device without an
+    /// address of an enabled family stays in force: the datapath drops the pod packets it
+    /// would have to masquerade (fail closed), it never forwards them with the pod's address.
     public struct Device: Equatable, Sendable {
         public var name: String
         public var ifindex: UInt32
+        public var linkLayer: LinkLayer = .ethernet
+        /// The link layer's L2 header length (`LinkLayer.l2HeaderLength`, known for every
+        /// device in force).
+        public var l2HeaderLength: UInt16 = 14
         public var snatV4: IPv4Address?
         public var snatV6: IPv6Address?
     }
@@ -57,9 +64,11 @@ public struct DesiredState: Equatable, Sendable {
     }
 
     /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
-    /// those that carry a default route. Each gets its primary address per enabled family;
-    /// a device that is down or has no usable address is skipped with the reason, never given
-    /// a stale address.
+    /// those that carry a default route. Each gets its primary address per enabled family,
+    /// never a stale one. A device stays in force while it exists, also when it is down or has
+    /// no usable address (its programs stay attached through a link flap, and pod packets it
+    /// cannot masquerade are dropped, not leaked); only a link type whose L2 header masq does
+    /// not know is skipped, with the reason.
     static func selectDevices(config: DaemonConfig, network: NetworkSnapshot) -> ([Device], [String: String]) {
         var chosen: [NetworkSnapshot.Link]
         var skipped: [String: String] = [:]
@@ -75,17 +84,14 @@ public struct DesiredState: Equatable, Sendable {
         }
         var devices: [Device] = []
         for link in chosen.sorted(by: { $0.name < $1.name }) {
-            guard link.isUp else {
-                skipped[link.name] = "device is down"
+            guard let l2HeaderLength = link.linkLayer.l2HeaderLength else {
+                skipped[link.name] = "link type \(link.linkLayer.kind) is not supported (neither Ethernet nor an L3 device)"
                 continue
             }
-            let v4 = config.enableIPv4Masquerade ? link.ipv4.first : nil
-            let v6 = config.enableIPv6Masquerade ? link.ipv6.first : nil
-            if v4 == nil && v6 == nil {
-                skipped[link.name] = "no usable address for an enabled family"
-                continue
-            }
-            devices.append(Device(name: link.name, ifindex: link.index, snatV4: v4, snatV6: v6))
+            devices.append(Device(
+                name: link.name, ifindex: link.index, linkLayer: link.linkLayer, l2HeaderLength: l2HeaderLength,
+                snatV4: config.enableIPv4Masquerade ? link.ipv4.first : nil,
+                snatV6: config.enableIPv6Masquerade ? link.ipv6.first : nil))
         }
         return (devices, skipped)
     }

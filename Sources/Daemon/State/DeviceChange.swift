@@ -52,6 +52,7 @@ extension DesiredState.Device {
         [
             "device.name": "\(name)",
             "device.ifindex": "\(ifindex)",
+            "device.kind": "\(linkLayer.kind)",
             "snat.v4": "\(snatV4?.description ?? "-")",
             "snat.v6": "\(snatV6?.description ?? "-")",
         ]

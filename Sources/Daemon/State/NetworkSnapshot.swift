@@ -11,6 +11,8 @@ public struct NetworkSnapshot: Equatable, Sendable {
         public var index: UInt32
         public var isUp: Bool
         public var isLoopback: Bool
+        /// Ethernet, or an L3 device (tun, WireGuard, ipip) whose packets have no L2 header.
+        public var linkLayer: LinkLayer
         /// Usable IPv4 addresses, the primary address first (see `from(links:addresses:routes:)`).
         public var ipv4: [IPv4Address]
         /// Usable global IPv6 addresses, in the kernel's order (link-local, tentative,
@@ -18,11 +20,12 @@ public struct NetworkSnapshot: Equatable, Sendable {
         public var ipv6: [IPv6Address]
 
         public init(name: String, index: UInt32, isUp: Bool = true, isLoopback: Bool = false,
-                    ipv4: [IPv4Address] = [], ipv6: [IPv6Address] = []) {
+                    linkLayer: LinkLayer = .ethernet, ipv4: [IPv4Address] = [], ipv6: [IPv6Address] = []) {
             self.name = name
             self.index = index
             self.isUp = isUp
             self.isLoopback = isLoopback
+            self.linkLayer = linkLayer
             self.ipv4 = ipv4
             self.ipv6 = ipv6
         }
@@ -73,7 +76,8 @@ public struct NetworkSnapshot: Equatable, Sendable {
             byIndex[message.index] = Link(
                 name: message.name, index: message.index,
                 isUp: message.flags & UInt32(IFF_UP) != 0,
-                isLoopback: message.flags & UInt32(IFF_LOOPBACK) != 0)
+                isLoopback: message.flags & UInt32(IFF_LOOPBACK) != 0,
+                linkLayer: message.linkLayer)
         }
         let usable = addresses.filter { $0.isUsableSNATAddress }
         for message in usable.filter({ !$0.isSecondary }) + usable.filter({ $0.isSecondary }) {
