@@ -202,12 +202,13 @@ extension Sandbox {
         if up { try await sh(["ip", "-n", node, "link", "set", dev, "up"]) }
     }
 
-    /// A UDP server on the outside host at `bind`, answering with the address it observed.
-    func startServer(name: String, bind: String) async throws {
+    /// A UDP (and with `tcp`, TCP) server on the outside host at `bind`, answering with the
+    /// address it observed.
+    func startServer(name: String, bind: String, tcp: Bool = false) async throws {
         let ready = "\(dir)/\(name).ready"
         let process = try spawn(name, netprobe(outside, [
             "serve", "--bind", bind, "--udp", "\(Self.udpPort)", "--ready", ready, "--lifetime", "300",
-        ]))
+        ] + (tcp ? ["--tcp", "\(Self.tcpPort)"] : [])))
         try await waitUntil("\(name) listens", timeout: .seconds(15)) {
             guard process.isRunning else {
                 throw CommandError(description: "\(name) exited: \(self.output(name)) \(self.errors(name))")
@@ -320,10 +321,4 @@ private func monotonicNow() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
-/// The address part of what a netprobe client printed (the server's observation).
-private func observedIP(_ result: CommandResult) -> String {
-    let last = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
-    return String(last.split(separator: ":").first ?? "")
 }

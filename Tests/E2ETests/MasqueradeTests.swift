@@ -276,6 +276,6 @@ private func observed(_ result: CommandResult) -> String {
 }
 
 /// The address part of what the server observed.
-private func observedIP(_ result: CommandResult) -> String {
+func observedIP(_ result: CommandResult) -> String {
     String(observed(result).split(separator: ":").first ?? "")
 }

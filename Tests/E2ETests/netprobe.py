@@ -15,12 +15,24 @@ Every subcommand is bounded: sockets have timeouts, loops have counts, servers h
              each line "x" exchanges one line and prints "ok ANSWER" (or "err WHY"),
              "q" or end of input closes it. Prints "connected LOCAL" first.
   progquery  --dev NAME                  JSON: the tcx program ids on NAME's ingress/egress
-  passprog   --pin PATH                  loads a tc program that passes to the next filter, pinned
+  passprog   --pin PATH [--vlan ID]      loads a tc program that passes to the next filter, pinned
+             (with --vlan, after tagging the packet with VLAN ID in its metadata)
   nattable                               reads `bpftool -j map dump` of masq_nat_v4 on stdin and
              prints its flows as a table (layout: bpf/include/masq_abi.h)
+  tunrelay   --a NETNS:NAME --b NETNS:NAME [--ready FILE] [--lifetime S]
+             an L3 link: a tun device (IFF_TUN | IFF_NO_PI) in each network namespace, joined
+             by copying every packet between the two file descriptors; the devices go away
+             with the process
+  sniff      --dev NAME --net CIDR [--ready FILE] [--lifetime S]
+             prints "seen SRC DST PROTO" for every IPv4 packet on NAME whose source is in CIDR
+  churn      --dst IP --tcp PORT --udp PORT --seconds S
+             new UDP and TCP flows back to back for S seconds (short timeouts); prints
+             "churn udp=ANSWERED/SENT tcp=ANSWERED/TRIED" at the end
 """
 import argparse
 import ctypes
+import fcntl
+import ipaddress
 import json
 import os
 import platform
@@ -264,14 +276,25 @@ def bpf(cmd, attr):
     return ret
 
 
+BPF_FUNC_SKB_VLAN_PUSH = 18
+
+
 def cmd_passprog(args):
     """Loads a tc program that only says "go on to the next filter" (r0 = TC_ACT_UNSPEC) and
-    pins it, standing in for another tool's program on the same hook."""
-    insns = struct.pack("=BBhi", 0xB7, 0, 0, -1) + struct.pack("=BBhi", 0x95, 0, 0, 0)  # r0 = -1; exit
+    pins it, standing in for another tool's program on the same hook. With --vlan it first
+    tags the packet with that VLAN id the way a VLAN subdevice does: in the skb's metadata
+    (bpf_skb_vlan_push), so later programs on the hook see skb->vlan_present."""
+    insns = b""
+    if args.vlan:
+        insns += struct.pack("=BBhi", 0xB7, 0x02, 0, socket.htons(0x8100))  # r2 = ETH_P_8021Q (be16)
+        insns += struct.pack("=BBhi", 0xB7, 0x03, 0, args.vlan)  # r3 = VLAN id; r1 is still the skb
+        insns += struct.pack("=BBhi", 0x85, 0, 0, BPF_FUNC_SKB_VLAN_PUSH)
+    insns += struct.pack("=BBhi", 0xB7, 0, 0, -1) + struct.pack("=BBhi", 0x95, 0, 0, 0)  # r0 = -1; exit
     code = ctypes.create_string_buffer(insns, len(insns))
     license = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(128)
-    struct.pack_into("=IIQQ", attr, 0, BPF_PROG_TYPE_SCHED_CLS, 2, ctypes.addressof(code), ctypes.addressof(license))
+    struct.pack_into("=IIQQ", attr, 0, BPF_PROG_TYPE_SCHED_CLS, len(insns) // 8, ctypes.addressof(code),
+                     ctypes.addressof(license))
     fd = bpf(BPF_PROG_LOAD, attr)
     path = ctypes.create_string_buffer(args.pin.encode())
     attr = ctypes.create_string_buffer(16)
@@ -333,6 +356,99 @@ def cmd_nattable(args):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# an L3 link between two namespaces, a sniffer, and flow churn
+
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+
+
+def open_tun(spec):
+    """Creates tun device NAME in network namespace NETNS (spec "NETNS:NAME"); returns its fd."""
+    netns, _, name = spec.partition(":")
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/run/netns/" + netns) as ns:
+        if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns " + netns)
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+def cmd_tunrelay(args):
+    a, b = open_tun(args.a), open_tun(args.b)
+    peer = {a: b, b: a}
+    if args.ready:
+        with open(args.ready + ".tmp", "w") as f:
+            f.write("ready\n")
+        os.rename(args.ready + ".tmp", args.ready)
+    deadline = time.monotonic() + args.lifetime
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([a, b], [], [], 1.0)
+        for fd in ready:
+            try:
+                os.write(peer[fd], os.read(fd, 65535))
+            except OSError:
+                pass  # the other device is down: the packet is lost, as on a cable
+    return 0
+
+
+def cmd_sniff(args):
+    net = ipaddress.ip_network(args.net)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    s.bind((args.dev, 0))
+    s.settimeout(0.5)
+    if args.ready:
+        with open(args.ready + ".tmp", "w") as f:
+            f.write("ready\n")
+        os.rename(args.ready + ".tmp", args.ready)
+    deadline = time.monotonic() + args.lifetime
+    while time.monotonic() < deadline:
+        try:
+            packet = s.recv(65535)
+        except socket.timeout:
+            continue
+        if len(packet) < 20:
+            continue
+        src = ipaddress.ip_address(packet[12:16])
+        if src in net:
+            say("seen %s %s %d" % (src, socket.inet_ntoa(packet[16:20]), packet[9]))
+    return 0
+
+
+def cmd_churn(args):
+    deadline = time.monotonic() + args.seconds
+    udp_sent = udp_ok = tcp_tried = tcp_ok = 0
+    while time.monotonic() < deadline:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(0.05)
+        try:
+            udp_sent += 1
+            u.sendto(b"churn\n", (args.dst, args.udp))
+            u.recv(256)
+            udp_ok += 1
+        except OSError:
+            pass
+        finally:
+            u.close()
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.settimeout(0.2)
+        try:
+            tcp_tried += 1
+            t.connect((args.dst, args.tcp))
+            t.sendall(b"churn\n")
+            if t.recv(256):
+                tcp_ok += 1
+        except OSError:
+            pass
+        finally:
+            t.close()
+    say("churn udp=%d/%d tcp=%d/%d" % (udp_ok, udp_sent, tcp_ok, tcp_tried))
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -359,13 +475,30 @@ def main():
     p.add_argument("--lifetime", type=float, default=300.0)
     p = sub.add_parser("passprog")
     p.add_argument("--pin", required=True)
+    p.add_argument("--vlan", type=int, default=0)
     p = sub.add_parser("progquery")
     p.add_argument("--dev", required=True)
     sub.add_parser("nattable")
+    p = sub.add_parser("tunrelay")
+    p.add_argument("--a", required=True)
+    p.add_argument("--b", required=True)
+    p.add_argument("--ready")
+    p.add_argument("--lifetime", type=float, default=600.0)
+    p = sub.add_parser("sniff")
+    p.add_argument("--dev", required=True)
+    p.add_argument("--net", required=True)
+    p.add_argument("--ready")
+    p.add_argument("--lifetime", type=float, default=300.0)
+    p = sub.add_parser("churn")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--tcp", type=int, required=True)
+    p.add_argument("--udp", type=int, required=True)
+    p.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args()
     handler = {"serve": cmd_serve, "tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping,
                "session": cmd_session, "progquery": cmd_progquery, "passprog": cmd_passprog,
-               "nattable": cmd_nattable}[args.cmd]
+               "nattable": cmd_nattable, "tunrelay": cmd_tunrelay, "sniff": cmd_sniff,
+               "churn": cmd_churn}[args.cmd]
     try:
         return handler(args) or 0
     except OSError as e:
