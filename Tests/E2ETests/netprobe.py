@@ -51,6 +51,14 @@ def say(line):
     sys.stdout.flush()
 
 
+def write_ready(path):
+    """Creates the file `path` (if given) atomically: the test waits for it."""
+    if path:
+        with open(path + ".tmp", "w") as f:
+            f.write("ready\n")
+        os.rename(path + ".tmp", path)
+
+
 def hostport(text):
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -106,10 +114,7 @@ def cmd_serve(args):
     if args.icmp:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         readers[s] = "icmp"
-    if args.ready:
-        with open(args.ready + ".tmp", "w") as f:
-            f.write("ready\n")
-        os.rename(args.ready + ".tmp", args.ready)
+    write_ready(args.ready)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -380,10 +385,7 @@ def open_tun(spec):
 def cmd_tunrelay(args):
     a, b = open_tun(args.a), open_tun(args.b)
     peer = {a: b, b: a}
-    if args.ready:
-        with open(args.ready + ".tmp", "w") as f:
-            f.write("ready\n")
-        os.rename(args.ready + ".tmp", args.ready)
+    write_ready(args.ready)
     deadline = time.monotonic() + args.lifetime
     while time.monotonic() < deadline:
         ready, _, _ = select.select([a, b], [], [], 1.0)
@@ -400,10 +402,7 @@ def cmd_sniff(args):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
     s.bind((args.dev, 0))
     s.settimeout(0.5)
-    if args.ready:
-        with open(args.ready + ".tmp", "w") as f:
-            f.write("ready\n")
-        os.rename(args.ready + ".tmp", args.ready)
+    write_ready(args.ready)
     deadline = time.monotonic() + args.lifetime
     while time.monotonic() < deadline:
         try:
