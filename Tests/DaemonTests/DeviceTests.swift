@@ -92,6 +92,28 @@ struct DeviceTests {
         #expect(LinkLayer(type: 768, driver: "ipip").l2HeaderLength == 0)
     }
 
+    @Test("with no devices configured, a default-route device in force rides out a link flap that takes its default route")
+    func defaultRouteDeviceKeptThroughFlap() throws {
+        let config = try config([])
+        var down = ext0
+        down.isUp = false
+        let before = try #require(DesiredState.selectDevices(config: config, network: NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: ["ext0"])).0.first)
+        // Down, its routes flushed: kept.
+        let whileDown = DesiredState.selectDevices(config: config, network: NetworkSnapshot(links: [down, ext1], defaultRouteDevices: []),
+                                                   keeping: [before.ifindex])
+        #expect(whileDown.0.map(\.name) == ["ext0"])
+        // Up again before the default route is back: kept.
+        let upNoRoute = DesiredState.selectDevices(config: config, network: NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: []),
+                                                   keeping: [before.ifindex])
+        #expect(upNoRoute.0.map(\.name) == ["ext0"])
+        // Up while another device carries the default route: the route moved, so it goes.
+        let moved = DesiredState.selectDevices(config: config, network: NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: ["ext1"]),
+                                               keeping: [before.ifindex])
+        #expect(moved.0.map(\.name) == ["ext1"])
+        // Never in force before: a down device without a default route is not picked up.
+        #expect(DesiredState.selectDevices(config: config, network: NetworkSnapshot(links: [down, ext1], defaultRouteDevices: [])).0.isEmpty)
+    }
+
     @Test("with no devices configured, masquerading follows the default route to another device")
     func defaultRouteMoves() throws {
         let before = NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: ["ext0"])

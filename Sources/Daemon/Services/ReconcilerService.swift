@@ -44,7 +44,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
         for await change in changes.cancelOnGracefulShutdown() {
             inputs.apply(change)
             if case .config(let config) = change { status.update { $0.config = config } }
-            let desired = DesiredState(inputs)
+            let desired = DesiredState(inputs, previous: applied)
             guard desired != applied else { continue }
             do {
                 try await reconcile(desired)

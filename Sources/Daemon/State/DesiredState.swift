@@ -38,7 +38,9 @@ public struct DesiredState: Equatable, Sendable {
     public var nodeIPsV4: Set<IPv4Address>
     public var nodeIPsV6: Set<IPv6Address>
 
-    public init(_ inputs: ReconcileInputs) {
+    /// `previous`: the state in force before, whose default-route devices ride out a link flap
+    /// (see `selectDevices`).
+    public init(_ inputs: ReconcileInputs, previous: DesiredState? = nil) {
         let config = inputs.config
         // Exclusion 2 applies only with the agent on; off, its map is emptied.
         let nonMasquerade = config.enableIPMasqAgent ? inputs.nonMasquerade?.cidrs : []
@@ -60,7 +62,8 @@ public struct DesiredState: Equatable, Sendable {
             case .v6(let a): nodeIPsV6.insert(a)
             }
         }
-        (devices, skippedDevices) = Self.selectDevices(config: config, network: inputs.network)
+        (devices, skippedDevices) = Self.selectDevices(config: config, network: inputs.network,
+                                                       keeping: Set(previous?.devices.map(\.ifindex) ?? []))
     }
 
     /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
@@ -69,11 +72,23 @@ public struct DesiredState: Equatable, Sendable {
     /// no usable address (its programs stay attached through a link flap, and pod packets it
     /// cannot masquerade are dropped, not leaked); only a link type whose L2 header masq does
     /// not know is skipped, with the reason.
-    static func selectDevices(config: DaemonConfig, network: NetworkSnapshot) -> ([Device], [String: String]) {
+    ///
+    /// The kernel flushes the routes of a link that goes down, and brings back only the
+    /// connected ones when it comes up; the default route follows later (DHCP, networkd), if
+    /// at all. So a default-route device in force before (`keeping`, by ifindex) stays in force
+    /// while it is down, and while no device carries a default route: dropping it would let
+    /// pod traffic leave untranslated through its connected routes after the flap. It goes
+    /// when it is deleted, or is up while another device carries the default route.
+    static func selectDevices(config: DaemonConfig, network: NetworkSnapshot,
+                              keeping: Set<UInt32> = []) -> ([Device], [String: String]) {
         var chosen: [NetworkSnapshot.Link]
         var skipped: [String: String] = [:]
         if config.devices.isEmpty {
-            chosen = network.links.filter { network.defaultRouteDevices.contains($0.name) && !$0.isLoopback }
+            let noDefaultRoute = network.defaultRouteDevices.isEmpty
+            chosen = network.links.filter { link in
+                !link.isLoopback && (network.defaultRouteDevices.contains(link.name)
+                    || (keeping.contains(link.index) && (!link.isUp || noDefaultRoute)))
+            }
         } else {
             chosen = network.links.filter { link in
                 !link.isLoopback && config.devices.contains { $0.matches(link.name) }
