@@ -32,7 +32,9 @@ struct Columns {
             if i == cells.count - 1 || i >= widths.count {
                 out += cell
             } else {
-                out += cell.padding(toLength: max(widths[i], cell.count), withPad: " ", startingAt: 0) + "  "
+                // Native padding: Foundation's padding(toLength:) bridges and costs a fifth of a
+                // streamed conntrack table's time.
+                out += cell + String(repeating: " ", count: max(0, widths[i] - cell.count) + 2)
             }
         }
         return out
@@ -52,7 +54,7 @@ struct Columns {
 
 /// `label:` padded so values line up, as Cilium's status does.
 func labelled(_ label: String, _ value: String) -> String {
-    (label + ":").padding(toLength: 16, withPad: " ", startingAt: 0) + value
+    label + ":" + String(repeating: " ", count: max(0, 15 - label.count)) + value
 }
 
 /// 3725 seconds as "1h2m5s".

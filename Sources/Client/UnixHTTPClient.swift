@@ -46,6 +46,10 @@ struct UnixHTTPClient: Sendable {
         do {
             return (try APIJSON.decoder().decode(HealthResponse.self, from: body), status, body)
         } catch {
+            // A 503 that is not a verdict (e.g. an API error's message) is reported as one.
+            if let message = try? APIJSON.decoder().decode(APIError.self, from: body).message {
+                throw ClientError(description: "\(message) (HTTP \(status))")
+            }
             throw ClientError(description: "masqd at \(socketPath) answered \(Route.healthz.path) (HTTP \(status)) with a body this client cannot read: \(error)")
         }
     }
@@ -53,13 +57,22 @@ struct UnixHTTPClient: Sendable {
     /// Streams an NDJSON endpoint, calling `line` for each line as it arrives (never buffering
     /// more than one partial line). Throws if the stream is cut before its end.
     func streamLines(_ route: Route, query: [(String, String)] = [], _ line: (Data) throws -> Void) async throws {
+        // The start of a line cut by the chunk's end.
         var pending = Data()
         try await exchange(route, query: query, accept: MediaType.ndjson) { chunk in
-            pending.append(contentsOf: chunk.readableBytesView)
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let one = pending[pending.startIndex..<newline]
-                if !one.isEmpty { try line(Data(one)) }
-                pending.removeSubrange(pending.startIndex...newline)
+            try chunk.withUnsafeReadableBytes { bytes in
+                var start = 0
+                while let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                    if pending.isEmpty {
+                        if newline > start { try line(Data(bytes[start..<newline])) }
+                    } else {
+                        pending.append(contentsOf: bytes[start..<newline])
+                        try line(pending)
+                        pending.removeAll(keepingCapacity: true)
+                    }
+                    start = newline + 1
+                }
+                pending.append(contentsOf: bytes[start...])
             }
         }
         if !pending.isEmpty { try line(pending) }
