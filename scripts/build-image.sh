@@ -78,62 +78,98 @@ step "packing masq:$tag with umoci"
 layout=$work/oci
 umoci init --layout "$layout"
 umoci new --image "$layout:$tag"
-umoci unpack --rootless --image "$layout:$tag" "$work/bundle" >/dev/null 2>&1 || umoci unpack --image "$layout:$tag" "$work/bundle"
+umoci unpack --image "$layout:$tag" "$work/bundle" >/dev/null
 rm -rf "$work/bundle/rootfs"
 mv "$rootfs" "$work/bundle/rootfs"
 umoci repack --image "$layout:$tag" "$work/bundle"
+# A command, no entrypoint: `podman run IMAGE masq-client ...` and Kubernetes' command: replace it.
 umoci config --image "$layout:$tag" \
-    --config.entrypoint /usr/local/bin/masqd --config.cmd run --config.cmd --config --config.cmd /etc/masq/masqd.yaml \
+    --config.cmd /usr/local/bin/masqd --config.cmd run --config.cmd --config --config.cmd /etc/masq/masqd.yaml \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --config.label org.opencontainers.image.title=masq \
     --config.label "org.opencontainers.image.version=$tag" \
     --architecture "$(dpkg --print-architecture)" --os linux
 umoci gc --layout "$layout"
+# The name podman (ref.name) and containerd (io.containerd.image.name) give the image on loading;
+# the DaemonSet's `image: masq:TAG` means the same.
+image=docker.io/library/masq:$tag
+python3 - "$layout/index.json" "$image" <<'PY'
+import json, sys
+path, name = sys.argv[1:]
+with open(path) as f:
+    index = json.load(f)
+for manifest in index["manifests"]:
+    manifest.setdefault("annotations", {}).update({"org.opencontainers.image.ref.name": name, "io.containerd.image.name": name})
+with open(path, "w") as f:
+    json.dump(index, f)
+PY
 mkdir -p "$out"
 archive=$out/masq-$tag.tar
-# An oci-archive is the layout in a tar; the reference name lets podman and containerd name it.
+# An oci-archive is the layout in a tar.
 tar -C "$layout" -cf "$archive" .
 step "wrote $archive ($(du -h "$archive" | cut -f1)): podman load -i $archive; kind load image-archive $archive"
 
 if [ -n "$check" ]; then
-    command -v podman >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends podman >/dev/null
+    for tool in podman runc; do
+        command -v "$tool" >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
+    done
+    # runc: Debian's crun refuses a hybrid cgroup hierarchy (as on this kind of machine). Fixed
+    # rlimits: podman's defaults raise them, which a container without CAP_SYS_RESOURCE cannot.
+    podman_run=(podman --runtime runc run -d --pull=never --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
     ns=masqe2e-$$-image
     run=/run/masqe2e-$$
     name=masqcheck-$$
     check_cleanup() {
         set +e
-        podman rm -f "$name" >/dev/null 2>&1
-        podman rmi -f "localhost/masq:$tag" >/dev/null 2>&1
+        podman rm -f "$name-reloader" "$name" >/dev/null 2>&1
+        podman rmi -f "$image" >/dev/null 2>&1
         [ -e "/run/netns/$ns" ] && ip netns delete "$ns"
         mountpoint -q "$run/bpffs" && umount "$run/bpffs"
         rm -rf "$run"
         cleanup
     }
     trap check_cleanup EXIT
-    step "checking: podman runs masqd from masq:$tag in namespace $ns"
+    step "checking: podman runs masqd from $image as the DaemonSet does (namespace $ns)"
     podman load -q -i "$archive" >/dev/null
-    podman tag "$(podman images -q --filter reference="*:$tag" | head -1)" "localhost/masq:$tag" 2>/dev/null || true
-    mkdir -p "$run/bpffs" "$run/sock"
+    mkdir -p "$run/bpffs" "$run/sock" "$run/config"
     mount -t bpf bpf "$run/bpffs"
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link add ext0 type veth peer name ext1
-    ip -n "$ns" addr add 192.0.2.1/24 dev ext0
-    ip -n "$ns" link set ext0 up
-    ip -n "$ns" link set ext1 up
-    printf 'pod-cidrs: [10.244.1.0/24]\ndevices: [ext0]\nbpffs-root: /sys/fs/bpf/masq\nsocket-path: /run/masq/masqd.sock\n' >"$run/masqd.yaml"
-    # As the DaemonSet runs it: its capabilities only, read-only root, the node's bpffs.
-    podman run -d --name "$name" --network "ns:/run/netns/$ns" \
+    make_device_namespace "$ns"
+    printf 'pod-cidrs: [10.244.1.0/24]\ndevices: [ext0]\nbpffs-root: /sys/fs/bpf/masq\nsocket-path: /run/masq/masqd.sock\n' \
+        >"$run/config/masqd.yaml"
+    # The DaemonSet's capabilities only, no new privileges, a read-only root, the node's bpffs.
+    "${podman_run[@]}" --name "$name" --network "ns:/run/netns/$ns" \
         --cap-drop all --cap-add bpf,perfmon,net_admin --security-opt no-new-privileges \
         --security-opt seccomp=unconfined --read-only \
-        -v "$run/bpffs:/sys/fs/bpf" -v "$run/sock:/run/masq" -v "$run/masqd.yaml:/etc/masq/masqd.yaml:ro" \
-        "localhost/masq:$tag" >/dev/null
+        -v "$run/bpffs:/sys/fs/bpf" -v "$run/sock:/run/masq" -v "$run/config:/etc/masq:ro" \
+        "$image" >/dev/null
     ok=
     for _ in $(seq 150); do
         if curl -sf --max-time 2 --unix-socket "$run/sock/masqd.sock" http://masqd/v1/healthz >/dev/null 2>&1; then ok=1; break; fi
         sleep 0.2
     done
-    podman exec "$name" masq-client --socket /run/masq/masqd.sock status || true
     [ -n "$ok" ] || die "masqd from the image did not become healthy: $(podman logs "$name" 2>&1 | tail -5)"
-    step "masqd from masq:$tag is healthy"
+    podman exec "$name" masq-client --socket /run/masq/masqd.sock status --brief
+    step "masqd from $image is healthy"
+
+    # The DaemonSet's config-reloader, as its manifest spells it, in masqd's process namespace.
+    reloader=$(python3 -c 'import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc["kind"] == "DaemonSet":
+        print(next(c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "config-reloader")["command"][2])' \
+        deploy/kubernetes/masqd.yaml)
+    "${podman_run[@]}" --name "$name-reloader" --pid "container:$name" --network none --cap-drop all \
+        --security-opt no-new-privileges --read-only -v "$run/config:/etc/masq:ro" \
+        "$image" /bin/sh -c "$reloader" >/dev/null
+    sleep 1
+    # An edit as the kubelet makes it: a new file renamed over the old one.
+    printf 'pod-cidrs: [10.244.1.0/24]\ndevices: [ext0]\nbpffs-root: /sys/fs/bpf/masq\nsocket-path: /run/masq/masqd.sock\ncluster-node-ips: [192.0.2.9]\n' \
+        >"$run/config/masqd.yaml.new"
+    mv "$run/config/masqd.yaml.new" "$run/config/masqd.yaml"
+    reloaded=
+    for _ in $(seq 60); do
+        podman logs "$name" 2>&1 | grep -q "Config reloaded" && { reloaded=1; break; }
+        sleep 0.5
+    done
+    [ -n "$reloaded" ] || die "the config-reloader did not make masqd reload: $(podman logs "$name-reloader" 2>&1 | tail -3)"
+    step "config-reloader: $(podman logs "$name-reloader" 2>&1 | tail -1); masqd reloaded its config"
 fi

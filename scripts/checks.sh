@@ -99,13 +99,7 @@ check_schemathesis() {
     step "schemathesis against a live masqd (namespace $NS)"
     mkdir -p "$RUN/bpffs"
     mount -t bpf bpf "$RUN/bpffs"
-    ip netns add "$NS"
-    ip -n "$NS" link set lo up
-    ip -n "$NS" link add ext0 type veth peer name ext1
-    ip -n "$NS" addr add 192.0.2.1/24 dev ext0
-    ip -n "$NS" link set ext0 up
-    ip -n "$NS" link set ext1 up
-    ip -n "$NS" route add default via 192.0.2.2
+    make_device_namespace "$NS"
     nsenter --net="/run/netns/$NS" "$masqd" run --pod-cidrs 10.244.1.0/24 --devices ext0 \
         --bpffs-root "$RUN/bpffs/masq" --socket-path "$RUN/masqd.sock" >"$RUN/masqd.log" 2>&1 &
     pids+=($!)

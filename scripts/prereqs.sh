@@ -71,3 +71,17 @@ sweep_stale() {
         rm -rf "$dir"
     done
 }
+
+# A network namespace NAME for a masqd that scripts/checks.sh or build-image.sh --check runs: lo
+# up and a veth pair ext0 (192.0.2.1/24, default route via 192.0.2.2) - ext1, so a device is in
+# force. Everything stays inside the namespace.
+make_device_namespace() {
+    local ns=$1
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add ext0 type veth peer name ext1
+    ip -n "$ns" addr add 192.0.2.1/24 dev ext0
+    ip -n "$ns" link set ext0 up
+    ip -n "$ns" link set ext1 up
+    ip -n "$ns" route add default via 192.0.2.2
+}
