@@ -36,7 +36,7 @@ ensure_tools() {
         step "installing ${PIP_PINS[*]} into $VENV"
         rm -rf "$VENV"
         python3 -m venv "$VENV" 2>/dev/null || {
-            apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+            apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
             python3 -m venv "$VENV"
         }
         timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PINS[@]}"
@@ -127,7 +127,6 @@ check_schemathesis() {
     cleanup_daemon
 }
 
-command -v curl >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends curl >/dev/null
 ensure_tools
 check_openapi
 check_kubernetes
