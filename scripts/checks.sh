@@ -119,10 +119,11 @@ check_schemathesis() {
     fi
     # Every check; a fixed seed and bounded examples keep it reproducible and within about a minute.
     # One worker: CPython 3.11's ast module is not thread-safe, and hypothesis parses lambdas.
-    PYTHONPATH=$PWD/scripts SCHEMATHESIS_HOOKS=schemathesis_hooks MASQ_CHECK_DEVICES=lo,ext0,ext1 \
-        timeout 600 "$VENV/bin/schemathesis" run docs/api/openapi.yaml --url "http://127.0.0.1:$port" \
+    # Run from $RUN: schemathesis keeps a .schemathesis cache in its working directory.
+    (cd "$RUN" && PYTHONPATH=$OLDPWD/scripts SCHEMATHESIS_HOOKS=schemathesis_hooks MASQ_CHECK_DEVICES=lo,ext0,ext1 \
+        timeout 600 "$VENV/bin/schemathesis" run "$OLDPWD/docs/api/openapi.yaml" --url "http://127.0.0.1:$port" \
         --checks all --seed 1 --max-examples 100 --generation-database none --workers 1 --no-color \
-        --request-timeout 20 --max-response-time 10 --suppress-health-check too_slow \
+        --request-timeout 20 --max-response-time 10 --suppress-health-check too_slow) \
         || failed "schemathesis (the end of masqd's log: $(tail -3 "$RUN/masqd.log"))"
     cleanup_daemon
 }
