@@ -15,16 +15,36 @@ struct YAMLDocument {
         text = try Yams.serialize(node: Self.block(node), width: -1, allowUnicode: true)
     }
 
+    /// Every scalar gets an explicit tag, so the emitter does not run Yams' tag regexes on it (they
+    /// were three fifths of a streamed conntrack list's time); the tag is not printed.
     private static func block(_ node: Node) -> Node {
         switch node {
+        case .scalar(let scalar) where scalar.style == .doubleQuoted:
+            // A JSON string: plain unless YAML would read it as another type, then quoted.
+            if mayResolveAsNonString(scalar.string) { return .scalar(scalar.string.represented()) }
+            return .scalar(Node.Scalar(scalar.string, Tag(.str), .plain))
         case .scalar(let scalar):
-            // A JSON string (double-quoted): as Yams represents a Swift String, quoted only when
-            // plain it would read as another type.
-            return .scalar(scalar.style == .doubleQuoted ? scalar.string.represented() : scalar)
+            // A JSON number, true, false or null: YAML reads each as JSON does.
+            let tag: Tag.Name = switch scalar.string {
+            case "true", "false": .bool
+            case "null": .null
+            default: scalar.string.contains(where: { ".eE".contains($0) }) ? .float : .int
+            }
+            return .scalar(Node.Scalar(scalar.string, Tag(tag), .plain))
         case .sequence(let sequence):
             return .sequence(Node.Sequence(sequence.map(block), sequence.tag, .block))
         case .mapping(let mapping):
             return .mapping(Node.Mapping(mapping.map { (block($0.key), block($0.value)) }, mapping.tag, .block))
         }
+    }
+
+    /// False only for strings that none of YAML 1.1's implicit types (Yams' default resolver:
+    /// bool, int, float, null, timestamp, merge, value) can match, without running its regexes:
+    /// those all start with a digit, a sign, `.`, `~`, `<` or `=`, or are a bool or null word; and
+    /// none has two dots (so addresses like 10.244.1.2 are plain strings).
+    static func mayResolveAsNonString(_ text: String) -> Bool {
+        guard let first = text.first else { return true }
+        if "0123456789+-.~<=".contains(first) { return text.filter { $0 == "." }.count < 2 }
+        return ["yes", "no", "true", "false", "on", "off", "null"].contains(text.lowercased())
     }
 }

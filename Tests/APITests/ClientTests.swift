@@ -103,7 +103,8 @@ struct ClientTests {
     @Test("-o yaml prints the API's documents as block YAML with the same values, for every command")
     func yamlOutput() async throws {
         let client = try builtBinary("masq-client")
-        try await LiveAPI.with { api in
+        // A group given by number: a string YAML would read as an int unless quoted.
+        try await LiveAPI.with(socketGroup: "65534") { api in
             try await api.fillFlows(3)
             let env = ["MASQ_SOCKET": api.socketPath]
             func outputs(_ argv: [String]) async throws -> (json: Data, yaml: String) {
@@ -120,6 +121,7 @@ struct ClientTests {
             #expect(ipmasq.yaml == "cidrs:\n- 100.0.9.0/24\n- 192.168.0.0/16\n", "\(ipmasq.yaml)")
 
             let config = try await outputs(["config"])
+            #expect(config.yaml.contains("\n  socketGroup: '65534'\n") && config.yaml.contains("\n  logLevel: info\n"), "\(config.yaml)")
             #expect(try yamlDecoder.decode(ConfigResponse.self, from: config.yaml) == jsonDecoder.decode(ConfigResponse.self, from: config.json))
 
             let explainArgs = ["explain", "--src", "10.244.1.2", "--dst", "192.0.2.10", "--device", "lo"]
