@@ -3,14 +3,19 @@
 
 Every subcommand is bounded: sockets have timeouts, loops have counts, servers have a lifetime.
 
-  serve      --bind A[,B] --tcp PORT --udp PORT [--icmp] [--ready FILE] [--lifetime S]
+  serve      --bind A[,B] --tcp PORT --udp PORT [--icmp] [--late S] [--ready FILE] [--lifetime S]
              Answers each TCP line and each UDP datagram with the peer address it observed
-             ("ip:port"); with --icmp, logs the source of every ICMP echo request it sees.
+             ("ip:port"); with --late, a TCP peer that half-closes gets "late ip:port" S
+             seconds after its FIN; with --icmp, logs the source of every ICMP echo request.
              Observations go to stdout, one a line: "tcp IP:PORT", "udp IP:PORT",
              "icmp IP TOKEN".
   tcp        --dst IP:PORT [--sport N]   one connection, one line; prints the server's answer
   udp        --dst IP:PORT [--sport N]   one datagram (retried); prints the server's answer
   ping       --dst IP --token T          ICMP echo; prints "reply IP id=N" per reply
+  halfclose  --dst IP:PORT [--sport N] [--wait S]   one line, then shutdown(SHUT_WR); prints
+             the server's first answer and what it sends after the FIN (within S seconds)
+  flood      --dst IP:PORT --count N --first-sport P   N one-datagram UDP flows from source
+             ports P, P+1, ...; prints how many were answered
   session    --dst IP:PORT [--sport N]   a long-lived TCP connection driven from stdin:
              each line "x" exchanges one line and prints "ok ANSWER" (or "err WHY"),
              "q" or end of input closes it. Prints "connected LOCAL" first.
@@ -68,8 +73,9 @@ def hostport(text):
 # server
 
 
-def serve_tcp_connection(conn, peer, deadline):
-    """Answers each line on one connection with the peer address; ends at EOF or idle timeout."""
+def serve_tcp_connection(conn, peer, deadline, late):
+    """Answers each line on one connection with the peer address; ends at EOF or idle timeout.
+    With late > 0, answers once more that many seconds after the peer's FIN (a half-close)."""
     try:
         conn.settimeout(60.0)
         say("tcp %s:%d" % peer)
@@ -77,6 +83,9 @@ def serve_tcp_connection(conn, peer, deadline):
         while time.monotonic() < deadline:
             data = conn.recv(4096)
             if not data:
+                if late > 0:
+                    time.sleep(late)
+                    conn.sendall(("late %s:%d\n" % peer).encode())
                 break
             buf += data
             while b"\n" in buf:
@@ -125,7 +134,7 @@ def cmd_serve(args):
             try:
                 if kind == "tcp":
                     conn, peer = s.accept()
-                    threading.Thread(target=serve_tcp_connection, args=(conn, peer, deadline),
+                    threading.Thread(target=serve_tcp_connection, args=(conn, peer, deadline, args.late),
                                      daemon=True).start()
                 elif kind == "udp":
                     _, peer = s.recvfrom(4096)
@@ -215,6 +224,48 @@ def cmd_ping(args):
     finally:
         s.close()
     return 0 if replies else 1
+
+
+def cmd_halfclose(args):
+    s = client_socket(socket.SOCK_STREAM, args.sport)
+    try:
+        s.connect(hostport(args.dst))
+        s.sendall(b"hello\n")
+        reader = s.makefile("rb")
+        say("answer " + reader.readline().decode().strip())
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(args.wait)
+        late = reader.readline().decode().strip()
+    finally:
+        s.close()
+    if not late:
+        say("err nothing after the FIN")
+        return 1
+    say(late)
+    return 0
+
+
+def cmd_flood(args):
+    answered = 0
+    socks = []
+    for i in range(args.count):
+        s = client_socket(socket.SOCK_DGRAM, args.first_sport + i)
+        s.setblocking(False)
+        s.sendto(b"hello\n", hostport(args.dst))
+        socks.append(s)
+        if len(socks) == 256 or i == args.count - 1:
+            # Collect what came back for this group, then free the sockets.
+            time.sleep(0.2)
+            for t in socks:
+                try:
+                    t.recvfrom(4096)
+                    answered += 1
+                except OSError:
+                    pass
+                t.close()
+            socks = []
+    say("answered %d of %d" % (answered, args.count))
+    return 0
 
 
 def cmd_session(args):
@@ -456,6 +507,7 @@ def main():
     p.add_argument("--tcp", type=int, default=0)
     p.add_argument("--udp", type=int, default=0)
     p.add_argument("--icmp", action="store_true")
+    p.add_argument("--late", type=float, default=0.0)
     p.add_argument("--ready")
     p.add_argument("--lifetime", type=float, default=600.0)
     for name in ("tcp", "udp"):
@@ -468,6 +520,14 @@ def main():
     p.add_argument("--token", default="masq")
     p.add_argument("--count", type=int, default=3)
     p.add_argument("--ident", type=int, default=0)
+    p = sub.add_parser("halfclose")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--sport", type=int, default=0)
+    p.add_argument("--wait", type=float, default=30.0)
+    p = sub.add_parser("flood")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--first-sport", type=int, required=True)
     p = sub.add_parser("session")
     p.add_argument("--dst", required=True)
     p.add_argument("--sport", type=int, default=0)
@@ -495,9 +555,9 @@ def main():
     p.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args()
     handler = {"serve": cmd_serve, "tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping,
-               "session": cmd_session, "progquery": cmd_progquery, "passprog": cmd_passprog,
-               "nattable": cmd_nattable, "tunrelay": cmd_tunrelay, "sniff": cmd_sniff,
-               "churn": cmd_churn}[args.cmd]
+               "halfclose": cmd_halfclose, "flood": cmd_flood, "session": cmd_session,
+               "progquery": cmd_progquery, "passprog": cmd_passprog, "nattable": cmd_nattable,
+               "tunrelay": cmd_tunrelay, "sniff": cmd_sniff, "churn": cmd_churn}[args.cmd]
     try:
         return handler(args) or 0
     except OSError as e:

@@ -53,11 +53,30 @@ extension BPFMap {
     func lookupBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
         from token: UInt32?, count: Int, key: K.Type = K.self, value: V.Type = V.self
     ) throws -> (entries: [(key: K, value: V)], next: UInt32?) {
+        var entries: [(key: K, value: V)] = []
+        var next: UInt32?
+        try forEachBatch(from: token, count: count, key: K.self, value: V.self) { keys, values in
+            entries = zip(keys, values).map { (key: $0, value: $1) }
+            return false
+        } next: { next = $0 }
+        return (entries, next)
+    }
+
+    /// Walks the map in `BPF_MAP_LOOKUP_BATCH`es of about `count` entries from `token`, handing
+    /// each batch to `body` in buffers reused from batch to batch (nothing grows with the map),
+    /// until the map ends or `body` returns false; `next` gets where the walk stopped (nil: the
+    /// end). Entries deleted between batches are not read again; the kernel's order is by bucket.
+    func forEachBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
+        from token: UInt32? = nil, count: Int, key: K.Type = K.self, value: V.Type = V.self,
+        _ body: (UnsafeBufferPointer<K>, UnsafeBufferPointer<V>) throws -> Bool,
+        next: (UInt32?) -> Void = { _ in }
+    ) throws {
         var capacity = max(count, 1)
+        var keys = UnsafeMutablePointer<K>.allocate(capacity: capacity)
+        var values = UnsafeMutablePointer<V>.allocate(capacity: capacity)
+        defer { keys.deallocate(); values.deallocate() }
+        var token = token
         while true {
-            let keys = UnsafeMutablePointer<K>.allocate(capacity: capacity)
-            let values = UnsafeMutablePointer<V>.allocate(capacity: capacity)
-            defer { keys.deallocate(); values.deallocate() }
             var inToken = token ?? 0
             var outToken: UInt32 = 0
             var n = UInt32(capacity)
@@ -68,14 +87,22 @@ extension BPFMap {
             let code = err == 0 ? 0 : errno
             if code == ENOSPC && n == 0 {
                 capacity *= 2
+                keys.deallocate()
+                values.deallocate()
+                keys = UnsafeMutablePointer<K>.allocate(capacity: capacity)
+                values = UnsafeMutablePointer<V>.allocate(capacity: capacity)
                 continue
             }
             if code != 0 && code != ENOENT {
                 throw BPFError("batch lookup", "map \(name)", errno: code)
             }
-            let entries = (0..<Int(n)).map { (key: keys[$0], value: values[$0]) }
             // ENOENT: the end of the map, with this last (possibly partial) count.
-            return (entries, code == ENOENT ? nil : outToken)
+            token = code == ENOENT ? nil : outToken
+            let goOn = try body(UnsafeBufferPointer(start: keys, count: Int(n)), UnsafeBufferPointer(start: values, count: Int(n)))
+            if !goOn || token == nil {
+                next(token)
+                return
+            }
         }
     }
 

@@ -221,13 +221,11 @@ public struct ConntrackSweeper: Sendable {
         var report = Report()
         var tally = PortUseTally(capacity: tallyCapacity)
         var pairsDeleted = 0, ingressSeenBeforePair = 0
-        var token: UInt32?
-        repeat {
-            let batch = try nat.lookupBatch(from: token, count: batchSize, key: masq_nat_key_v4.self,
-                                            value: masq_nat_entry_v4.self)
-            var deleteEgress: [masq_nat_key_v4] = []
-            var deleteIngress: [masq_nat_key_v4] = []
-            for (key, value) in batch.entries {
+        var deleteEgress: [masq_nat_key_v4] = [], deleteIngress: [masq_nat_key_v4] = []
+        try nat.forEachBatch(count: batchSize, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
+            deleteEgress.removeAll(keepingCapacity: true)
+            deleteIngress.removeAll(keepingCapacity: true)
+            for (key, value) in zip(keys, values) {
                 report.entries += 1
                 let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
                 switch try verdict(key, value, now: now) {
@@ -251,8 +249,8 @@ public struct ConntrackSweeper: Sendable {
                 }
             }
             report.deletedEntries += try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
-            token = batch.next
-        } while token != nil
+            return true
+        }
         // The entries there were: those read, and the INGRESS halves of expired pairs that
         // were deleted before the walk reached them.
         report.entries += pairsDeleted - ingressSeenBeforePair
