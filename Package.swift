@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "masq",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "masqd", targets: ["masqd"]),
         .executable(name: "masq-client", targets: ["Client"]),
@@ -34,30 +33,74 @@ let package = Package(
             dependencies: ["CLibbpf"],
             linkerSettings: [.linkedLibrary("bpf")]
         ),
-        // The API contract shared by masqd and masq-client.
-        .target(name: "API"),
-        // masqd's logic: config, desired state, datapath loader, reconcile, services.
+        // IP addresses, prefixes and protocols: the vocabulary every layer shares.
+        .target(name: "NetworkTypes"),
+        // The API contract shared by masqd and masq-client (re-exports NetworkTypes).
+        .target(name: "API", dependencies: ["NetworkTypes"]),
+        // rtnetlink: the one place that opens netlink sockets (dumps, monitor, route lookup).
+        .target(
+            name: "Netlink",
+            dependencies: ["NetworkTypes", "CMasq", .product(name: "Logging", package: "swift-log")]
+        ),
+        // libbpf, maps and attachments; returns its own value types. Knows neither the API nor NIO.
+        .target(
+            name: "Datapath",
+            dependencies: [
+                "NetworkTypes",
+                "CMasq",
+                "CLibbpf",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            plugins: ["BPFObjectPlugin"]
+        ),
+        // masqd's services: config, reconcile inputs, the reconciler, watchers, conntrack GC.
         .target(
             name: "Daemon",
             dependencies: [
-                "API",
+                "NetworkTypes",
+                "Netlink",
+                "Datapath",
                 "CMasq",
                 "CLibbpf",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The control API over NIO and the systemd notifier: the one place datapath and daemon
+        // values become API types.
+        .target(
+            name: "ControlServer",
+            dependencies: [
+                "API",
+                "Daemon",
+                "Datapath",
+                "Netlink",
+                "CMasq",
                 "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-            ],
-            plugins: ["BPFObjectPlugin"]
+            ]
+        ),
+        // masqd's command line and the service group that wires the targets together.
+        .target(
+            name: "MasqdCLI",
+            dependencies: [
+                "API",
+                "Daemon",
+                "Datapath",
+                "ControlServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .executableTarget(
             name: "masqd",
             dependencies: [
-                "Daemon",
+                "MasqdCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -72,21 +115,21 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        // Compiles bpf/*.c for the bpf target and embeds the object in Daemon.
+        // Compiles bpf/*.c for the bpf target and embeds the object in Datapath.
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon"]),
-        .testTarget(name: "DatapathTests", dependencies: ["Daemon", "CMasq", "CLibbpf"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Datapath", "Netlink", "NetworkTypes", "MasqdCLI"]),
+        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "Daemon", "NetworkTypes", "CMasq", "CLibbpf"]),
         .testTarget(
             name: "APITests",
             dependencies: [
-                "API", "Daemon", "CMasq", "CLibbpf", "TestSupport",
+                "API", "Daemon", "Datapath", "Netlink", "ControlServer", "MasqdCLI", "CMasq", "CLibbpf", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .testTarget(name: "E2ETests", dependencies: ["API", "Daemon", "CMasq", "CLibbpf", "TestSupport"], exclude: ["netprobe.py"]),
+        .testTarget(name: "E2ETests", dependencies: ["API", "Daemon", "Datapath", "CMasq", "CLibbpf", "TestSupport"], exclude: ["netprobe.py"]),
         // Child processes for the tests that run masqd, masq-client and host tools.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
     ]

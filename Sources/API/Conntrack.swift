@@ -4,27 +4,6 @@ public enum IPFamily: String, OpenStringEnum, CaseIterable {
     case unknown
 }
 
-/// A transport protocol the datapath translates.
-public enum L4Protocol: String, OpenStringEnum, CaseIterable {
-    case tcp, udp, icmp, icmpv6
-    case unknown
-
-    /// The IP protocol number.
-    public var number: UInt8? {
-        switch self {
-        case .tcp: return 6
-        case .udp: return 17
-        case .icmp: return 1
-        case .icmpv6: return 58
-        case .unknown: return nil
-        }
-    }
-
-    public init(number: UInt8) {
-        self = Self.allCases.first { $0.number == number } ?? .unknown
-    }
-}
-
 /// One direction's addresses and ports. For ICMP echo the id is `sport` and `dport` is 0.
 public struct FlowTuple: Codable, Sendable, Equatable {
     public var src: IPAddress
@@ -49,27 +28,6 @@ public struct FlowCounters: Codable, Sendable, Equatable {
         self.packets = packets
         self.bytes = bytes
     }
-}
-
-/// The state of a tracked flow, which decides its lifetime (masqd's `conntrack-*-timeout` keys).
-public enum FlowState: String, OpenStringEnum, CaseIterable {
-    /// TCP: a SYN, no SYN-ACK yet.
-    case synSent = "syn-sent"
-    /// TCP: a SYN-ACK, the handshake's last ACK not yet seen.
-    case synRecv = "syn-recv"
-    /// TCP: the handshake completed (or the flow was picked up mid-stream).
-    case established
-    /// TCP: one side sent a FIN, the other has sent nothing since.
-    case finWait = "fin-wait"
-    /// TCP: one side closed, the other acknowledged and may go on sending.
-    case closeWait = "close-wait"
-    /// TCP: both sides sent a FIN, or an in-window RST ended the connection.
-    case closing
-    /// UDP and ICMP: no reply yet.
-    case unreplied
-    /// UDP and ICMP: replies were seen.
-    case replied
-    case unknown
 }
 
 /// One tracked flow of the NAT table (`GET /v1/conntrack`).

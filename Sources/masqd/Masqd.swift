@@ -1,6 +1,6 @@
 import ArgumentParser
-import Daemon
+import MasqdCLI
 
-// The command tree lives in Daemon (tests drive it there); this target only starts it.
+// The command tree lives in MasqdCLI (tests drive it there); this target only starts it.
 @main
 extension MasqdCommand {}

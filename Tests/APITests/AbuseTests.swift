@@ -1,9 +1,9 @@
 @preconcurrency import Glibc
 import API
+@testable import ControlServer
 import Foundation
-import Testing
 
-@testable import Daemon
+import Testing
 
 extension LiveAPITests {
 /// Clients that misbehave cost the daemon little, and others keep being served.

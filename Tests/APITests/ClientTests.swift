@@ -1,9 +1,10 @@
 import API
+@testable import ControlServer
+@testable import Daemon
+import Datapath
 import Foundation
 import Testing
 import Yams
-
-@testable import Daemon
 
 extension LiveAPITests {
 /// masq-client, the built binary, as people type it, against a live server.

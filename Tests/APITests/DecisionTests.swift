@@ -1,7 +1,8 @@
 import API
-import Testing
+@testable import ControlServer
 
-@testable import Daemon
+@testable import Datapath
+import Testing
 
 /// `/v1/explain`'s decision, rule by rule, in the datapath's order (bpf/lib/masq.h, nat.h).
 @Suite("masquerade decision")

@@ -1,16 +1,19 @@
 @preconcurrency import Glibc
 import API
 import CMasq
+@testable import ControlServer
+@testable import Daemon
+@testable import Datapath
+import Netlink
 import Foundation
-import TestSupport
-import Synchronization
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import Testing
 
-@testable import Daemon
+import Synchronization
+import TestSupport
+import Testing
 
 /// Whether this process may load BPF objects and mount a bpffs (the server tests need both).
 let isRoot = getuid() == 0
@@ -78,7 +81,7 @@ final class LiveAPI: @unchecked Sendable {
         device.snat_v4 = IPv4Address(snatAddress)!.networkOrder
         device.flags = UInt32(MASQ_DEV_HAS_V4)
         try await datapath.map(MASQ_MAP_DEVICES).update(UInt32(1), device)
-        let mode = await datapath.mode
+        let mode = datapath.mode
         status.update { $0.ready = true; $0.applied = state; $0.applyCount = 1; $0.attachKind = mode }
 
         let live = LiveAPI(dir: dir, datapath: datapath, status: status, config: config)

@@ -2,11 +2,13 @@
 import API
 import CLibbpf
 import CMasq
+@testable import ControlServer
+@testable import Daemon
+@testable import Datapath
+
 import Foundation
 import Synchronization
 import Testing
-
-@testable import Daemon
 
 /// The figures the datapath and the GC keep (issue 5) and the config reload counts, as
 /// /metrics and /v1/status show them.

@@ -1,10 +1,10 @@
 @preconcurrency import Glibc
 import API
 import CMasq
+@testable import Datapath
 import Foundation
-import Testing
 
-@testable import Daemon
+import Testing
 
 extension LiveAPITests {
 /// The server against a real datapath (loaded, not attached) with every answer checked against

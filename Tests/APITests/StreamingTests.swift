@@ -2,10 +2,10 @@
 import API
 import CLibbpf
 import CMasq
+@testable import Datapath
 import Foundation
-import Testing
 
-@testable import Daemon
+import Testing
 
 extension LiveAPITests {
 /// The real masqd streaming a large NAT table: time, and the daemon's peak memory. The table is

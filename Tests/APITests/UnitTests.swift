@@ -1,9 +1,11 @@
 import API
 import CMasq
+@testable import ControlServer
+@testable import Daemon
+@testable import Datapath
+
 import Foundation
 import Testing
-
-@testable import Daemon
 
 @Suite("API contract")
 struct ContractTests {

@@ -1,6 +1,8 @@
-import API
-import Testing
+import NetworkTypes
 @testable import Daemon
+@testable import Datapath
+@testable import MasqdCLI
+import Testing
 
 @Suite("Daemon config")
 struct ConfigTests {

@@ -1,6 +1,9 @@
-import API
-import Testing
+import NetworkTypes
 @testable import Daemon
+@testable import Datapath
+@testable import MasqdCLI
+@testable import Netlink
+import Testing
 
 @Suite("Desired state")
 struct DesiredStateTests {

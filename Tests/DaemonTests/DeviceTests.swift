@@ -1,8 +1,11 @@
 @preconcurrency import Glibc
-import API
-import Logging
-import Testing
+import NetworkTypes
 @testable import Daemon
+@testable import Datapath
+import Logging
+@testable import MasqdCLI
+@testable import Netlink
+import Testing
 
 /// Device selection, the choice of the SNAT (primary) address, and the rtnetlink messages the
 /// device watcher reads. Pure: nothing here touches a device (the one live read only dumps).

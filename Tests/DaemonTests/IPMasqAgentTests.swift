@@ -1,6 +1,6 @@
-import API
-import Testing
+import NetworkTypes
 @testable import Daemon
+import Testing
 
 @Suite("ip-masq-agent config")
 struct IPMasqAgentTests {

@@ -3,8 +3,9 @@
 // saturation). Also measures the fill curve and the allocation path's cost.
 
 import CMasq
-import Testing
 @testable import Daemon
+@testable import Datapath
+import Testing
 
 @Suite("Port allocation is exact")
 struct AllocationTests {
@@ -13,7 +14,7 @@ struct AllocationTests {
 
     @Test("with the full default range 99% held for one tuple a new flow still gets a free port")
     func ninetyNinePercentSucceeds() throws {
-        let dp = try Datapath(natEntries: 131_072)
+        let dp = try TestDatapath(natEntries: 131_072)
         try dp.setConfig()
         try dp.addDevice(snat: Net.snat)
         try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
@@ -33,7 +34,7 @@ struct AllocationTests {
 
     @Test("with one port left of the full default range it is found; with none the flow is dropped and counted")
     func lastPortThenExhausted() throws {
-        let dp = try Datapath(natEntries: 131_072)
+        let dp = try TestDatapath(natEntries: 131_072)
         try dp.setConfig()
         try dp.addDevice(snat: Net.snat)
         try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
@@ -53,7 +54,7 @@ struct AllocationTests {
 
     @Test("a range of N ports gives exactly N flows to one server, and the next is dropped")
     func exactlyNFlows() throws {
-        let dp = try Datapath.standard(portMin: 40000, portMax: 40255)
+        let dp = try TestDatapath.standard(portMin: 40000, portMax: 40255)
         var ports = Set<UInt16>()
         for i in 0..<256 {
             let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(1000 + i), dport: 53)))
@@ -68,7 +69,7 @@ struct AllocationTests {
 
     @Test("a tuple just found full is not scanned again; a GC pass that frees its ports lifts the mark")
     func fullHint() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50999)
         try dp.holdPorts(50000...50998, remote: Net.server, remotePort: 443, proto: Proto.tcp)
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1000, dport: 443)))
         let full = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1001, dport: 443)))
@@ -90,7 +91,7 @@ struct AllocationTests {
 
     @Test("allocations are counted in the retry histogram by candidates tried")
     func histogram() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50999)
         // Kept port: one candidate (bucket 0).
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 50500, dport: 443)))
         // All but one port held: the random probes fail and the scan runs (> 32 candidates).
@@ -112,7 +113,7 @@ struct AllocationTests {
 
     @Test("a tuple whose flows cannot keep their port gets a saturation figure from its random probes")
     func saturationFigure() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         try dp.holdPorts(50000...50089, remote: Net.server, remotePort: 53, proto: Proto.udp)
         for i in 0..<5 {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(1000 + i), dport: 53)))
@@ -133,7 +134,7 @@ struct AllocationTests {
     /// flows that get a port, the candidates they need and the allocation packet's kernel time.
     @Test("the fill curve: every allocation succeeds below 100% occupancy, none at 100%")
     func fillCurve() throws {
-        let dp = try Datapath(natEntries: 131_072)
+        let dp = try TestDatapath(natEntries: 131_072)
         try dp.setConfig()
         try dp.addDevice(snat: Net.snat)
         try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
@@ -186,7 +187,7 @@ struct AllocationTests {
 
     @Test("the allocation path costs microseconds, not milliseconds, below 100% occupancy")
     func allocationCost() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let runs = 2000
         func median(_ make: (Int) -> [UInt8]) throws -> UInt32 {
             var ns: [UInt32] = []

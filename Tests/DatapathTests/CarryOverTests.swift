@@ -8,6 +8,7 @@ import CMasq
 import Logging
 import Testing
 @testable import Daemon
+@testable import Datapath
 
 @Suite("NAT table carry-over", .serialized)
 struct CarryOverTests {
@@ -23,8 +24,8 @@ struct CarryOverTests {
     /// Runs `body` with a fresh pin root, removed afterwards also on failure.
     private func withRoot(_ body: (String) async throws -> Void) async throws {
         let root = "/sys/fs/bpf/masq-test-\(getpid())-carry"
-        try? Daemon.Datapath.uninstall(root: root, logger: logger)
-        defer { try? Daemon.Datapath.uninstall(root: root, logger: logger) }
+        try? Datapath.uninstall(root: root, logger: logger)
+        defer { try? Datapath.uninstall(root: root, logger: logger) }
         try await body(root)
     }
 
@@ -46,13 +47,13 @@ struct CarryOverTests {
     func largerTable() async throws {
         try await withRoot { root in
             do {
-                let first = try Daemon.Datapath(config: config(root: root, entries: 1024), logger: logger)
+                let first = try Datapath(config: config(root: root, entries: 1024), logger: logger)
                 let nat = try await first.map(MASQ_MAP_NAT_V4)
                 for i in UInt16(0)..<100 {
                     try writePair(nat, sport: 1000 + i, port: 50000 + i, tcpState: MASQ_TCP_ESTABLISHED)
                 }
             }
-            let second = try Daemon.Datapath(config: config(root: root, entries: 4096), logger: logger)
+            let second = try Datapath(config: config(root: root, entries: 4096), logger: logger)
             let nat = try await second.map(MASQ_MAP_NAT_V4)
             #expect(nat.maxEntries == 4096)
             let entries = try nat.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
@@ -113,7 +114,7 @@ struct CarryOverTests {
                                v1(back))
             }
 
-            let dp = try Daemon.Datapath(config: config(root: root, entries: 1024), logger: logger)
+            let dp = try Datapath(config: config(root: root, entries: 1024), logger: logger)
             let nat = try await dp.map(MASQ_MAP_NAT_V4)
             #expect(try nat.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self).count == 8)
             for (i, flow) in flows.enumerated() {

@@ -2,12 +2,13 @@
 // state, both halves together, lone halves removed, ports freed, batches; and its interval.
 
 import CMasq
-import Testing
 @testable import Daemon
+@testable import Datapath
+import Testing
 
 @Suite("Conntrack GC")
 struct ConntrackGCTests {
-    private func sweeper(_ dp: Datapath, _ lifetimes: FlowLifetimes = .default) -> ConntrackSweeper {
+    private func sweeper(_ dp: TestDatapath, _ lifetimes: FlowLifetimes = .default) -> ConntrackSweeper {
         ConntrackSweeper(nat: dp.nat, lifetimes: lifetimes)
     }
 
@@ -16,7 +17,7 @@ struct ConntrackGCTests {
         ConntrackSweeper.bootTimeNow() + UInt64(seconds * 1e9)
     }
 
-    private func tcp(_ dp: Datapath, sport: UInt16, _ flags: UInt8, reply: UInt8? = nil) throws {
+    private func tcp(_ dp: TestDatapath, sport: UInt16, _ flags: UInt8, reply: UInt8? = nil) throws {
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: sport, dport: 443, flags: flags)))
         if let reply {
             _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: out.parsed.sport, flags: reply)))
@@ -24,14 +25,14 @@ struct ConntrackGCTests {
     }
 
     /// A completed handshake of pod1:sport -> server:443.
-    private func established(_ dp: Datapath, sport: UInt16) throws {
+    private func established(_ dp: TestDatapath, sport: UInt16) throws {
         try tcp(dp, sport: sport, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
         try tcp(dp, sport: sport, TCPFlag.ack)
     }
 
     @Test("a closed TCP flow expires after the closing lifetime, both halves at once; an established one stays")
     func closedFlowExpires() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try established(dp, sport: 40000)
         try established(dp, sport: 40001)
         try tcp(dp, sport: 40001, TCPFlag.fin | TCPFlag.ack, reply: TCPFlag.fin | TCPFlag.ack)
@@ -53,7 +54,7 @@ struct ConntrackGCTests {
         ("FIN answered", 60.0), ("both FINs", 10.0), ("RST", 10.0),
     ])
     func tcpLifetimes(_ story: String, _ lifetime: Double) throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         switch story {
         case "syn": try tcp(dp, sport: 40000, TCPFlag.syn)
         case "syn-ack only": try tcp(dp, sport: 40000, TCPFlag.syn, reply: TCPFlag.syn | TCPFlag.ack)
@@ -77,7 +78,7 @@ struct ConntrackGCTests {
 
     @Test("a half-closed flow outlives 15 s of silence with a GC pass every second, and its data still flows")
     func halfClosedSurvives() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try established(dp, sport: 40000)
         try tcp(dp, sport: 40000, TCPFlag.fin | TCPFlag.ack)
         for second in 1...20 {
@@ -92,7 +93,7 @@ struct ConntrackGCTests {
 
     @Test("UDP lives 30 s unreplied and 120 s replied; configured lifetimes replace the defaults")
     func udpLifetimes() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40001, dport: 53)))
         _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: 40001)))
@@ -107,7 +108,7 @@ struct ConntrackGCTests {
 
     @Test("a lone half is removed once idle, and left alone while its flow lives")
     func loneHalves() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try established(dp, sport: 40000)
         let rkey = natKey(Net.server, Net.snat, sport: 443, dport: 40000, proto: Proto.tcp, dir: MASQ_DIR_INGRESS)
         try dp.nat.delete(rkey)
@@ -121,7 +122,7 @@ struct ConntrackGCTests {
 
     @Test("the lone half of an expired flow is removed")
     func expiredHalfRemoved() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
         try dp.nat.delete(natKey(Net.pod1, Net.server, sport: 40000, dport: 53, proto: Proto.udp, dir: MASQ_DIR_EGRESS))
 
@@ -132,7 +133,7 @@ struct ConntrackGCTests {
 
     @Test("expiring flows frees their ports for new flows")
     func expiryFreesPorts() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50001)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50001)
         for i in 0..<2 {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(1000 + i), dport: 53)))
         }
@@ -144,7 +145,7 @@ struct ConntrackGCTests {
 
     @Test("an inbound flow's single entry expires by its own state")
     func inboundExpires() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 5555, dport: 80)))
         #expect(try dp.entries().count == 1)
         #expect(try sweeper(dp).sweep(now: later(61)).deletedEntries == 1)
@@ -152,7 +153,7 @@ struct ConntrackGCTests {
 
     @Test("the pass reports the ports each (SNAT address, remote, remote port, protocol) holds")
     func saturationReport() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         for i in 0..<3 {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(40000 + i), dport: 53)))
         }
@@ -160,13 +161,13 @@ struct ConntrackGCTests {
         let top = try sweeper(dp).sweep(now: later(1)).saturation
 
         #expect(top.map(\.ports) == [3, 1])
-        #expect(IPv4Address(raw: top[0].key.remote) == Net.server && host16(top[0].key.remote_port) == 53)
-        #expect(IPv4Address(raw: top[0].key.snat) == Net.snat)
+        #expect(PacketIPv4(raw: top[0].key.remote) == Net.server && host16(top[0].key.remote_port) == 53)
+        #expect(PacketIPv4(raw: top[0].key.snat) == Net.snat)
     }
 
     @Test("a pass in small batches keeps only a batch at hand and still expires pairs whole")
     func smallBatches() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         for i in 0..<60 {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(40000 + i), dport: 53)))
             if i % 2 == 0 {
@@ -207,7 +208,7 @@ struct ConntrackGCTests {
 
     @Test("a batch delete skips keys that are already gone")
     func deleteBatchSkipsMissing() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         for i in 0..<3 {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(40000 + i), dport: 53)))
         }
@@ -229,7 +230,7 @@ struct ConntrackGCTests {
 
     @Test("allocation pressure rises with exhaustive scans, failures and a full table")
     func pressure() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50000)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50000)
         var pressure = AllocationPressure(stats: dp.stats)
         let first = pressure.risen()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 50000, dport: 53)))
@@ -242,7 +243,7 @@ struct ConntrackGCTests {
         #expect(failed)
         #expect(!quiet)
 
-        let small = try Datapath(natEntries: 2)
+        let small = try TestDatapath(natEntries: 2)
         try small.setConfig()
         try small.addDevice(snat: Net.snat)
         try small.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)

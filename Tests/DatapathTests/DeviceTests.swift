@@ -5,16 +5,17 @@
 import CMasq
 import Testing
 @testable import Daemon
+@testable import Datapath
 
 /// Addresses for packets run as an L3 device's (no Ethernet header). BPF_PROG_TEST_RUN always
 /// sets skb->protocol from bytes 12-13 of the data as if they were an Ethernet type; on an IPv4
 /// packet at offset 0 those are the first two bytes of the source address, so each packet's
 /// source here starts with 8.0 (0x0800, ETH_P_IP), as the real device's skb->protocol says.
 private enum L3Net {
-    static let pod: IPv4Address = "8.0.1.5"
-    static let podCIDR: (IPv4Address, UInt32) = ("8.0.1.0", 24)
-    static let server: IPv4Address = "8.0.0.8"
-    static let snat: IPv4Address = "172.16.0.2"
+    static let pod: PacketIPv4 = "8.0.1.5"
+    static let podCIDR: (PacketIPv4, UInt32) = ("8.0.1.0", 24)
+    static let server: PacketIPv4 = "8.0.0.8"
+    static let snat: PacketIPv4 = "172.16.0.2"
 }
 
 /// The IPv4 packet of an Ethernet frame from `ipv4Frame`, as an L3 device carries it. The test
@@ -32,8 +33,8 @@ private func parsedL3(_ packet: [UInt8]) -> ParsedFrame {
 @Suite("Devices: L3 offset, no SNAT address, frames not for the host, replies on any device")
 struct DeviceTests {
     /// A node whose test device is an L3 device (l2_hdr_len 0) masquerading to L3Net.snat.
-    private func l3Datapath() throws -> Datapath {
-        let dp = try Datapath()
+    private func l3Datapath() throws -> TestDatapath {
+        let dp = try TestDatapath()
         try dp.setConfig(portMin: 50000, portMax: 50099)
         try dp.addDevice(snat: L3Net.snat, l2HeaderLength: 0)
         try dp.addPodCIDR(L3Net.podCIDR.0, L3Net.podCIDR.1)
@@ -81,7 +82,7 @@ struct DeviceTests {
 
     @Test("an Ethernet frame read at an L3 device's offset is not translated: the offset comes from the device")
     func l3OffsetIsTheDevices() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try dp.addDevice(snat: Net.snat, l2HeaderLength: 0)
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
@@ -93,7 +94,7 @@ struct DeviceTests {
 
     @Test("without an IPv4 SNAT address a pod packet that needs masquerading is dropped and counted, never sent with the pod's address")
     func noSNATAddressDrops() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try dp.addDevice(snat: Net.snat, hasV4: false)
         try dp.addNode(Net.node2)
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
@@ -114,7 +115,7 @@ struct DeviceTests {
 
     @Test("without an SNAT address the replies of a connection that came in to a pod still leave")
     func noSNATAddressInboundReplyPasses() throws {
-        let dp = try Datapath.standard(flags: MASQ_CFG_IPV4_MASQ)
+        let dp = try TestDatapath.standard(flags: MASQ_CFG_IPV4_MASQ)
         try dp.setConfig(native: ("10.0.0.0", 16))
         let syn = ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 50000, dport: 80))
         #expect(try dp.run(.ingress, syn).verdict == TC.pass)
@@ -129,7 +130,7 @@ struct DeviceTests {
 
     @Test("a device that gets its address back masquerades again")
     func addressComesBack() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try dp.addDevice(snat: Net.snat, hasV4: false)
         let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53))
         #expect(try dp.run(.egress, frame).verdict == TC.shot)
@@ -142,12 +143,12 @@ struct DeviceTests {
 
     @Test("a reply for another masquerading device's SNAT address is translated on the device it arrives on")
     func replyOnAnotherDevice() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1234, dport: 53))).parsed
         #expect(sent.src == Net.snat)
         // The flow left by the device that holds Net.snat (now ifindex 7); the reply comes
         // back on the test device, whose own address is another one.
-        let ownAddress: IPv4Address = "192.168.1.10"
+        let ownAddress: PacketIPv4 = "192.168.1.10"
         try dp.addDevice(ifindex: 7, snat: Net.snat)
         try dp.addDevice(snat: ownAddress)
 
@@ -162,7 +163,7 @@ struct DeviceTests {
 
     @Test("a packet for an address that is no masquerading device's passes ingress untouched, even one an entry names")
     func replyForUnknownAddressUntouched() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1234, dport: 53))).parsed
         // The device's address moved on: masqd rewrote its entry and the SNAT address set.
         try dp.object.map(MASQ_MAP_SNAT_V4).delete(Net.snat.raw)
@@ -178,7 +179,7 @@ struct DeviceTests {
     @Test("frames not addressed to this host (PACKET_OTHERHOST, multicast) are neither translated nor tracked on ingress",
           arguments: [[0x02, 0, 0, 0, 0, 0x09], [0x01, 0x00, 0x5e, 0, 0, 0x01]] as [[UInt8]])
     func notForThisHost(destination mac: [UInt8]) throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1234, dport: 53))).parsed
         let before = try dp.entries().count
 

@@ -1,8 +1,8 @@
 // DropReason (Swift) must mirror bpf/lib/drop_reasons.h (C) exactly.
 
+@testable import Datapath
 import Foundation
 import Testing
-@testable import Daemon
 
 @Suite("Drop reasons")
 struct DropReasonTests {

@@ -6,24 +6,25 @@
 import CMasq
 import Testing
 @testable import Daemon
+@testable import Datapath
 
 @Suite("Flow table")
 struct FlowTableTests {
     /// A standard node with a NAT table of `entries` entries.
-    private func node(entries: UInt32, portMin: UInt16 = 32768, portMax: UInt16 = 65535) throws -> Datapath {
-        let dp = try Datapath(natEntries: entries)
+    private func node(entries: UInt32, portMin: UInt16 = 32768, portMax: UInt16 = 65535) throws -> TestDatapath {
+        let dp = try TestDatapath(natEntries: entries)
         try dp.setConfig(portMin: portMin, portMax: portMax)
         try dp.addDevice(snat: Net.snat)
         try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
         return dp
     }
 
-    private func egress(_ dp: Datapath, _ src: IPv4Address, sport: UInt16, dport: UInt16 = 443, flags: UInt8 = TCPFlag.ack,
-                        dst: IPv4Address = Net.server) throws -> RunResult {
+    private func egress(_ dp: TestDatapath, _ src: PacketIPv4, sport: UInt16, dport: UInt16 = 443, flags: UInt8 = TCPFlag.ack,
+                        dst: PacketIPv4 = Net.server) throws -> RunResult {
         try dp.run(.egress, ipv4Frame(src: src, dst: dst, .tcp(sport: sport, dport: dport, flags: flags)))
     }
 
-    private func reply(_ dp: Datapath, port: UInt16, sport: UInt16 = 443, flags: UInt8 = TCPFlag.ack) throws -> RunResult {
+    private func reply(_ dp: TestDatapath, port: UInt16, sport: UInt16 = 443, flags: UInt8 = TCPFlag.ack) throws -> RunResult {
         try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: sport, dport: port, flags: flags)))
     }
 
@@ -63,7 +64,7 @@ struct FlowTableTests {
 
     @Test("a flow whose EGRESS entry was lost gets the same translated port again")
     func lostEgressSamePort() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50999)
         // Other flows to the same remote hold ports, so the probe order matters.
         for i in UInt16(0)..<300 {
             _ = try egress(dp, Net.pod2, sport: 2000 + i, flags: TCPFlag.syn)
@@ -80,7 +81,7 @@ struct FlowTableTests {
     @Test("the probe order is a keyed hash of the tuple: the same key gives the same port, another key another order")
     func probeOrderKeyed() throws {
         func firstPort(key: UInt32) throws -> UInt16 {
-            let dp = try Datapath.standard(portMin: 40000, portMax: 49999)
+            let dp = try TestDatapath.standard(portMin: 40000, portMax: 49999)
             var cfg = try #require(try dp.config.lookup(UInt32(0), as: masq_config.self))
             cfg.port_key = key
             try dp.config.update(UInt32(0), cfg)
@@ -94,7 +95,7 @@ struct FlowTableTests {
 
     @Test("a flow whose INGRESS entry another flow took is dropped (nat_reply_conflict), never sent on a shared tuple")
     func lostIngressTakenByAnotherFlow() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let remote = Net.server
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: remote, .udp(sport: 40000, dport: 80)))
         let rkey = natKey(remote, Net.snat, sport: 80, dport: 40000, proto: Proto.udp, dir: MASQ_DIR_INGRESS)
@@ -107,14 +108,14 @@ struct FlowTableTests {
         #expect(pod1.verdict == TC.shot)
         #expect(try dp.dropped(.natReplyConflict) == 1)
         let owner = try #require(try dp.entry(rkey))
-        #expect(IPv4Address(raw: owner.to_addr) == Net.pod2, "the reply entry still maps to the flow that holds it")
+        #expect(PacketIPv4(raw: owner.to_addr) == Net.pod2, "the reply entry still maps to the flow that holds it")
         let back = try dp.run(.ingress, ipv4Frame(src: remote, dst: Net.snat, .udp(sport: 80, dport: 40000)))
         #expect(back.parsed.dst == Net.pod2)
     }
 
     @Test("a lost INGRESS entry still free is restored at the same port by the flow's next packet")
     func lostIngressRestored() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50999)
         let port = try egress(dp, Net.pod1, sport: 1234, flags: TCPFlag.syn).parsed.sport
         let rkey = natKey(Net.server, Net.snat, sport: 443, dport: port, proto: Proto.tcp, dir: MASQ_DIR_INGRESS)
         try dp.nat.delete(rkey)
@@ -122,7 +123,7 @@ struct FlowTableTests {
 
         #expect(again.parsed.sport == port)
         let rev = try #require(try dp.entry(rkey))
-        #expect(IPv4Address(raw: rev.to_addr) == Net.pod1 && host16(rev.to_port) == 1234)
+        #expect(PacketIPv4(raw: rev.to_addr) == Net.pod1 && host16(rev.to_port) == 1234)
         #expect(try dp.stat(MASQ_STAT_REVERSE_RESTORED) == 1)
     }
 
@@ -130,7 +131,7 @@ struct FlowTableTests {
 
     @Test("the node's SYN-ACK alone is a syn-recv host pair on the SYN lifetime, not established")
     func hostSynAckOnly() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 40000, dport: 5555, flags: TCPFlag.syn | TCPFlag.ack)))
         let fwd = try #require(try dp.entry(natKey(Net.snat, Net.server, sport: 40000, dport: 5555, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
         #expect(FlowLifetimes.state(proto: .tcp, tcpState: fwd.tcp_state, seen: fwd.seen) == .synRecv)
@@ -141,8 +142,8 @@ struct FlowTableTests {
     @Test("host flows are tracked only where a pod mapping could collide", arguments: [
         ("to another node", Net.node2, UInt16(40000)), ("from a port outside snat-port-range", Net.server, UInt16(22)),
     ])
-    func hostFlowsNotTracked(_ what: String, _ dst: IPv4Address, _ sport: UInt16) throws {
-        let dp = try Datapath.standard()
+    func hostFlowsNotTracked(_ what: String, _ dst: PacketIPv4, _ sport: UInt16) throws {
+        let dp = try TestDatapath.standard()
         try dp.addNode(Net.node2)
         let frame = ipv4Frame(src: Net.snat, dst: dst, .tcp(sport: sport, dport: 443))
         let out = try dp.run(.egress, frame)
@@ -169,7 +170,7 @@ struct FlowTableTests {
 
     @Test("the node's own later fragment before its first passes, both ways")
     func nodeFragmentsOutOfOrder() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let datagram = ipv4Frame(src: Net.snat, dst: Net.server, .udp(sport: 40000, dport: 53),
                                  payload: Array(repeating: 7, count: 100), ipID: 0x4242)
         let parts = fragment(datagram, chunk: 40)
@@ -188,9 +189,9 @@ struct FlowTableTests {
 
     @Test("the tail of a fragmented ICMP message other than echo passes, both ways and from pods")
     func icmpNonEchoTails() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         // A timestamp request (type 13) is not translated: its fragments all pass as they are.
-        for (hook, src, dst) in [(Datapath.Hook.ingress, Net.server, Net.snat), (.egress, Net.pod1, Net.server)] {
+        for (hook, src, dst) in [(TestDatapath.Hook.ingress, Net.server, Net.snat), (.egress, Net.pod1, Net.server)] {
             let message = ipv4Frame(src: src, dst: dst, .icmp(type: 13, code: 0, body: Array(repeating: 0, count: 120)),
                                     payload: [], ipID: 0x5151)
             for part in fragment(message, chunk: 48) {
@@ -203,7 +204,7 @@ struct FlowTableTests {
 
     @Test("the tail fragments of an ICMP error to the node pass")
     func icmpErrorTails() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let quoted = ipv4Frame(src: Net.snat, dst: Net.server, .udp(sport: 40000, dport: 53), payload: Array(repeating: 3, count: 200))
         let error = icmpErrorFrame(src: Net.server2, dst: Net.snat, type: ICMPType.unreachable, code: 3, quoting: quoted)
         for part in fragment(error, chunk: 96) {

@@ -2,8 +2,8 @@
 // later fragments, which carry no L4 header, are translated with them in both directions.
 
 import CMasq
+@testable import Datapath
 import Testing
-@testable import Daemon
 
 @Suite("IPv4 fragments")
 struct FragmentTests {
@@ -13,13 +13,13 @@ struct FragmentTests {
     private var fragments: [[UInt8]] { fragment(datagram, chunk: 40) }
 
     /// The UDP checksum of reassembled L4 bytes verifies with these addresses.
-    private func udpChecksumOK(_ data: [UInt8], src: IPv4Address, dst: IPv4Address) -> Bool {
+    private func udpChecksumOK(_ data: [UInt8], src: PacketIPv4, dst: PacketIPv4) -> Bool {
         onesComplementSum(data, initial: pseudoHeaderSum(src: src.octets, dst: dst.octets, proto: Proto.udp, length: data.count)) == 0xffff
     }
 
     @Test("a fragmented datagram from a pod leaves with the SNAT address on every fragment and reassembles intact")
     func egressInOrder() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let out = try fragments.map { try dp.run(.egress, $0) }
 
         #expect(out.allSatisfy { $0.verdict == TC.pass })
@@ -38,7 +38,7 @@ struct FragmentTests {
 
     @Test("the first fragment's ports are remembered under addresses, IP id and protocol")
     func firstFragmentRecorded() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, fragments[0])
         let key = masq_frag_key_v4(saddr: Net.pod1.raw, daddr: Net.server.raw, id: be16(0x7777), proto: Proto.udp, pad: 0)
         let entry = try #require(try dp.frag(key))
@@ -48,7 +48,7 @@ struct FragmentTests {
 
     @Test("a fragmented reply reaches the pod on every fragment and reassembles intact")
     func ingressInOrder() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let port = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53))).parsed.sport
         let reply = ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: port),
                               payload: (0..<200).map { UInt8($0 & 0xff) }, ipID: 0x0101)
@@ -64,7 +64,7 @@ struct FragmentTests {
 
     @Test("later fragments out of order among themselves are translated once the first is seen")
     func laterFragmentsReordered() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let f = fragment(datagram, chunk: 24)
         #expect(f.count == 5)
         let order = [0, 4, 2, 3, 1]
@@ -77,7 +77,7 @@ struct FragmentTests {
 
     @Test("a later fragment before its first is dropped and counted as frag_not_found, then the datagram goes through")
     func outOfOrderDropped() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let early = try dp.run(.egress, fragments[2])
 
         #expect(early.verdict == TC.shot)
@@ -91,7 +91,7 @@ struct FragmentTests {
 
     @Test("a later fragment for the node's address before its first passes untouched: it may be the node's own")
     func ingressOutOfOrderPasses() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let reply = ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: 40000), payload: Array(repeating: 1, count: 64), ipID: 9)
         let tail = fragment(reply, chunk: 32)[1]
         let out = try dp.run(.ingress, tail)
@@ -103,7 +103,7 @@ struct FragmentTests {
 
     @Test("a later fragment coming in to a pod address passes untouched, in order or not")
     func inboundToPodUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let toPod = ipv4Frame(src: Net.server, dst: Net.pod1, .udp(sport: 5353, dport: 8080), payload: Array(repeating: 3, count: 64))
         let later = fragment(toPod, chunk: 32)[1]
         let out = try dp.run(.ingress, later)
@@ -115,7 +115,7 @@ struct FragmentTests {
 
     @Test("a later fragment to a destination that is not masqueraded passes untouched")
     func excludedDestinationUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let toPod = ipv4Frame(src: Net.pod1, dst: Net.pod2, .udp(sport: 40000, dport: 53), payload: Array(repeating: 2, count: 64))
         let later = fragment(toPod, chunk: 32)[1]
         let out = try dp.run(.egress, later)
@@ -127,7 +127,7 @@ struct FragmentTests {
 
     @Test("a later fragment of a protocol the NAT does not translate passes untouched")
     func otherProtocolUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let later = ipv4Frame(src: Net.pod1, dst: Net.server, .raw(proto: 47, bytes: Array(repeating: 0xab, count: 16)), fragment: 0x0003)
         let out = try dp.run(.egress, later)
 
@@ -137,7 +137,7 @@ struct FragmentTests {
 
     @Test("a fragmented echo request and its fragmented reply are translated by the echo id")
     func fragmentedEcho() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let ping = ipv4Frame(src: Net.pod1, dst: Net.server, .icmpEcho(type: ICMPType.echo, id: 0x4242), payload: Array(repeating: 7, count: 100), ipID: 0x10)
         let out = try fragment(ping, chunk: 48).map { ParsedFragment(try dp.run(.egress, $0).frame) }
         #expect(out.allSatisfy { $0.src == Net.snat })

@@ -2,8 +2,8 @@
 // checksum (outer IPv4, ICMP, quoted IPv4, quoted L4) verified from scratch.
 
 import CMasq
+@testable import Datapath
 import Testing
-@testable import Daemon
 
 /// The quoted protocols an error can be about.
 enum QuotedFlow: String, CaseIterable, CustomTestStringConvertible {
@@ -16,14 +16,14 @@ let icmpErrorCases: [(type: UInt8, code: UInt8)] =
     (0...15).map { (ICMPType.unreachable, UInt8($0)) } + [(ICMPType.timeExceeded, 0), (ICMPType.timeExceeded, 1)]
 
 /// A router on the path that reports errors.
-private let router: IPv4Address = "203.0.113.1"
+private let router: PacketIPv4 = "203.0.113.1"
 
 @Suite("ICMP errors (RFC 5508)")
 struct ICMPErrorTests {
     /// A datapath where pod1's flow of `kind` went out translated (the port range excludes its
     /// own port, so port and address both change). Returns the packet as it left the node.
-    private func masqueradedFlow(_ kind: QuotedFlow) throws -> (Datapath, left: [UInt8], snatPort: UInt16) {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+    private func masqueradedFlow(_ kind: QuotedFlow) throws -> (TestDatapath, left: [UInt8], snatPort: UInt16) {
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent: [UInt8]
         switch kind {
         case .tcp: sent = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack), payload: Array("a quoted tcp segment".utf8))
@@ -90,7 +90,7 @@ struct ICMPErrorTests {
 
     @Test("a quoted UDP datagram without checksum keeps checksum 0")
     func zeroUDPChecksumStaysZero() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let left = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53, zeroChecksum: true))).frame
         let error = icmpErrorFrame(src: router, dst: Net.snat, type: ICMPType.unreachable, code: 3, quoting: left)
         let e = ParsedICMPError(try dp.run(.ingress, error).frame)
@@ -141,7 +141,7 @@ struct ICMPErrorTests {
 
     @Test("an egress error that matches no flow passes untouched and opens nothing")
     func unmatchedEgressUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let received = ipv4Frame(src: Net.server, dst: Net.pod1, .udp(sport: 53, dport: 40000))
         let error = icmpErrorFrame(src: Net.pod1, dst: Net.server, type: ICMPType.unreachable, code: 3, quoting: received)
         let out = try dp.run(.egress, error)
@@ -153,7 +153,7 @@ struct ICMPErrorTests {
 
     @Test("a pod's error about a flow that came in to it keeps the pod's address")
     func inboundFlowErrorUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.pod1, .udp(sport: 5353, dport: 8080)))
         let received = ipv4Frame(src: Net.server, dst: Net.pod1, .udp(sport: 5353, dport: 8080))
         let error = icmpErrorFrame(src: Net.pod1, dst: Net.server, type: ICMPType.unreachable, code: 3, quoting: received)
@@ -164,7 +164,7 @@ struct ICMPErrorTests {
 
     @Test("an error about the node's own identity-mapped flow passes untouched")
     func hostFlowErrorUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let left = ipv4Frame(src: Net.snat, dst: Net.server, .udp(sport: 40000, dport: 53))
         _ = try dp.run(.egress, left)
         let error = icmpErrorFrame(src: router, dst: Net.snat, type: ICMPType.unreachable, code: 3, quoting: left)

@@ -2,14 +2,14 @@
 // untouched.
 
 import CMasq
+@testable import Datapath
 import Testing
-@testable import Daemon
 
 @Suite("Ingress reverse SNAT")
 struct IngressRevSNATTests {
     @Test("a TCP reply to the SNAT address is translated back to the pod with valid checksums")
     func tcpReplyIsTranslatedBack() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1234, dport: 443))).parsed
         let reply = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: sent.sport, flags: TCPFlag.syn | TCPFlag.ack))
         let out = try dp.run(.ingress, reply)
@@ -26,7 +26,7 @@ struct IngressRevSNATTests {
 
     @Test("a UDP reply is translated back to the pod with valid checksums")
     func udpReplyIsTranslatedBack() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1234, dport: 53))).parsed
         let out = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: sent.sport)))
 
@@ -39,7 +39,7 @@ struct IngressRevSNATTests {
 
     @Test("a UDP reply with checksum 0 reaches the pod with checksum 0")
     func udpReplyZeroChecksumStaysZero() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50099)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50099)
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 1234, dport: 53))).parsed
         let out = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: sent.sport, zeroChecksum: true)))
 
@@ -52,7 +52,7 @@ struct IngressRevSNATTests {
 
     @Test("an ICMP echo reply is translated back to the pod's address and echo id")
     func icmpEchoReplyIsTranslatedBack() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .icmpEcho(type: ICMPType.echo, id: 9))).parsed
         #expect(sent.sport != 9)
         let out = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .icmpEcho(type: ICMPType.echoReply, id: sent.sport)))
@@ -66,7 +66,7 @@ struct IngressRevSNATTests {
 
     @Test("an ICMP echo request to the SNAT address is the node's and passes untouched")
     func icmpEchoRequestToNodeUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let sent = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .icmpEcho(type: ICMPType.echo, id: 40000))).parsed
         let request = ipv4Frame(src: Net.server, dst: Net.snat, .icmpEcho(type: ICMPType.echo, id: sent.sport))
         let out = try dp.run(.ingress, request)
@@ -77,7 +77,7 @@ struct IngressRevSNATTests {
 
     @Test("a reply counts in the INGRESS entry and marks it as reply seen")
     func replyUpdatesIngressEntry() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
         let reply = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.syn | TCPFlag.ack))
         _ = try dp.run(.ingress, reply)
@@ -91,7 +91,7 @@ struct IngressRevSNATTests {
 
     @Test("a packet to the SNAT address without a mapping passes untouched")
     func unknownReplyUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let frame = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))
         let out = try dp.run(.ingress, frame)
 
@@ -102,7 +102,7 @@ struct IngressRevSNATTests {
 
     @Test("a reply from another remote port does not match the mapping")
     func replyFromOtherPortUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
         let frame = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 444, dport: 40000, flags: TCPFlag.ack))
 
@@ -111,7 +111,7 @@ struct IngressRevSNATTests {
 
     @Test("a TCP SYN to a pod creates an inbound entry for its replies")
     func synToPodCreatesInboundEntry() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let syn = ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 55555, dport: 8080))
         let out = try dp.run(.ingress, syn)
 
@@ -126,7 +126,7 @@ struct IngressRevSNATTests {
 
     @Test("a TCP packet to a pod without SYN creates no inbound entry")
     func ackToPodCreatesNothing() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 55555, dport: 8080, flags: TCPFlag.ack)))
 
         #expect(try dp.entries().isEmpty)
@@ -134,7 +134,7 @@ struct IngressRevSNATTests {
 
     @Test("an inbound flow from a source the pod's replies would not be masqueraded to is not tracked")
     func inboundFromExcludedSourceNotTracked() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         try dp.addNode(Net.node2)
         _ = try dp.run(.ingress, ipv4Frame(src: Net.node2, dst: Net.pod1, .tcp(sport: 55555, dport: 8080)))
 

@@ -6,11 +6,12 @@
 import CLibbpf
 import CMasq
 @testable import Daemon
+@testable import Datapath
 
 // MARK: - Addresses and constants
 
 /// An IPv4 address; `raw` is the __be32 the maps hold (network order in memory).
-struct IPv4Address: Equatable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
+struct PacketIPv4: Equatable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
     var octets: [UInt8]
 
     init(_ octets: [UInt8]) {
@@ -64,15 +65,15 @@ enum ICMPType {
 
 /// The addresses the standard fixture uses.
 enum Net {
-    static let snat: IPv4Address = "192.168.0.10"      // the device's SNAT address
-    static let pod1: IPv4Address = "10.0.1.5"          // inside pod CIDR 10.0.1.0/24
-    static let pod2: IPv4Address = "10.0.1.6"
-    static let otherPod: IPv4Address = "10.0.1.99"
-    static let server: IPv4Address = "93.184.216.34"   // the outside world
-    static let server2: IPv4Address = "198.18.7.7"
-    static let notPod: IPv4Address = "172.31.0.4"      // a source outside every pod CIDR
-    static let node2: IPv4Address = "192.168.0.11"     // another cluster node
-    static let podCIDR: (IPv4Address, UInt32) = ("10.0.1.0", 24)
+    static let snat: PacketIPv4 = "192.168.0.10"      // the device's SNAT address
+    static let pod1: PacketIPv4 = "10.0.1.5"          // inside pod CIDR 10.0.1.0/24
+    static let pod2: PacketIPv4 = "10.0.1.6"
+    static let otherPod: PacketIPv4 = "10.0.1.99"
+    static let server: PacketIPv4 = "93.184.216.34"   // the outside world
+    static let server2: PacketIPv4 = "198.18.7.7"
+    static let notPod: PacketIPv4 = "172.31.0.4"      // a source outside every pod CIDR
+    static let node2: PacketIPv4 = "192.168.0.11"     // another cluster node
+    static let podCIDR: (PacketIPv4, UInt32) = ("10.0.1.0", 24)
     /// The ifindex BPF_PROG_TEST_RUN gives the skb when no ctx sets one: loopback.
     static let testIfindex: UInt32 = 1
 }
@@ -115,7 +116,7 @@ enum L4: Sendable {
 }
 
 /// Builds an Ethernet + IPv4 frame with valid checksums.
-func ipv4Frame(src: IPv4Address, dst: IPv4Address, _ l4: L4, payload: [UInt8] = Array("masq".utf8),
+func ipv4Frame(src: PacketIPv4, dst: PacketIPv4, _ l4: L4, payload: [UInt8] = Array("masq".utf8),
                options: [UInt8] = [], fragment: UInt16 = 0, ipID: UInt16 = 0x1234) -> [UInt8] {
     var seg: [UInt8]
     var proto: UInt8
@@ -176,8 +177,8 @@ extension Array where Element == UInt8 {
 
 /// An Ethernet + IPv4 frame as the program left it, with every checksum recomputed from scratch.
 struct ParsedFrame {
-    var src: IPv4Address
-    var dst: IPv4Address
+    var src: PacketIPv4
+    var dst: PacketIPv4
     var proto: UInt8
     var ihl: Int
     /// TCP/UDP ports, or the ICMP echo id as `sport` and `dport`.
@@ -196,8 +197,8 @@ struct ParsedFrame {
         ihl = Int(ip[0] & 0x0f)
         let hlen = ihl * 4
         let total = Int(ip.u16(at: 2))
-        src = IPv4Address(Array(ip[12..<16]))
-        dst = IPv4Address(Array(ip[16..<20]))
+        src = PacketIPv4(Array(ip[12..<16]))
+        dst = PacketIPv4(Array(ip[16..<20]))
         proto = ip[9]
         ipChecksumOK = onesComplementSum(Array(ip[0..<hlen])) == 0xffff
         let seg = Array(ip[hlen..<total])
@@ -237,7 +238,7 @@ struct RunResult {
 
 /// A loaded, unpinned datapath object with its maps, set up the way masqd would set it up.
 /// Nothing is pinned, so a test leaves nothing in bpffs; each test makes its own.
-final class Datapath {
+final class TestDatapath {
     let object: BPFObject
     let config: BPFMap
     let devices: BPFMap
@@ -269,8 +270,8 @@ final class Datapath {
     /// The usual node: IPv4 masquerading on, pod CIDR 10.0.1.0/24, the test device (ifindex 1)
     /// masquerading to 192.168.0.10, default port range.
     static func standard(flags: UInt32 = MASQ_CFG_IPV4_MASQ, portMin: UInt16 = 32768,
-                         portMax: UInt16 = 65535, bytes: [UInt8] = EmbeddedDatapath.bytes) throws -> Datapath {
-        let dp = try Datapath(bytes: bytes)
+                         portMax: UInt16 = 65535, bytes: [UInt8] = EmbeddedDatapath.bytes) throws -> TestDatapath {
+        let dp = try TestDatapath(bytes: bytes)
         try dp.setConfig(flags: flags, portMin: portMin, portMax: portMax)
         try dp.addDevice(snat: Net.snat)
         try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
@@ -278,7 +279,7 @@ final class Datapath {
     }
 
     func setConfig(flags: UInt32 = MASQ_CFG_IPV4_MASQ, portMin: UInt16 = 32768, portMax: UInt16 = 65535,
-                   native: (IPv4Address, UInt32)? = nil) throws {
+                   native: (PacketIPv4, UInt32)? = nil) throws {
         var cfg = masq_config()
         cfg.flags = flags | (native != nil ? MASQ_CFG_NATIVE_V4 : 0)
         cfg.port_min = portMin
@@ -292,7 +293,7 @@ final class Datapath {
 
     /// A masquerading device and its SNAT address, as masqd writes them; `l2HeaderLength` 0 is
     /// an L3 device (tun, WireGuard).
-    func addDevice(ifindex: UInt32 = Net.testIfindex, snat: IPv4Address, hasV4: Bool = true,
+    func addDevice(ifindex: UInt32 = Net.testIfindex, snat: PacketIPv4, hasV4: Bool = true,
                    l2HeaderLength: UInt16 = 14) throws {
         var dev = masq_device()
         dev.snat_v4 = hasV4 ? snat.raw : 0
@@ -302,15 +303,15 @@ final class Datapath {
         if hasV4 { try object.map(MASQ_MAP_SNAT_V4).update(snat.raw, UInt8(MASQ_CIDR_PRESENT)) }
     }
 
-    func addPodCIDR(_ addr: IPv4Address, _ len: UInt32) throws {
+    func addPodCIDR(_ addr: PacketIPv4, _ len: UInt32) throws {
         try pods.update(masq_lpm_v4(prefixlen: len, addr: addr.raw), UInt8(MASQ_CIDR_PRESENT))
     }
 
-    func addNonMasqCIDR(_ addr: IPv4Address, _ len: UInt32) throws {
+    func addNonMasqCIDR(_ addr: PacketIPv4, _ len: UInt32) throws {
         try nonmasq.update(masq_lpm_v4(prefixlen: len, addr: addr.raw), UInt8(MASQ_CIDR_PRESENT))
     }
 
-    func addNode(_ addr: IPv4Address) throws {
+    func addNode(_ addr: PacketIPv4) throws {
         try nodes.update(addr.raw, UInt8(MASQ_CIDR_PRESENT))
     }
 
@@ -399,7 +400,7 @@ final class Datapath {
 }
 
 /// A NAT table key as the datapath writes it.
-func natKey(_ saddr: IPv4Address, _ daddr: IPv4Address, sport: UInt16, dport: UInt16, proto: UInt8,
+func natKey(_ saddr: PacketIPv4, _ daddr: PacketIPv4, sport: UInt16, dport: UInt16, proto: UInt8,
             dir: Int32) -> masq_nat_key_v4 {
     masq_nat_key_v4(saddr: saddr.raw, daddr: daddr.raw, sport: be16(sport), dport: be16(dport),
                     proto: proto, dir: UInt8(dir), pad: 0)
@@ -407,7 +408,7 @@ func natKey(_ saddr: IPv4Address, _ daddr: IPv4Address, sport: UInt16, dport: UI
 
 extension masq_nat_key_v4 {
     var description: String {
-        "\(IPv4Address(raw: saddr)):\(host16(sport)) -> \(IPv4Address(raw: daddr)):\(host16(dport)) proto \(proto) dir \(dir)"
+        "\(PacketIPv4(raw: saddr)):\(host16(sport)) -> \(PacketIPv4(raw: daddr)):\(host16(dport)) proto \(proto) dir \(dir)"
     }
 }
 
@@ -420,7 +421,7 @@ extension ICMPType {
 /// Builds an ICMP error from `src` to `dst` quoting the IPv4 packet of `offending` (an Ethernet
 /// frame from `ipv4Frame`), cut to `quote` bytes of it when given (RFC 792: header + 8 bytes at
 /// least). Bytes 4-7 of the ICMP header hold `mtu` (fragmentation needed) or zeros.
-func icmpErrorFrame(src: IPv4Address, dst: IPv4Address, type: UInt8, code: UInt8, mtu: UInt16 = 0,
+func icmpErrorFrame(src: PacketIPv4, dst: PacketIPv4, type: UInt8, code: UInt8, mtu: UInt16 = 0,
                     quoting offending: [UInt8], quote: Int? = nil) -> [UInt8] {
     var inner = Array(offending[14...])
     if let quote { inner = Array(inner.prefix(quote)) }
@@ -435,8 +436,8 @@ struct ParsedICMPError {
     var code: UInt8
     /// Bytes 6-7 of the ICMP header: the next-hop MTU of "fragmentation needed".
     var mtu: UInt16
-    var innerSrc: IPv4Address
-    var innerDst: IPv4Address
+    var innerSrc: PacketIPv4
+    var innerDst: PacketIPv4
     var innerProto: UInt8
     /// TCP/UDP ports; for a quoted echo, its id in both.
     var innerSport: UInt16
@@ -456,8 +457,8 @@ struct ParsedICMPError {
         mtu = icmp.u16(at: 6)
         let inner = Array(icmp[8...])
         let hlen = Int(inner[0] & 0x0f) * 4
-        innerSrc = IPv4Address(Array(inner[12..<16]))
-        innerDst = IPv4Address(Array(inner[16..<20]))
+        innerSrc = PacketIPv4(Array(inner[12..<16]))
+        innerDst = PacketIPv4(Array(inner[16..<20]))
         innerProto = inner[9]
         innerIPChecksumOK = onesComplementSum(Array(inner[0..<hlen])) == 0xffff
         let l4 = Array(inner[hlen...])
@@ -515,8 +516,8 @@ func fragment(_ frame: [UInt8], chunk: Int) -> [[UInt8]] {
 
 /// A fragment as the program left it.
 struct ParsedFragment {
-    var src: IPv4Address
-    var dst: IPv4Address
+    var src: PacketIPv4
+    var dst: PacketIPv4
     var id: UInt16
     /// Fragment offset in bytes.
     var offset: Int
@@ -526,8 +527,8 @@ struct ParsedFragment {
 
     init(_ frame: [UInt8]) {
         let ip = Array(frame[14...])
-        src = IPv4Address(Array(ip[12..<16]))
-        dst = IPv4Address(Array(ip[16..<20]))
+        src = PacketIPv4(Array(ip[12..<16]))
+        dst = PacketIPv4(Array(ip[16..<20]))
         id = ip.u16(at: 4)
         let frag = ip.u16(at: 6)
         offset = Int(frag & 0x1fff) * 8
@@ -547,7 +548,7 @@ func reassemble(_ fragments: [ParsedFragment]) -> [UInt8]? {
     return fragments.contains { !$0.more } ? data : nil
 }
 
-extension Datapath {
+extension TestDatapath {
     /// The masq_frag_v4 entry under `key`.
     func frag(_ key: masq_frag_key_v4) throws -> masq_frag_entry_v4? {
         try object.map(MASQ_MAP_FRAG_V4).lookup(key, as: masq_frag_entry_v4.self)
@@ -562,14 +563,14 @@ extension Datapath {
     }
 
     /// The masq_sat_v4 figure of (SNAT address, remote, remote port, proto).
-    func saturation(remote: IPv4Address, port: UInt16, proto: UInt8) throws -> masq_sat_entry_v4? {
+    func saturation(remote: PacketIPv4, port: UInt16, proto: UInt8) throws -> masq_sat_entry_v4? {
         let key = masq_sat_key_v4(snat: Net.snat.raw, remote: remote.raw, remote_port: be16(port), proto: proto, pad: 0)
         return try object.map(MASQ_MAP_SAT_V4).lookup(key, as: masq_sat_entry_v4.self)
     }
 
     /// Fills the reply tuples (remote:rport -> SNAT address:port) of every port of `ports`
     /// directly in the map, as if other pods' flows held them.
-    func holdPorts(_ ports: some Sequence<UInt16>, remote: IPv4Address, remotePort: UInt16, proto: UInt8) throws {
+    func holdPorts(_ ports: some Sequence<UInt16>, remote: PacketIPv4, remotePort: UInt16, proto: UInt8) throws {
         var held = masq_nat_entry_v4()
         held.to_addr = Net.pod2.raw
         for port in ports {

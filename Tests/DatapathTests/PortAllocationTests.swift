@@ -1,15 +1,15 @@
 // The node's own flows, port exhaustion, and the per-packet cost.
 
 import CMasq
+@testable import Datapath
 import Foundation
 import Testing
-@testable import Daemon
 
 @Suite("Host flows and port allocation")
 struct PortAllocationTests {
     @Test("the node's own flow is tracked as an identity host pair and passes untouched")
     func hostFlowTrackedAsIdentity() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let frame = ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 40000, dport: 443))
         let out = try dp.run(.egress, frame)
 
@@ -25,7 +25,7 @@ struct PortAllocationTests {
 
     @Test("a reply to an identity host flow is counted and passes untouched")
     func hostFlowReplyUntouched() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 40000, dport: 443)))
         let reply = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.syn | TCPFlag.ack))
         let out = try dp.run(.ingress, reply)
@@ -38,7 +38,7 @@ struct PortAllocationTests {
 
     @Test("a pod flow avoids the reply tuple a host flow uses")
     func podFlowAvoidsHostTuple() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 40000, dport: 443)))
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
 
@@ -47,12 +47,12 @@ struct PortAllocationTests {
         #expect(p.sport != 40000)
         #expect(p.checksumsOK)
         let host = try #require(try dp.entry(natKey(Net.server, Net.snat, sport: 443, dport: 40000, proto: Proto.tcp, dir: MASQ_DIR_INGRESS)))
-        #expect(IPv4Address(raw: host.to_addr) == Net.snat)
+        #expect(PacketIPv4(raw: host.to_addr) == Net.snat)
     }
 
     @Test("a host flow whose reply tuple a pod mapping holds gets another port and is translated both ways")
     func hostFlowAvoidsPodTuple() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
         let out = try dp.run(.egress, ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 40000, dport: 443)))
 
@@ -73,7 +73,7 @@ struct PortAllocationTests {
 
     @Test("a narrow port range fills up and the next flow is dropped as exhausted")
     func narrowRangeExhausts() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50004)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50004)
         var ports = Set<UInt16>()
         for i in 0..<5 {
             let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: UInt16(1000 + i), dport: 443)))
@@ -94,7 +94,7 @@ struct PortAllocationTests {
 
     @Test("a full range for one server still has ports for another server")
     func exhaustionIsPerRemote() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50001)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50001)
         for i in 0..<2 {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(1000 + i), dport: 53)))
         }
@@ -105,7 +105,7 @@ struct PortAllocationTests {
 
     @Test("the last free port of a range is found by the exhaustive scan")
     func lastFreePortIsFound() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50999)
         // Every port but one is held by a reply tuple to server:443.
         for port in UInt16(50000)...50999 where port != 50777 {
             var held = masq_nat_entry_v4()
@@ -123,7 +123,7 @@ struct PortAllocationTests {
 
     @Test("a flow whose EGRESS entry was lost keeps its port: its own INGRESS entry does not block it")
     func evictedForwardReusesReverse() throws {
-        let dp = try Datapath.standard(portMin: 50000, portMax: 50999)
+        let dp = try TestDatapath.standard(portMin: 50000, portMax: 50999)
         let first = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 50123, dport: 443))).parsed
         try dp.nat.delete(natKey(Net.pod1, Net.server, sport: 50123, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS))
         let again = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 50123, dport: 443, flags: TCPFlag.ack))).parsed
@@ -135,36 +135,36 @@ struct PortAllocationTests {
 
     @Test("an INGRESS entry lost while its flow lives is restored by the next egress packet")
     func lostReverseIsRestored() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
         let rkey = natKey(Net.server, Net.snat, sport: 443, dport: 40000, proto: Proto.tcp, dir: MASQ_DIR_INGRESS)
         try dp.nat.delete(rkey)
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack)))
 
         let rev = try #require(try dp.entry(rkey))
-        #expect(IPv4Address(raw: rev.to_addr) == Net.pod1)
+        #expect(PacketIPv4(raw: rev.to_addr) == Net.pod1)
         #expect(try dp.stat(MASQ_STAT_REVERSE_RESTORED) == 1)
     }
 
     @Test("a flow mapped before the device's SNAT address changed leaves with the new address")
     func snatAddressChangeRemaps() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
-        let newSNAT: IPv4Address = "192.168.0.20"
+        let newSNAT: PacketIPv4 = "192.168.0.20"
         try dp.addDevice(snat: newSNAT)
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
 
         #expect(out.parsed.src == newSNAT)
         #expect(out.parsed.checksumsOK)
         let fwd = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 40000, dport: 53, proto: Proto.udp, dir: MASQ_DIR_EGRESS)))
-        #expect(IPv4Address(raw: fwd.to_addr) == newSNAT)
+        #expect(PacketIPv4(raw: fwd.to_addr) == newSNAT)
         #expect(try dp.entry(natKey(Net.server, Net.snat, sport: 53, dport: 40000, proto: Proto.udp, dir: MASQ_DIR_INGRESS)) == nil)
         #expect(try dp.entries().count == 2)
     }
 
     @Test("a reset from the node without a flow creates no host pair")
     func hostResetNotTracked() throws {
-        let dp = try Datapath.standard()
+        let dp = try TestDatapath.standard()
         let rst = ipv4Frame(src: Net.snat, dst: Net.server, .tcp(sport: 22, dport: 51515, flags: TCPFlag.rst | TCPFlag.ack))
         let out = try dp.run(.egress, rst)
 
@@ -177,7 +177,7 @@ struct PortAllocationTests {
         // MASQ_BENCH_OBJECT: another build of bpf/ to measure the same way (benchmarks/README.md
         // compares the datapath before and after a change like this).
         let other = ProcessInfo.processInfo.environment["MASQ_BENCH_OBJECT"].flatMap { FileManager.default.contents(atPath: $0) }
-        let dp = try Datapath.standard(bytes: other.map { [UInt8]($0) } ?? EmbeddedDatapath.bytes)
+        let dp = try TestDatapath.standard(bytes: other.map { [UInt8]($0) } ?? EmbeddedDatapath.bytes)
         let egress = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
         _ = try dp.run(.egress, egress)
         let ingress = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))

@@ -1,13 +1,14 @@
+@preconcurrency import Glibc
 import API
 import CLibbpf
 import CMasq
 import Daemon
+import Datapath
 import Foundation
 import TestSupport
-import Testing
 
 #if canImport(Glibc)
-@preconcurrency import Glibc
+import Testing
 #endif
 
 /// A ConfigMap-mounted ip-masq-agent file, laid out as the kubelet does it:

@@ -1,12 +1,7 @@
-import API
+import Datapath
 import Foundation
 import Logging
-
-/// How masqd attaches its programs: tcx links (kernel 6.6+), tc clsact filters, or whichever
-/// the kernel has (tcx first).
-public enum AttachMode: String, CaseIterable, Sendable {
-    case auto, tcx, tc
-}
+import NetworkTypes
 
 /// A device selector as `devices` lists it: an exact name, or a prefix written `eth+`.
 public struct DeviceSelector: Hashable, Sendable, CustomStringConvertible {
@@ -208,5 +203,13 @@ public struct DaemonConfig: Equatable, Sendable {
             throw ConfigError(key, "'\(text)' is not one of \(names.joined(separator: ", "))")
         }
         return value
+    }
+}
+
+extension Datapath {
+    /// Loads the datapath as `config` sizes and roots it (see `init(root:natMaxEntries:...)`).
+    public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, logger: Logger) throws {
+        try self.init(root: config.bpffsRoot, natMaxEntries: config.natMaxEntries, attachMode: config.attachMode,
+                      objectBytes: objectBytes, logger: logger)
     }
 }

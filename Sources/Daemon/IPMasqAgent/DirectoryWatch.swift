@@ -1,4 +1,5 @@
 @preconcurrency import Glibc
+import Datapath
 import Foundation
 
 /// Reports changes around one file by watching its directory with inotify, so that every way a

@@ -1,4 +1,4 @@
-import API
+import NetworkTypes
 import Yams
 
 /// The ip-masq-agent config file, as Cilium's eBPF ip-masq-agent reads it (YAML or JSON):

@@ -32,7 +32,7 @@ struct ConfigReloader: Service, CustomStringConvertible {
         let keep: @Sendable (_ into: inout DaemonConfig, _ from: DaemonConfig) -> Void
         let differs: @Sendable (DaemonConfig, DaemonConfig) -> Bool
 
-        static func field<T: Equatable>(_ key: ConfigKey, _ path: WritableKeyPath<DaemonConfig, T> & Sendable) -> Self {
+        static func field<T: Equatable & Sendable>(_ key: ConfigKey, _ path: WritableKeyPath<DaemonConfig, T> & Sendable) -> Self {
             Self(key: key, keep: { $0[keyPath: path] = $1[keyPath: path] }, differs: { $0[keyPath: path] != $1[keyPath: path] })
         }
     }

@@ -1,6 +1,7 @@
 @preconcurrency import Glibc
 import CLibbpf
 import CMasq
+import Datapath
 import Dispatch
 import Foundation
 import Logging
@@ -68,7 +69,7 @@ struct ConntrackGC: Service {
             _ = pressure.risen() // this pass answers the pressure seen so far
             let deadline = clock.now + interval
             while clock.now < deadline {
-                guard (try? await cancelOnGracefulShutdown({ try await Task.sleep(for: Self.tick) })) != nil else { return }
+                guard (try? await cancelWhenGracefulShutdown({ try await Task.sleep(for: Self.tick) })) != nil else { return }
                 if pressure.risen() {
                     status.update { $0.conntrackGC.pressureWakeups += 1 }
                     logger.debug("Allocation pressure: conntrack GC runs early")

@@ -1,4 +1,5 @@
 import Logging
+import Netlink
 import ServiceLifecycle
 
 /// Follows the node's links, addresses and default routes through rtnetlink and hands every

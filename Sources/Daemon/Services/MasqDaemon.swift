@@ -1,12 +1,19 @@
+import Datapath
 import Logging
+import Netlink
 import ServiceLifecycle
 
 /// masqd's services in dependency order: a service may rely on those listed before it, and
 /// graceful shutdown (SIGTERM, SIGINT) stops them in reverse.
-enum MasqDaemon {
+public enum MasqDaemon {
+    /// The services that serve what the daemon maintains (the control API, the systemd
+    /// notifier), made once the datapath is loaded; they go last, so they stop first.
+    public typealias ControlServices = (Datapath, DaemonStatus) throws -> [ServiceGroupConfiguration.ServiceConfiguration]
+
     /// `reloadConfig` re-reads the config file with the command line's flags (SIGHUP).
-    static func run(config: DaemonConfig, objectBytes: [UInt8]?, logger: Logger,
-                    reloadConfig: @escaping @Sendable () throws(ConfigErrors) -> DaemonConfig) async throws {
+    public static func run(config: DaemonConfig, objectBytes: [UInt8]?, logger: Logger,
+                           reloadConfig: @escaping @Sendable () throws(ConfigErrors) -> DaemonConfig,
+                           control: ControlServices) async throws {
         let datapath = try Datapath(config: config, objectBytes: objectBytes, logger: logger)
         let status = DaemonStatus()
         let (changes, changeSink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
@@ -28,7 +35,7 @@ enum MasqDaemon {
                              maxInterval: config.conntrackGCInterval, status: status, logger: logger)
 
         // The control API and the systemd notifier come last: they stop first on SIGTERM.
-        let control = try controlServices(datapath: datapath, status: status, config: config, logger: logger)
+        let control = try control(datapath, status)
 
         let group = ServiceGroup(
             configuration: .init(

@@ -1,3 +1,4 @@
+import Datapath
 import Logging
 import ServiceLifecycle
 

@@ -1,5 +1,6 @@
-import API
+import Datapath
 import Foundation
+import NetworkTypes
 import Synchronization
 
 /// What the daemon has done, for status and the API: written by the services, read by anyone.

@@ -1,3 +1,4 @@
+import Datapath
 import Logging
 
 /// How the devices in force differ between two applied desired states: what the log says when

@@ -1,4 +1,5 @@
-import API
+import Netlink
+import NetworkTypes
 
 /// The non-masquerade list in force, as its source (the ip-masq-agent file) last loaded it.
 public struct NonMasqueradeList: Equatable, Sendable {

@@ -10,12 +10,12 @@ import Synchronization
 /// A dedicated thread blocks in poll(2) on the socket, so no Swift concurrency thread ever
 /// blocks on it. The stream holds at most one pending signal: a burst while the reader is busy
 /// becomes one more read, not one per message.
-final class NetlinkMonitor: Sendable {
+public final class NetlinkMonitor: Sendable {
     static let groups = RTNL.groupLink | RTNL.groupIPv4Address | RTNL.groupIPv6Address
         | RTNL.groupIPv4Route | RTNL.groupIPv6Route
 
     /// One element per relevant change (or burst of them); finishes when the monitor stops.
-    let changes: AsyncStream<Void>
+    public let changes: AsyncStream<Void>
     private let continuation: AsyncStream<Void>.Continuation
     /// Why the monitor stopped on its own, if it did.
     private let failure = Mutex<NetlinkError?>(nil)
@@ -24,7 +24,7 @@ final class NetlinkMonitor: Sendable {
     private let finished = DispatchSemaphore(value: 0)
 
     /// Subscribes now: every change after `init` returns is signalled.
-    init(logger: Logger) throws(NetlinkError) {
+    public init(logger: Logger) throws(NetlinkError) {
         let socket = try NetlinkSocket(groups: Self.groups)
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw .system(step: "pipe", errno: errno) }
@@ -41,7 +41,7 @@ final class NetlinkMonitor: Sendable {
     }
 
     /// Stops the thread and waits for it (bounded), then releases the socket.
-    func stop() {
+    public func stop() {
         var one: UInt8 = 1
         _ = write(wake.write, &one, 1)
         _ = finished.wait(timeout: .now() + 2)
@@ -50,7 +50,7 @@ final class NetlinkMonitor: Sendable {
     }
 
     /// The error that ended the monitor, nil when it was stopped.
-    var error: NetlinkError? { failure.withLock { $0 } }
+    public var error: NetlinkError? { failure.withLock { $0 } }
 
     private func read(_ socket: NetlinkSocket, logger: Logger) {
         var fds = [pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0),

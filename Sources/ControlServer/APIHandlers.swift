@@ -1,8 +1,11 @@
 @preconcurrency import Glibc
 import API
 import CMasq
+import Daemon
+import Datapath
 import Foundation
 import NIOCore
+import Netlink
 
 /// The endpoints' logic: each reads what it reports from the datapath (the maps, read back) or
 /// from the daemon's status, and returns an API value or throws an `APIError`.
@@ -68,7 +71,8 @@ struct APIHandlers: Sendable {
                                generation: snapshot.ipMasqAgent.generation, lastLoadAt: snapshot.ipMasqAgent.lastLoadAt,
                                lastError: snapshot.ipMasqAgent.lastError),
             configReloads: StatusFigures.configReloads(snapshot.configReloads),
-            tables: try await datapath.tableFill(), drops: drops, counters: try await datapath.counters(),
+            tables: try await datapath.tableFill().map(StatusResponse.Table.init), drops: drops,
+            counters: StatusResponse.Counters(stats: try await datapath.stats()),
             allocation: StatusFigures.allocation(histogram: try await datapath.allocationHistogram(),
                                                  saturation: try await datapath.portSaturation(top: saturationTop)),
             conntrackGC: StatusFigures.conntrackGC(snapshot.conntrackGC, rangeSize: view.portRange.count))
@@ -115,7 +119,7 @@ struct APIHandlers: Sendable {
         var names = DeviceNames()
         var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         while let cursor = next, entries.count < limit {
-            let batch = try await datapath.conntrackFlows(from: cursor, count: batchSize, filter: filter)
+            let batch = try await datapath.natFlows(from: cursor, count: batchSize, filter: filter.natEntryFilter)
             let now = NATEntries.bootTimeNow()
             let room = limit - entries.count
             for flow in batch.flows.prefix(room) {
@@ -134,7 +138,7 @@ struct APIHandlers: Sendable {
         let encoder = APIJSON.encoder()
         var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         while let cursor = next, remaining > 0 {
-            let batch = try await datapath.conntrackFlows(from: cursor, count: batchSize, filter: filter)
+            let batch = try await datapath.natFlows(from: cursor, count: batchSize, filter: filter.natEntryFilter)
             let now = NATEntries.bootTimeNow()
             var buffer = ByteBuffer()
             for flow in batch.flows.prefix(remaining) {
@@ -152,7 +156,7 @@ struct APIHandlers: Sendable {
         var deleted = 0
         var token: UInt32? = nil
         repeat {
-            let batch = try await datapath.conntrackDelete(from: token, count: batchSize * 4, filter: filter)
+            let batch = try await datapath.natDelete(from: token, count: batchSize * 4, filter: filter.natEntryFilter)
             deleted += batch.deleted
             token = batch.next
         } while token != nil

@@ -1,4 +1,4 @@
-import API
+import NetworkTypes
 import CMasq
 
 /// How long a flow lives without packets, by protocol and state, like netfilter's conntrack
@@ -69,7 +69,7 @@ public struct FlowLifetimes: Sendable, Equatable {
     }
 
     /// Nanoseconds (CLOCK_BOOTTIME) a flow lives after its last packet.
-    func lifetimeNanoseconds(proto: UInt8, tcpState: UInt8, seen: UInt8) -> UInt64 {
+    public func lifetimeNanoseconds(proto: UInt8, tcpState: UInt8, seen: UInt8) -> UInt64 {
         let l4 = L4Protocol(number: proto)
         return UInt64(lifetime(proto: l4, state: Self.state(proto: l4, tcpState: tcpState, seen: seen)) * 1e9)
     }
@@ -77,14 +77,14 @@ public struct FlowLifetimes: Sendable, Equatable {
     /// Nanoseconds the shortest-lived flow of this protocol and TCP state lives, whatever its
     /// seen bits: what one entry alone can tell of its flow's lifetime when the other entry
     /// (which may hold the reply bit) is not at hand.
-    func shortestLifetimeNanoseconds(proto: UInt8, tcpState: UInt8) -> UInt64 {
+    public func shortestLifetimeNanoseconds(proto: UInt8, tcpState: UInt8) -> UInt64 {
         min(lifetimeNanoseconds(proto: proto, tcpState: tcpState, seen: 0),
             lifetimeNanoseconds(proto: proto, tcpState: tcpState, seen: UInt8(MASQ_SEEN_REPLY)))
     }
 
     /// Whether a flow last seen at `lastSeen` has outlived its lifetime at `now` (both
     /// CLOCK_BOOTTIME ns).
-    func isExpired(proto: UInt8, tcpState: UInt8, seen: UInt8, lastSeen: UInt64, now: UInt64) -> Bool {
+    public func isExpired(proto: UInt8, tcpState: UInt8, seen: UInt8, lastSeen: UInt64, now: UInt64) -> Bool {
         now > lastSeen && now - lastSeen > lifetimeNanoseconds(proto: proto, tcpState: tcpState, seen: seen)
     }
 }

@@ -1,6 +1,6 @@
 @preconcurrency import Glibc
-import API
 import Foundation
+import NetworkTypes
 
 /// What the node's network namespace looks like at one moment: its links with their addresses
 /// and the devices that carry a default route. Read from the kernel; the desired state is a

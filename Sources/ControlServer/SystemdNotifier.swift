@@ -1,5 +1,6 @@
 @preconcurrency import Glibc
 import CSystemd
+import Daemon
 import Logging
 import ServiceLifecycle
 

@@ -1,5 +1,7 @@
 @preconcurrency import Glibc
 import ArgumentParser
+import ControlServer
+import Daemon
 import Foundation
 import Logging
 
@@ -146,6 +148,9 @@ extension MasqdCommand {
                     config: config, objectBytes: objectBytes, logger: logger,
                     reloadConfig: { [file = self.config, flags = flagSettings()] () throws(ConfigErrors) in
                         try Self.effectiveConfig(file: file, flags: flags)
+                    },
+                    control: { datapath, status in
+                        try ControlServices.make(datapath: datapath, status: status, config: config, logger: logger)
                     })
             } catch {
                 logger.error("masqd stopped on an error", metadata: ["error": "\(error)"])

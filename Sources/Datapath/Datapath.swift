@@ -1,5 +1,5 @@
 @preconcurrency import Glibc
-import API
+import NetworkTypes
 import CLibbpf
 import CMasq
 import Foundation
@@ -10,11 +10,17 @@ public enum AttachKind: String, Sendable {
     case tcx, tc
 }
 
+/// How masqd attaches its programs: tcx links (kernel 6.6+), tc clsact filters, or whichever
+/// the kernel has (tcx first).
+public enum AttachMode: String, CaseIterable, Sendable {
+    case auto, tcx, tc
+}
+
 /// Owns every libbpf handle of the running daemon: the loaded object, its pinned maps and the
 /// attachments. The one place that writes the datapath's config maps is `apply(_:)`.
 public actor Datapath {
-    public let root: String
-    public let mode: AttachKind
+    public nonisolated let root: String
+    public nonisolated let mode: AttachKind
     private let object: BPFObject
     private let attachments: Attachments
     private let logger: Logger
@@ -23,11 +29,13 @@ public actor Datapath {
     private let portKey: UInt32
 
     /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
-    /// pinned under `config.bpffsRoot` by an earlier run so that established flows keep their
-    /// state (a NAT table that has to be recreated, for another size or layout, has its flows
-    /// carried over), and resolves the attach mode. Nothing is attached until `apply(_:)`.
-    public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, logger: Logger) throws {
-        root = config.bpffsRoot
+    /// pinned under `root` by an earlier run so that established flows keep their state (a NAT
+    /// table that has to be recreated, for another size or layout, has its flows carried over),
+    /// sizes the NAT table to `natMaxEntries`, and resolves the attach mode. Nothing is attached
+    /// until `apply(_:)`.
+    public init(root: String, natMaxEntries: UInt32, attachMode: AttachMode,
+                objectBytes: [UInt8]? = nil, logger: Logger) throws {
+        self.root = root
         self.logger = logger
         if let mountPoint = try BPFFS.prepare(root: root) {
             logger.notice("Mounted bpffs", metadata: ["bpffs.mount": "\(mountPoint)"])
@@ -36,7 +44,7 @@ public actor Datapath {
         object = try BPFObject(
             bytes: objectBytes ?? EmbeddedDatapath.bytes,
             pinRoot: root,
-            maxEntries: [MASQ_MAP_NAT_V4: config.natMaxEntries],
+            maxEntries: [MASQ_MAP_NAT_V4: natMaxEntries],
             keepReplaced: [MASQ_MAP_NAT_V4])
         for name in object.replacedPins where object.replacedMaps[name] == nil {
             logger.info("Pinned map did not match this datapath and was recreated",
@@ -56,7 +64,7 @@ public actor Datapath {
         portKey = Self.portKey(existing: try object.map(MASQ_MAP_CONFIG))
         attachments = Attachments(root: root)
         let egress = try object.programFD(MASQ_PROG_EGRESS)
-        switch config.attachMode {
+        switch attachMode {
         case .auto:
             mode = Attachments.tcxSupported(progFD: egress) ? .tcx : .tc
         case .tcx:

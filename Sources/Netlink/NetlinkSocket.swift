@@ -82,6 +82,22 @@ final class NetlinkSocket: @unchecked Sendable {
         }
     }
 
+    /// One request answered by one message, e.g. an RTM_GETROUTE lookup: `body` follows the
+    /// header as given. Throws the kernel's error when it answers with one.
+    func request(_ type: UInt16, body: [UInt8], name: String) throws(NetlinkError) -> NetlinkMessage {
+        sequence &+= 1
+        let request = NetlinkMessage.request(type: type, flags: RTNL.flagRequest, sequence: sequence, body: body)
+        let sent = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == request.count else { throw .system(step: "send \(name)", errno: errno) }
+        while true {
+            let datagram = try receive(step: "receive \(name)")
+            for message in try NetlinkMessage.parse(datagram) where message.sequence == sequence {
+                if message.type == RTNL.messageError { throw .kernel(request: name, errno: message.errorCode) }
+                return message
+            }
+        }
+    }
+
     /// One datagram; blocks up to the receive timeout. EINTR is retried.
     func receive(step: String) throws(NetlinkError) -> ArraySlice<UInt8> {
         while true {

@@ -1,6 +1,6 @@
 @preconcurrency import Glibc
 import CLibbpf
-import API
+import NetworkTypes
 import CMasq
 
 /// Carries the flows of a replaced `masq_nat_v4` over into the new one, so that a restart

@@ -1,5 +1,7 @@
 import API
 import CMasq
+import Daemon
+import Datapath
 import Foundation
 
 // The figures issue 5's datapath and GC keep, shaped for /v1/status and written to /metrics.
@@ -153,5 +155,38 @@ extension PrometheusText {
         family("masq_config_reloads_total", .counter,
                help: "Config loads by source (ip-masq-agent: the file at start and on each change; daemon: SIGHUP) and result; a failed load changes nothing.",
                samples)
+    }
+}
+
+extension StatusResponse.Counters {
+    /// The status counters from every masq_stats counter.
+    init(stats: [(stat: DatapathStat, value: UInt64)]) {
+        self.init()
+        for (stat, value) in stats {
+            switch stat {
+            case .snatPackets: snatPackets = value
+            case .revSnatPackets: revSnatPackets = value
+            case .allocations: allocations = value
+            case .allocationsKeptPort: allocationsKeptPort = value
+            case .allocationRetries: allocationRetries = value
+            case .allocationFailures: allocationFailures = value
+            case .hostFlows: hostFlows = value
+            case .inboundFlows: inboundFlows = value
+            case .allocationScans: allocationScans = value
+            case .reverseRestored: reverseRestored = value
+            case .icmpErrorsTranslated: icmpErrorsTranslated = value
+            case .fragmentsTracked: fragmentsTracked = value
+            case .fragmentsMatched: fragmentsMatched = value
+            case .allocationFullHintFailures: allocationFullHintFailures = value
+            case .tableFull: tableFull = value
+            case .hostUntracked: hostUntracked = value
+            }
+        }
+    }
+}
+
+extension StatusResponse.Table {
+    init(_ fill: MapFill) {
+        self.init(name: fill.name, entries: fill.entries, maxEntries: fill.maxEntries)
     }
 }

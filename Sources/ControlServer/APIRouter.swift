@@ -1,4 +1,5 @@
 import API
+import Datapath
 import Foundation
 import NIOCore
 

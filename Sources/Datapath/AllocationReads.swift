@@ -1,5 +1,5 @@
-import API
 import CMasq
+import NetworkTypes
 
 // Port allocation figures the datapath keeps, read back for status and /metrics:
 // masq_alloc_hist (allocations by candidates tried) and masq_sat_v4 (per-tuple saturation).

@@ -1,4 +1,3 @@
-import API
 import CMasq
 
 /// A counter of `masq_stats`: the Swift mirror of the `MASQ_STAT_*` indexes in
@@ -94,32 +93,5 @@ extension Datapath {
     public func stats() throws -> [(stat: DatapathStat, value: UInt64)] {
         let stats = try map(MASQ_MAP_STATS)
         return try DatapathStat.allCases.map { ($0, try stats.perCPUSum(UInt32($0.rawValue))) }
-    }
-}
-
-extension StatusResponse.Counters {
-    /// The status counters from every masq_stats counter.
-    init(stats: [(stat: DatapathStat, value: UInt64)]) {
-        self.init()
-        for (stat, value) in stats {
-            switch stat {
-            case .snatPackets: snatPackets = value
-            case .revSnatPackets: revSnatPackets = value
-            case .allocations: allocations = value
-            case .allocationsKeptPort: allocationsKeptPort = value
-            case .allocationRetries: allocationRetries = value
-            case .allocationFailures: allocationFailures = value
-            case .hostFlows: hostFlows = value
-            case .inboundFlows: inboundFlows = value
-            case .allocationScans: allocationScans = value
-            case .reverseRestored: reverseRestored = value
-            case .icmpErrorsTranslated: icmpErrorsTranslated = value
-            case .fragmentsTracked: fragmentsTracked = value
-            case .fragmentsMatched: fragmentsMatched = value
-            case .allocationFullHintFailures: allocationFullHintFailures = value
-            case .tableFull: tableFull = value
-            case .hostUntracked: hostUntracked = value
-            }
-        }
     }
 }

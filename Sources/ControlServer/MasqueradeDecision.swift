@@ -1,4 +1,5 @@
 import API
+import Datapath
 
 /// The datapath's egress decision, restated in Swift for `/v1/explain`: the same checks in the
 /// same order as `masq_v4_egress` (bpf/lib/masq.h) and `snat_v4_nat` / `snat_v4_nat_can_skip`

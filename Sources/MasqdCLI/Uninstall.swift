@@ -1,4 +1,6 @@
 import ArgumentParser
+import Daemon
+import Datapath
 import Foundation
 import Logging
 

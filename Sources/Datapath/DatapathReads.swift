@@ -1,7 +1,7 @@
 @preconcurrency import Glibc
-import API
 import CLibbpf
 import CMasq
+import NetworkTypes
 
 // Read access to the datapath's maps for the control API: what the datapath holds, read back
 // (never what the daemon believes it wrote). Every method returns Sendable values.
@@ -37,10 +37,17 @@ public struct DatapathView: Sendable, Equatable {
 }
 
 /// One batch of the NAT table: entries from `masq_nat_v4` and the token that continues after it.
-struct NATBatch: Sendable {
-    var entries: [(key: masq_nat_key_v4, value: masq_nat_entry_v4)]
+public struct NATBatch: Sendable {
+    public var entries: [(key: masq_nat_key_v4, value: masq_nat_entry_v4)]
     /// The token of the next batch; nil when the table is done.
-    var next: UInt32?
+    public var next: UInt32?
+}
+
+/// A datapath map's fill level.
+public struct MapFill: Sendable, Equatable {
+    public var name: String
+    public var entries: Int
+    public var maxEntries: Int
 }
 
 extension masq_nat_key_v4: @unchecked @retroactive Sendable {}
@@ -50,7 +57,7 @@ extension BPFMap {
     /// One `BPF_MAP_LOOKUP_BATCH` of at most `count` entries of a hash map, starting at `token`
     /// (nil: the start). The kernel returns whole buckets; a bucket bigger than `count` makes
     /// this retry with room for it.
-    func lookupBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
+    public func lookupBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
         from token: UInt32?, count: Int, key: K.Type = K.self, value: V.Type = V.self
     ) throws -> (entries: [(key: K, value: V)], next: UInt32?) {
         var entries: [(key: K, value: V)] = []
@@ -107,7 +114,7 @@ extension BPFMap {
     }
 
     /// The number of entries, counted in batches (for table fill levels).
-    func countEntries<K: BitwiseCopyable, V: BitwiseCopyable>(key: K.Type, value: V.Type) throws -> Int {
+    public func countEntries<K: BitwiseCopyable, V: BitwiseCopyable>(key: K.Type, value: V.Type) throws -> Int {
         var total = 0
         var token: UInt32? = nil
         repeat {
@@ -119,7 +126,7 @@ extension BPFMap {
     }
 
     /// The sum over CPUs of a per-CPU array's u64 counter at `index`.
-    func perCPUSum(_ index: UInt32) throws -> UInt64 {
+    public func perCPUSum(_ index: UInt32) throws -> UInt64 {
         try lookupPerCPU(index, as: UInt64.self).reduce(0, &+)
     }
 }
@@ -158,29 +165,23 @@ extension Datapath {
     }
 
     /// One NAT table batch from `token` (nil: the start).
-    func natBatch(from token: UInt32?, count: Int) throws -> NATBatch {
+    public func natBatch(from token: UInt32?, count: Int) throws -> NATBatch {
         let batch = try map(MASQ_MAP_NAT_V4).lookupBatch(
             from: token, count: count, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
         return NATBatch(entries: batch.entries, next: batch.next)
     }
 
     /// The entries under `keys` (nil where there is none).
-    func natLookup(_ keys: [masq_nat_key_v4]) throws -> [masq_nat_entry_v4?] {
+    public func natLookup(_ keys: [masq_nat_key_v4]) throws -> [masq_nat_entry_v4?] {
         let nat = try map(MASQ_MAP_NAT_V4)
         return try keys.map { try nat.lookup($0, as: masq_nat_entry_v4.self) }
     }
 
-    /// Deletes `keys`; returns, for each, whether it was there.
-    func natDelete(_ keys: [masq_nat_key_v4]) throws -> [Bool] {
-        let nat = try map(MASQ_MAP_NAT_V4)
-        return try keys.map { try nat.delete($0) }
-    }
-
     /// Entries and capacity of each map, for status and /metrics.
-    public func tableFill() throws -> [StatusResponse.Table] {
-        func table(_ name: String, _ count: (BPFMap) throws -> Int) throws -> StatusResponse.Table {
+    public func tableFill() throws -> [MapFill] {
+        func table(_ name: String, _ count: (BPFMap) throws -> Int) throws -> MapFill {
             let m = try map(name)
-            return StatusResponse.Table(name: name, entries: try count(m), maxEntries: Int(m.maxEntries))
+            return MapFill(name: name, entries: try count(m), maxEntries: Int(m.maxEntries))
         }
         return [
             try table(MASQ_MAP_NAT_V4) { try $0.countEntries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) },
@@ -189,11 +190,6 @@ extension Datapath {
             try table(MASQ_MAP_NODES_V4) { try $0.keys(as: UInt32.self).count },
             try table(MASQ_MAP_DEVICES) { try $0.keys(as: UInt32.self).count },
         ]
-    }
-
-    /// masq_stats summed over CPUs, as status shows them.
-    public func counters() throws -> StatusResponse.Counters {
-        StatusResponse.Counters(stats: try self.stats())
     }
 
     /// masq_drops summed over CPUs, for every known reason.

@@ -1,5 +1,5 @@
 @preconcurrency import Glibc
-import API
+import NetworkTypes
 
 #if _endian(big)
 #error("netlink headers are read as little-endian host order")
@@ -59,6 +59,7 @@ enum RTNL {
     static let flagTentative: UInt32 = 0x40 // IFA_F_TENTATIVE
 
     // linux/rtnetlink.h: routes
+    static let routeDestination: UInt16 = 1 // RTA_DST
     static let routeOutputInterface: UInt16 = 4 // RTA_OIF
     static let routeMultipath: UInt16 = 9 // RTA_MULTIPATH: an array of struct rtnexthop
     static let routeTable: UInt16 = 15 // RTA_TABLE: u32, for table ids past 255
@@ -69,7 +70,7 @@ enum RTNL {
 }
 
 /// A netlink failure: which step, and what the kernel or the message said.
-enum NetlinkError: Error, CustomStringConvertible, Equatable {
+public enum NetlinkError: Error, CustomStringConvertible, Equatable {
     /// A socket call failed.
     case system(step: String, errno: Int32)
     /// The kernel answered a request with an error.
@@ -79,7 +80,7 @@ enum NetlinkError: Error, CustomStringConvertible, Equatable {
     /// A dump raced a change (NLM_F_DUMP_INTR); the caller dumps again.
     case dumpInterrupted(request: String)
 
-    var description: String {
+    public var description: String {
         switch self {
         case .system(let step, let errno):
             "netlink \(step): \(String(cString: strerror(errno))) (errno \(errno))"

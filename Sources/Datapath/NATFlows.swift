@@ -1,0 +1,102 @@
+@preconcurrency import Glibc
+import CMasq
+
+/// Where a walk of the NAT table continues: the batch token its batch started from (nil: the
+/// start of the table) and how many entries of that batch were already consumed. Walking a live
+/// table is best effort: flows created or removed meanwhile may be missed or, when a bucket
+/// changes, repeated.
+public struct NATTablePosition: Equatable, Sendable {
+    public var token: UInt32?
+    public var skip: Int
+
+    public static let start = NATTablePosition(token: nil, skip: 0)
+
+    public init(token: UInt32?, skip: Int) {
+        self.token = token
+        self.skip = skip
+    }
+}
+
+/// One flow as the NAT table holds it: its EGRESS entry and, for translated flows, the INGRESS
+/// entry of its replies.
+public struct NATFlow: Sendable {
+    public var key: masq_nat_key_v4
+    public var egress: masq_nat_entry_v4
+    public var reply: masq_nat_entry_v4?
+    /// The position right after this flow.
+    public var after: NATTablePosition
+}
+
+/// Which entries of the NAT table a walk takes (key and value as the map holds them).
+public typealias NATEntryFilter = @Sendable (masq_nat_key_v4, masq_nat_entry_v4) -> Bool
+
+/// The pair arithmetic of masq_abi.h and the clock of the entries' timestamps.
+public enum NATEntries {
+    /// The other entry of a pair (nil for an INBOUND entry, which stands alone).
+    public static func partner(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4) -> masq_nat_key_v4? {
+        var other = masq_nat_key_v4()
+        other.proto = key.proto
+        if key.dir == UInt8(MASQ_DIR_EGRESS) {
+            guard value.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 else { return nil }
+            other.saddr = key.daddr
+            other.daddr = value.to_addr
+            other.sport = key.dport
+            other.dport = value.to_port
+            other.dir = UInt8(MASQ_DIR_INGRESS)
+        } else {
+            other.saddr = value.to_addr
+            other.daddr = key.saddr
+            other.sport = value.to_port
+            other.dport = key.sport
+            other.dir = UInt8(MASQ_DIR_EGRESS)
+        }
+        return other
+    }
+
+    /// CLOCK_BOOTTIME in ns, the clock of the entries' timestamps.
+    public static func bootTimeNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
+
+extension Datapath {
+    /// The flows whose EGRESS entry `filter` takes, in one batch of about `count` table entries
+    /// from `position`, each with its reply entry. Returns the flows and where the next batch
+    /// starts (nil: done).
+    public func natFlows(from position: NATTablePosition, count: Int, filter: NATEntryFilter? = nil)
+        throws -> (flows: [NATFlow], next: NATTablePosition?)
+    {
+        let batch = try natBatch(from: position.token, count: count)
+        let nat = try map(MASQ_MAP_NAT_V4)
+        var flows: [NATFlow] = []
+        for (i, (key, value)) in batch.entries.enumerated() where i >= position.skip {
+            // A flow is listed once, from its EGRESS entry.
+            guard key.dir == UInt8(MASQ_DIR_EGRESS) else { continue }
+            if let filter, !filter(key, value) { continue }
+            let reply = try NATEntries.partner(key, value).flatMap { try nat.lookup($0, as: masq_nat_entry_v4.self) }
+            flows.append(NATFlow(key: key, egress: value, reply: reply,
+                                 after: NATTablePosition(token: position.token, skip: i + 1)))
+        }
+        return (flows, batch.next.map { NATTablePosition(token: $0, skip: 0) })
+    }
+
+    /// Deletes, in one batch of table entries from `token`, every flow with an entry `filter`
+    /// takes (both entries of its pair). Returns the flows deleted and the next token (nil: done).
+    public func natDelete(from token: UInt32?, count: Int, filter: NATEntryFilter? = nil)
+        throws -> (deleted: Int, next: UInt32?)
+    {
+        let batch = try natBatch(from: token, count: count)
+        let nat = try map(MASQ_MAP_NAT_V4)
+        var deleted = 0
+        for (key, value) in batch.entries {
+            if let filter, !filter(key, value) { continue }
+            // Either entry may come first; the pair counts once, when at least one was still there.
+            let removed = try nat.delete(key)
+            let partnerRemoved = try NATEntries.partner(key, value).map { try nat.delete($0) } ?? false
+            if removed || partnerRemoved { deleted += 1 }
+        }
+        return (deleted, batch.next)
+    }
+}
