@@ -73,7 +73,7 @@ extension BPFMap {
     /// each batch to `body` in buffers reused from batch to batch (nothing grows with the map),
     /// until the map ends or `body` returns false; `next` gets where the walk stopped (nil: the
     /// end). Entries deleted between batches are not read again; the kernel's order is by bucket.
-    func forEachBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
+    public func forEachBatch<K: BitwiseCopyable, V: BitwiseCopyable>(
         from token: UInt32? = nil, count: Int, key: K.Type = K.self, value: V.Type = V.self,
         _ body: (UnsafeBufferPointer<K>, UnsafeBufferPointer<V>) throws -> Bool,
         next: (UInt32?) -> Void = { _ in }

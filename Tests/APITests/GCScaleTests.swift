@@ -6,6 +6,7 @@ import Foundation
 import Testing
 
 @testable import Daemon
+@testable import Datapath
 
 extension LiveAPITests {
 /// The real masqd's conntrack GC over a table of a million entries: the pass's duration and
