@@ -156,9 +156,10 @@ struct AllocationPressure {
 /// One GC pass over `masq_nat_v4`. Works on map fds only, so tests run it on their own maps.
 ///
 /// A pass walks the table in batches and keeps only the batch at hand and a bounded tally of
-/// port use: its memory does not grow with the table. Each entry gets a `Verdict`; a pair is
-/// deleted from its EGRESS entry, both halves at once, a lone half by itself. Each batch's
-/// expired entries are deleted before the next batch is read, EGRESS first.
+/// port use: its memory does not grow with the table. Each entry gets a `Verdict`; an expired
+/// pair is deleted by the first of its entries the walk reads (one partner lookup a flow),
+/// both halves at once, a lone half by itself. Each batch's expired entries are deleted before
+/// the next batch is read, EGRESS first.
 public struct ConntrackSweeper: Sendable {
     let nat: BPFMap
     let lifetimes: FlowLifetimes
@@ -221,27 +222,27 @@ public struct ConntrackSweeper: Sendable {
     func sweep(now: UInt64) throws -> Report {
         var report = Report()
         var tally = PortUseTally(capacity: tallyCapacity)
-        var pairsDeleted = 0, ingressSeenBeforePair = 0
         var deleteEgress: [masq_nat_key_v4] = [], deleteIngress: [masq_nat_key_v4] = []
+        // Partners this batch deletes that it may still hold unread (bounded by the batch).
+        var partnersDeleted = Set<NATKeyID>()
         try nat.forEachBatch(count: batchSize, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
             deleteEgress.removeAll(keepingCapacity: true)
             deleteIngress.removeAll(keepingCapacity: true)
-            for (key, value) in zip(keys, values) {
+            partnersDeleted.removeAll(keepingCapacity: true)
+            for (key, value) in zip(keys, values) where !partnersDeleted.contains(NATKeyID(key)) {
                 report.entries += 1
                 let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
                 switch try verdict(key, value, now: now) {
                 case .live:
                     if !egress { tally.add(Self.tupleKey(of: key)) }
                 case .expiredPair:
-                    // Decided from both entries, deleted once: from the EGRESS entry. An
-                    // INGRESS entry deleted so before the walk reached it is never read.
-                    guard egress, let pkey = NATEntries.partner(key, value) else {
-                        ingressSeenBeforePair += 1
-                        continue
-                    }
-                    deleteEgress.append(key)
-                    deleteIngress.append(pkey)
-                    pairsDeleted += 1
+                    // Decided once, by whichever entry the walk reads first: both entries of an
+                    // expired pair are idle, so that one finds it, and the other is never read.
+                    guard let pkey = NATEntries.partner(key, value) else { continue }
+                    deleteEgress.append(egress ? key : pkey)
+                    deleteIngress.append(egress ? pkey : key)
+                    partnersDeleted.insert(NATKeyID(pkey))
+                    report.entries += 1
                     report.expiredFlows += 1
                 case .expiredAlone:
                     if egress { deleteEgress.append(key) } else { deleteIngress.append(key) }
@@ -252,9 +253,6 @@ public struct ConntrackSweeper: Sendable {
             report.deletedEntries += try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
             return true
         }
-        // The entries there were: those read, and the INGRESS halves of expired pairs that
-        // were deleted before the walk reached them.
-        report.entries += pairsDeleted - ingressSeenBeforePair
 
         report.saturation = tally.top(saturationTop).map { TupleUse(key: $0.key, ports: $0.count) }
         if let fullMarks, report.deletedEntries > 0 {
@@ -355,10 +353,16 @@ struct PortUseTally {
     }
 }
 
-/// A tuple key's bytes as a hashable value (the C structs are not Hashable).
+/// A map key's bytes as a hashable value (the C structs are not Hashable).
 struct NATKeyID: Hashable {
     let low: UInt64
     let high: UInt64
+
+    init(_ key: masq_nat_key_v4) {
+        (low, high) = withUnsafeBytes(of: key) {
+            ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        }
+    }
 
     init(_ key: masq_sat_key_v4) {
         (low, high) = withUnsafeBytes(of: key) {
