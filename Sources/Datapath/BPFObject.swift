@@ -31,8 +31,8 @@ public enum EmbeddedDatapath {
 }
 
 /// An opened and loaded BPF object. Owns the libbpf handle; map and program fds stay valid as
-/// long as it lives. Not thread-safe: one owner (the `Datapath` actor, or a test) uses it.
-public final class BPFObject: @unchecked Sendable {
+/// long as it lives. Not Sendable: one owner (the `Datapath` actor, or a test) uses it.
+public final class BPFObject {
     private let object: OpaquePointer
     /// Pinned maps whose shape (type, sizes, entries, flags) no longer matched this object and
     /// were unpinned so that new ones could be created; their old contents are gone unless the

@@ -1,5 +1,4 @@
 @preconcurrency import Glibc
-import Datapath
 import Foundation
 
 /// Reports changes around one file by watching its directory with inotify, so that every way a
@@ -24,11 +23,11 @@ final class DirectoryWatch: Sendable {
         self.safetyInterval = safetyInterval
         (events, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         inotifyFD = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
-        guard inotifyFD >= 0 else { throw BPFError("inotify_init1", file, errno: errno) }
+        guard inotifyFD >= 0 else { throw DirectoryWatchError(step: "inotify_init1", object: file, errno: errno) }
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else {
             close(inotifyFD)
-            throw BPFError("pipe2", "inotify stop pipe", errno: errno)
+            throw DirectoryWatchError(step: "pipe2", object: "inotify stop pipe", errno: errno)
         }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         stopPipe = (fds[0], fds[1])
@@ -86,5 +85,16 @@ final class DirectoryWatch: Sendable {
             if n >= 0 { continuation.yield() }
         }
         continuation.finish()
+    }
+}
+
+/// A system call of the watch failed: the step, what it concerned and the errno.
+struct DirectoryWatchError: Error, CustomStringConvertible {
+    var step: String
+    var object: String
+    var errno: Int32
+
+    var description: String {
+        "\(step) \(object): \(String(cString: strerror(errno))) (errno \(errno))"
     }
 }

@@ -16,7 +16,8 @@ public struct NonMasqueradeList: Equatable, Sendable {
 public struct ReconcileInputs: Equatable, Sendable {
     public var config: DaemonConfig
     public var network: NetworkSnapshot
-    /// nil until the ip-masq-agent list is loaded; the config's inline list applies meanwhile.
+    /// nil until the ip-masq-agent list is loaded; the non-masquerade map keeps what it holds
+    /// meanwhile.
     public var nonMasquerade: NonMasqueradeList?
 
     public init(config: DaemonConfig, network: NetworkSnapshot, nonMasquerade: NonMasqueradeList? = nil) {
