@@ -18,14 +18,14 @@ ensure_swift() {
     command -v swift >/dev/null 2>&1 || die "the Swift toolchain is not on PATH"
 }
 
-# Installs the Debian packages that are missing; runs apt-get update at most once, and only
-# when something has to be installed.
+# Installs the Debian packages that are missing (the common ones and any given as arguments);
+# runs apt-get update at most once, and only when something has to be installed.
 ensure_packages() {
     local missing=() pkg
     have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
     # systemd: systemd-socket-activate and systemd-analyze; python3-seccomp: scripts/unit-sandbox.py
     # (the systemd test); socat and curl: scripts/checks.sh.
-    for pkg in libbpf-dev libsystemd-dev pkg-config iproute2 bpftool systemd python3-seccomp socat curl; do
+    for pkg in libbpf-dev libsystemd-dev pkg-config iproute2 bpftool systemd python3-seccomp socat curl "$@"; do
         have_pkg "$pkg" || missing+=("$pkg")
     done
     # The BPF build includes the distribution's uapi headers (asm/types.h).

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Helpers for benchmarks/sidebyside.sh (Python standard library only; every loop is bounded).
+
+  serve    --port P [--lifetime S]   TCP request/reply server, one connection at a time: reads
+           the request, answers "ok", closes first (HTTP/1.0 style, so the TIME_WAIT is here)
+  crr      --dst IP:PORT --seconds S   connect, request, reply, close, back to back for S
+           seconds; prints "CONNS_PER_SECOND COMPLETED FAILED"
+  iperf    tcp | udp --delivered N   reads `iperf3 -J` on stdin; prints the TCP bits/s at the
+           receiver, or N (the packets the outside device received during the test) per second
+           of the test
+  summary  --baseline MODE --modes A,B,..   reads "mode metric rep value" lines on stdin; prints
+           the medians and their ratios to the baseline as a markdown table
+"""
+import argparse
+import json
+import select
+import socket
+import statistics
+import sys
+import time
+
+IO_TIMEOUT = 2.0
+
+
+def hostport(text):
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def cmd_serve(args):
+    deadline = time.monotonic() + args.lifetime
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", args.port))
+    listener.listen(1024)
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([listener], [], [], min(left, 1.0))[0]:
+            continue
+        conn, _ = listener.accept()
+        conn.settimeout(IO_TIMEOUT)
+        try:
+            if conn.recv(64):
+                conn.sendall(b"ok\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+    return 0
+
+
+def cmd_crr(args):
+    dst = hostport(args.dst)
+    completed = failed = 0
+    start = time.monotonic()
+    deadline = start + args.seconds
+    while time.monotonic() < deadline:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(IO_TIMEOUT)
+        try:
+            s.connect(dst)
+            s.sendall(b"req\n")
+            answer = b""
+            while chunk := s.recv(64):  # until the server's FIN
+                answer += chunk
+            if answer == b"ok\n":
+                completed += 1
+            else:
+                failed += 1
+        except OSError:
+            failed += 1
+        finally:
+            s.close()
+    elapsed = time.monotonic() - start
+    print("%.1f %d %d" % (completed / elapsed, completed, failed))
+    return 0
+
+
+def cmd_iperf(args):
+    report = json.load(sys.stdin)
+    if "error" in report:
+        print("iperf3: %s" % report["error"], file=sys.stderr)
+        return 1
+    end = report["end"]
+    if args.kind == "tcp":
+        print("%.0f" % end["sum_received"]["bits_per_second"])
+    else:
+        print("%.0f" % (args.delivered / end["sum_sent"]["seconds"]))
+    return 0
+
+
+METRICS = [
+    ("tcp", "TCP throughput", lambda v: "%.2f Gbit/s" % (v / 1e9)),
+    ("udp", "UDP 64-byte packets/s", lambda v: "%.0f k" % (v / 1e3)),
+    ("crr", "TCP connect/request/reply/close per second", lambda v: "%.0f" % v),
+]
+
+
+def cmd_summary(args):
+    samples = {}
+    for line in sys.stdin:
+        fields = line.split()
+        if len(fields) == 4:
+            mode, metric, _, value = fields
+            samples.setdefault((mode, metric), []).append(float(value))
+    modes = args.modes.split(",")
+    print("| metric | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    for metric, title, fmt in METRICS:
+        medians = {m: statistics.median(samples[(m, metric)]) for m in modes if (m, metric) in samples}
+        base = medians.get(args.baseline)
+        cells = []
+        for m in modes:
+            if m not in medians:
+                cells.append("-")
+            elif base:
+                cells.append("%.2f (%s)" % (medians[m] / base, fmt(medians[m])))
+            else:
+                cells.append(fmt(medians[m]))
+        print("| %s | %s |" % (title, " | ".join(cells)))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--lifetime", type=float, default=1800.0)
+    p = sub.add_parser("crr")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p = sub.add_parser("iperf")
+    p.add_argument("kind", choices=["tcp", "udp"])
+    p.add_argument("--delivered", type=int, default=0)
+    p = sub.add_parser("summary")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--modes", required=True)
+    args = parser.parse_args()
+    return {"serve": cmd_serve, "crr": cmd_crr, "iperf": cmd_iperf, "summary": cmd_summary}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

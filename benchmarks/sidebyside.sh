@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark (issue 12; benchmarks/README.md). As root: builds the same three
+# namespaces once per mode, checks that each mode translates, then measures TCP throughput,
+# 64-byte UDP packets/s and TCP connections/s with the repetitions interleaved across the modes,
+# and prints the medians and their ratios to plain routing. Not part of CI.
+#
+#   pod 10.244.1.2 ── vpod0 10.244.1.1 [node] ext0 100.0.0.1 ── 100.0.0.2 outside
+#
+# Modes (one sandbox each, all alive at once; the NAT is configured in the node namespace only):
+#   plain     routing, no NAT; the outside host has a route back to the pod CIDR
+#   iptables  -t nat POSTROUTING -s 10.244.1.0/24 -o ext0 -j MASQUERADE ($IPTABLES, default
+#             iptables-legacy: the x_tables path, not nft underneath)
+#   nftables  a nat postrouting chain: ip saddr 10.244.1.0/24 oifname ext0 masquerade
+#   masq      masqd from this tree (--pod-cidrs 10.244.1.0/24 --devices ext0)
+# In the three NAT modes the outside host has no route to the pods: replies arrive only translated.
+#
+# Options: --quick (1 repetition of 2 s: a smoke check), --reps N (default 5), --seconds S (per
+# measurement, default 5), --release (build masqd with -c release), --masqd PATH (use that binary,
+# no build), --modes LIST (a comma-separated subset, default plain,iptables,nftables,masq; plain
+# is the baseline and always runs). Everything it creates (namespaces masqbench-<pid>-*, /run/masqbench-<pid>, processes)
+# is removed on every exit path; it never touches the host's devices or netfilter rules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/prereqs.sh
+
+reps=5
+seconds=5
+build_flags=()
+masqd=
+modes=(plain iptables nftables masq)
+IPTABLES=${IPTABLES:-iptables-legacy}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) reps=1; seconds=2; shift ;;
+        --reps) reps=$2; shift 2 ;;
+        --seconds) seconds=$2; shift 2 ;;
+        --release) build_flags=(-c release); shift ;;
+        --masqd) masqd=$2; shift 2 ;;
+        --modes) IFS=, read -ra modes <<<"plain,${2//plain/}"; shift 2 ;;
+        *) die "unknown option $1 (options: --quick, --reps N, --seconds S, --release, --masqd PATH, --modes LIST)" ;;
+    esac
+done
+case "$reps$seconds" in *[!0-9]*) die "--reps and --seconds take whole numbers" ;; esac
+[ "$reps" -ge 1 ] && [ "$seconds" -ge 1 ] || die "--reps and --seconds must be at least 1"
+modes=($(printf '%s\n' "${modes[@]}" | awk 'NF && !seen[$0]++'))
+for mode in "${modes[@]}"; do
+    case $mode in plain|iptables|nftables|masq) ;; *) die "unknown mode $mode" ;; esac
+done
+wants_masq() { case " ${modes[*]} " in *" masq "*) return 0 ;; esac; return 1; }
+
+require_root
+ensure_packages iperf3 nftables iptables
+command -v "$IPTABLES" >/dev/null 2>&1 || IPTABLES=iptables
+sweep_stale masqbench
+
+if wants_masq && [ -z "$masqd" ]; then
+    ensure_swift
+    step "building masqd (swift build ${build_flags[*]})"
+    swift build "${build_flags[@]}" --product masqd
+    masqd=$(swift build "${build_flags[@]}" --show-bin-path)/masqd
+fi
+! wants_masq || [ -x "$masqd" ] || die "$masqd is not an executable"
+
+P=masqbench-$$-
+RUN=/run/masqbench-$$
+BPFFS_MOUNT=$RUN/bpffs
+BPFFS=$BPFFS_MOUNT/masq
+helper=$PWD/benchmarks/sidebyside.py
+netprobe=$PWD/Tests/E2ETests/netprobe.py
+pids=()
+
+nx() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
+
+cleanup() {
+    set +e
+    trap - EXIT INT TERM
+    echo "== cleaning up"
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [ -e "/run/netns/${P}masq-node" ] && [ -d "$BPFFS" ]; then
+        nx "${P}masq-node" "$masqd" uninstall --bpffs-root "$BPFFS" >"$RUN/uninstall.log" 2>&1
+    fi
+    for mode in "${modes[@]}"; do
+        for ns in pod out node; do
+            [ -e "/run/netns/$P$mode-$ns" ] && ip netns delete "$P$mode-$ns"
+        done
+    done
+    mountpoint -q "$BPFFS_MOUNT" && umount "$BPFFS_MOUNT"
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$RUN"
+
+# Starts a long-lived process in namespace NS (nsenter execs it, so $! is the process itself).
+start_in() {
+    local ns=$1 log=$2; shift 2
+    nsenter --net="/run/netns/$ns" "$@" >"$log" 2>&1 &
+    pids+=($!)
+}
+
+build_sandbox() {
+    local mode=$1 pod=$P$1-pod node=$P$1-node out=$P$1-out ns
+    for ns in "$pod" "$node" "$out"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    nx "$node" sysctl -qw net.ipv4.ip_forward=1
+    for ns in "$node" "$out"; do
+        nx "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    done
+    ip -n "$node" link add vpod0 type veth peer name eth0 netns "$pod"
+    ip -n "$node" addr add 10.244.1.1/24 dev vpod0
+    ip -n "$node" link set vpod0 up
+    ip -n "$pod" addr add 10.244.1.2/24 dev eth0
+    ip -n "$pod" link set eth0 up
+    ip -n "$pod" route add default via 10.244.1.1
+    ip -n "$node" link add ext0 type veth peer name eth0 netns "$out"
+    ip -n "$node" addr add 100.0.0.1/24 dev ext0
+    ip -n "$node" link set ext0 up
+    ip -n "$out" addr add 100.0.0.2/24 dev eth0
+    ip -n "$out" link set eth0 up
+
+    case $mode in
+        plain) ip -n "$out" route add 10.244.1.0/24 via 100.0.0.1 ;;
+        iptables) nx "$node" "$IPTABLES" -t nat -A POSTROUTING -s 10.244.1.0/24 -o ext0 -j MASQUERADE ;;
+        nftables)
+            nx "$node" nft -f - <<'EOF'
+table ip masqbench {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr 10.244.1.0/24 oifname "ext0" masquerade
+    }
+}
+EOF
+            ;;
+        masq)
+            mkdir -p "$BPFFS_MOUNT"
+            # A bpffs of our own in the root mount namespace (nsenter --net keeps it visible).
+            mount -t bpf bpf "$BPFFS_MOUNT"
+            start_in "$node" "$RUN/masqd.log" "$masqd" run --pod-cidrs 10.244.1.0/24 --devices ext0 \
+                --bpffs-root "$BPFFS" --socket-path "$RUN/masqd.sock"
+            for _ in $(seq 300); do
+                grep -q "masqd ready" "$RUN/masqd.log" && break
+                kill -0 "${pids[-1]}" 2>/dev/null || break
+                sleep 0.1
+            done
+            grep -q "masqd ready" "$RUN/masqd.log" || { tail -n 20 "$RUN/masqd.log" >&2; die "masqd did not become ready"; }
+            ;;
+    esac
+
+    start_in "$out" "$RUN/$mode-iperf3.log" iperf3 -s -B 100.0.0.2 -p 5201
+    start_in "$out" "$RUN/$mode-crr.log" python3 "$helper" serve --port 7000
+    start_in "$out" "$RUN/$mode-probe.log" python3 -u "$netprobe" serve --bind 100.0.0.2 --tcp 8080 --udp 8081 \
+        --ready "$RUN/$mode-probe.ready" --lifetime 1800
+}
+
+# The outside host must see the node address in the NAT modes and the pod in plain routing.
+check_translation() {
+    local mode want seen kind port failures=0
+    for mode in "${modes[@]}"; do
+        want=100.0.0.1
+        [ "$mode" = plain ] && want=10.244.1.2
+        for kind in tcp udp; do
+            port=8080
+            [ $kind = udp ] && port=8081
+            seen=$(nx "$P$mode-pod" python3 -u "$netprobe" $kind --dst 100.0.0.2:$port 2>&1 | tail -n 1)
+            case $seen in "$want":*) mark=ok ;; *) mark=UNEXPECTED; failures=$((failures + 1)) ;; esac
+            printf '   %-9s %s  outside saw %-22s (want %s) %s\n' "$mode" $kind "$seen" "$want" $mark
+        done
+    done
+    [ $failures -eq 0 ] || { [ -e "$RUN/masqd.log" ] && tail -n 20 "$RUN/masqd.log" >&2; die "$failures translation check(s) failed"; }
+}
+
+rx_packets() { ip -n "$1" -s -j link show eth0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["stats64"]["rx"]["packets"])'; }
+
+# measure MODE METRIC: prints one value (bits/s, packets/s or connections/s).
+measure() {
+    local pod=$P$1-pod limit=$((seconds + 20)) out before
+    case $2 in
+        tcp) nx "$pod" timeout $limit iperf3 -c 100.0.0.2 -p 5201 -t "$seconds" -J | python3 "$helper" iperf tcp ;;
+        udp)
+            # Counted where the packets arrive (the outside device), not by the iperf3 server:
+            # a single receiving thread reads fewer 64-byte datagrams per second than the
+            # sender's forwarding path delivers, and would measure itself instead of the NAT.
+            before=$(rx_packets "$P$1-out")
+            out=$(nx "$pod" timeout $limit iperf3 -c 100.0.0.2 -p 5201 -u -l 64 -b 0 -t "$seconds" -J)
+            python3 "$helper" iperf udp --delivered $(($(rx_packets "$P$1-out") - before)) <<<"$out"
+            ;;
+        crr)
+            out=$(nx "$pod" timeout $limit python3 "$helper" crr --dst 100.0.0.2:7000 --seconds "$seconds")
+            set -- $out
+            [ "$3" -le $(($2 / 100)) ] || echo "   warning: $1: $3 of $(($2 + $3)) connections failed" >&2
+            echo "$1"
+            ;;
+    esac
+}
+
+git_rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || git_rev="$git_rev+changes"
+echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "tree:    $git_rev${masqd:+; masqd $masqd}"
+echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r)"
+echo "tools:   $(iperf3 --version | head -n 1); $("$IPTABLES" --version); $(nft --version)"
+echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) before the run"
+
+mode_list=$(IFS=,; echo "${modes[*]}")
+step "creating the sandboxes (namespaces ${P}{$mode_list}-{pod,node,out})"
+for mode in "${modes[@]}"; do build_sandbox "$mode"; done
+for mode in "${modes[@]}"; do
+    for _ in $(seq 100); do [ -e "$RUN/$mode-probe.ready" ] && break; sleep 0.1; done
+done
+
+step "checking that each mode translates"
+check_translation
+
+step "measuring: $reps repetition(s), ${seconds} s per measurement, modes interleaved"
+metrics=(tcp udp crr)
+results=$RUN/results
+for rep in $(seq "$reps"); do
+    for metric in "${metrics[@]}"; do
+        # Rotate the order from one repetition to the next, so no mode always runs first.
+        for i in "${!modes[@]}"; do
+            mode=${modes[$(((i + rep - 1) % ${#modes[@]}))]}
+            value=$(measure "$mode" "$metric") || die "$mode $metric failed (logs: $RUN)"
+            echo "$mode $metric $rep $value" >>"$results"
+            printf '   rep %d %-4s %-9s %s\n' "$rep" "$metric" "$mode" "$value"
+        done
+    done
+done
+
+step "checking again that each mode translates"
+check_translation
+
+echo
+echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) after the run"
+echo "Medians of $reps interleaved repetition(s) of ${seconds} s; ratio to plain routing (median):"
+echo
+python3 "$helper" summary --baseline plain --modes "$mode_list" <"$results"
