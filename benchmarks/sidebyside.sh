@@ -69,18 +69,11 @@ helper=$PWD/benchmarks/sidebyside.py
 netprobe=$PWD/Tests/E2ETests/netprobe.py
 pids=()
 
-nx() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
-
 cleanup() {
     set +e
     trap - EXIT INT TERM
     echo "== cleaning up"
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
+    stop_processes "${pids[@]}"
     if [ -e "/run/netns/${P}masq-node" ] && [ -d "$BPFFS" ]; then
         nx "${P}masq-node" "$masqd" uninstall --bpffs-root "$BPFFS" >"$RUN/uninstall.log" 2>&1
     fi
@@ -103,6 +96,15 @@ start_in() {
     pids+=($!)
 }
 
+# wire NODE DEV ADDR PEER PEER_ADDR: a veth pair, DEV in namespace NODE and eth0 in PEER, up.
+wire() {
+    ip -n "$1" link add "$2" type veth peer name eth0 netns "$4"
+    ip -n "$1" addr add "$3" dev "$2"
+    ip -n "$1" link set "$2" up
+    ip -n "$4" addr add "$5" dev eth0
+    ip -n "$4" link set eth0 up
+}
+
 build_sandbox() {
     local mode=$1 pod=$P$1-pod node=$P$1-node out=$P$1-out ns
     for ns in "$pod" "$node" "$out"; do
@@ -113,17 +115,9 @@ build_sandbox() {
     for ns in "$node" "$out"; do
         nx "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
     done
-    ip -n "$node" link add vpod0 type veth peer name eth0 netns "$pod"
-    ip -n "$node" addr add 10.244.1.1/24 dev vpod0
-    ip -n "$node" link set vpod0 up
-    ip -n "$pod" addr add 10.244.1.2/24 dev eth0
-    ip -n "$pod" link set eth0 up
+    wire "$node" vpod0 10.244.1.1/24 "$pod" 10.244.1.2/24
     ip -n "$pod" route add default via 10.244.1.1
-    ip -n "$node" link add ext0 type veth peer name eth0 netns "$out"
-    ip -n "$node" addr add 100.0.0.1/24 dev ext0
-    ip -n "$node" link set ext0 up
-    ip -n "$out" addr add 100.0.0.2/24 dev eth0
-    ip -n "$out" link set eth0 up
+    wire "$node" ext0 100.0.0.1/24 "$out" 100.0.0.2/24
 
     case $mode in
         plain) ip -n "$out" route add 10.244.1.0/24 via 100.0.0.1 ;;
@@ -144,12 +138,7 @@ EOF
             mount -t bpf bpf "$BPFFS_MOUNT"
             start_in "$node" "$RUN/masqd.log" "$masqd" run --pod-cidrs 10.244.1.0/24 --devices ext0 \
                 --bpffs-root "$BPFFS" --socket-path "$RUN/masqd.sock"
-            for _ in $(seq 300); do
-                grep -q "masqd ready" "$RUN/masqd.log" && break
-                kill -0 "${pids[-1]}" 2>/dev/null || break
-                sleep 0.1
-            done
-            grep -q "masqd ready" "$RUN/masqd.log" || { tail -n 20 "$RUN/masqd.log" >&2; die "masqd did not become ready"; }
+            wait_masqd_ready "${pids[-1]}" "$RUN/masqd.log"
             ;;
     esac
 
@@ -194,6 +183,7 @@ measure() {
         crr)
             out=$(nx "$pod" timeout $limit python3 "$helper" crr --dst 100.0.0.2:7000 --seconds "$seconds")
             set -- $out
+            [ $# -eq 3 ] || return 1
             [ "$3" -le $(($2 / 100)) ] || echo "   warning: $1: $3 of $(($2 + $3)) connections failed" >&2
             echo "$1"
             ;;

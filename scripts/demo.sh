@@ -44,18 +44,11 @@ BPFFS=$BPFFS_MOUNT/masq   # masqd's --bpffs-root, as /sys/fs/bpf/masq is in prod
 SOCK=$RUN/masqd.sock
 pids=()
 
-nx() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
-
 cleanup() {
     set +e
     trap - EXIT INT TERM
     echo "== cleaning up"
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
+    stop_processes "${pids[@]}"
     if [ -e "/run/netns/$NODE" ] && [ -d "$BPFFS" ]; then
         nx "$NODE" "$masqd" uninstall --bpffs-root "$BPFFS" >"$RUN/uninstall.log" 2>&1 \
             && echo "   masqd uninstall: programs detached, pinned state removed"
@@ -123,15 +116,7 @@ masqd_args=(run --pod-cidrs 10.244.1.0/24 --devices ext0
 step "starting masqd in the node namespace: masqd ${masqd_args[*]}"
 nsenter --net="/run/netns/$NODE" "$masqd" "${masqd_args[@]}" >"$RUN/masqd.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 300); do
-    grep -q "masqd ready" "$RUN/masqd.log" && break
-    kill -0 "${pids[-1]}" 2>/dev/null || break
-    sleep 0.1
-done
-if ! grep -q "masqd ready" "$RUN/masqd.log"; then
-    tail -n 20 "$RUN/masqd.log" >&2
-    die "masqd did not become ready"
-fi
+wait_masqd_ready "${pids[-1]}" "$RUN/masqd.log"
 { grep -v "debug" "$RUN/masqd.log" || true; } | sed 's/^/   | /'
 
 probe() { local ns=$1; shift; nx "$ns" python3 -u "$netprobe" "$@" 2>&1 | tail -n 1; }

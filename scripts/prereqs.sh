@@ -72,6 +72,34 @@ sweep_stale() {
     done
 }
 
+# Runs a command in network namespace NAME only (ip netns exec would remount /sys and hide bpffs).
+nx() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
+
+# Stops the given child processes: SIGTERM, up to 5 s to exit, then SIGKILL; reaps them.
+stop_processes() {
+    local pid
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# Waits up to 30 s for the masqd PID, logging to LOG, to say it is ready; dies with the log's tail
+# if it exits or does not.
+wait_masqd_ready() {
+    local pid=$1 log=$2
+    for _ in $(seq 300); do
+        grep -q "masqd ready" "$log" && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "masqd ready" "$log" && return 0
+    tail -n 20 "$log" >&2
+    die "masqd did not become ready"
+}
+
 # A network namespace NAME for a masqd that scripts/checks.sh or build-image.sh --check runs: lo
 # up and a veth pair ext0 (192.0.2.1/24, default route via 192.0.2.2) - ext1, so a device is in
 # force. Everything stays inside the namespace.
