@@ -20,6 +20,7 @@
 # is the baseline and always runs). Everything it creates (namespaces masqbench-<pid>-*, /run/masqbench-<pid>, processes)
 # is removed on every exit path; it never touches the host's devices or netfilter rules.
 set -euo pipefail
+caller_dir=$PWD
 cd "$(dirname "$0")/.."
 . scripts/prereqs.sh
 
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
         --reps) reps=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --release) build_flags=(-c release); shift ;;
-        --masqd) masqd=$2; shift 2 ;;
+        --masqd) masqd=$(cd "$caller_dir" && realpath -m -- "$2"); shift 2 ;;
         --modes) IFS=, read -ra modes <<<"plain,${2//plain/}"; shift 2 ;;
         *) die "unknown option $1 (options: --quick, --reps N, --seconds S, --release, --masqd PATH, --modes LIST)" ;;
     esac
