@@ -17,8 +17,9 @@
 # Options: --quick (1 repetition of 2 s: a smoke check), --reps N (default 5), --seconds S (per
 # measurement, default 5), --release (build masqd with -c release), --masqd PATH (use that binary,
 # no build), --modes LIST (a comma-separated subset, default plain,iptables,nftables,masq; plain
-# is the baseline and always runs). Everything it creates (namespaces masqbench-<pid>-*, /run/masqbench-<pid>, processes)
-# is removed on every exit path; it never touches the host's devices or netfilter rules.
+# is the baseline and always runs). Everything it creates (namespaces masqbench-<pid>-*,
+# /run/masqbench-<pid>, processes) is removed on every exit path; it never touches the host's
+# devices or netfilter rules.
 set -euo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")/.."
@@ -170,7 +171,7 @@ rx_packets() { ip -n "$1" -s -j link show eth0 | python3 -c 'import json, sys; p
 
 # measure MODE METRIC: prints one value (bits/s, packets/s or connections/s).
 measure() {
-    local pod=$P$1-pod limit=$((seconds + 20)) out before
+    local mode=$1 pod=$P$1-pod limit=$((seconds + 20)) out before
     case $2 in
         tcp) nx "$pod" timeout $limit iperf3 -c 100.0.0.2 -p 5201 -t "$seconds" -J | python3 "$helper" iperf tcp ;;
         udp)
@@ -185,7 +186,7 @@ measure() {
             out=$(nx "$pod" timeout $limit python3 "$helper" crr --dst 100.0.0.2:7000 --seconds "$seconds")
             set -- $out
             [ $# -eq 3 ] || return 1
-            [ "$3" -le $(($2 / 100)) ] || echo "   warning: $1: $3 of $(($2 + $3)) connections failed" >&2
+            [ "$3" -le $(($2 / 100)) ] || echo "   warning: $mode: $3 of $(($2 + $3)) connections failed" >&2
             echo "$1"
             ;;
     esac
