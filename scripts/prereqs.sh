@@ -32,6 +32,10 @@ ensure_packages() {
     [ -e "/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/asm/types.h" ] \
         || have_pkg linux-libc-dev || missing+=(linux-libc-dev)
     command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+    # The API tests: curl into a namespace, and a slow client run as uid 65534 (which cannot
+    # use a python3 under root's home, as pyenv's is).
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    [ -x /usr/bin/python3 ] || missing+=(python3)
     # python3 may come from pyenv or elsewhere: only install it when there is none at all.
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     if [ ${#missing[@]} -gt 0 ]; then
@@ -40,6 +44,19 @@ ensure_packages() {
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+}
+
+# promtool (the metrics test runs `promtool check metrics` on a live /metrics): taken out of
+# Debian's prometheus package rather than installing it, which would set up a Prometheus server.
+ensure_promtool() {
+    command -v promtool >/dev/null 2>&1 && return
+    step "installing promtool from Debian's prometheus package"
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; })
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+    install -m 0755 "$tmp/root/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
 }
 
 ensure_bpffs() {

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 require_root
 ensure_swift
 ensure_packages
+ensure_promtool
 ensure_bpffs
 sweep_stale masqe2e
 

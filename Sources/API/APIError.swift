@@ -40,6 +40,7 @@ public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvert
     public static func headersTooLarge(_ message: String) -> APIError { APIError(status: 431, message) }
     /// 500: the daemon failed to answer (a map could not be read, ...).
     public static func internalError(_ message: String) -> APIError { APIError(status: 500, message) }
-    /// 503: the daemon is up but cannot answer this yet (the datapath is not attached).
+    /// 503: the daemon cannot answer this now (a connection beyond the connection limits may
+    /// ask healthz only).
     public static func unavailable(_ message: String) -> APIError { APIError(status: 503, message) }
 }

@@ -24,6 +24,8 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
         public var natMaxEntries: UInt32
         public var socketPath: String
         public var socketGroup: String?
+        /// Where /metrics and /healthz are also served over TCP; absent: not.
+        public var prometheusServeAddr: String?
         public var bpffsRoot: String
         public var logLevel: String
         public var attachMode: String
@@ -34,7 +36,7 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
                     ipv6NativeRoutingCIDR: IPPrefix?, podCIDRs: [IPPrefix], devices: [String], enableIPMasqAgent: Bool,
                     ipMasqAgentConfigPath: String, clusterNodeIPs: [IPAddress],
                     snatPortRange: String, natMaxEntries: UInt32, socketPath: String, socketGroup: String?,
-                    bpffsRoot: String, logLevel: String, attachMode: String, conntrack: Conntrack) {
+                    prometheusServeAddr: String? = nil, bpffsRoot: String, logLevel: String, attachMode: String, conntrack: Conntrack) {
             self.enableIPv4Masquerade = enableIPv4Masquerade
             self.enableIPv6Masquerade = enableIPv6Masquerade
             self.ipv4NativeRoutingCIDR = ipv4NativeRoutingCIDR
@@ -48,6 +50,7 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
             self.natMaxEntries = natMaxEntries
             self.socketPath = socketPath
             self.socketGroup = socketGroup
+            self.prometheusServeAddr = prometheusServeAddr
             self.bpffsRoot = bpffsRoot
             self.logLevel = logLevel
             self.attachMode = attachMode
@@ -73,6 +76,7 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
                 ("nat-max-entries", .scalar(String(natMaxEntries))),
                 ("socket-path", .scalar(socketPath)),
                 ("socket-group", optional(socketGroup)),
+                ("prometheus-serve-addr", optional(prometheusServeAddr)),
                 ("bpffs-root", .scalar(bpffsRoot)),
                 ("log-level", .scalar(logLevel)),
                 ("attach-mode", .scalar(attachMode)),

@@ -3,11 +3,13 @@ import Foundation
 /// `GET /v1/healthz`.
 public struct HealthResponse: Codable, Sendable, Equatable {
     public enum State: String, OpenStringEnum {
-        /// The datapath is attached and the last reconcile succeeded.
+        /// The datapath is attached to at least one device and the last reconcile succeeded.
         case ok = "Ok"
-        /// Serving, but something needs attention (the last reconcile failed; the previous state stays in force).
+        /// Masquerading, but something needs attention: the last reconcile failed (the previous
+        /// state stays in force) and has not been failing for long.
         case warning = "Warning"
-        /// Not serving its purpose (the datapath is not attached).
+        /// Not doing its job: the datapath is not attached, no device is in force (nothing is
+        /// masqueraded), or reconciles keep failing.
         case failure = "Failure"
         case unknown = "Unknown"
     }
@@ -26,6 +28,8 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public var version: String
     public var startedAt: Date
     public var uptimeSeconds: Double
+    /// What `/v1/healthz` answers now: the state and, unless Ok, the reason.
+    public var health: HealthResponse
     /// The datapath is attached to its devices.
     public var ready: Bool
     /// "tcx" or "tc"; nil before the datapath is attached.
@@ -49,7 +53,7 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     /// The conntrack garbage collector's passes and what they found.
     public var conntrackGC: ConntrackGC
 
-    public init(version: String, startedAt: Date, uptimeSeconds: Double, ready: Bool, attachMode: String?,
+    public init(version: String, startedAt: Date, uptimeSeconds: Double, health: HealthResponse, ready: Bool, attachMode: String?,
                 masquerading: Masquerading, devices: [Device], skippedDevices: [SkippedDevice],
                 reconcile: Reconcile, ipMasqAgent: IPMasqAgent, configReloads: ConfigReloads = .init(),
                 tables: [Table], drops: [Drop], counters: Counters, allocation: Allocation = .init(),
@@ -57,6 +61,7 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         self.version = version
         self.startedAt = startedAt
         self.uptimeSeconds = uptimeSeconds
+        self.health = health
         self.ready = ready
         self.attachMode = attachMode
         self.masquerading = masquerading
@@ -139,11 +144,18 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public var generation: Int
         public var lastAppliedAt: Date?
         public var lastError: String?
+        /// When the reconciles now failing started failing; nil while the last one succeeded.
+        public var failingSince: Date?
+        /// Reconciles failed in a row (0 while the last one succeeded).
+        public var consecutiveFailures: Int
 
-        public init(generation: Int, lastAppliedAt: Date?, lastError: String?) {
+        public init(generation: Int, lastAppliedAt: Date?, lastError: String?, failingSince: Date? = nil,
+                    consecutiveFailures: Int = 0) {
             self.generation = generation
             self.lastAppliedAt = lastAppliedAt
             self.lastError = lastError
+            self.failingSince = failingSince
+            self.consecutiveFailures = consecutiveFailures
         }
     }
 

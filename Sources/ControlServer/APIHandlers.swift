@@ -24,16 +24,8 @@ struct APIHandlers: Sendable {
     // MARK: health and status
 
     func healthz() -> (HealthResponse, status: Int) {
-        let snapshot = status.snapshot
-        if !snapshot.ready {
-            let why = snapshot.lastApplyError.map { "the datapath is not attached: \($0)" }
-                ?? "the datapath is not attached yet"
-            return (HealthResponse(state: .failure, message: why), 503)
-        }
-        if let error = snapshot.lastApplyError {
-            return (HealthResponse(state: .warning, message: "the last reconcile failed (the previous state stays in force): \(error)"), 200)
-        }
-        return (HealthResponse(state: .ok), 200)
+        let health = Health.judge(status.snapshot)
+        return (health, Health.httpStatus(health))
     }
 
     func statusResponse() async throws -> StatusResponse {
@@ -60,13 +52,14 @@ struct APIHandlers: Sendable {
         let now = Date()
         return StatusResponse(
             version: masqVersion, startedAt: snapshot.startedAt,
-            uptimeSeconds: now.timeIntervalSince(snapshot.startedAt),
+            uptimeSeconds: now.timeIntervalSince(snapshot.startedAt), health: Health.judge(snapshot, now: now),
             ready: snapshot.ready, attachMode: snapshot.attachKind?.rawValue,
             masquerading: masquerading, devices: devices,
             skippedDevices: (snapshot.applied?.skippedDevices ?? [:]).sorted { $0.key < $1.key }
                 .map { StatusResponse.SkippedDevice(name: $0.key, reason: $0.value) },
             reconcile: .init(generation: snapshot.applyCount, lastAppliedAt: snapshot.appliedAt,
-                             lastError: snapshot.lastApplyError),
+                             lastError: snapshot.lastApplyError, failingSince: snapshot.failingSince,
+                             consecutiveFailures: snapshot.consecutiveFailures),
             ipMasqAgent: .init(enabled: config.enableIPMasqAgent, path: config.ipMasqAgentConfigPath,
                                generation: snapshot.ipMasqAgent.generation, lastLoadAt: snapshot.ipMasqAgent.lastLoadAt,
                                lastError: snapshot.ipMasqAgent.lastError),
@@ -93,6 +86,7 @@ struct APIHandlers: Sendable {
                 ipMasqAgentConfigPath: c.ipMasqAgentConfigPath, clusterNodeIPs: c.clusterNodeIPs,
                 snatPortRange: "\(c.snatPortRange.lowerBound)-\(c.snatPortRange.upperBound)",
                 natMaxEntries: c.natMaxEntries, socketPath: c.socketPath, socketGroup: c.socketGroup,
+                prometheusServeAddr: c.prometheusServeAddr?.description,
                 bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue,
                 conntrack: .init(
                     tcpSynTimeout: c.conntrackLifetimes.tcpSynSent, tcpEstablishedTimeout: c.conntrackLifetimes.tcpEstablished,
@@ -201,8 +195,9 @@ struct APIHandlers: Sendable {
     func metrics() async throws -> String {
         let snapshot = status.snapshot
         var out = PrometheusText()
-        out.single("masq_up", .gauge, help: "Whether the datapath is attached to its devices (1) or not (0).",
-                   snapshot.ready ? 1 : 0)
+        out.single("masq_up", .gauge,
+                   help: "Whether masqd does its job (1: healthz answers 200, Ok or Warning; 0: Failure, the reason in /v1/healthz).",
+                   Health.httpStatus(Health.judge(snapshot)) == 200 ? 1 : 0)
         out.family("masq_build_info", .info, help: "The masq version of this daemon.", [(["version": masqVersion], 1)])
         out.single("masq_uptime_seconds", .gauge, help: "Seconds since masqd started.",
                    Date().timeIntervalSince(snapshot.startedAt))
@@ -231,7 +226,7 @@ struct APIHandlers: Sendable {
                    try await datapath.drops().map { (["reason": $0.reason.label], Double($0.count)) })
         out.allocationHistogram(try await datapath.allocationHistogram())
         let rangeSize = try await datapath.readView().portRange.count
-        out.tupleSaturation(try await datapath.portSaturation(top: saturationTop), gc: snapshot.conntrackGC,
+        out.tupleSaturation(try await datapath.portSaturation(top: 1), gc: snapshot.conntrackGC,
                             rangeSize: rangeSize)
         out.conntrackGC(snapshot.conntrackGC)
 
@@ -239,10 +234,15 @@ struct APIHandlers: Sendable {
                    Double(snapshot.applyCount))
         out.single("masq_reconcile_failing", .gauge, help: "Whether the last reconcile failed (1) or not (0).",
                    snapshot.lastApplyError == nil ? 0 : 1)
+        out.single("masq_reconcile_consecutive_failures", .gauge, help: "Reconciles failed in a row (0 once one succeeds).",
+                   Double(snapshot.consecutiveFailures))
+        out.single("masq_devices", .gauge, help: "Masquerading devices in force (the programs run on them).",
+                   Double(snapshot.applied?.devices.count ?? 0))
         out.configReloads(snapshot.configReloads)
         out.single("masq_ip_masq_agent_generation", .gauge,
                    help: "Distinct valid ip-masq-agent lists loaded (the config generation in status).",
                    Double(snapshot.ipMasqAgent.generation))
+        if let process = ProcessMetrics.read() { out.process(process) }
         return out.text
     }
 

@@ -53,7 +53,31 @@ struct MethodNotAllowed: Error {
 /// Routes a request to its handler: one switch on the route (method and path), the uid check
 /// for state-changing routes, and one function turning errors into responses.
 struct APIRouter: Sendable {
+    /// What a listener serves.
+    enum Scope: Sendable {
+        /// Every route (the Unix socket).
+        case control
+        /// `/metrics` and `/healthz`, read only, nothing else (the TCP listener of
+        /// `prometheus-serve-addr`, where scrapers and kubelet probes find them).
+        case metrics
+    }
+
     let handlers: APIHandlers
+    var scope: Scope = .control
+
+    /// The metrics listener's paths.
+    static let metricsRoutes: [String: Route] = ["/metrics": .metrics, "/healthz": .healthz]
+
+    /// The route for a request on this router's listener.
+    func match(method: String, path: String) -> Route.Match {
+        switch scope {
+        case .control:
+            return Route.match(method: method, path: path)
+        case .metrics:
+            guard let route = Self.metricsRoutes[path] else { return .notFound }
+            return method == "GET" || method == "HEAD" ? .found(route) : .methodNotAllowed(allowed: ["GET"])
+        }
+    }
 
     func respond(to request: APIRequest) async -> APIResponse {
         do {
@@ -65,7 +89,9 @@ struct APIRouter: Sendable {
 
     private func route(_ request: APIRequest) async throws -> APIResponse {
         let route: Route
-        switch Route.match(method: request.method, path: request.path) {
+        switch match(method: request.method, path: request.path) {
+        case .notFound where scope == .metrics:
+            throw APIError.notFound("no such path: \(request.path) (this listener serves /metrics and /healthz only)")
         case .notFound:
             throw APIError.notFound("no such path: \(request.path) (the API lives under /v1; see docs/api/openapi.yaml)")
         case .methodNotAllowed(let allowed):

@@ -1,5 +1,6 @@
 @preconcurrency import Glibc
 import API
+import Daemon
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -20,23 +21,42 @@ struct APIServer: Service, CustomStringConvertible {
         var maxHeaderFields = 100
         /// A connection with no read and no completed write for this long is closed.
         var idleTimeout: TimeAmount = .seconds(30)
-        /// Connections beyond this are closed as soon as they are accepted.
+        /// A whole request (head and body) must arrive within this, counted from when the
+        /// connection can send one (accepted, or its last answer written) and not restarted by
+        /// each byte: a client dripping its headers cannot hold a connection for long.
+        var requestTimeout: TimeAmount = .seconds(10)
+        /// Connections served in full, in all and per peer uid (Unix socket; every TCP peer is
+        /// one "unknown" uid): one user cannot take all of them.
         var maxConnections = 1024
+        var maxConnectionsPerPeer = 256
+        /// Connections beyond those limits, up to this many more, are answered healthz only
+        /// (anything else 503), within `reserveRequestTimeout`: probes keep working while the
+        /// limits are reached. Beyond the reserve, connections are closed at once.
+        var healthReserve = 64
+        var reserveRequestTimeout: TimeAmount = .seconds(2)
     }
 
     let socket: ControlSocket
     let router: APIRouter
     let limits: Limits
     let serving: ServingState
+    /// Whether the daemon is ready to answer (the datapath attached). Until it is, or until
+    /// `startupWait` has passed, connections wait in the listen queue: a request that raced the
+    /// start (the one that triggered socket activation) is answered once masqd is ready,
+    /// rather than with "not attached yet".
+    let ready: @Sendable () -> Bool
+    var startupWait: Duration = .seconds(20)
     let logger: Logger
 
     var description: String { "APIServer" }
 
-    init(socket: ControlSocket, router: APIRouter, limits: Limits = Limits(), serving: ServingState, logger: Logger) {
+    init(socket: ControlSocket, router: APIRouter, limits: Limits = Limits(), serving: ServingState,
+         ready: @escaping @Sendable () -> Bool = { true }, logger: Logger) {
         self.socket = socket
         self.router = router
         self.limits = limits
         self.serving = serving
+        self.ready = ready
         var logger = logger
         logger[metadataKey: "service"] = "api"
         self.logger = logger
@@ -45,15 +65,23 @@ struct APIServer: Service, CustomStringConvertible {
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
     func run() async throws {
-        let (server, socketPath, created) = try await bind()
+        let accepted = AcceptedConnections()
+        let (server, socketPath, created) = try await bind(registering: accepted)
         defer {
             // A socket masqd bound goes with it; systemd's stays systemd's.
-            if created, let socketPath { unlink(socketPath) }
+            if created, let socketPath, case .path = socket { unlink(socketPath) }
+        }
+        if !(await waitUntilReady()) {
+            logger.warning("Serving before the datapath is attached", metadata: ["wait": "\(startupWait)"])
         }
         serving.markServing(path: socketPath)
-        logger.info("API serving", metadata: ["socket.path": "\(socketPath ?? "?")",
-                                               "socket.activated": "\(!created)"])
-        let open = ConnectionCount()
+        if case .tcp = socket {
+            logger.info("Metrics listener serving /metrics and /healthz", metadata: ["server.address": "\(socketPath ?? "?")"])
+        } else {
+            logger.info("API serving", metadata: ["socket.path": "\(socketPath ?? "?")",
+                                                   "socket.activated": "\(!created)"])
+        }
+        let open = ConnectionLimiter(limits)
         do {
             // SIGTERM stops the API first: closing the listening socket ends the accept loop,
             // and the open connections are cancelled with it.
@@ -63,14 +91,17 @@ struct APIServer: Service, CustomStringConvertible {
                     // grow with the number of connections ever served.
                     try await withThrowingDiscardingTaskGroup { group in
                         for try await connection in inbound {
-                            let count = open.opened()
+                            accepted.remove(connection)
                             group.addTask {
-                                defer { open.closed() }
-                                if count > limits.maxConnections {
-                                    try? await connection.channel.close()
+                                let peer = await Self.peerCredentials(connection.channel)
+                                let admission = open.admit(uid: peer.uid)
+                                defer { open.release(admission, uid: peer.uid) }
+                                guard admission != .refused else {
+                                    // Through executeThenClose: its writer must be finished.
+                                    try? await connection.executeThenClose { _, _ in }
                                     return
                                 }
-                                await handle(connection)
+                                await handle(connection, peer: peer, healthOnly: admission == .healthOnly)
                             }
                         }
                         group.cancelAll()
@@ -84,14 +115,29 @@ struct APIServer: Service, CustomStringConvertible {
         } catch let error as ChannelError where error == .ioOnClosedChannel || error == .alreadyClosed {
             // The listening socket was closed for shutdown.
         }
+        await accepted.closeAll()
         serving.markStopped()
         logger.info("API stopped")
     }
 
-    /// Binds (or adopts) the listening socket. Returns it, its path, and whether masqd created it.
-    private func bind() async throws -> (NIOAsyncChannel<Connection, Never>, String?, Bool) {
+    /// Waits (bounded by `startupWait`, cut short by shutdown) until `ready()`; returns whether
+    /// it is. Nothing is accepted meanwhile beyond what the async channel buffers.
+    private func waitUntilReady() async -> Bool {
+        let deadline = ContinuousClock.now + startupWait
+        while !ready() {
+            guard ContinuousClock.now < deadline, !Task.isCancelled, !Task.isShuttingDownGracefully else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
+    /// Binds (or adopts) the listening socket. Returns it, its path (or TCP address), and whether
+    /// masqd created it.
+    private func bind(registering accepted: AcceptedConnections) async throws -> (NIOAsyncChannel<Connection, Never>, String?, Bool) {
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
+            // The metrics listener rebinds its TCP port at once after a restart.
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // A client may shut its sending side after the request and still read the answer.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
         let limits = self.limits
@@ -109,8 +155,10 @@ struct APIServer: Service, CustomStringConvertible {
                     withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
                     withDecoderLimitConfiguration: decoderLimits)
                 try pipeline.addHandler(HTTPProtocolErrorResponder())
-                return try Connection(wrappingChannelSynchronously: channel,
-                                      configuration: .init(isOutboundHalfClosureEnabled: true))
+                let connection = try Connection(wrappingChannelSynchronously: channel,
+                                                configuration: .init(isOutboundHalfClosureEnabled: true))
+                accepted.add(connection)
+                return connection
             }
         }
         switch socket {
@@ -131,16 +179,37 @@ struct APIServer: Service, CustomStringConvertible {
                 throw error
             }
             return (server, path, true)
+        case .tcp(let address):
+            // An empty host is every address: IPv6 and IPv4 on a dual-stack socket, IPv4 alone
+            // where the kernel has no IPv6.
+            let server: NIOAsyncChannel<Connection, Never>
+            if address.host.isEmpty {
+                do {
+                    server = try await bootstrap.bind(host: "::", port: address.port, childChannelInitializer: initializer)
+                } catch {
+                    server = try await bootstrap.bind(host: "0.0.0.0", port: address.port, childChannelInitializer: initializer)
+                }
+            } else {
+                server = try await bootstrap.bind(host: address.host, port: address.port, childChannelInitializer: initializer)
+            }
+            // The address as bound (port 0 asks the kernel for one).
+            let bound = server.channel.localAddress.flatMap { local in local.port.map { ServeAddress(host: address.host, port: $0) } }
+            return (server, (bound ?? address).description, true)
         }
     }
 
     /// Serves one connection's requests in order until it closes. Never throws: a failing
-    /// connection is logged and closed, and the server goes on.
-    private func handle(_ connection: Connection) async {
-        let peer = await Self.peerCredentials(connection.channel)
+    /// connection is logged and closed, and the server goes on. `healthOnly`: a connection of
+    /// the reserve, answered healthz and nothing else, once.
+    private func handle(_ connection: Connection, peer: PeerCredentials, healthOnly: Bool) async {
         var logger = self.logger
         logger[metadataKey: "peer.uid"] = "\(peer.uid)"
         logger[metadataKey: "peer.pid"] = "\(peer.pid)"
+        // Armed while the connection owes a request (and while it drains after the last answer).
+        let deadline = RequestDeadline(channel: connection.channel,
+                                       timeout: healthOnly ? limits.reserveRequestTimeout : limits.requestTimeout)
+        deadline.arm()
+        defer { deadline.disarm() }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var head: HTTPRequestHead?
@@ -177,14 +246,19 @@ struct APIServer: Service, CustomStringConvertible {
                     guard case .end = part, let h = head else { continue }
                     head = nil
                     bodyBytes = 0
+                    deadline.disarm()
                     let request = APIRequest(method: h.method.rawValue, uri: h.uri,
                                              accept: h.headers.first(name: "accept"), peer: peer)
-                    let response = await router.respond(to: request)
+                    let response = healthOnly && router.match(method: request.method, path: request.path) != .found(.healthz)
+                        ? APIRouter.errorResponse(APIError.unavailable(
+                            "too many connections: beyond its connection limits masqd answers healthz only"))
+                        : await router.respond(to: request)
                     logger.debug("Request", metadata: ["http.method": "\(h.method.rawValue)", "http.path": "\(request.path)"])
-                    if try await !write(response, for: h, keepAlive: h.isKeepAlive, to: outbound, logger: logger) {
+                    if try await !write(response, for: h, keepAlive: h.isKeepAlive && !healthOnly, to: outbound, logger: logger) {
                         outbound.finish()
                         closing = true
                     }
+                    deadline.arm()
                 }
             }
         } catch {
@@ -241,13 +315,102 @@ struct APIServer: Service, CustomStringConvertible {
     }
 }
 
-/// Open connections, counted so that a flood of them is refused rather than served.
-final class ConnectionCount: Sendable {
-    private let count = Atomic<Int>(0)
+/// Open connections, counted in all and per peer uid, so that a flood of them is refused
+/// rather than served, and one user cannot take every connection from the others.
+final class ConnectionLimiter: Sendable {
+    enum Admission: Sendable, Equatable {
+        /// Within the limits: served in full.
+        case full
+        /// Over a limit, within the reserve: healthz only.
+        case healthOnly
+        /// Over a limit and the reserve full: closed at once.
+        case refused
+    }
 
-    /// Counts a new connection; returns how many are open with it.
-    func opened() -> Int { count.add(1, ordering: .relaxed).newValue }
-    func closed() { count.subtract(1, ordering: .relaxed) }
+    private struct Counts {
+        var full = 0
+        var reserve = 0
+        var byPeer: [UInt32: Int] = [:]
+    }
+
+    private let limits: APIServer.Limits
+    private let counts = Mutex(Counts())
+
+    init(_ limits: APIServer.Limits) {
+        self.limits = limits
+    }
+
+    /// Counts a new connection of peer `uid`; say `release` with the answer when it closes.
+    func admit(uid: UInt32) -> Admission {
+        counts.withLock { c in
+            if c.full < limits.maxConnections && c.byPeer[uid, default: 0] < limits.maxConnectionsPerPeer {
+                c.full += 1
+                c.byPeer[uid, default: 0] += 1
+                return .full
+            }
+            guard c.reserve < limits.healthReserve else { return .refused }
+            c.reserve += 1
+            return .healthOnly
+        }
+    }
+
+    func release(_ admission: Admission, uid: UInt32) {
+        counts.withLock { c in
+            switch admission {
+            case .full:
+                c.full -= 1
+                c.byPeer[uid, default: 1] -= 1
+                if c.byPeer[uid] == 0 { c.byPeer[uid] = nil }
+            case .healthOnly:
+                c.reserve -= 1
+            case .refused:
+                break
+            }
+        }
+    }
+}
+
+/// Closes a connection that has not sent a whole request within its timeout. Armed while a
+/// request is owed, disarmed while one is being answered; bytes arriving do not restart it.
+final class RequestDeadline: Sendable {
+    private let channel: Channel
+    private let timeout: TimeAmount
+    private let scheduled = Mutex<Scheduled<Void>?>(nil)
+
+    init(channel: Channel, timeout: TimeAmount) {
+        self.channel = channel
+        self.timeout = timeout
+    }
+
+    func arm() {
+        let channel = self.channel
+        let task = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        scheduled.withLock { $0?.cancel(); $0 = task }
+    }
+
+    func disarm() {
+        scheduled.withLock { $0?.cancel(); $0 = nil }
+    }
+}
+
+/// Connections accepted but not yet taken from the listener's stream. Cancelling the accept
+/// loop drops those still buffered, and NIO requires each to be closed through
+/// `executeThenClose` first (else it traps): `closeAll` does that when the server stops.
+final class AcceptedConnections: Sendable {
+    private let waiting = Mutex<[ObjectIdentifier: APIServer.Connection]>([:])
+
+    func add(_ connection: APIServer.Connection) {
+        waiting.withLock { $0[ObjectIdentifier(connection.channel)] = connection }
+    }
+
+    func remove(_ connection: APIServer.Connection) {
+        _ = waiting.withLock { $0.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+    }
+
+    func closeAll() async {
+        let left = waiting.withLock { waiting in defer { waiting = [:] }; return Array(waiting.values) }
+        for connection in left { try? await connection.executeThenClose { _, _ in } }
+    }
 }
 
 /// Whether (and where) the API serves, for the systemd notifier.

@@ -3,16 +3,24 @@ import Datapath
 import Logging
 import ServiceLifecycle
 
-/// The control API and the systemd notifier, in that order, for the end of the service list:
-/// they read what the services before them maintain, and stop before them.
+/// The control API, the metrics listener (with `prometheus-serve-addr`) and the systemd
+/// notifier, in that order, for the end of the service list: they read what the services
+/// before them maintain, and stop before them.
 public enum ControlServices {
     public static func make(datapath: Datapath, status: DaemonStatus, config: DaemonConfig,
                             logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         let serving = ServingState()
         let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: config.conntrackLifetimes)
         let api = APIServer(socket: try ControlSocket.resolve(path: config.socketPath, group: config.socketGroup),
-                            router: APIRouter(handlers: handlers), serving: serving, logger: logger)
-        let notifier = SystemdNotifier(status: status, serving: serving, logger: logger)
-        return [.init(service: api), .init(service: notifier)]
+                            router: APIRouter(handlers: handlers), serving: serving,
+                            ready: { status.snapshot.ready }, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: api)]
+        if let address = config.prometheusServeAddr {
+            // Serves at once: a scrape or probe during the start sees masq_up 0 and a 503.
+            services.append(.init(service: APIServer(socket: .tcp(address), router: APIRouter(handlers: handlers, scope: .metrics),
+                                                     serving: ServingState(), logger: logger)))
+        }
+        services.append(.init(service: SystemdNotifier(status: status, serving: serving, logger: logger)))
+        return services
     }
 }

@@ -1,14 +1,18 @@
 @preconcurrency import Glibc
 import CSystemd
+import Daemon
 import Foundation
 
-/// Where the control API listens: a socket systemd passed (socket activation), or a path masqd
-/// binds itself with mode 0660 and group `socket-group`.
+/// Where an API server listens: for the control API, a socket systemd passed (socket
+/// activation) or a path masqd binds itself with mode 0660 and group `socket-group`; for the
+/// metrics listener, a TCP address (`prometheus-serve-addr`).
 enum ControlSocket: Sendable, Equatable {
     /// A listening Unix stream socket inherited through LISTEN_FDS.
     case inherited(fd: Int32, path: String?)
     /// A path to bind.
     case path(String, group: String?)
+    /// A TCP address to bind.
+    case tcp(ServeAddress)
 
     /// The socket systemd passed, if masqd was started with LISTEN_FDS (a socket named
     /// "masqd", else the first listening Unix stream socket); otherwise `.path`. Consumes

@@ -6,12 +6,11 @@ import Foundation
 
 // The figures issue 5's datapath and GC keep, shaped for /v1/status and written to /metrics.
 
-/// How many tuples status and /metrics list by saturation. Tuples are (SNAT address, remote,
-/// remote port, protocol): their number follows the traffic (a node talking to 100k remotes
-/// has 100k), so exporting all would make a scrape's series count track traffic. A saturation
-/// problem is a few hot destinations (a DNS server, an API server, a database) sharing one SNAT
-/// address, and both lists are sorted most saturated first, so the top 10 always shows them;
-/// 10 tuples times the 6 per-tuple families is at most 60 series.
+/// How many tuples status lists by saturation. Tuples are (SNAT address, remote, remote port,
+/// protocol): their number follows the traffic (a node talking to 100k remotes has 100k). A
+/// saturation problem is a few hot destinations (a DNS server, an API server, a database)
+/// sharing one SNAT address, and both lists are sorted most saturated first, so the top 10
+/// always shows them. /metrics carries no per-tuple series (see `tupleSaturation`).
 let saturationTop = 10
 
 enum StatusFigures {
@@ -88,37 +87,18 @@ extension PrometheusText {
                   buckets: buckets, count: Double(cumulative), sum: nil)
     }
 
-    /// The most saturated tuples: masq_sat_v4 (the datapath's figures) and the last GC pass's
-    /// exact port counts, each its own top `saturationTop`.
+    /// Port saturation without per-tuple labels: tuples (SNAT address, remote, remote port,
+    /// protocol) come and go with the traffic, so labelled series would grow without bound and
+    /// a changing top list would look like counter resets. The busiest tuple's share is what
+    /// an alert needs; which tuple it is, and the others, are in /v1/status and masq-client.
     mutating func tupleSaturation(_ saturation: [PortSaturation], gc: ConntrackGCState, rangeSize: Int) {
-        func labels(_ snat: IPv4Address, _ remote: IPv4Address, _ port: UInt16, _ proto: L4Protocol) -> KeyValuePairs<String, String> {
-            ["snat": snat.description, "remote": remote.description, "remote_port": String(port), "proto": proto.rawValue]
-        }
-        let uses = (gc.last?.saturation ?? []).prefix(saturationTop).map { use in
-            (labels: labels(IPv4Address(networkOrder: use.key.snat), IPv4Address(networkOrder: use.key.remote),
-                            UInt16(bigEndian: use.key.remote_port), L4Protocol(number: use.key.proto)),
-             ports: Double(use.ports))
-        }
-        family("masq_nat_tuple_ports_in_use", .gauge,
-               help: "Source ports held per (SNAT address, remote, remote port, protocol), counted exactly by the last conntrack GC pass; the \(saturationTop) tuples holding the most.",
-               uses.map { ($0.labels, $0.ports) })
-        family("masq_nat_tuple_port_saturation_ratio", .gauge,
-               help: "Share of snat-port-range held per tuple (ports in use over the range size) at the last conntrack GC pass; the \(saturationTop) tuples holding the most.",
-               uses.map { ($0.labels, rangeSize > 0 ? $0.ports / Double(rangeSize) : 0) })
-
-        let sat = saturation.prefix(saturationTop).map { (labels: labels($0.snat, $0.remote, $0.remotePort, $0.proto), tuple: $0) }
-        family("masq_nat_tuple_port_saturation_estimate_ratio", .gauge,
-               help: "Share of snat-port-range in use per tuple as the datapath estimates it (random probes that hit a used port over probes, masq_sat_v4); the \(saturationTop) highest.",
-               sat.compactMap { s in s.tuple.estimatedUse.map { (s.labels, $0) } })
-        family("masq_nat_tuple_allocation_failures_total", .counter,
-               help: "Allocations that found no free port, per tuple (masq_sat_v4); the \(saturationTop) most saturated tuples.",
-               sat.map { ($0.labels, Double($0.tuple.failures)) })
-        family("masq_nat_tuple_allocation_scans_total", .counter,
-               help: "Allocations that scanned the whole range, per tuple (masq_sat_v4); the \(saturationTop) most saturated tuples.",
-               sat.map { ($0.labels, Double($0.tuple.scans)) })
-        family("masq_nat_tuple_allocation_max_tries", .gauge,
-               help: "The most port candidates one allocation tried, per tuple (masq_sat_v4); the \(saturationTop) most saturated tuples.",
-               sat.map { ($0.labels, Double($0.tuple.maxTries)) })
+        let busiest = gc.last?.saturation.first.map { Double($0.ports) } ?? 0
+        single("masq_nat_tuple_port_saturation_max_ratio", .gauge,
+               help: "Share of snat-port-range held by the busiest (SNAT address, remote, remote port, protocol) tuple, counted exactly by the last conntrack GC pass (0 before the first).",
+               rangeSize > 0 ? busiest / Double(rangeSize) : 0)
+        single("masq_nat_tuple_port_saturation_estimate_max_ratio", .gauge,
+               help: "The highest share of snat-port-range in use of any tuple as the datapath estimates it (random probes that hit a used port over probes, masq_sat_v4).",
+               saturation.compactMap(\.estimatedUse).max() ?? 0)
     }
 
     /// The conntrack GC's figures. Lone halves (removed here, restored by the datapath as

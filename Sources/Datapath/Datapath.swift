@@ -203,6 +203,21 @@ public actor Datapath {
     /// Takes the programs off every device masq attached to and removes everything pinned under
     /// `root`. Works from the pins alone, so it needs no config beyond the root and no load.
     public static func uninstall(root: String, logger: Logger) throws {
+        // Looked up before the pins go: with root as the mount point, the marker is among them.
+        let mountedByMasqd = BPFFS.mountedByMasqd(root: root)
+        defer {
+            if let mountPoint = mountedByMasqd {
+                do {
+                    if try BPFFS.unmountIfUnused(mountPoint) {
+                        logger.info("Unmounted the bpffs masqd had mounted", metadata: ["bpffs.mount": "\(mountPoint)"])
+                    } else {
+                        logger.notice("The bpffs masqd mounted holds other pins now; it stays mounted", metadata: ["bpffs.mount": "\(mountPoint)"])
+                    }
+                } catch {
+                    logger.warning("Could not unmount the bpffs masqd had mounted", metadata: ["error": "\(error)"])
+                }
+            }
+        }
         guard FileManager.default.fileExists(atPath: root) else {
             logger.info("Nothing installed", metadata: ["bpffs.root": "\(root)"])
             return
@@ -222,7 +237,8 @@ public actor Datapath {
         }
         // Only masq's pins live under the root: links/ and the maps. The root itself may be a
         // bpffs mount point, which cannot be removed (EBUSY) and stays, empty.
-        for entry in try FileManager.default.contentsOfDirectory(atPath: root) where !BPFFS.kernelFiles.contains(entry) {
+        for entry in try FileManager.default.contentsOfDirectory(atPath: root)
+        where !BPFFS.kernelFiles.contains(entry) && entry != BPFFS.mountedMarker {
             try removePins(root + "/" + entry)
         }
         _ = rmdir(root)

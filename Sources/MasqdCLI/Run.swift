@@ -54,6 +54,9 @@ extension MasqdCommand {
         @Option(name: .customLong("socket-group"), help: "The group that owns the control socket.")
         var socketGroup: String?
 
+        @Option(name: .customLong("prometheus-serve-addr"), help: "Also serve /metrics and /healthz over TCP at this address (:9962, 127.0.0.1:9962; default empty: off).")
+        var prometheusServeAddr: String?
+
         @Option(name: .customLong("bpffs-root"), help: "Where maps and links are pinned (default /sys/fs/bpf/masq).")
         var bpffsRoot: String?
 
@@ -103,7 +106,8 @@ extension MasqdCommand {
                 .podCIDRs: podCIDRs, .devices: devices, .enableIPMasqAgent: enableIPMasqAgent,
                 .ipMasqAgentConfigPath: ipMasqAgentConfigPath,
                 .clusterNodeIPs: clusterNodeIPs, .snatPortRange: snatPortRange, .natMaxEntries: natMaxEntries,
-                .socketPath: socketPath, .socketGroup: socketGroup, .bpffsRoot: bpffsRoot,
+                .socketPath: socketPath, .socketGroup: socketGroup, .prometheusServeAddr: prometheusServeAddr,
+                .bpffsRoot: bpffsRoot,
                 .logLevel: logLevel, .attachMode: attachMode,
                 .conntrackTCPSynTimeout: conntrackTCPSynTimeout, .conntrackTCPEstablishedTimeout: conntrackTCPEstablishedTimeout,
                 .conntrackTCPFinWaitTimeout: conntrackTCPFinWaitTimeout, .conntrackTCPCloseWaitTimeout: conntrackTCPCloseWaitTimeout,
@@ -122,6 +126,17 @@ extension MasqdCommand {
         static func effectiveConfig(file path: String?, flags: [ConfigKey: RawSetting]) throws(ConfigErrors) -> DaemonConfig {
             let file = try path.map { path throws(ConfigErrors) in try ConfigFile.load(path: path) } ?? [:]
             return try DaemonConfig(file: file, flags: flags)
+        }
+
+        /// Every API connection and every pinned map is a file descriptor, and the usual soft
+        /// limit (1024) is below what the API's connection limits allow: raise it to the hard
+        /// limit, as Go programs (Cilium among them) do at start.
+        static func raiseFileLimit() {
+            var limit = rlimit()
+            let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+            guard getrlimit(resource, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+            limit.rlim_cur = limit.rlim_max
+            setrlimit(resource, &limit)
         }
 
         public func run() async throws {
@@ -143,6 +158,7 @@ extension MasqdCommand {
                 objectBytes = [UInt8](data)
             }
             let logger = makeLogger(level: config.logLevel)
+            Self.raiseFileLimit()
             do {
                 try await MasqDaemon.run(
                     config: config, objectBytes: objectBytes, logger: logger,

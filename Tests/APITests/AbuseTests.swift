@@ -1,7 +1,9 @@
 @preconcurrency import Glibc
 import API
 @testable import ControlServer
+@testable import MasqdCLI
 import Foundation
+import TestSupport
 
 import Testing
 
@@ -83,6 +85,116 @@ struct AbuseTests {
             let status = try await api.get("/v1/status")
             #expect(status.status == 200)
             _ = stuck
+        }
+    }
+
+    /// Opens `count` connections to `socket` as uid/gid 65534 and sends a request head one byte
+    /// a second on each for `seconds`; prints "connected" once all are open, then a JSON
+    /// summary: how many connected, and how many the server had still open at the end.
+    static let slowloris = #"""
+    import json, resource, socket, sys, time
+    path, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    socks = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)  # blocking: waits for room in the listen queue
+        s.setblocking(False)
+        socks.append(s)
+    print("connected", flush=True)
+    head = b"GET /v1/status HTTP/1.1\r\nHost: m\r\nX-Slow: " + b"a" * 1000
+    open_ = set(range(count))
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < seconds:
+        for k in list(open_):
+            try:
+                if socks[k].recv(1) == b"":
+                    open_.discard(k)
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                open_.discard(k)
+                continue
+            try:
+                socks[k].send(head[i:i + 1])
+            except OSError:
+                open_.discard(k)
+        i += 1
+        time.sleep(1)
+    print(json.dumps({"connected": len(socks), "open": len(open_)}), flush=True)
+    """#
+
+    @Test("1100 connections dripping a request head a byte a second: healthz keeps answering, and each is closed by the request deadline")
+    func slowHeaders() async throws {
+        MasqdCommand.Run.raiseFileLimit()
+        var limits = APIServer.Limits()
+        limits.requestTimeout = .seconds(4)
+        try await LiveAPI.with(limits: limits, socketGroup: "nogroup") { api in
+            let script = api.dir + "/slowloris.py"
+            try Self.slowloris.write(toFile: script, atomically: true, encoding: .utf8)
+            let out = api.dir + "/slowloris.out"
+            let flood = try ChildProcess(
+                executable: "/usr/bin/setpriv",
+                argv: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", script,
+                       api.socketPath, "1100", "12"],
+                stdout: out, stderr: api.dir + "/slowloris.err", stdin: nil)
+            defer { Command.stop(flood) }
+            let connected = ContinuousClock.now + .seconds(30)
+            while !Command.read(out).contains("connected") {
+                guard flood.isRunning, ContinuousClock.now < connected else {
+                    throw TestFailure("the slow clients did not connect: \(Command.read(api.dir + "/slowloris.err"))")
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            // Root's healthz while uid 65534 holds every connection it may (and more knock).
+            var answered = 0
+            var failed: [String] = []
+            while flood.isRunning {
+                do {
+                    let result = try await TestHTTP.request(socketPath: api.socketPath, method: .GET, uri: "/v1/healthz",
+                                                            timeout: .seconds(5))
+                    if result.status == 200 { answered += 1 } else { failed.append("HTTP \(result.status)") }
+                } catch {
+                    failed.append("\(error)")
+                }
+                try await Task.sleep(for: .milliseconds(250))
+            }
+            #expect(failed.isEmpty, "healthz failed \(failed.count) times: \(failed.prefix(3))")
+            #expect(answered >= 10)
+            let summary = Command.read(out).split(separator: "\n").last.map(String.init) ?? ""
+            // Dripping does not restart the deadline: after 12 s none is left open.
+            #expect(summary == #"{"connected": 1100, "open": 0}"#, "\(summary) \(Command.read(api.dir + "/slowloris.err"))")
+        }
+    }
+
+    @Test("beyond the connection limit a reserve answers healthz (only) and the rest are closed at once")
+    func healthReserve() async throws {
+        var limits = APIServer.Limits()
+        limits.maxConnections = 40
+        limits.healthReserve = 8
+        limits.reserveRequestTimeout = .seconds(1)
+        try await LiveAPI.with(limits: limits) { api in
+            var held: [RawSocket] = []
+            for _ in 0..<60 { held.append(try RawSocket(path: api.socketPath)) }
+            // 40 are served in full and stay open; 8 go to the reserve and, silent, are closed
+            // after its 1 s; the other 12 were closed at once.
+            try await Task.sleep(for: .milliseconds(1500))
+            var probe: UInt8 = 0
+            let open = held.filter { recv($0.fd, &probe, 1, Int32(MSG_DONTWAIT)) < 0 && errno == EAGAIN }.count
+            #expect(open == 40)
+            for _ in 0..<3 {
+                let health = try await api.get("/v1/healthz")
+                #expect(health.status == 200 && health.text.contains(#""state":"Ok""#), "\(health.status) \(health.text)")
+            }
+            let status = try await api.get("/v1/status")
+            #expect(status.status == 503 && status.text.contains("too many connections"), "\(status.status) \(status.text)")
+            // A closed full connection frees its place.
+            held.removeAll()
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await api.get("/v1/status").status == 200)
         }
     }
 }

@@ -55,6 +55,17 @@ final class DaemonSandbox: @unchecked Sendable {
         return process
     }
 
+    /// Gives the namespace the device masqd is configured for: `ext0`, one end of a veth pair
+    /// (this kernel may lack dummy) with an address and the default route, so masqd attaches
+    /// to it (inside the namespace only).
+    func addDevice() async throws {
+        for args in [["link", "add", "ext0", "type", "veth", "peer", "name", "ext0peer"], ["addr", "add", "192.0.2.2/24", "dev", "ext0"],
+                     ["link", "set", "ext0peer", "up"], ["link", "set", "ext0", "up"], ["route", "add", "default", "via", "192.0.2.1"]] {
+            let result = try await run(["/usr/bin/env", "ip", "-n", name] + args)
+            guard result.status == 0 else { throw TestFailure("ip \(args.joined(separator: " ")): \(result.stderr)") }
+        }
+    }
+
     var log: String { (try? String(contentsOfFile: dir + "/err", encoding: .utf8)) ?? "" }
 
     /// Waits until the socket answers healthz with 200.

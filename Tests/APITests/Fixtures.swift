@@ -32,7 +32,9 @@ final class LiveAPI: @unchecked Sendable {
     let status: DaemonStatus
     let config: DaemonConfig
     private var server: Task<Void, Error>?
-    private var mounted = false
+    private var metricsServer: Task<Void, Error>?
+    /// "HOST:PORT" of the metrics listener, when one was asked for.
+    private(set) var metricsAddress: String?
 
     private static let counter = Mutex(0)
 
@@ -45,8 +47,12 @@ final class LiveAPI: @unchecked Sendable {
     }
 
     /// Runs `body` against a live server; `limits` tunes the server (abuse tests).
-    static func with<T>(limits: APIServer.Limits = .init(), socketGroup: String? = nil,
-                        _ body: (LiveAPI) async throws -> T) async throws -> T {
+    /// With `metrics`, a metrics listener (`prometheus-serve-addr`) runs too; its bound
+    /// address is `metricsAddress`.
+    /// `attached: false` starts with the datapath not attached yet (status not ready): the
+    /// server then holds requests until the test marks it ready.
+    static func with<T>(limits: APIServer.Limits = .init(), socketGroup: String? = nil, metrics: ServeAddress? = nil,
+                        attached: Bool = true, _ body: (LiveAPI) async throws -> T) async throws -> T {
         let n = counter.withLock { $0 += 1; return $0 }
         let dir = "/tmp/masqapi-\(getpid())-\(n)"
         let bpffs = dir + "/bpffs"
@@ -82,23 +88,37 @@ final class LiveAPI: @unchecked Sendable {
         device.flags = UInt32(MASQ_DEV_HAS_V4)
         try await datapath.map(MASQ_MAP_DEVICES).update(UInt32(1), device)
         let mode = datapath.mode
-        status.update { $0.ready = true; $0.applied = state; $0.applyCount = 1; $0.attachKind = mode }
+        // Status says that device is in force, as the reconciler would after attaching it.
+        var inForce = state
+        inForce.devices = [.init(name: "lo", ifindex: 1, snatV4: IPv4Address(snatAddress), snatV6: nil)]
+        status.update { $0.ready = attached; $0.applied = inForce; $0.applyCount = 1; $0.attachKind = mode }
 
         let live = LiveAPI(dir: dir, datapath: datapath, status: status, config: config)
         let serving = ServingState()
         let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: .default)
         let server = APIServer(socket: .path(live.socketPath, group: socketGroup), router: APIRouter(handlers: handlers),
-                               limits: limits, serving: serving, logger: logger)
+                               limits: limits, serving: serving, ready: { status.snapshot.ready }, logger: logger)
         live.server = Task { try await server.run() }
         defer { live.server?.cancel() }
+        let metricsServing = ServingState()
+        if let metrics {
+            let listener = APIServer(socket: .tcp(metrics), router: APIRouter(handlers: handlers, scope: .metrics),
+                                     limits: limits, serving: metricsServing, logger: logger)
+            live.metricsServer = Task { try await listener.run() }
+        }
+        defer { live.metricsServer?.cancel() }
         let deadline = ContinuousClock.now + .seconds(30)
-        while !serving.isServing {
+        while !(serving.isServing || (!attached && FileManager.default.fileExists(atPath: live.socketPath)))
+                || (metrics != nil && !metricsServing.isServing) {
             guard ContinuousClock.now < deadline else { throw TestFailure("the API server did not start") }
             try await Task.sleep(for: .milliseconds(10))
         }
+        live.metricsAddress = metricsServing.path
         let result = try await body(live)
         live.server?.cancel()
+        live.metricsServer?.cancel()
         _ = try? await live.server?.value
+        _ = try? await live.metricsServer?.value
         return result
     }
 
@@ -185,13 +205,27 @@ enum TestHTTP {
     /// Fails (the connection is closed) when no complete answer came within `timeout`.
     static func request(socketPath: String, method: HTTPMethod, uri: String,
                         headers extra: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
-        let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(unixDomainSocketPath: socketPath) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try Connection(wrappingChannelSynchronously: channel)
-                }
-            }
+        try await request(try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(unixDomainSocketPath: socketPath, channelInitializer: initialize), method: method, uri: uri,
+                          headers: extra, timeout: timeout)
+    }
+
+    /// The same over TCP.
+    static func request(host: String, port: Int, method: HTTPMethod, uri: String,
+                        timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
+        try await request(try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: host, port: port, channelInitializer: initialize), method: method, uri: uri, headers: [], timeout: timeout)
+    }
+
+    @Sendable private static func initialize(_ channel: Channel) -> EventLoopFuture<Connection> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHTTPClientHandlers()
+            return try Connection(wrappingChannelSynchronously: channel)
+        }
+    }
+
+    private static func request(_ connection: Connection, method: HTTPMethod, uri: String,
+                                headers extra: [(String, String)], timeout: TimeAmount) async throws -> HTTPResult {
         let channel = connection.channel
         let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
         defer { deadline.cancel() }

@@ -211,16 +211,10 @@ struct FigureLiveTests {
             has(#"masq_nat_allocation_tries_bucket{le="+Inf"} \#(124 * cpus)"#)
             has("masq_nat_allocation_tries_count \(124 * cpus)")
 
-            let hot = #"{snat="100.0.0.1",remote="100.0.0.2",remote_port="1011",proto="udp"}"#
-            has("masq_nat_tuple_port_saturation_estimate_ratio\(hot) 0.88")
-            has("masq_nat_tuple_allocation_failures_total\(hot) 11")
-            has("masq_nat_tuple_allocation_scans_total\(hot) 22")
-            has("masq_nat_tuple_allocation_max_tries\(hot) 43")
-            #expect(lines.filter { $0.hasPrefix("masq_nat_tuple_port_saturation_estimate_ratio{") }.count == 10)
-            #expect(!text.contains(#"remote_port="1000""#) && !text.contains(#"remote_port="1001""#))
-            let https = #"{snat="100.0.0.1",remote="100.0.0.2",remote_port="443",proto="tcp"}"#
-            has("masq_nat_tuple_ports_in_use\(https) 16384")
-            has("masq_nat_tuple_port_saturation_ratio\(https) 0.5")
+            // The busiest tuple's share, without per-tuple labels (bounded series).
+            has("masq_nat_tuple_port_saturation_estimate_max_ratio 0.88")
+            has("masq_nat_tuple_port_saturation_max_ratio 0.5")
+            #expect(!text.contains("remote_port=") && !text.contains("snat=") && !text.contains("remote="))
 
             has("masq_conntrack_gc_passes_total 1")
             has("masq_conntrack_gc_last_pass_timestamp_seconds 1800000000")

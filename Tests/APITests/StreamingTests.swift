@@ -20,6 +20,7 @@ struct StreamingTests {
         let masqd = try builtBinary("masqd")
         let client = try builtBinary("masq-client")
         try await DaemonSandbox.with { sandbox in
+            try await sandbox.addDevice()
             // The filled flows are SYN-only: a long syn timeout keeps the GC from expiring them
             // while a loaded machine is still reading the dump.
             let process = try sandbox.start([masqd, "run"] + sandbox.masqdFlags(["--log-level", "info", "--nat-max-entries", "1048576",

@@ -48,9 +48,17 @@ struct SystemdTests {
             let argv = line.split(separator: " ").map(String.init)
             let process = try sandbox.start(["/usr/bin/env"] + argv, environment: ["NOTIFY_SOCKET": notifyPath])
 
-            // systemd-socket-activate execs masqd on the first connection: this healthz starts it
-            // and is answered once masqd serves on the passed socket.
-            try await sandbox.waitHealthy()
+            // systemd-socket-activate execs masqd on the first connection: this one request
+            // starts it and waits in the listen queue until masqd is ready, then gets its answer
+            // (never a 503 for racing the start).
+            try await sandbox.addDevice()
+            let listening = ContinuousClock.now + .seconds(10)
+            while !FileManager.default.fileExists(atPath: sandbox.socketPath) && ContinuousClock.now < listening {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let first = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/healthz",
+                                                   timeout: .seconds(60))
+            #expect(first.status == 200 && first.text.contains(#""state":"Ok""#), "\(first.status) \(first.text); \(sandbox.log)")
             var messages: [String] = []
             let deadline = ContinuousClock.now + .seconds(30)
             while !messages.contains(where: { $0.split(separator: "\n").contains("READY=1") }) {

@@ -43,7 +43,7 @@ struct ConfigTests {
             .podCIDRs: "10.244.0.0/16", .devices: "eth0", .enableIPMasqAgent: "true",
             .ipMasqAgentConfigPath: "/tmp/agent",
             .clusterNodeIPs: "10.1.0.1", .snatPortRange: "40000-50000", .natMaxEntries: "65536",
-            .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .bpffsRoot: "/sys/fs/bpf/x",
+            .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .prometheusServeAddr: ":9962", .bpffsRoot: "/sys/fs/bpf/x",
             .logLevel: "debug", .attachMode: "tc",
             .conntrackTCPSynTimeout: "30s", .conntrackTCPEstablishedTimeout: "1h30m",
             .conntrackTCPFinWaitTimeout: "90s", .conntrackTCPCloseWaitTimeout: "45s",

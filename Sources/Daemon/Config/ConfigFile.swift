@@ -17,6 +17,10 @@ public enum ConfigFile {
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            // One line: Yams' own description adds the offending text and a caret on more.
+            let line = error.line.map { " (line \($0))" } ?? ""
+            throw ConfigErrors(errors: [ConfigError(nil, "config file \(path)\(line): \(error.summary)")])
         } catch {
             throw ConfigErrors(errors: [ConfigError(nil, "config file \(path): \(error)")])
         }

@@ -14,6 +14,7 @@ public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
     case natMaxEntries = "nat-max-entries"
     case socketPath = "socket-path"
     case socketGroup = "socket-group"
+    case prometheusServeAddr = "prometheus-serve-addr"
     case bpffsRoot = "bpffs-root"
     case logLevel = "log-level"
     case attachMode = "attach-mode"

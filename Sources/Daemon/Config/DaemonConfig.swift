@@ -35,6 +35,8 @@ public struct DaemonConfig: Equatable, Sendable {
     public var natMaxEntries: UInt32 = 524_288
     public var socketPath = "/run/masq/masqd.sock"
     public var socketGroup: String?
+    /// Where /metrics and /healthz are also served over TCP (`prometheus-serve-addr`); nil: not.
+    public var prometheusServeAddr: ServeAddress?
     public var bpffsRoot = "/sys/fs/bpf/masq"
     public var logLevel: Logger.Level = .info
     public var attachMode: AttachMode = .auto
@@ -79,6 +81,7 @@ public struct DaemonConfig: Equatable, Sendable {
         case .natMaxEntries: natMaxEntries = try Self.natEntries(key, raw)
         case .socketPath: socketPath = try Self.path(key, raw)
         case .socketGroup: socketGroup = try Self.scalar(key, raw)
+        case .prometheusServeAddr: prometheusServeAddr = try Self.serveAddress(key, raw)
         case .bpffsRoot: bpffsRoot = try Self.path(key, raw)
         case .logLevel: logLevel = try Self.choice(key, raw, Logger.Level.allCases.map(\.rawValue)) { Logger.Level(rawValue: $0) }
         case .attachMode: attachMode = try Self.choice(key, raw, AttachMode.allCases.map(\.rawValue)) { AttachMode(rawValue: $0) }
@@ -160,6 +163,15 @@ public struct DaemonConfig: Equatable, Sendable {
         return low...high
     }
 
+    private static func serveAddress(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> ServeAddress? {
+        let text = try scalar(key, raw)
+        if text.isEmpty { return nil }
+        guard let address = ServeAddress(text) else {
+            throw ConfigError(key, "'\(text)' is not a listen address (HOST:PORT, [IPv6]:PORT or :PORT for every address; empty: off)")
+        }
+        return address
+    }
+
     private static func natEntries(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> UInt32 {
         let text = try scalar(key, raw)
         guard let n = UInt32(text), n >= 1024, n <= 1 << 26 else {
@@ -211,5 +223,37 @@ extension Datapath {
     public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, logger: Logger) throws {
         try self.init(root: config.bpffsRoot, natMaxEntries: config.natMaxEntries, attachMode: config.attachMode,
                       objectBytes: objectBytes, logger: logger)
+    }
+}
+
+/// A TCP listen address as Go (and so Cilium) writes it: `:9962` for every address,
+/// `127.0.0.1:9962`, `[::1]:9962` or `localhost:9962`.
+public struct ServeAddress: Equatable, Sendable, CustomStringConvertible {
+    /// The address or name to bind; empty: every address.
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (1...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") {
+            guard host.hasSuffix("]"), host.count > 2 else { return nil }
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            return nil
+        }
+        guard !host.contains(where: { $0 == " " || $0 == "/" }) else { return nil }
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String {
+        (host.contains(":") ? "[\(host)]" : host) + ":\(port)"
     }
 }

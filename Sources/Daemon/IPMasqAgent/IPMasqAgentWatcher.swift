@@ -53,30 +53,35 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     }
 
     /// Loads the file once and records the outcome; returns the list to apply when it is valid
-    /// and differs from `current`.
+    /// and differs from `current`. A load counts as a reload (`masq_config_reloads_total`) only
+    /// when its outcome differs from the last one's: the safety re-read of an unchanged file,
+    /// good or bad, is not a reload.
     @discardableResult
     func load(current: NonMasqueradeList?) -> NonMasqueradeList? {
         let outcome = Self.read(path: path, ipv6Enabled: ipv6Enabled)
+        let last = status.snapshot.ipMasqAgent
         switch outcome {
         case .failure(let error):
-            logger.log(level: inUse ? .error : .debug, "ip-masq-agent config rejected; the last good list stays in force",
+            let again = last.lastError == error.description
+            logger.log(level: inUse && !again ? .error : .debug, "ip-masq-agent config rejected; the last good list stays in force",
                        metadata: ["error": "\(error)"])
             status.update {
                 $0.ipMasqAgent.lastLoadAt = .now
                 $0.ipMasqAgent.lastError = error.description
-                $0.configReloads.record(.ipMasqAgent, error: error.description)
+                if !again { $0.configReloads.record(.ipMasqAgent, error: error.description) }
             }
             return nil
         case .success(let config):
             let list = config.effectiveList
-            if !config.ignoredKeys.isEmpty {
+            let changed = list != current
+            let again = !changed && last.lastLoadAt != nil && last.lastError == nil
+            if !config.ignoredKeys.isEmpty && !again {
                 logger.log(level: inUse ? .info : .debug, "ip-masq-agent config keys ignored", metadata: ["config.ignored": "\(config.ignoredKeys.joined(separator: ","))"])
             }
-            let changed = list != current
             status.update {
                 $0.ipMasqAgent.lastLoadAt = .now
                 $0.ipMasqAgent.lastError = nil
-                $0.configReloads.record(.ipMasqAgent, error: nil)
+                if !again { $0.configReloads.record(.ipMasqAgent, error: nil) }
                 if changed {
                     $0.ipMasqAgent.generation += 1
                     $0.ipMasqAgent.cidrs = list.cidrs

@@ -37,12 +37,13 @@ struct ConfigReloader: Service, CustomStringConvertible {
         }
     }
 
-    /// The bpffs root, map sizes, socket, logging, attach mode, the watched file, the IPv6
+    /// The bpffs root, map sizes, sockets and listeners, logging, attach mode, the watched file, the IPv6
     /// switch (the file's validation depends on it) and the conntrack lifetimes are fixed for
     /// the life of the process.
     static let restartOnly: [RestartOnly] = [
         .field(.bpffsRoot, \DaemonConfig.bpffsRoot), .field(.natMaxEntries, \DaemonConfig.natMaxEntries),
         .field(.socketPath, \DaemonConfig.socketPath), .field(.socketGroup, \DaemonConfig.socketGroup),
+        .field(.prometheusServeAddr, \DaemonConfig.prometheusServeAddr),
         .field(.logLevel, \DaemonConfig.logLevel), .field(.attachMode, \DaemonConfig.attachMode),
         .field(.ipMasqAgentConfigPath, \DaemonConfig.ipMasqAgentConfigPath),
         .field(.enableIPv6Masquerade, \DaemonConfig.enableIPv6Masquerade),

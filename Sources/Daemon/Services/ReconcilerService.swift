@@ -52,7 +52,11 @@ struct ReconcilerService: Service, CustomStringConvertible {
                 applied = desired
             } catch {
                 logger.error("Reconcile failed; will retry on the next change", metadata: ["error": "\(error)"])
-                status.update { $0.lastApplyError = "\(error)" }
+                status.update {
+                    $0.lastApplyError = "\(error)"
+                    $0.consecutiveFailures += 1
+                    if $0.failingSince == nil { $0.failingSince = .now }
+                }
             }
         }
         logger.info("Stopping; programs and pinned state stay in place")
@@ -83,6 +87,8 @@ struct ReconcilerService: Service, CustomStringConvertible {
             $0.appliedAt = .now
             $0.applyCount += 1
             $0.lastApplyError = nil
+            $0.failingSince = nil
+            $0.consecutiveFailures = 0
         }
     }
 }

@@ -14,6 +14,10 @@ public final class DaemonStatus: Sendable {
         public var applyCount = 0
         /// The last reconcile failure, kept until a reconcile succeeds.
         public var lastApplyError: String?
+        /// When the reconciles now failing started failing; nil while the last one succeeded.
+        public var failingSince: Date?
+        /// Reconciles failed in a row.
+        public var consecutiveFailures = 0
         /// The datapath is attached to its devices (the first reconcile succeeded).
         public var ready = false
         /// When the device watcher last saw the links, addresses or default routes change.

@@ -1,0 +1,69 @@
+@preconcurrency import Glibc
+import Foundation
+import Testing
+
+/// masqd's command line: what a mistyped command or a broken config file prints.
+@Suite("masqd command line")
+struct CommandLineTests {
+    @Test("an unknown subcommand is reported as one, exit 64")
+    func unknownSubcommand() async throws {
+        let masqd = try builtBinary("masqd")
+        let result = try await run([masqd, "frobnicate"])
+        #expect(result.status == 64)
+        #expect(result.stderr == "masqd: unknown subcommand 'frobnicate' (subcommands: run, uninstall, help; see masqd --help)\n",
+                "\(result.stderr)")
+        #expect(!result.stderr.contains("Usage"))
+    }
+
+    @Test("a YAML syntax error is one line naming the file and the line, exit 2")
+    func yamlSyntaxError() async throws {
+        let masqd = try builtBinary("masqd")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("masqd-bad-\(getpid()).yaml").path
+        defer { unlink(path) }
+        try "pod-cidrs: [10.244.0.0/16]\ndevices: [eth0\nlog-level: debug\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try await run([masqd, "run", "--config", path])
+        #expect(result.status == 2)
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "\(result.stderr)")
+        #expect(lines.first?.hasPrefix("masqd: config: config file \(path) (line ") == true, "\(result.stderr)")
+    }
+}
+
+extension LiveAPITests {
+@Suite("masqd uninstall", .serialized)
+struct UninstallTests {
+    static func isMountPoint(_ path: String) -> Bool {
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        return mounts.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first == Substring(path) }
+    }
+
+    @Test("uninstall unmounts the bpffs masqd mounted itself, and leaves one it found mounted")
+    func unmountsOwnBPFFS() async throws {
+        let masqd = try builtBinary("masqd")
+        try await DaemonSandbox.with { sandbox in
+            // A root on no bpffs: masqd mounts one there itself.
+            let own = sandbox.dir + "/own"
+            try FileManager.default.createDirectory(atPath: own, withIntermediateDirectories: true)
+            defer { if Self.isMountPoint(own) { umount2(own, Int32(MNT_DETACH)) } }
+            try await sandbox.addDevice()
+            let process = try sandbox.start([masqd, "run"] + sandbox.masqdFlags(["--bpffs-root", own]))
+            try await sandbox.waitHealthy()
+            #expect(Self.isMountPoint(own))
+            #expect(sandbox.log.contains("Mounted bpffs"))
+            kill(daemonPID(process), SIGTERM)
+            let stopped = ContinuousClock.now + .seconds(20)
+            while process.isRunning && ContinuousClock.now < stopped { try await Task.sleep(for: .milliseconds(50)) }
+
+            let result = try await run(["/usr/bin/nsenter", "--net=/run/netns/\(sandbox.name)", masqd, "uninstall", "--bpffs-root", own])
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stderr.contains("Unmounted the bpffs masqd had mounted"), "\(result.stderr)")
+            #expect(!Self.isMountPoint(own))
+
+            // The sandbox's own bpffs (mounted by the test) stays mounted after an uninstall.
+            let again = try await run(["/usr/bin/nsenter", "--net=/run/netns/\(sandbox.name)", masqd, "uninstall", "--bpffs-root", sandbox.bpffs])
+            #expect(again.status == 0, "\(again.stderr)")
+            #expect(Self.isMountPoint(sandbox.bpffs))
+        }
+    }
+}
+}

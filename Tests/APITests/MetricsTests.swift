@@ -1,0 +1,138 @@
+@preconcurrency import Glibc
+import API
+import Foundation
+import NIOHTTP1
+import TestSupport
+import Testing
+
+@testable import ControlServer
+@testable import Daemon
+
+/// `prometheus-serve-addr` as a config value.
+@Suite("prometheus-serve-addr")
+struct ServeAddressTests {
+    @Test("Go's listen addresses parse; anything else is refused naming the key", arguments: [
+        (":9962", "", 9962), ("127.0.0.1:9962", "127.0.0.1", 9962), ("[::1]:9090", "::1", 9090), ("localhost:1", "localhost", 1),
+    ])
+    func parses(text: String, host: String, port: Int) throws {
+        let config = try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.0.0.0/8"), .prometheusServeAddr: .scalar(text)])
+        #expect(config.prometheusServeAddr == ServeAddress(host: host, port: port))
+        #expect(config.prometheusServeAddr?.description == (text.hasPrefix(":") ? ":\(port)" : text))
+    }
+
+    @Test("empty is off; a bad address is an error", arguments: ["9962", ":0", ":70000", "::1:80", "[::1:80", "a b:1"])
+    func refuses(text: String) throws {
+        #expect(try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.0.0.0/8"), .prometheusServeAddr: .scalar("")])
+            .prometheusServeAddr == nil)
+        #expect(throws: ConfigErrors.self) {
+            try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.0.0.0/8"), .prometheusServeAddr: .scalar(text)])
+        }
+    }
+
+    @Test("the ip-masq-agent safety re-read of an unchanged file, good or bad, counts no reload")
+    func unchangedFileIsNoReload() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("masq-reload-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/config"
+        let status = DaemonStatus()
+        let (_, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+        let watcher = IPMasqAgentWatcher(path: file, ipv6Enabled: false, enabledAtStart: true, status: status, changes: sink,
+                                         logger: .init(label: "apitests"))
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let list = watcher.load(current: nil)
+        #expect(list != nil)
+        for _ in 0..<3 { #expect(watcher.load(current: list) == nil) }
+        #expect(status.snapshot.configReloads.ipMasqAgent.ok == 1)
+        try "nonMasqueradeCIDRs: [10.1.1.1/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        for _ in 0..<3 { #expect(watcher.load(current: list) == nil) }
+        #expect(status.snapshot.configReloads.ipMasqAgent.error == 1)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(watcher.load(current: list) == nil)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(watcher.load(current: list) != nil)
+        let reloads = status.snapshot.configReloads.ipMasqAgent
+        #expect(reloads.ok == 3 && reloads.error == 1, "\(reloads)")
+    }
+}
+
+extension LiveAPITests {
+@Suite("metrics listener and exposition", .serialized)
+struct MetricsLiveTests {
+    @Test("the TCP listener serves /metrics and /healthz read only, and nothing else")
+    func listener() async throws {
+        try await LiveAPI.with(metrics: ServeAddress(host: "127.0.0.1", port: 0)) { api in
+            let address = try #require(api.metricsAddress)
+            let port = try #require(Int(address.split(separator: ":").last ?? ""))
+            func get(_ uri: String, _ method: HTTPMethod = .GET) async throws -> HTTPResult {
+                try await TestHTTP.request(host: "127.0.0.1", port: port, method: method, uri: uri)
+            }
+            let metrics = try await get("/metrics")
+            #expect(metrics.status == 200 && metrics.headers.first(name: "content-type") == MediaType.prometheus)
+            #expect(metrics.text.contains("\nmasq_up 1\n"))
+            let health = try await get("/healthz")
+            #expect(health.status == 200 && health.text.contains(#""state":"Ok""#))
+            api.status.update { $0.applied?.devices = [] }
+            let failing = try await get("/healthz")
+            #expect(failing.status == 503 && failing.text.contains("no masquerading device in force"))
+
+            for path in ["/v1/status", "/v1/healthz", "/v1/conntrack", "/v1/config", "/v1/explain", "/", "/metrics/x"] {
+                let answer = try await get(path)
+                #expect(answer.status == 404 && answer.text.contains("this listener serves /metrics and /healthz only"), "\(path): \(answer.text)")
+            }
+            for method in [HTTPMethod.POST, .DELETE, .PUT] {
+                #expect(try await get("/metrics", method).status == 405)
+                #expect(try await get("/v1/conntrack", method).status == 404)
+            }
+        }
+    }
+
+    @Test("/metrics has bounded labels only, process_* figures, and promtool check metrics finds nothing")
+    func promtoolClean() async throws {
+        try await LiveAPI.with { api in
+            _ = try await FigureLiveTests.fill(api)
+            let text = try await api.get("/metrics", accept: "text/plain").text
+            let lines = text.split(separator: "\n")
+            let start = try #require(lines.first { $0.hasPrefix("process_start_time_seconds ") }.flatMap { Double($0.split(separator: " ")[1]) })
+            #expect(abs(start - Date().timeIntervalSince1970) < 3600, "process_start_time_seconds \(start)")
+            for name in ["process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_cpu_seconds_total"] {
+                #expect(lines.contains { $0.hasPrefix(name + " ") }, "no \(name)")
+            }
+            // Only labels whose values come from fixed sets.
+            let allowed: Set<String> = ["family", "proto", "kind", "map", "reason", "le", "source", "result", "version"]
+            for line in lines where !line.hasPrefix("#") {
+                guard let open = line.firstIndex(of: "{"), let close = line.firstIndex(of: "}") else { continue }
+                let names = line[line.index(after: open)..<close].split(separator: ",").map { String($0.split(separator: "=")[0]) }
+                #expect(Set(names).isSubset(of: allowed), "\(line)")
+            }
+            let promtool = try #require(Command.which("promtool"), "promtool not installed (scripts/prereqs.sh installs Debian's prometheus)")
+            let file = api.dir + "/metrics.txt"
+            try text.write(toFile: file, atomically: true, encoding: .utf8)
+            let check = try await run(["/bin/sh", "-c", "\(promtool) check metrics < \(file)"])
+            #expect(check.status == 0 && check.stdout.isEmpty && check.stderr.isEmpty, "\(check.stdout)\(check.stderr)")
+        }
+    }
+}
+
+@Suite("metrics listener of a real masqd", .serialized)
+struct MetricsProcessTests {
+    @Test("masqd --prometheus-serve-addr serves /metrics and /healthz over TCP in its namespace")
+    func realListener() async throws {
+        let masqd = try builtBinary("masqd")
+        let curl = try #require(Command.which("curl"))
+        try await DaemonSandbox.with { sandbox in
+            try await sandbox.addDevice()
+            _ = try sandbox.start([masqd, "run"] + sandbox.masqdFlags(["--prometheus-serve-addr", "127.0.0.1:9962"]))
+            try await sandbox.waitHealthy()
+            let inside = ["/usr/bin/nsenter", "--net=/run/netns/\(sandbox.name)", curl, "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+            #expect(try await run(inside + ["http://127.0.0.1:9962/healthz"]).stdout == "200")
+            #expect(try await run(inside + ["http://127.0.0.1:9962/metrics"]).stdout == "200")
+            #expect(try await run(inside + ["http://127.0.0.1:9962/v1/status"]).stdout == "404")
+            #expect(try await run(inside + ["-X", "DELETE", "http://127.0.0.1:9962/v1/conntrack"]).stdout == "404")
+            let config = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/config")
+            #expect(config.text.contains(#""prometheusServeAddr":"127.0.0.1:9962""#), "\(config.text)")
+            #expect(sandbox.log.contains("Metrics listener serving /metrics and /healthz"))
+        }
+    }
+}
+}
