@@ -32,12 +32,9 @@ ensure_packages() {
     [ -e "/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/asm/types.h" ] \
         || have_pkg linux-libc-dev || missing+=(linux-libc-dev)
     command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
-    # The API tests: curl into a namespace, and a slow client run as uid 65534 (which cannot
-    # use a python3 under root's home, as pyenv's is).
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # python3 may come from pyenv or elsewhere; the API tests also run a slow client as uid
+    # 65534, which cannot use one under root's home (pyenv's): Debian's /usr/bin/python3.
     [ -x /usr/bin/python3 ] || missing+=(python3)
-    # python3 may come from pyenv or elsewhere: only install it when there is none at all.
-    command -v python3 >/dev/null 2>&1 || missing+=(python3)
     if [ ${#missing[@]} -gt 0 ]; then
         step "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
