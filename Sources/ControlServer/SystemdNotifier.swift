@@ -80,7 +80,9 @@ struct SystemdNotifier: Service, CustomStringConvertible {
         let devices = snapshot.applied?.devices.map(\.name).joined(separator: ", ") ?? ""
         var line = "Masquerading on [\(devices)]"
         if let path = serving.path, serving.isServing { line += "; API on \(path)" }
-        if let error = snapshot.lastApplyError { line += "; last reconcile failed: \(error)" }
+        // What healthz says when it is not Ok (no device in force, reconciles failing).
+        let health = Health.judge(snapshot)
+        if health.state != .ok, let message = health.message { line += "; \(health.state.rawValue): \(message)" }
         if let error = snapshot.ipMasqAgent.lastError { line += "; ip-masq-agent config invalid: \(error)" }
         return line
     }

@@ -45,6 +45,18 @@ struct HealthUnitTests {
         #expect(health.message == "no masquerading device in force, nothing is masqueraded (ext0: no such device)")
     }
 
+    @Test("systemd's status line says what healthz says when it is not Ok")
+    func statusLine() throws {
+        let status = DaemonStatus()
+        let snapshot = try Self.snapshot(devices: [], skipped: ["ext0": "no such device"])
+        status.update { $0 = snapshot }
+        let notifier = SystemdNotifier(status: status, serving: ServingState(), logger: .init(label: "apitests"))
+        #expect(notifier.statusLine() == "Masquerading on []; Failure: no masquerading device in force, nothing is masqueraded (ext0: no such device)")
+        let healthy = try Self.snapshot()
+        status.update { $0 = healthy }
+        #expect(notifier.statusLine() == "Masquerading on [eth0]")
+    }
+
     @Test("a failing reconcile is a Warning, and a Failure once it has failed for the grace period")
     func failingReconcile() throws {
         var snapshot = try Self.snapshot()
