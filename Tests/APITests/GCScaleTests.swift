@@ -22,6 +22,7 @@ struct GCScaleTests {
         // MASQD_BIN: measure another build (benchmarks/README.md uses a release build).
         let masqd = try ProcessInfo.processInfo.environment["MASQD_BIN"] ?? builtBinary("masqd")
         try await DaemonSandbox.with { sandbox in
+            try await sandbox.addDevice()
             let process = try sandbox.start([masqd, "run"] + sandbox.masqdFlags([
                 // The pass after the start's comes 15 s later (10 s, then 1.5x for an empty
                 // table): the table is full by then.
