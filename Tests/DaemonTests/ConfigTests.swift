@@ -35,6 +35,15 @@ struct ConfigTests {
         #expect(c.podCIDRs.map(\.description) == ["10.244.0.0/16"])
     }
 
+    @Test("an empty socket-group in the file means unset, not a group named \"\"")
+    func emptySocketGroup() throws {
+        for line in ["socket-group:", "socket-group: \"\"", "socket-group: null"] {
+            let c = try config(file: "pod-cidrs: [10.244.0.0/16]\n\(line)\n")
+            #expect(c.socketGroup == nil, "\(line)")
+        }
+        #expect(try config(file: "pod-cidrs: [10.244.0.0/16]\nsocket-group: masq\n").socketGroup == "masq")
+    }
+
     @Test("every config key has a masqd run flag of the same name")
     func everyKeyHasAFlag() throws {
         let samples: [ConfigKey: String] = [

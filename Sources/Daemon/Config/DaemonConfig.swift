@@ -80,7 +80,7 @@ public struct DaemonConfig: Equatable, Sendable {
         case .snatPortRange: snatPortRange = try Self.portRange(key, raw)
         case .natMaxEntries: natMaxEntries = try Self.natEntries(key, raw)
         case .socketPath: socketPath = try Self.path(key, raw)
-        case .socketGroup: socketGroup = try Self.scalar(key, raw)
+        case .socketGroup: socketGroup = try Self.optionalScalar(key, raw)
         case .prometheusServeAddr: prometheusServeAddr = try Self.serveAddress(key, raw)
         case .bpffsRoot: bpffsRoot = try Self.path(key, raw)
         case .logLevel: logLevel = try Self.choice(key, raw, Logger.Level.allCases.map(\.rawValue)) { Logger.Level(rawValue: $0) }
@@ -102,6 +102,12 @@ public struct DaemonConfig: Equatable, Sendable {
     private static func scalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
         guard case .scalar(let text) = raw else { throw ConfigError(key, "expects a single value, not a list") }
         return text.trimmingCharacters(in: .whitespaces)
+    }
+
+    /// An empty value (`key:` or `key: ""` in the file) means unset, as for the other optional keys.
+    private static func optionalScalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String? {
+        let text = try scalar(key, raw)
+        return text.isEmpty ? nil : text
     }
 
     private static func bool(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Bool {
