@@ -84,7 +84,7 @@ struct AllocationTests {
 
         // The pass expires the pod flow (a SYN 61 s ago): its port is free and the mark gone.
         let sweeper = ConntrackSweeper(nat: dp.nat, lifetimes: .default, fullMarks: try dp.object.map(MASQ_MAP_FULL_V4))
-        #expect(try sweeper.sweep(now: ConntrackSweeper.bootTimeNow() + 61_000_000_000).expiredFlows >= 1)
+        #expect(try sweeper.sweep(now: NATEntries.bootTimeNow() + 61_000_000_000).expiredFlows >= 1)
         let after = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1003, dport: 443)))
         #expect(after.verdict == TC.pass)
     }

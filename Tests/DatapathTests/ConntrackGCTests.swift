@@ -14,7 +14,7 @@ struct ConntrackGCTests {
 
     /// CLOCK_BOOTTIME `seconds` from now, in ns.
     private func later(_ seconds: Double) -> UInt64 {
-        ConntrackSweeper.bootTimeNow() + UInt64(seconds * 1e9)
+        NATEntries.bootTimeNow() + UInt64(seconds * 1e9)
     }
 
     private func tcp(_ dp: TestDatapath, sport: UInt16, _ flags: UInt8, reply: UInt8? = nil) throws {

@@ -136,7 +136,7 @@ struct FlowTableTests {
         let fwd = try #require(try dp.entry(natKey(Net.snat, Net.server, sport: 40000, dport: 5555, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
         #expect(FlowLifetimes.state(proto: .tcp, tcpState: fwd.tcp_state, seen: fwd.seen) == .synRecv)
         let sweeper = ConntrackSweeper(nat: dp.nat, lifetimes: .default)
-        #expect(try sweeper.sweep(now: ConntrackSweeper.bootTimeNow() + 61_000_000_000).deletedEntries == 2)
+        #expect(try sweeper.sweep(now: NATEntries.bootTimeNow() + 61_000_000_000).deletedEntries == 2)
     }
 
     @Test("host flows are tracked only where a pod mapping could collide", arguments: [

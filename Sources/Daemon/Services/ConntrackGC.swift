@@ -213,7 +213,7 @@ public struct ConntrackSweeper: Sendable {
     func sweepOffPool() async throws -> Report {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global(qos: .utility).async {
-                continuation.resume(with: Result { try sweep(now: Self.bootTimeNow()) })
+                continuation.resume(with: Result { try sweep(now: NATEntries.bootTimeNow()) })
             }
         }
     }
@@ -311,13 +311,6 @@ public struct ConntrackSweeper: Sendable {
     static func tupleKey(of ingress: masq_nat_key_v4) -> masq_sat_key_v4 {
         masq_sat_key_v4(snat: ingress.daddr, remote: ingress.saddr, remote_port: ingress.sport,
                         proto: ingress.proto, pad: 0)
-    }
-
-    /// CLOCK_BOOTTIME in ns, the clock of the entries' timestamps.
-    static func bootTimeNow() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_BOOTTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
 
