@@ -35,7 +35,7 @@ let package = Package(
         ),
         // IP addresses, prefixes and protocols: the vocabulary every layer shares.
         .target(name: "NetworkTypes"),
-        // The API contract shared by masqd and masq-client (re-exports NetworkTypes).
+        // The API contract shared by masqd and masq-client, config keys included (re-exports NetworkTypes).
         .target(name: "API", dependencies: ["NetworkTypes"]),
         // rtnetlink: the one place that opens netlink sockets (dumps, monitor, route lookup).
         .target(
@@ -57,6 +57,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
+                "API",
                 "NetworkTypes",
                 "Netlink",
                 "Datapath",
@@ -117,7 +118,7 @@ let package = Package(
         ),
         // Compiles bpf/*.c for the bpf target and embeds the object in Datapath.
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Datapath", "Netlink", "NetworkTypes", "MasqdCLI"]),
+        .testTarget(name: "DaemonTests", dependencies: ["API", "Daemon", "Datapath", "Netlink", "NetworkTypes", "MasqdCLI"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "Daemon", "NetworkTypes", "CMasq", "CLibbpf"]),
         .testTarget(
             name: "APITests",

@@ -8,115 +8,77 @@ public struct ConfigResponse: Codable, Sendable, Equatable {
         self.ipMasqAgent = ipMasqAgent
     }
 
-    /// Every config key (`masqd --help` and the config file spell them in kebab-case).
+    /// Every config key's value, each where its `ConfigKey.spec` places it in the JSON
+    /// (`conntrack`: the `conntrack-*` keys, in seconds).
     public struct Daemon: Codable, Sendable, Equatable {
-        public var enableIPv4Masquerade: Bool
-        public var enableIPv6Masquerade: Bool
-        public var ipv4NativeRoutingCIDR: IPPrefix?
-        public var ipv6NativeRoutingCIDR: IPPrefix?
-        public var podCIDRs: [IPPrefix]
-        public var devices: [String]
-        public var enableIPMasqAgent: Bool
-        public var ipMasqAgentConfigPath: String
-        public var clusterNodeIPs: [IPAddress]
-        /// "LOW-HIGH".
-        public var snatPortRange: String
-        public var natMaxEntries: UInt32
-        public var socketPath: String
-        public var socketGroup: String?
-        /// Where /metrics and /healthz are also served over TCP; absent: not.
-        public var prometheusServeAddr: String?
-        public var bpffsRoot: String
-        public var logLevel: String
-        public var attachMode: String
-        /// The `conntrack-*` keys, in seconds.
-        public var conntrack: Conntrack
+        public var values: [ConfigKey: ConfigValue]
 
-        public init(enableIPv4Masquerade: Bool, enableIPv6Masquerade: Bool, ipv4NativeRoutingCIDR: IPPrefix?,
-                    ipv6NativeRoutingCIDR: IPPrefix?, podCIDRs: [IPPrefix], devices: [String], enableIPMasqAgent: Bool,
-                    ipMasqAgentConfigPath: String, clusterNodeIPs: [IPAddress],
-                    snatPortRange: String, natMaxEntries: UInt32, socketPath: String, socketGroup: String?,
-                    prometheusServeAddr: String? = nil, bpffsRoot: String, logLevel: String, attachMode: String, conntrack: Conntrack) {
-            self.enableIPv4Masquerade = enableIPv4Masquerade
-            self.enableIPv6Masquerade = enableIPv6Masquerade
-            self.ipv4NativeRoutingCIDR = ipv4NativeRoutingCIDR
-            self.ipv6NativeRoutingCIDR = ipv6NativeRoutingCIDR
-            self.podCIDRs = podCIDRs
-            self.devices = devices
-            self.enableIPMasqAgent = enableIPMasqAgent
-            self.ipMasqAgentConfigPath = ipMasqAgentConfigPath
-            self.clusterNodeIPs = clusterNodeIPs
-            self.snatPortRange = snatPortRange
-            self.natMaxEntries = natMaxEntries
-            self.socketPath = socketPath
-            self.socketGroup = socketGroup
-            self.prometheusServeAddr = prometheusServeAddr
-            self.bpffsRoot = bpffsRoot
-            self.logLevel = logLevel
-            self.attachMode = attachMode
-            self.conntrack = conntrack
+        public init(values: [ConfigKey: ConfigValue]) {
+            self.values = values
         }
 
-        /// Each field with its config key and its value as the config file spells them.
+        public subscript(key: ConfigKey) -> ConfigValue? { values[key] }
+
+        /// Each key with its value as the config file spells it, in the keys' order.
         public var keyedValues: [(key: String, value: ConfigFileValue)] {
-            func list<T: CustomStringConvertible>(_ items: [T]) -> ConfigFileValue { .list(items.map(\.description)) }
-            func optional<T: CustomStringConvertible>(_ value: T?) -> ConfigFileValue { value.map { .scalar($0.description) } ?? .unset }
-            func duration(_ seconds: Double) -> ConfigFileValue { .scalar(DurationText.format(seconds: seconds)) }
-            return [
-                ("enable-ipv4-masquerade", .scalar(String(enableIPv4Masquerade))),
-                ("enable-ipv6-masquerade", .scalar(String(enableIPv6Masquerade))),
-                ("ipv4-native-routing-cidr", optional(ipv4NativeRoutingCIDR)),
-                ("ipv6-native-routing-cidr", optional(ipv6NativeRoutingCIDR)),
-                ("pod-cidrs", list(podCIDRs)),
-                ("devices", list(devices)),
-                ("enable-ip-masq-agent", .scalar(String(enableIPMasqAgent))),
-                ("ip-masq-agent-config-path", .scalar(ipMasqAgentConfigPath)),
-                ("cluster-node-ips", list(clusterNodeIPs)),
-                ("snat-port-range", .scalar(snatPortRange)),
-                ("nat-max-entries", .scalar(String(natMaxEntries))),
-                ("socket-path", .scalar(socketPath)),
-                ("socket-group", optional(socketGroup)),
-                ("prometheus-serve-addr", optional(prometheusServeAddr)),
-                ("bpffs-root", .scalar(bpffsRoot)),
-                ("log-level", .scalar(logLevel)),
-                ("attach-mode", .scalar(attachMode)),
-                ("conntrack-tcp-syn-timeout", duration(conntrack.tcpSynTimeout)),
-                ("conntrack-tcp-established-timeout", duration(conntrack.tcpEstablishedTimeout)),
-                ("conntrack-tcp-fin-wait-timeout", duration(conntrack.tcpFinWaitTimeout)),
-                ("conntrack-tcp-close-wait-timeout", duration(conntrack.tcpCloseWaitTimeout)),
-                ("conntrack-tcp-closing-timeout", duration(conntrack.tcpClosingTimeout)),
-                ("conntrack-udp-timeout", duration(conntrack.udpTimeout)),
-                ("conntrack-udp-replied-timeout", duration(conntrack.udpRepliedTimeout)),
-                ("conntrack-icmp-timeout", duration(conntrack.icmpTimeout)),
-                ("conntrack-gc-interval", duration(conntrack.gcInterval)),
-            ]
+            ConfigKey.allCases.map { ($0.rawValue, values[$0]?.fileValue ?? .unset) }
         }
-    }
 
-    /// Flow lifetimes and the GC's longest interval, in seconds.
-    public struct Conntrack: Codable, Sendable, Equatable {
-        public var tcpSynTimeout: Double
-        public var tcpEstablishedTimeout: Double
-        public var tcpFinWaitTimeout: Double
-        public var tcpCloseWaitTimeout: Double
-        public var tcpClosingTimeout: Double
-        public var udpTimeout: Double
-        public var udpRepliedTimeout: Double
-        public var icmpTimeout: Double
-        public var gcInterval: Double
+        struct Field: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
 
-        public init(tcpSynTimeout: Double, tcpEstablishedTimeout: Double, tcpFinWaitTimeout: Double,
-                    tcpCloseWaitTimeout: Double, tcpClosingTimeout: Double,
-                    udpTimeout: Double, udpRepliedTimeout: Double, icmpTimeout: Double, gcInterval: Double) {
-            self.tcpSynTimeout = tcpSynTimeout
-            self.tcpEstablishedTimeout = tcpEstablishedTimeout
-            self.tcpFinWaitTimeout = tcpFinWaitTimeout
-            self.tcpCloseWaitTimeout = tcpCloseWaitTimeout
-            self.tcpClosingTimeout = tcpClosingTimeout
-            self.udpTimeout = udpTimeout
-            self.udpRepliedTimeout = udpRepliedTimeout
-            self.icmpTimeout = icmpTimeout
-            self.gcInterval = gcInterval
+        public init(from decoder: Decoder) throws {
+            let top = try decoder.container(keyedBy: Field.self)
+            var values: [ConfigKey: ConfigValue] = [:]
+            for key in ConfigKey.allCases {
+                let path = key.spec.json
+                let c = path.count == 1 ? top : try top.nestedContainer(keyedBy: Field.self, forKey: Field(stringValue: path[0]))
+                let field = Field(stringValue: path[path.count - 1])
+                values[key] = switch key.spec.kind {
+                case .bool: .bool(try c.decode(Bool.self, forKey: field))
+                case .integer: .integer(try c.decode(Int.self, forKey: field))
+                case .seconds: .seconds(try c.decode(Double.self, forKey: field))
+                case .text: .text(try c.decode(String.self, forKey: field))
+                case .optionalText: .text(try c.decodeIfPresent(String.self, forKey: field))
+                case .list: .list(try c.decode([String].self, forKey: field))
+                }
+            }
+            self.values = values
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var top = encoder.container(keyedBy: Field.self)
+            // Nested objects are encoded once each, with all their fields.
+            var nested: [String: [ConfigKey]] = [:]
+            for key in ConfigKey.allCases {
+                let path = key.spec.json
+                if path.count == 1 {
+                    try Self.encode(values[key], at: Field(stringValue: path[0]), in: &top)
+                } else {
+                    nested[path[0], default: []].append(key)
+                }
+            }
+            for (name, keys) in nested {
+                var container = top.nestedContainer(keyedBy: Field.self, forKey: Field(stringValue: name))
+                for key in keys {
+                    try Self.encode(values[key], at: Field(stringValue: key.spec.json[1]), in: &container)
+                }
+            }
+        }
+
+        private static func encode(_ value: ConfigValue?, at field: Field, in container: inout KeyedEncodingContainer<Field>) throws {
+            switch value {
+            case .bool(let b): try container.encode(b, forKey: field)
+            case .integer(let n): try container.encode(n, forKey: field)
+            case .seconds(let s): try container.encode(s, forKey: field)
+            case .text(let t): try container.encodeIfPresent(t, forKey: field)
+            case .list(let items): try container.encode(items, forKey: field)
+            case nil: break
+            }
         }
     }
 

@@ -79,22 +79,7 @@ struct APIHandlers: Sendable {
         let c = currentConfig
         let agent = status.snapshot.ipMasqAgent
         return ConfigResponse(
-            daemon: .init(
-                enableIPv4Masquerade: c.enableIPv4Masquerade, enableIPv6Masquerade: c.enableIPv6Masquerade,
-                ipv4NativeRoutingCIDR: c.ipv4NativeRoutingCIDR, ipv6NativeRoutingCIDR: c.ipv6NativeRoutingCIDR,
-                podCIDRs: c.podCIDRs, devices: c.devices.map(\.description), enableIPMasqAgent: c.enableIPMasqAgent,
-                ipMasqAgentConfigPath: c.ipMasqAgentConfigPath, clusterNodeIPs: c.clusterNodeIPs,
-                snatPortRange: "\(c.snatPortRange.lowerBound)-\(c.snatPortRange.upperBound)",
-                natMaxEntries: c.natMaxEntries, socketPath: c.socketPath, socketGroup: c.socketGroup,
-                prometheusServeAddr: c.prometheusServeAddr?.description,
-                bpffsRoot: c.bpffsRoot, logLevel: c.logLevel.rawValue, attachMode: c.attachMode.rawValue,
-                conntrack: .init(
-                    tcpSynTimeout: c.conntrackLifetimes.tcpSynSent, tcpEstablishedTimeout: c.conntrackLifetimes.tcpEstablished,
-                    tcpFinWaitTimeout: c.conntrackLifetimes.tcpFinWait, tcpCloseWaitTimeout: c.conntrackLifetimes.tcpCloseWait,
-                    tcpClosingTimeout: c.conntrackLifetimes.tcpClosing, udpTimeout: c.conntrackLifetimes.udpUnreplied,
-                    udpRepliedTimeout: c.conntrackLifetimes.udpReplied, icmpTimeout: c.conntrackLifetimes.icmp,
-                    gcInterval: Double(c.conntrackGCInterval.components.seconds)
-                        + Double(c.conntrackGCInterval.components.attoseconds) / 1e18)),
+            daemon: .init(values: c.shownValues),
             ipMasqAgent: .init(
                 enabled: c.enableIPMasqAgent, configPath: c.ipMasqAgentConfigPath, generation: agent.generation,
                 lastError: agent.lastError,

@@ -1,9 +1,18 @@
 @preconcurrency import Glibc
+import API
 import ArgumentParser
 import ControlServer
 import Daemon
 import Foundation
 import Logging
+
+extension NameSpecification {
+    static func key(_ key: ConfigKey) -> Self { .customLong(key.rawValue) }
+}
+
+extension ArgumentHelp {
+    static func key(_ key: ConfigKey) -> Self { Self(key.spec.help) }
+}
 
 extension MasqdCommand {
     /// `masqd run`: load the datapath, attach it, keep it reconciled until SIGTERM.
@@ -15,83 +24,34 @@ extension MasqdCommand {
         @Option(help: "The daemon's config file (YAML or JSON, keys as the flags below).")
         var config: String?
 
-        @Option(name: .customLong("enable-ipv4-masquerade"), help: "Masquerade IPv4 traffic (true or false; default true).")
-        var enableIPv4Masquerade: String?
-
-        @Option(name: .customLong("enable-ipv6-masquerade"), help: "Masquerade IPv6 traffic (true or false; default true).")
-        var enableIPv6Masquerade: String?
-
-        @Option(name: .customLong("ipv4-native-routing-cidr"), help: "IPv4 destinations routed without masquerading (replaces the pod-CIDR exclusion).")
-        var ipv4NativeRoutingCIDR: String?
-
-        @Option(name: .customLong("ipv6-native-routing-cidr"), help: "IPv6 destinations routed without masquerading.")
-        var ipv6NativeRoutingCIDR: String?
-
-        @Option(name: .customLong("pod-cidrs"), help: "Comma-separated CIDRs whose traffic is masqueraded (required).")
-        var podCIDRs: String?
-
-        @Option(name: .customLong("devices"), help: "Comma-separated masquerading devices, exact or prefix ('eth+'); empty: the devices with a default route.")
-        var devices: String?
-
-        @Option(name: .customLong("enable-ip-masq-agent"), help: "Apply the ip-masq-agent non-masquerade list (true or false; default false).")
-        var enableIPMasqAgent: String?
-
-        @Option(name: .customLong("ip-masq-agent-config-path"), help: "The ip-masq-agent config file.")
-        var ipMasqAgentConfigPath: String?
-
-        @Option(name: .customLong("cluster-node-ips"), help: "Comma-separated addresses of the other cluster nodes, never masqueraded to.")
-        var clusterNodeIPs: String?
-
-        @Option(name: .customLong("snat-port-range"), help: "Source ports masqueraded flows may take, LOW-HIGH (default 32768-65535).")
-        var snatPortRange: String?
-
-        @Option(name: .customLong("nat-max-entries"), help: "Size of the NAT table in entries (default 524288).")
-        var natMaxEntries: String?
-
-        @Option(name: .customLong("socket-path"), help: "The control API's Unix socket (default /run/masq/masqd.sock).")
-        var socketPath: String?
-
-        @Option(name: .customLong("socket-group"), help: "The group that owns the control socket.")
-        var socketGroup: String?
-
-        @Option(name: .customLong("prometheus-serve-addr"), help: "Also serve /metrics and /healthz over TCP at this address (:9962, 127.0.0.1:9962; default empty: off).")
-        var prometheusServeAddr: String?
-
-        @Option(name: .customLong("bpffs-root"), help: "Where maps and links are pinned (default /sys/fs/bpf/masq).")
-        var bpffsRoot: String?
-
-        @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
-        var logLevel: String?
-
-        @Option(name: .customLong("attach-mode"), help: "auto, tcx (Linux 6.6+) or tc (clsact); default auto.")
-        var attachMode: String?
-
-        @Option(name: .customLong("conntrack-tcp-syn-timeout"), help: "How long a TCP flow waits for its handshake to complete (duration such as 60s; default 60s).")
-        var conntrackTCPSynTimeout: String?
-
-        @Option(name: .customLong("conntrack-tcp-established-timeout"), help: "How long an idle established TCP flow lives (default 6h).")
-        var conntrackTCPEstablishedTimeout: String?
-
-        @Option(name: .customLong("conntrack-tcp-fin-wait-timeout"), help: "How long a TCP flow lives after one side's FIN until the other side answers (default 2m).")
-        var conntrackTCPFinWaitTimeout: String?
-
-        @Option(name: .customLong("conntrack-tcp-close-wait-timeout"), help: "How long an idle half-closed TCP flow lives once the FIN was answered (default 1m).")
-        var conntrackTCPCloseWaitTimeout: String?
-
-        @Option(name: .customLong("conntrack-tcp-closing-timeout"), help: "How long a TCP flow lives once both sides sent a FIN, or after an in-window RST (default 10s).")
-        var conntrackTCPClosingTimeout: String?
-
-        @Option(name: .customLong("conntrack-udp-timeout"), help: "How long an idle UDP flow lives before any reply (default 30s).")
-        var conntrackUDPTimeout: String?
-
-        @Option(name: .customLong("conntrack-udp-replied-timeout"), help: "How long an idle UDP flow lives once replies were seen (default 2m).")
-        var conntrackUDPRepliedTimeout: String?
-
-        @Option(name: .customLong("conntrack-icmp-timeout"), help: "How long an idle ICMP echo flow lives (default 30s).")
-        var conntrackICMPTimeout: String?
-
-        @Option(name: .customLong("conntrack-gc-interval"), help: "The longest time between two conntrack GC passes; they come sooner when many flows expire or ports run short (default 1m).")
-        var conntrackGCInterval: String?
+        // One flag a config key, named and explained by its `ConfigKey`; `flagSettings` finds
+        // them by property name, so each property is named as its key's case.
+        @Option(name: .key(.enableIPv4Masquerade), help: .key(.enableIPv4Masquerade)) var enableIPv4Masquerade: String?
+        @Option(name: .key(.enableIPv6Masquerade), help: .key(.enableIPv6Masquerade)) var enableIPv6Masquerade: String?
+        @Option(name: .key(.ipv4NativeRoutingCIDR), help: .key(.ipv4NativeRoutingCIDR)) var ipv4NativeRoutingCIDR: String?
+        @Option(name: .key(.ipv6NativeRoutingCIDR), help: .key(.ipv6NativeRoutingCIDR)) var ipv6NativeRoutingCIDR: String?
+        @Option(name: .key(.podCIDRs), help: .key(.podCIDRs)) var podCIDRs: String?
+        @Option(name: .key(.devices), help: .key(.devices)) var devices: String?
+        @Option(name: .key(.enableIPMasqAgent), help: .key(.enableIPMasqAgent)) var enableIPMasqAgent: String?
+        @Option(name: .key(.ipMasqAgentConfigPath), help: .key(.ipMasqAgentConfigPath)) var ipMasqAgentConfigPath: String?
+        @Option(name: .key(.clusterNodeIPs), help: .key(.clusterNodeIPs)) var clusterNodeIPs: String?
+        @Option(name: .key(.snatPortRange), help: .key(.snatPortRange)) var snatPortRange: String?
+        @Option(name: .key(.natMaxEntries), help: .key(.natMaxEntries)) var natMaxEntries: String?
+        @Option(name: .key(.socketPath), help: .key(.socketPath)) var socketPath: String?
+        @Option(name: .key(.socketGroup), help: .key(.socketGroup)) var socketGroup: String?
+        @Option(name: .key(.prometheusServeAddr), help: .key(.prometheusServeAddr)) var prometheusServeAddr: String?
+        @Option(name: .key(.bpffsRoot), help: .key(.bpffsRoot)) var bpffsRoot: String?
+        @Option(name: .key(.logLevel), help: .key(.logLevel)) var logLevel: String?
+        @Option(name: .key(.attachMode), help: .key(.attachMode)) var attachMode: String?
+        @Option(name: .key(.conntrackTCPSynTimeout), help: .key(.conntrackTCPSynTimeout)) var conntrackTCPSynTimeout: String?
+        @Option(name: .key(.conntrackTCPEstablishedTimeout), help: .key(.conntrackTCPEstablishedTimeout)) var conntrackTCPEstablishedTimeout: String?
+        @Option(name: .key(.conntrackTCPFinWaitTimeout), help: .key(.conntrackTCPFinWaitTimeout)) var conntrackTCPFinWaitTimeout: String?
+        @Option(name: .key(.conntrackTCPCloseWaitTimeout), help: .key(.conntrackTCPCloseWaitTimeout)) var conntrackTCPCloseWaitTimeout: String?
+        @Option(name: .key(.conntrackTCPClosingTimeout), help: .key(.conntrackTCPClosingTimeout)) var conntrackTCPClosingTimeout: String?
+        @Option(name: .key(.conntrackUDPTimeout), help: .key(.conntrackUDPTimeout)) var conntrackUDPTimeout: String?
+        @Option(name: .key(.conntrackUDPRepliedTimeout), help: .key(.conntrackUDPRepliedTimeout)) var conntrackUDPRepliedTimeout: String?
+        @Option(name: .key(.conntrackICMPTimeout), help: .key(.conntrackICMPTimeout)) var conntrackICMPTimeout: String?
+        @Option(name: .key(.conntrackGCInterval), help: .key(.conntrackGCInterval)) var conntrackGCInterval: String?
 
         @Option(name: .customLong("bpf-object"), help: ArgumentHelp("Load this BPF object instead of the embedded one (debugging).", visibility: .hidden))
         var bpfObject: String?
@@ -100,22 +60,14 @@ extension MasqdCommand {
 
         /// The settings given as flags, by config key.
         func flagSettings() -> [ConfigKey: RawSetting] {
-            let values: [ConfigKey: String?] = [
-                .enableIPv4Masquerade: enableIPv4Masquerade, .enableIPv6Masquerade: enableIPv6Masquerade,
-                .ipv4NativeRoutingCIDR: ipv4NativeRoutingCIDR, .ipv6NativeRoutingCIDR: ipv6NativeRoutingCIDR,
-                .podCIDRs: podCIDRs, .devices: devices, .enableIPMasqAgent: enableIPMasqAgent,
-                .ipMasqAgentConfigPath: ipMasqAgentConfigPath,
-                .clusterNodeIPs: clusterNodeIPs, .snatPortRange: snatPortRange, .natMaxEntries: natMaxEntries,
-                .socketPath: socketPath, .socketGroup: socketGroup, .prometheusServeAddr: prometheusServeAddr,
-                .bpffsRoot: bpffsRoot,
-                .logLevel: logLevel, .attachMode: attachMode,
-                .conntrackTCPSynTimeout: conntrackTCPSynTimeout, .conntrackTCPEstablishedTimeout: conntrackTCPEstablishedTimeout,
-                .conntrackTCPFinWaitTimeout: conntrackTCPFinWaitTimeout, .conntrackTCPCloseWaitTimeout: conntrackTCPCloseWaitTimeout,
-                .conntrackTCPClosingTimeout: conntrackTCPClosingTimeout, .conntrackUDPTimeout: conntrackUDPTimeout,
-                .conntrackUDPRepliedTimeout: conntrackUDPRepliedTimeout, .conntrackICMPTimeout: conntrackICMPTimeout,
-                .conntrackGCInterval: conntrackGCInterval,
-            ]
-            return values.compactMapValues { $0.map(RawSetting.scalar) }
+            let keys = Dictionary(uniqueKeysWithValues: ConfigKey.allCases.map { ("_\($0)", $0) })
+            var settings: [ConfigKey: RawSetting] = [:]
+            for child in Mirror(reflecting: self).children {
+                guard let label = child.label, let key = keys[label], let option = child.value as? Option<String?>,
+                      let text = option.wrappedValue else { continue }
+                settings[key] = .scalar(text)
+            }
+            return settings
         }
 
         /// The effective config: defaults, the file, then the flags.

@@ -65,9 +65,9 @@ struct ServerTests {
             #expect(ipmasq.cidrs.map(\.description) == LiveAPI.nonMasquerade.sorted())
 
             let config = try api.decode(ConfigResponse.self, try await call(api, "/v1/config"))
-            #expect(config.daemon.podCIDRs.map(\.description) == [LiveAPI.podCIDR])
-            #expect(config.daemon.conntrack.tcpEstablishedTimeout == FlowLifetimes.default.tcpEstablished)
-            #expect(config.daemon.conntrack.gcInterval == 60)
+            #expect(config.daemon[.podCIDRs] == .list([LiveAPI.podCIDR]))
+            #expect(config.daemon[.conntrackTCPEstablishedTimeout] == .seconds(FlowLifetimes.default.tcpEstablished))
+            #expect(config.daemon[.conntrackGCInterval] == .seconds(60))
 
             let explain = try api.decode(ExplainResponse.self,
                                          try await call(api, "/v1/explain?src=10.244.1.2&dst=100.0.9.7&proto=udp&dport=53&device=lo"))

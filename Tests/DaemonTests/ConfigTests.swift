@@ -1,3 +1,5 @@
+import API
+import Foundation
 import NetworkTypes
 @testable import Daemon
 @testable import Datapath
@@ -68,6 +70,26 @@ struct ConfigTests {
         for key in ConfigKey.allCases {
             #expect(help.contains("--\(key.rawValue)"), "help lacks --\(key.rawValue)")
         }
+    }
+
+    @Test("/v1/config shows every key as its spec declares, and reads back to the same values")
+    func shownValues() throws {
+        let c = try config(file: "pod-cidrs: [10.244.0.0/16]\nipv4-native-routing-cidr: 10.0.0.0/8\nconntrack-gc-interval: 1m30s\n")
+        let shown = c.shownValues
+        for key in ConfigKey.allCases {
+            let value = try #require(shown[key], "\(key.rawValue) is not shown")
+            let matches = switch (key.spec.kind, value) {
+            case (.bool, .bool), (.integer, .integer), (.seconds, .seconds), (.list, .list), (.optionalText, .text): true
+            case (.text, .text(let text)): text != nil
+            default: false
+            }
+            #expect(matches, "\(key.rawValue): \(value) is not a \(key.spec.kind)")
+        }
+        let json = try APIJSON.encoder().encode(ConfigResponse.Daemon(values: shown))
+        #expect(try APIJSON.decoder().decode(ConfigResponse.Daemon.self, from: json).values == shown)
+        let text = try #require(String(data: json, encoding: .utf8))
+        #expect(text.contains(#""conntrack":{"gcInterval":90,"icmpTimeout":30,"#) && text.contains(#""ipv4NativeRoutingCIDR":"10.0.0.0/8""#), "\(text)")
+        #expect(!text.contains("socketGroup"), "an unset key is absent: \(text)")
     }
 
     @Test("flags win over the config file")

@@ -1,3 +1,4 @@
+import API
 import NetworkTypes
 @testable import Daemon
 import Testing

@@ -1,3 +1,5 @@
+import API
+
 /// One problem with one config key: which key (and list item), and what is wrong.
 public struct ConfigError: Error, Equatable, CustomStringConvertible {
     public var key: ConfigKey?

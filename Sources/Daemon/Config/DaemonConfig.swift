@@ -1,3 +1,4 @@
+import API
 import Datapath
 import Foundation
 import Logging
@@ -55,7 +56,7 @@ public struct DaemonConfig: Equatable, Sendable {
         var errors: [ConfigError] = []
         for (key, raw) in settings.sorted(by: { $0.key < $1.key }) {
             do {
-                try apply(key, raw)
+                try key.binding.apply(&self, raw)
             } catch {
                 errors.append(error)
             }
@@ -66,51 +67,25 @@ public struct DaemonConfig: Equatable, Sendable {
         if !errors.isEmpty { throw ConfigErrors(errors: errors) }
     }
 
-    private mutating func apply(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) {
-        switch key {
-        case .enableIPv4Masquerade: enableIPv4Masquerade = try Self.bool(key, raw)
-        case .enableIPv6Masquerade: enableIPv6Masquerade = try Self.bool(key, raw)
-        case .ipv4NativeRoutingCIDR: ipv4NativeRoutingCIDR = try Self.optionalPrefix(key, raw, v4: true)
-        case .ipv6NativeRoutingCIDR: ipv6NativeRoutingCIDR = try Self.optionalPrefix(key, raw, v4: false)
-        case .podCIDRs: podCIDRs = try Self.prefixes(key, raw)
-        case .devices: devices = raw.items.map(DeviceSelector.init)
-        case .enableIPMasqAgent: enableIPMasqAgent = try Self.bool(key, raw)
-        case .ipMasqAgentConfigPath: ipMasqAgentConfigPath = try Self.path(key, raw)
-        case .clusterNodeIPs: clusterNodeIPs = try Self.addresses(key, raw)
-        case .snatPortRange: snatPortRange = try Self.portRange(key, raw)
-        case .natMaxEntries: natMaxEntries = try Self.natEntries(key, raw)
-        case .socketPath: socketPath = try Self.path(key, raw)
-        case .socketGroup: socketGroup = try Self.optionalScalar(key, raw)
-        case .prometheusServeAddr: prometheusServeAddr = try Self.serveAddress(key, raw)
-        case .bpffsRoot: bpffsRoot = try Self.path(key, raw)
-        case .logLevel: logLevel = try Self.choice(key, raw, Logger.Level.allCases.map(\.rawValue)) { Logger.Level(rawValue: $0) }
-        case .attachMode: attachMode = try Self.choice(key, raw, AttachMode.allCases.map(\.rawValue)) { AttachMode(rawValue: $0) }
-        case .conntrackTCPSynTimeout: conntrackLifetimes.tcpSynSent = try Self.seconds(key, raw)
-        case .conntrackTCPEstablishedTimeout: conntrackLifetimes.tcpEstablished = try Self.seconds(key, raw)
-        case .conntrackTCPFinWaitTimeout: conntrackLifetimes.tcpFinWait = try Self.seconds(key, raw)
-        case .conntrackTCPCloseWaitTimeout: conntrackLifetimes.tcpCloseWait = try Self.seconds(key, raw)
-        case .conntrackTCPClosingTimeout: conntrackLifetimes.tcpClosing = try Self.seconds(key, raw)
-        case .conntrackUDPTimeout: conntrackLifetimes.udpUnreplied = try Self.seconds(key, raw)
-        case .conntrackUDPRepliedTimeout: conntrackLifetimes.udpReplied = try Self.seconds(key, raw)
-        case .conntrackICMPTimeout: conntrackLifetimes.icmp = try Self.seconds(key, raw)
-        case .conntrackGCInterval: conntrackGCInterval = .milliseconds(Int64(try Self.seconds(key, raw) * 1000))
-        }
+    /// Every key's value as `/v1/config` shows it.
+    public var shownValues: [ConfigKey: ConfigValue] {
+        Dictionary(uniqueKeysWithValues: ConfigKey.allCases.map { ($0, $0.binding.show(self)) })
     }
 
     // MARK: typed readers, one per kind of value
 
-    private static func scalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
+    static func scalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
         guard case .scalar(let text) = raw else { throw ConfigError(key, "expects a single value, not a list") }
         return text.trimmingCharacters(in: .whitespaces)
     }
 
     /// An empty value (`key:` or `key: ""` in the file) means unset, as for the other optional keys.
-    private static func optionalScalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String? {
+    static func optionalScalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String? {
         let text = try scalar(key, raw)
         return text.isEmpty ? nil : text
     }
 
-    private static func bool(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Bool {
+    static func bool(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Bool {
         switch try scalar(key, raw).lowercased() {
         case "true": return true
         case "false": return false
@@ -118,13 +93,13 @@ public struct DaemonConfig: Equatable, Sendable {
         }
     }
 
-    private static func path(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
+    static func path(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String {
         let text = try scalar(key, raw)
         guard text.hasPrefix("/") else { throw ConfigError(key, "'\(text)' is not an absolute path") }
         return text
     }
 
-    private static func prefix(_ key: ConfigKey, _ text: String, at index: Int?) throws(ConfigError) -> IPPrefix {
+    static func prefix(_ key: ConfigKey, _ text: String, at index: Int?) throws(ConfigError) -> IPPrefix {
         do {
             return try IPPrefix(text)
         } catch {
@@ -132,7 +107,7 @@ public struct DaemonConfig: Equatable, Sendable {
         }
     }
 
-    private static func prefixes(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> [IPPrefix] {
+    static func prefixes(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> [IPPrefix] {
         var result: [IPPrefix] = []
         for (i, text) in raw.items.enumerated() {
             result.append(try prefix(key, text, at: i))
@@ -140,7 +115,7 @@ public struct DaemonConfig: Equatable, Sendable {
         return result
     }
 
-    private static func optionalPrefix(_ key: ConfigKey, _ raw: RawSetting, v4: Bool) throws(ConfigError) -> IPPrefix? {
+    static func optionalPrefix(_ key: ConfigKey, _ raw: RawSetting, v4: Bool) throws(ConfigError) -> IPPrefix? {
         let text = try scalar(key, raw)
         if text.isEmpty { return nil }
         let p = try prefix(key, text, at: nil)
@@ -148,7 +123,7 @@ public struct DaemonConfig: Equatable, Sendable {
         return p
     }
 
-    private static func addresses(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> [IPAddress] {
+    static func addresses(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> [IPAddress] {
         var result: [IPAddress] = []
         for (i, text) in raw.items.enumerated() {
             guard let a = IPAddress(text) else { throw ConfigError(key, index: i, "'\(text)' is not an IP address") }
@@ -157,7 +132,7 @@ public struct DaemonConfig: Equatable, Sendable {
         return result
     }
 
-    private static func portRange(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> ClosedRange<UInt16> {
+    static func portRange(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> ClosedRange<UInt16> {
         let text = try scalar(key, raw)
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count == 2, let low = UInt16(parts[0]), let high = UInt16(parts[1]) else {
@@ -169,7 +144,7 @@ public struct DaemonConfig: Equatable, Sendable {
         return low...high
     }
 
-    private static func serveAddress(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> ServeAddress? {
+    static func serveAddress(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> ServeAddress? {
         let text = try scalar(key, raw)
         if text.isEmpty { return nil }
         guard let address = ServeAddress(text) else {
@@ -178,7 +153,7 @@ public struct DaemonConfig: Equatable, Sendable {
         return address
     }
 
-    private static func natEntries(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> UInt32 {
+    static func natEntries(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> UInt32 {
         let text = try scalar(key, raw)
         guard let n = UInt32(text), n >= 1024, n <= 1 << 26 else {
             throw ConfigError(key, "'\(text)' is not a table size between 1024 and \(1 << 26)")
@@ -213,12 +188,12 @@ public struct DaemonConfig: Equatable, Sendable {
         return total
     }
 
-    private static func choice<T>(
-        _ key: ConfigKey, _ raw: RawSetting, _ names: [String], _ make: (String) -> T?
-    ) throws(ConfigError) -> T {
+    static func choice<T: CaseIterable & RawRepresentable>(
+        _ key: ConfigKey, _ raw: RawSetting, _ type: T.Type
+    ) throws(ConfigError) -> T where T.RawValue == String {
         let text = try scalar(key, raw)
-        guard let value = make(text.lowercased()) else {
-            throw ConfigError(key, "'\(text)' is not one of \(names.joined(separator: ", "))")
+        guard let value = T(rawValue: text.lowercased()) else {
+            throw ConfigError(key, "'\(text)' is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return value
     }

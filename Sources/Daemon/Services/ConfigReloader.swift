@@ -1,3 +1,4 @@
+import API
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -26,45 +27,18 @@ struct ConfigReloader: Service, CustomStringConvertible {
         self.logger = logger
     }
 
-    /// A key read only at start: its running value is kept across reloads.
-    struct RestartOnly: Sendable {
-        let key: ConfigKey
-        let keep: @Sendable (_ into: inout DaemonConfig, _ from: DaemonConfig) -> Void
-        let differs: @Sendable (DaemonConfig, DaemonConfig) -> Bool
-
-        static func field<T: Equatable & Sendable>(_ key: ConfigKey, _ path: WritableKeyPath<DaemonConfig, T> & Sendable) -> Self {
-            Self(key: key, keep: { $0[keyPath: path] = $1[keyPath: path] }, differs: { $0[keyPath: path] != $1[keyPath: path] })
-        }
-    }
-
-    /// The bpffs root, map sizes, sockets and listeners, logging, attach mode, the watched file, the IPv6
-    /// switch (the file's validation depends on it) and the conntrack lifetimes are fixed for
-    /// the life of the process.
-    static let restartOnly: [RestartOnly] = [
-        .field(.bpffsRoot, \DaemonConfig.bpffsRoot), .field(.natMaxEntries, \DaemonConfig.natMaxEntries),
-        .field(.socketPath, \DaemonConfig.socketPath), .field(.socketGroup, \DaemonConfig.socketGroup),
-        .field(.prometheusServeAddr, \DaemonConfig.prometheusServeAddr),
-        .field(.logLevel, \DaemonConfig.logLevel), .field(.attachMode, \DaemonConfig.attachMode),
-        .field(.ipMasqAgentConfigPath, \DaemonConfig.ipMasqAgentConfigPath),
-        .field(.enableIPv6Masquerade, \DaemonConfig.enableIPv6Masquerade),
-        // The conntrack GC and the API read the flow lifetimes and the GC interval at start.
-        .field(.conntrackTCPSynTimeout, \DaemonConfig.conntrackLifetimes.tcpSynSent),
-        .field(.conntrackTCPEstablishedTimeout, \DaemonConfig.conntrackLifetimes.tcpEstablished),
-        .field(.conntrackTCPFinWaitTimeout, \DaemonConfig.conntrackLifetimes.tcpFinWait),
-        .field(.conntrackTCPCloseWaitTimeout, \DaemonConfig.conntrackLifetimes.tcpCloseWait),
-        .field(.conntrackTCPClosingTimeout, \DaemonConfig.conntrackLifetimes.tcpClosing),
-        .field(.conntrackUDPTimeout, \DaemonConfig.conntrackLifetimes.udpUnreplied),
-        .field(.conntrackUDPRepliedTimeout, \DaemonConfig.conntrackLifetimes.udpReplied),
-        .field(.conntrackICMPTimeout, \DaemonConfig.conntrackLifetimes.icmp),
-        .field(.conntrackGCInterval, \DaemonConfig.conntrackGCInterval),
-    ]
-
     /// The config to run with after a reload: `new` with the restart-only keys kept as
     /// `running` has them, and the keys that changed but need a restart.
     static func merge(running: DaemonConfig, new: DaemonConfig) -> (DaemonConfig, [ConfigKey]) {
         var merged = new
-        for field in restartOnly { field.keep(&merged, running) }
-        return (merged, restartOnly.filter { $0.differs(running, new) }.map(\.key))
+        var pending: [ConfigKey] = []
+        for key in ConfigKey.allCases {
+            let binding = key.binding
+            guard binding.reload == .restartOnly else { continue }
+            binding.keep(&merged, running)
+            if binding.differs(running, new) { pending.append(key) }
+        }
+        return (merged, pending)
     }
 
     func run() async throws {
