@@ -44,21 +44,23 @@ public actor Datapath {
         object = try BPFObject(
             bytes: objectBytes ?? EmbeddedDatapath.bytes,
             pinRoot: root,
-            maxEntries: [MASQ_MAP_NAT_V4: natMaxEntries],
-            keepReplaced: [MASQ_MAP_NAT_V4])
+            maxEntries: [MASQ_MAP_NAT_V4: natMaxEntries, MASQ_MAP_NAT_V6: natMaxEntries],
+            keepReplaced: [MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6])
         for name in object.replacedPins where object.replacedMaps[name] == nil {
             logger.info("Pinned map did not match this datapath and was recreated",
                         metadata: ["map.name": "\(name)"])
         }
-        if let old = object.replacedMaps[MASQ_MAP_NAT_V4] {
+        for name in [MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6] {
+            guard let old = object.replacedMaps[name] else { continue }
             do {
-                let carried = try NATCarryOver.run(from: old, to: try object.map(MASQ_MAP_NAT_V4))
+                let carried = try NATCarryOver.run(from: old, to: try object.map(name))
                 logger.log(level: carried.lost == 0 ? .notice : .warning,
                            "NAT table recreated (size or layout changed); flows carried over, those that fit",
-                           metadata: ["nat.copied": "\(carried.copied)", "nat.lost": "\(carried.lost)"])
+                           metadata: ["map.name": "\(name)", "nat.copied": "\(carried.copied)",
+                                      "nat.lost": "\(carried.lost)"])
             } catch {
                 logger.warning("NAT table recreated; its flows could not be carried over",
-                               metadata: ["map.name": "\(MASQ_MAP_NAT_V4)", "error": "\(error)"])
+                               metadata: ["map.name": "\(name)", "error": "\(error)"])
             }
         }
         portKey = Self.portKey(existing: try object.map(MASQ_MAP_CONFIG))
@@ -95,7 +97,8 @@ public actor Datapath {
 
         // Every SNAT address first: a reply is reverse-translated on whichever device it
         // arrives, so the addresses are known before any device's programs run.
-        try syncAddressesV4(MASQ_MAP_SNAT_V4, Set(state.devices.compactMap(\.snatV4)))
+        try syncAddresses(MASQ_MAP_SNAT_V4, Set(state.devices.compactMap(\.snatV4)))
+        try syncAddresses(MASQ_MAP_SNAT_V6, Set(state.devices.compactMap(\.snatV6)))
         let devicesMap = try object.map(MASQ_MAP_DEVICES)
         for device in state.devices {
             var value = masq_device()
@@ -111,13 +114,21 @@ public actor Datapath {
             try devicesMap.update(device.ifindex, value)
         }
 
-        for (name, desired) in [(MASQ_MAP_PODS_V4, state.podCIDRsV4), (MASQ_MAP_NONMASQ_V4, state.nonMasqueradeV4)] {
-            guard let desired else { continue }
-            let diff = try syncPrefixesV4(name, desired)
+        var diffs = [try syncPrefixes(MASQ_MAP_PODS_V4, state.podCIDRsV4, as: masq_lpm_v4.self),
+                     try syncPrefixes(MASQ_MAP_PODS_V6, state.podCIDRsV6, as: masq_lpm_v6.self)]
+        // An unknown ip-masq-agent list (nil) leaves its map as it is.
+        if let list = state.nonMasqueradeV4 {
+            diffs.append(try syncPrefixes(MASQ_MAP_NONMASQ_V4, list, as: masq_lpm_v4.self))
+        }
+        if let list = state.nonMasqueradeV6 {
+            diffs.append(try syncPrefixes(MASQ_MAP_NONMASQ_V6, list, as: masq_lpm_v6.self))
+        }
+        for diff in diffs {
             report.cidrsAdded += diff.add.count
             report.cidrsRemoved += diff.remove.count
         }
-        try syncAddressesV4(MASQ_MAP_NODES_V4, state.nodeIPsV4)
+        try syncAddresses(MASQ_MAP_NODES_V4, state.nodeIPsV4)
+        try syncAddresses(MASQ_MAP_NODES_V6, state.nodeIPsV6)
 
         let egress = try object.programFD(MASQ_PROG_EGRESS)
         let ingress = try object.programFD(MASQ_PROG_INGRESS)
@@ -173,26 +184,38 @@ public actor Datapath {
         try object.map(MASQ_MAP_CONFIG).update(UInt32(0), cfg)
     }
 
-    private func syncPrefixesV4(_ name: String, _ desired: Set<IPPrefix>) throws -> SetDiff<IPPrefix> {
+    /// Brings an LPM map of one family (key `Key`) to `desired`, prefixes of that family.
+    private func syncPrefixes<Key: LPMKey & BitwiseCopyable>(_ name: String, _ desired: Set<IPPrefix>, as: Key.Type) throws -> SetDiff<IPPrefix> {
         let map = try object.map(name)
-        let current = Set(try map.keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)))
+        let current = Set(try map.keys(as: Key.self).map(\.prefix))
         let diff = SetDiff(current: current, desired: desired)
         for prefix in diff.add {
-            try map.update(masq_lpm_v4(prefix), UInt8(MASQ_CIDR_PRESENT))
+            try map.update(Key(prefix), UInt8(MASQ_CIDR_PRESENT))
         }
         for prefix in diff.remove {
-            try map.delete(masq_lpm_v4(prefix))
+            try map.delete(Key(prefix))
         }
         return diff
     }
 
-    /// Brings a set of IPv4 addresses (key __be32, value MASQ_CIDR_PRESENT) to `desired`.
-    private func syncAddressesV4(_ name: String, _ desired: Set<IPv4Address>) throws {
+    /// Brings a set of addresses of one family (key `key(address)`, the address in network
+    /// order; value MASQ_CIDR_PRESENT) to `desired`.
+    private func syncAddresses<Address: Hashable, Key: BitwiseCopyable>(
+        _ name: String, _ desired: Set<Address>, key: (Address) -> Key, address: (Key) -> Address
+    ) throws {
         let map = try object.map(name)
-        let current = Set(try map.keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
+        let current = Set(try map.keys(as: Key.self).map(address))
         let diff = SetDiff(current: current, desired: desired)
-        for ip in diff.add { try map.update(ip.networkOrder, UInt8(MASQ_CIDR_PRESENT)) }
-        for ip in diff.remove { try map.delete(ip.networkOrder) }
+        for ip in diff.add { try map.update(key(ip), UInt8(MASQ_CIDR_PRESENT)) }
+        for ip in diff.remove { try map.delete(key(ip)) }
+    }
+
+    private func syncAddresses(_ name: String, _ desired: Set<IPv4Address>) throws {
+        try syncAddresses(name, desired, key: \.networkOrder, address: IPv4Address.init(networkOrder:))
+    }
+
+    private func syncAddresses(_ name: String, _ desired: Set<IPv6Address>) throws {
+        try syncAddresses(name, desired, key: masq_addr_v6.init, address: IPv6Address.init)
     }
 
     /// A map of the loaded object, for readers (status, conntrack, tests).
@@ -260,17 +283,53 @@ private func removePins(_ path: String) throws {
     }
 }
 
+/// The key of an LPM map of one family (masq_lpm_v4, masq_lpm_v6).
+protocol LPMKey {
+    /// The key of `prefix`, a prefix of the key's family.
+    init(_ prefix: IPPrefix)
+    var prefix: IPPrefix { get }
+}
+
+extension IPv6Address {
+    init(_ key: masq_addr_v6) { self.init(bytes: withUnsafeBytes(of: key) { Array($0) }) }
+}
+
+extension masq_addr_v6 {
+    init(_ address: IPv6Address) {
+        self.init()
+        withUnsafeMutableBytes(of: &self) { $0.copyBytes(from: address.bytes) }
+    }
+}
+
 extension IPPrefix {
     init(lpm: masq_lpm_v4) {
         self.init(unchecked: .v4(IPv4Address(networkOrder: lpm.addr)), length: Int(lpm.prefixlen))
     }
+
+    init(lpm: masq_lpm_v6) {
+        self.init(unchecked: .v6(IPv6Address(bytes: withUnsafeBytes(of: lpm.addr) { Array($0) })),
+                  length: Int(lpm.prefixlen))
+    }
 }
 
-extension masq_lpm_v4 {
+extension masq_lpm_v4: LPMKey {
     /// The LPM key of an IPv4 prefix (callers pass IPv4 prefixes only).
     init(_ prefix: IPPrefix) {
         self.init()
         prefixlen = UInt32(prefix.length)
         if case .v4(let a) = prefix.address { addr = a.networkOrder }
     }
+
+    var prefix: IPPrefix { IPPrefix(lpm: self) }
+}
+
+extension masq_lpm_v6: LPMKey {
+    /// The LPM key of an IPv6 prefix (callers pass IPv6 prefixes only).
+    init(_ prefix: IPPrefix) {
+        self.init()
+        prefixlen = UInt32(prefix.length)
+        if case .v6(let a) = prefix.address { withUnsafeMutableBytes(of: &addr) { $0.copyBytes(from: a.bytes) } }
+    }
+
+    var prefix: IPPrefix { IPPrefix(lpm: self) }
 }

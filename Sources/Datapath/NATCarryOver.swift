@@ -3,14 +3,15 @@ import CLibbpf
 import NetworkTypes
 import CMasq
 
-/// Carries the flows of a replaced `masq_nat_v4` over into the new one, so that a restart
+/// Carries the flows of a replaced `masq_nat_v4` or `masq_nat_v6` over into the new one, so that a restart
 /// with another `nat-max-entries`, map type or entry layout keeps established connections
 /// (with the ports they were given) instead of resetting them.
 ///
 /// Runs at load, before the new programs are attached: the new table is still private, and
 /// the old programs go on serving the old one meanwhile. Entries of today's layout are copied
-/// as they are; entries of the layout before `tcp_state` (`MASQ_NAT_ENTRY_V4_V1_SIZE`) get
+/// as they are; IPv4 entries of the layout before `tcp_state` (`MASQ_NAT_ENTRY_V4_V1_SIZE`) get
 /// their TCP state from the seen bits of both their entries. A smaller table keeps what fits.
+/// `masq_nat_v6` has had one layout only.
 enum NATCarryOver {
     struct Report: Equatable {
         var copied = 0
@@ -22,15 +23,26 @@ enum NATCarryOver {
     private typealias EntryV1 = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
 
     static func run(from old: ReplacedMap, to new: BPFMap, batchSize: Int = 4096) throws -> Report {
+        if old.map.name == MASQ_MAP_NAT_V6 {
+            guard old.keySize == UInt32(MemoryLayout<masq_nat_key_v6>.size),
+                  old.valueSize == UInt32(MemoryLayout<masq_nat_entry_v6>.size) else {
+                throw BPFError("carry over", "map \(old.map.name): key size \(old.keySize) or entry size \(old.valueSize) is not this datapath's",
+                               errno: EINVAL)
+            }
+            return try copy(old.map, to: new, batchSize: batchSize, key: masq_nat_key_v6.self,
+                            value: masq_nat_entry_v6.self) { _, v in v }
+        }
         guard old.keySize == UInt32(MemoryLayout<masq_nat_key_v4>.size) else {
             throw BPFError("carry over", "map \(old.map.name): key size \(old.keySize) is not this datapath's",
                            errno: EINVAL)
         }
         switch Int(old.valueSize) {
         case MemoryLayout<masq_nat_entry_v4>.size:
-            return try copy(old.map, to: new, batchSize: batchSize, value: masq_nat_entry_v4.self) { _, v in v }
+            return try copy(old.map, to: new, batchSize: batchSize, key: masq_nat_key_v4.self,
+                            value: masq_nat_entry_v4.self) { _, v in v }
         case Int(MASQ_NAT_ENTRY_V4_V1_SIZE):
-            return try copy(old.map, to: new, batchSize: batchSize, value: EntryV1.self) { key, v1 in
+            return try copy(old.map, to: new, batchSize: batchSize, key: masq_nat_key_v4.self,
+                            value: EntryV1.self) { key, v1 in
                 var entry = upgrade(v1)
                 if L4Protocol(number: key.proto) == .tcp {
                     let partner = NATEntries.partner(key, entry)
@@ -45,14 +57,14 @@ enum NATCarryOver {
         }
     }
 
-    private static func copy<V: BitwiseCopyable>(
-        _ old: BPFMap, to new: BPFMap, batchSize: Int, value: V.Type,
-        convert: (masq_nat_key_v4, V) -> masq_nat_entry_v4
+    private static func copy<K: BitwiseCopyable, V: BitwiseCopyable, Entry: BitwiseCopyable>(
+        _ old: BPFMap, to new: BPFMap, batchSize: Int, key: K.Type, value: V.Type,
+        convert: (K, V) -> Entry
     ) throws -> Report {
         var report = Report()
         var token: UInt32?
         repeat {
-            let batch = try old.lookupBatch(from: token, count: batchSize, key: masq_nat_key_v4.self, value: V.self)
+            let batch = try old.lookupBatch(from: token, count: batchSize, key: K.self, value: V.self)
             var keys = batch.entries.map(\.key)
             var values = batch.entries.map { convert($0.key, $0.value) }
             var count = UInt32(keys.count)

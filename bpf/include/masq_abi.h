@@ -28,12 +28,21 @@
 #define MASQ_MAP_ALLOC_HIST "masq_alloc_hist"
 #define MASQ_MAP_SAT_V4    "masq_sat_v4"
 #define MASQ_MAP_FULL_V4   "masq_full_v4"
+#define MASQ_MAP_SNAT_V6   "masq_snat_v6"
+#define MASQ_MAP_NAT_V6    "masq_nat_v6"
+#define MASQ_MAP_PODS_V6   "masq_pods_v6"
+#define MASQ_MAP_NONMASQ_V6 "masq_nonmasq_v6"
+#define MASQ_MAP_NODES_V6  "masq_nodes_v6"
+#define MASQ_MAP_FRAG_V6   "masq_frag_v6"
+#define MASQ_MAP_SAT_V6    "masq_sat_v6"
+#define MASQ_MAP_FULL_V6   "masq_full_v6"
 
 /* Program names (the entry functions in bpf/bpf_masq.c). */
 #define MASQ_PROG_EGRESS   "masq_egress"
 #define MASQ_PROG_INGRESS  "masq_ingress"
 
-/* Default map sizes; nat-max-entries overrides MASQ_NAT_MAX_ENTRIES at load time. */
+/* Default map sizes; nat-max-entries overrides MASQ_NAT_MAX_ENTRIES at load time (for
+ * masq_nat_v4 and masq_nat_v6 alike). */
 #define MASQ_NAT_MAX_ENTRIES     524288
 #define MASQ_CIDR_MAX_ENTRIES    16384
 #define MASQ_NODES_MAX_ENTRIES   16384
@@ -98,8 +107,23 @@ struct masq_lpm_v6 {
 };
 _Static_assert(sizeof(struct masq_lpm_v6) == 20, "masq_lpm_v6 size");
 
-/* Value of every CIDR map and of masq_nodes_v4 and masq_snat_v4 (key __be32 address): presence
- * is what counts. */
+/* An IPv6 address, network order: the key of masq_snat_v6 and masq_nodes_v6 and every address
+ * of the v6 NAT, fragment and saturation keys and entries. Words, so the datapath compares and
+ * checksums it a word at a time; userspace reads and writes its 16 bytes. (Not a union: Swift
+ * imports a struct holding a C union as not BitwiseCopyable.) */
+struct masq_addr_v6 {
+	__be32 w[4];           /* network order */
+};
+_Static_assert(sizeof(struct masq_addr_v6) == 16, "masq_addr_v6 size");
+
+/* ---- masq_snat_v6: every masquerading device's IPv6 SNAT address (key struct masq_addr_v6;
+ * value MASQ_CIDR_PRESENT), as masq_snat_v4. ---- */
+
+/* ---- LPM keys of IPv6: masq_pods_v6 (pod-cidrs), masq_nonmasq_v6 (non-masquerade list):
+ * struct masq_lpm_v6. masq_nodes_v6: key struct masq_addr_v6. ---- */
+
+/* Value of every CIDR map and of masq_nodes_v4/_v6 and masq_snat_v4/_v6 (key the address):
+ * presence is what counts. */
 #define MASQ_CIDR_PRESENT 1
 
 /* ---- masq_nat_v4: the NAT / connection table (preallocated hash). ----
@@ -182,7 +206,41 @@ _Static_assert(sizeof(struct masq_nat_entry_v4) == 56, "masq_nat_entry_v4 size")
  * sequence numbers zero). masqd carries such a table over into the current layout. */
 #define MASQ_NAT_ENTRY_V4_V1_SIZE 48
 
-/* ---- masq_stats: per-CPU counters, indexed by these. ---- */
+/* ---- masq_nat_v6: the IPv6 NAT / connection table, the same pairs, flags, seen bits, TCP
+ * states and lifetimes as masq_nat_v4 (above), with 16-byte addresses. For ICMPv6 echo, proto
+ * is IPPROTO_ICMPV6 and the echo id takes the place of a port exactly as in masq_nat_key_v4. ---- */
+
+struct masq_nat_key_v6 {
+	struct masq_addr_v6 saddr; /* network order */
+	struct masq_addr_v6 daddr; /* network order */
+	__be16 sport;          /* network order; ICMPv6 echo: id (EGRESS) or 0 (INGRESS) */
+	__be16 dport;          /* network order; ICMPv6 echo: 0 (EGRESS) or id (INGRESS) */
+	__u8 proto;            /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 */
+	__u8 dir;              /* MASQ_DIR_* */
+	__u16 pad;             /* zero */
+};
+_Static_assert(sizeof(struct masq_nat_key_v6) == 40, "masq_nat_key_v6 size");
+
+struct masq_nat_entry_v6 {
+	struct masq_addr_v6 to_addr; /* network order: SNAT address (EGRESS) or pod address (INGRESS) */
+	__be16 to_port;        /* network order: SNAT port/id (EGRESS) or pod port/id (INGRESS) */
+	__u8 flags;            /* MASQ_NAT_F_* */
+	__u8 seen;             /* MASQ_SEEN_* of this entry's direction (INBOUND: both) */
+	__u32 ifindex;         /* the masquerading device of the flow, host order */
+	__u8 tcp_state;        /* MASQ_TCP_*, the flow's; the same in both entries of a pair */
+	__u8 pad[7];           /* reserved, zero */
+	__u64 created;         /* CLOCK_BOOTTIME ns */
+	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last packet in this entry's direction */
+	__u64 packets;         /* packets in this entry's direction */
+	__u64 bytes;           /* bytes (L3 length: IPv6 header plus payload length) */
+	__u32 seq_next;        /* TCP, host order, as in masq_nat_entry_v4 */
+	__u32 reply_seq_next;  /* INBOUND entries: the pod's side; else zero */
+};
+_Static_assert(sizeof(struct masq_nat_entry_v6) == 72, "masq_nat_entry_v6 size");
+
+/* ---- masq_stats: per-CPU counters, indexed by these. ----
+ * Each family counts apart: an IPv4 packet at MASQ_STAT_x, an IPv6 one at
+ * MASQ_STAT_V6(MASQ_STAT_x); the map holds MASQ_STAT_ENTRIES counters. */
 
 #define MASQ_STAT_SNAT_PACKETS      0 /* packets translated on egress */
 #define MASQ_STAT_REVSNAT_PACKETS   1 /* packets translated on ingress */
@@ -201,6 +259,8 @@ _Static_assert(sizeof(struct masq_nat_entry_v4) == 56, "masq_nat_entry_v4 size")
 #define MASQ_STAT_TABLE_FULL       14 /* new flows refused by a full masq_nat_v4 (pods: DROP_NAT_TABLE_FULL) */
 #define MASQ_STAT_HOST_UNTRACKED   15 /* node packets passed untracked: a full table, their tuple free */
 #define MASQ_STAT_MAX               16
+#define MASQ_STAT_V6(stat)          (MASQ_STAT_MAX + (stat))
+#define MASQ_STAT_ENTRIES           (2 * MASQ_STAT_MAX)
 
 /* ---- masq_alloc_hist: per-CPU histogram of port allocations by candidates tried. ----
  * Index b counts allocations (successful or failed) that tried t candidates with
@@ -230,6 +290,19 @@ struct masq_frag_entry_v4 {
 };
 _Static_assert(sizeof(struct masq_frag_entry_v4) == 8, "masq_frag_entry_v4 size");
 
+/* ---- masq_frag_v6: the ports of a fragmented IPv6 datagram (LRU hash), as masq_frag_v4,
+ * keyed by the fragment header's 32-bit identification (RFC 8200 4.5). The value is struct
+ * masq_frag_entry_v4, which holds nothing of a family (icmp_type: ICMPV6_ECHO_REQUEST or
+ * ICMPV6_ECHO_REPLY for ICMPv6). ---- */
+struct masq_frag_key_v6 {
+	struct masq_addr_v6 saddr; /* network order */
+	struct masq_addr_v6 daddr; /* network order */
+	__be32 id;             /* fragment header identification, network order */
+	__u8 proto;            /* the upper-layer protocol after the extension headers */
+	__u8 pad[3];           /* zero */
+};
+_Static_assert(sizeof(struct masq_frag_key_v6) == 40, "masq_frag_key_v6 size");
+
 #define MASQ_FRAG_F_PASS (1U << 0) /* the datagram is not translated (ICMP other than echo): its
 				    * later fragments pass as the first did */
 
@@ -258,12 +331,24 @@ struct masq_sat_entry_v4 {
 };
 _Static_assert(sizeof(struct masq_sat_entry_v4) == 56, "masq_sat_entry_v4 size");
 
+/* ---- masq_sat_v6: the same for IPv6 SNAT addresses; value struct masq_sat_entry_v4 (which
+ * holds nothing of a family). ---- */
+struct masq_sat_key_v6 {
+	struct masq_addr_v6 snat;   /* SNAT address, network order */
+	struct masq_addr_v6 remote; /* remote address, network order */
+	__be16 remote_port;    /* network order; 0 for ICMPv6 echo */
+	__u8 proto;            /* IPPROTO_* */
+	__u8 pad;              /* zero */
+};
+_Static_assert(sizeof(struct masq_sat_key_v6) == 36, "masq_sat_key_v6 size");
+
 /* ---- masq_full_v4: tuples an exhaustive scan just found full (LRU hash). ----
  * Key struct masq_sat_key_v4; value __u64, the CLOCK_BOOTTIME ns of that scan. For
  * SNAT_FULL_HINT_NS after it, new flows of the tuple try only the random probes instead of
  * scanning the whole range again (a full scan of 32768 ports costs milliseconds). A found port
  * removes the mark, and masqd's GC removes the marks of tuples whose flows it deletes, since
  * that is how ports come free; so the answer stays exact except for ports freed otherwise
- * (a flush) within the hint's lifetime. */
+ * (a flush) within the hint's lifetime.
+ * masq_full_v6: the same for IPv6, key struct masq_sat_key_v6. */
 
 #endif /* MASQ_ABI_H */

@@ -91,10 +91,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } masq_drops SEC(".maps");
 
-/* Per-CPU datapath counter; index MASQ_STAT_* (masq_abi.h). */
+/* Per-CPU datapath counter; index MASQ_STAT_* for IPv4, MASQ_STAT_V6(MASQ_STAT_*) for IPv6
+ * (masq_abi.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MASQ_STAT_MAX);
+	__uint(max_entries, MASQ_STAT_ENTRIES);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -138,6 +139,80 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } masq_full_v4 SEC(".maps");
 
-/* IPv6 (masq_nat_v6, masq_pods_v6, masq_nonmasq_v6, masq_nodes_v6) goes here, same shapes. */
+/* ---- IPv6: the same maps for the second family, same shapes and sizes. ---- */
+
+/* One IPv6 SNAT address of a masquerading device (as masq_snat_v4). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MASQ_DEVICES_MAX_ENTRIES);
+	__type(key, struct masq_addr_v6);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_snat_v6 SEC(".maps");
+
+/* One direction of a tracked IPv6 flow (as masq_nat_v4; nat-max-entries sizes both). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MASQ_NAT_MAX_ENTRIES);
+	__type(key, struct masq_nat_key_v6);
+	__type(value, struct masq_nat_entry_v6);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_nat_v6 SEC(".maps");
+
+/* One IPv6 pod CIDR (pod-cidrs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MASQ_CIDR_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct masq_lpm_v6);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_pods_v6 SEC(".maps");
+
+/* One IPv6 ip-masq-agent non-masquerade CIDR. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MASQ_CIDR_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct masq_lpm_v6);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_nonmasq_v6 SEC(".maps");
+
+/* One IPv6 cluster node address (cluster-node-ips). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MASQ_NODES_MAX_ENTRIES);
+	__type(key, struct masq_addr_v6);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_nodes_v6 SEC(".maps");
+
+/* The ports of one fragmented IPv6 datagram, from its first fragment (masq_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_FRAG_MAX_ENTRIES);
+	__type(key, struct masq_frag_key_v6);
+	__type(value, struct masq_frag_entry_v4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_frag_v6 SEC(".maps");
+
+/* The port saturation of one IPv6 (SNAT address, remote, remote port, protocol). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_SAT_MAX_ENTRIES);
+	__type(key, struct masq_sat_key_v6);
+	__type(value, struct masq_sat_entry_v4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_sat_v6 SEC(".maps");
+
+/* An IPv6 tuple an exhaustive scan found full, and when. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MASQ_SAT_MAX_ENTRIES);
+	__type(key, struct masq_sat_key_v6);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_full_v6 SEC(".maps");
 
 #endif /* MASQ_MAPS_H */
