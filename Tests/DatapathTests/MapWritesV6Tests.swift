@@ -87,8 +87,8 @@ struct MapWritesV6Tests {
         key.dir = UInt8(MASQ_DIR_EGRESS)
         var entry = masq_nat_entry_v6()
         entry.to_addr = masq_addr_v6(try v6("fd00:50::2"))
-        entry.to_port = be16(40001)
-        entry.tcp_state = UInt8(MASQ_TCP_ESTABLISHED)
+        entry.ct.to_port = be16(40001)
+        entry.ct.tcp_state = UInt8(MASQ_TCP_ESTABLISHED)
         do {
             let first = try Datapath(config: config, logger: logger)
             let nat = try await first.map(MASQ_MAP_NAT_V6)
@@ -101,6 +101,6 @@ struct MapWritesV6Tests {
         #expect(nat.maxEntries == 2048)
         let kept = try #require(try nat.lookup(key, as: masq_nat_entry_v6.self))
         #expect(IPv6Address(kept.to_addr).description == "fd00:50::2")
-        #expect(host16(kept.to_port) == 40001 && kept.tcp_state == UInt8(MASQ_TCP_ESTABLISHED))
+        #expect(host16(kept.ct.to_port) == 40001 && kept.ct.tcp_state == UInt8(MASQ_TCP_ESTABLISHED))
     }
 }

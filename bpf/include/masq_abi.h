@@ -221,20 +221,12 @@ struct masq_nat_key_v6 {
 };
 _Static_assert(sizeof(struct masq_nat_key_v6) == 40, "masq_nat_key_v6 size");
 
+/* The flow's state is an IPv4 entry's, field for field (ct), so one set of conntrack helpers
+ * (datapath) and one GC (masqd) serve both families: only the address is wider. */
 struct masq_nat_entry_v6 {
 	struct masq_addr_v6 to_addr; /* network order: SNAT address (EGRESS) or pod address (INGRESS) */
-	__be16 to_port;        /* network order: SNAT port/id (EGRESS) or pod port/id (INGRESS) */
-	__u8 flags;            /* MASQ_NAT_F_* */
-	__u8 seen;             /* MASQ_SEEN_* of this entry's direction (INBOUND: both) */
-	__u32 ifindex;         /* the masquerading device of the flow, host order */
-	__u8 tcp_state;        /* MASQ_TCP_*, the flow's; the same in both entries of a pair */
-	__u8 pad[7];           /* reserved, zero */
-	__u64 created;         /* CLOCK_BOOTTIME ns */
-	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last packet in this entry's direction */
-	__u64 packets;         /* packets in this entry's direction */
-	__u64 bytes;           /* bytes (L3 length: IPv6 header plus payload length) */
-	__u32 seq_next;        /* TCP, host order, as in masq_nat_entry_v4 */
-	__u32 reply_seq_next;  /* INBOUND entries: the pod's side; else zero */
+	struct masq_nat_entry_v4 ct; /* to_port, flags, seen, tcp_state, times, counters, sequence
+				      * numbers as in masq_nat_entry_v4; ct.to_addr is unused, zero */
 };
 _Static_assert(sizeof(struct masq_nat_entry_v6) == 72, "masq_nat_entry_v6 size");
 
