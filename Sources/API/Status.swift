@@ -207,55 +207,24 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         }
     }
 
-    /// Datapath counters, summed over CPUs.
+    /// Datapath counters, summed over CPUs, by the status key `MASQ_STAT_LIST` (masq_abi.h)
+    /// gives each (`snatPackets`, `tableFull`, ...).
     public struct Counters: Codable, Sendable, Equatable {
-        public var snatPackets: UInt64
-        public var revSnatPackets: UInt64
-        public var allocations: UInt64
-        public var allocationsKeptPort: UInt64
-        public var allocationRetries: UInt64
-        public var allocationFailures: UInt64
-        public var hostFlows: UInt64
-        public var inboundFlows: UInt64
-        /// Allocations that scanned the whole port range after their random probes.
-        public var allocationScans: UInt64
-        /// Failed allocations answered by a recent full-scan mark, without scanning again.
-        public var allocationFullHintFailures: UInt64
-        /// INGRESS halves of live flows re-created by the datapath.
-        public var reverseRestored: UInt64
-        /// New flows the full NAT table refused.
-        public var tableFull: UInt64
-        /// Node packets passed untracked because the table was full.
-        public var hostUntracked: UInt64
-        /// ICMP errors translated (RFC 5508), either direction.
-        public var icmpErrorsTranslated: UInt64
-        /// First IPv4 fragments whose ports were remembered.
-        public var fragmentsTracked: UInt64
-        /// Later IPv4 fragments translated with their first fragment's ports.
-        public var fragmentsMatched: UInt64
+        public var values: [String: UInt64]
 
-        public init(snatPackets: UInt64 = 0, revSnatPackets: UInt64 = 0, allocations: UInt64 = 0,
-                    allocationsKeptPort: UInt64 = 0, allocationRetries: UInt64 = 0, allocationFailures: UInt64 = 0,
-                    hostFlows: UInt64 = 0, inboundFlows: UInt64 = 0, allocationScans: UInt64 = 0,
-                    allocationFullHintFailures: UInt64 = 0, reverseRestored: UInt64 = 0,
-                    tableFull: UInt64 = 0, hostUntracked: UInt64 = 0,
-                    icmpErrorsTranslated: UInt64 = 0, fragmentsTracked: UInt64 = 0, fragmentsMatched: UInt64 = 0) {
-            self.snatPackets = snatPackets
-            self.revSnatPackets = revSnatPackets
-            self.allocations = allocations
-            self.allocationsKeptPort = allocationsKeptPort
-            self.allocationRetries = allocationRetries
-            self.allocationFailures = allocationFailures
-            self.hostFlows = hostFlows
-            self.inboundFlows = inboundFlows
-            self.allocationScans = allocationScans
-            self.allocationFullHintFailures = allocationFullHintFailures
-            self.reverseRestored = reverseRestored
-            self.tableFull = tableFull
-            self.hostUntracked = hostUntracked
-            self.icmpErrorsTranslated = icmpErrorsTranslated
-            self.fragmentsTracked = fragmentsTracked
-            self.fragmentsMatched = fragmentsMatched
+        public init(values: [String: UInt64] = [:]) {
+            self.values = values
+        }
+
+        public subscript(key: String) -> UInt64? { values[key] }
+
+        public init(from decoder: Decoder) throws {
+            values = try decoder.singleValueContainer().decode([String: UInt64].self)
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(values)
         }
     }
 

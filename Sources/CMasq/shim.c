@@ -157,3 +157,30 @@ long masq_fs_type(const char *path)
 		return -errno;
 	return (long)st.f_type;
 }
+
+static const struct masq_stat_info masq_stats_info[] = {
+#define MASQ_STAT_INFO(name, key, metric, help) { #name, key, metric, help },
+	MASQ_STAT_LIST(MASQ_STAT_INFO)
+#undef MASQ_STAT_INFO
+};
+
+struct masq_stat_info masq_stat_describe(__u32 index)
+{
+	return index < MASQ_STAT_MAX ? masq_stats_info[index] : (struct masq_stat_info){ 0 };
+}
+
+static const struct masq_drop_info masq_drops_info[] = {
+#define MASQ_DROP_INFO(name, number, summary) { number, #name, summary },
+	MASQ_DROP_REASONS(MASQ_DROP_INFO)
+#undef MASQ_DROP_INFO
+};
+
+__u32 masq_drop_reason_count(void)
+{
+	return sizeof(masq_drops_info) / sizeof(masq_drops_info[0]);
+}
+
+struct masq_drop_info masq_drop_describe(__u32 i)
+{
+	return i < masq_drop_reason_count() ? masq_drops_info[i] : (struct masq_drop_info){ 0 };
+}

@@ -66,10 +66,10 @@ extension MasqClient.Status {
             let percent = nat.maxEntries > 0 ? Double(nat.entries) * 100 / Double(nat.maxEntries) : 0
             lines.append(labelled("NAT table", "\(nat.entries)/\(nat.maxEntries) entries (\(String(format: "%.1f", percent))%)"))
         }
-        let c = status.counters
-        lines.append(labelled("Allocations", "\(c.allocations) (\(c.allocationsKeptPort) kept their port, \(c.allocationRetries) retries, \(c.allocationScans) full scans, \(c.allocationFailures) failed)"))
+        func c(_ key: String) -> UInt64 { status.counters[key] ?? 0 }
+        lines.append(labelled("Allocations", "\(c("allocations")) (\(c("allocationsKeptPort")) kept their port, \(c("allocationRetries")) retries, \(c("allocationScans")) full scans, \(c("allocationFailures")) failed)"))
         lines += allocationLines(status.allocation)
-        lines.append(labelled("Datapath", "\(c.icmpErrorsTranslated) ICMP errors translated, fragments \(c.fragmentsTracked) tracked / \(c.fragmentsMatched) matched, \(c.reverseRestored) reverse entries restored"))
+        lines.append(labelled("Datapath", "\(c("icmpErrorsTranslated")) ICMP errors translated, fragments \(c("fragmentsTracked")) tracked / \(c("fragmentsMatched")) matched, \(c("reverseRestored")) reverse entries restored"))
         lines += gcSummary(status.conntrackGC, now: status.startedAt.addingTimeInterval(status.uptimeSeconds))
         lines.append(labelled("Config reloads", reloadSummary(status.configReloads)))
         let drops = status.drops.filter { $0.count > 0 }

@@ -47,7 +47,7 @@ struct APIHandlers: Sendable {
             enabledProtocols: .init(ipv4: view.ipv4Enabled, ipv6: ipv6),
             snatExclusionCIDRv4: exclusionV4, snatExclusionCIDRv6: config.ipv6NativeRoutingCIDR?.description)
         let drops = try await datapath.drops().map {
-            StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.rawValue), summary: $0.reason.summary, count: $0.count)
+            StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.code), summary: $0.reason.summary, count: $0.count)
         }
         let now = Date()
         return StatusResponse(

@@ -1,4 +1,5 @@
 import API
+import CMasq
 import Datapath
 
 /// The datapath's egress decision, restated in Swift for `/v1/explain`: the same checks in the
@@ -100,7 +101,7 @@ public enum MasqueradeDecision {
         // Fail closed: without an SNAT address the packet is dropped, never sent with the pod's.
         guard let snat = entry.snatV4 else {
             return ExplainResponse(masquerade: false, rule: .noSNATAddress, device: device.name,
-                                   reason: "\(device.name) has no IPv4 address to masquerade to: the packet is dropped (\(DropReason.noSNATAddress.label)).")
+                                   reason: "\(device.name) has no IPv4 address to masquerade to: the packet is dropped (\(DropReason(DROP_NO_SNAT_ADDRESS).label)).")
         }
         if let existing {
             return ExplainResponse(masquerade: true, rule: .masquerade, device: device.name, snatAddress: .v4(existing.toAddress),

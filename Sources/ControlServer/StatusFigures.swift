@@ -139,29 +139,9 @@ extension PrometheusText {
 }
 
 extension StatusResponse.Counters {
-    /// The status counters from every masq_stats counter.
+    /// The status counters from every masq_stats counter, each under its status key.
     init(stats: [(stat: DatapathStat, value: UInt64)]) {
-        self.init()
-        for (stat, value) in stats {
-            switch stat {
-            case .snatPackets: snatPackets = value
-            case .revSnatPackets: revSnatPackets = value
-            case .allocations: allocations = value
-            case .allocationsKeptPort: allocationsKeptPort = value
-            case .allocationRetries: allocationRetries = value
-            case .allocationFailures: allocationFailures = value
-            case .hostFlows: hostFlows = value
-            case .inboundFlows: inboundFlows = value
-            case .allocationScans: allocationScans = value
-            case .reverseRestored: reverseRestored = value
-            case .icmpErrorsTranslated: icmpErrorsTranslated = value
-            case .fragmentsTracked: fragmentsTracked = value
-            case .fragmentsMatched: fragmentsMatched = value
-            case .allocationFullHintFailures: allocationFullHintFailures = value
-            case .tableFull: tableFull = value
-            case .hostUntracked: hostUntracked = value
-            }
-        }
+        self.init(values: Dictionary(uniqueKeysWithValues: stats.map { ($0.stat.statusKey, $0.value) }))
     }
 }
 

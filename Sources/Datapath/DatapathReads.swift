@@ -195,6 +195,6 @@ extension Datapath {
     /// masq_drops summed over CPUs, for every known reason.
     public func drops() throws -> [(reason: DropReason, count: UInt64)] {
         let drops = try map(MASQ_MAP_DROPS)
-        return try DropReason.allCases.map { ($0, try drops.perCPUSum($0.rawValue)) }
+        return try DropReason.all.map { ($0, try drops.perCPUSum($0.code)) }
     }
 }

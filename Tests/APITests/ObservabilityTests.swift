@@ -14,26 +14,16 @@ import Testing
 /// /metrics and /v1/status show them.
 @Suite("metrics and status figures")
 struct FigureUnitTests {
-    static let header = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("bpf/include/masq_abi.h").path
-
-    @Test("every MASQ_STAT_* of masq_abi.h has a DatapathStat with its index, a unique metric name and help")
+    @Test("every counter of MASQ_STAT_LIST has its index, a unique status key, metric name and help")
     func everyStatIsExported() throws {
-        let text = try String(contentsOfFile: Self.header, encoding: .utf8)
-        var defined: [String: Int32] = [:]
-        for line in text.split(separator: "\n") {
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard words.count >= 3, words[0] == "#define", words[1].hasPrefix("MASQ_STAT_"), words[1] != "MASQ_STAT_MAX",
-                  let value = Int32(words[2]) else { continue }
-            defined[String(words[1])] = value
-        }
-        #expect(defined.count >= 14)
-        let mirrored = Dictionary(uniqueKeysWithValues: DatapathStat.allCases.map { ($0.cName, $0.rawValue) })
-        #expect(mirrored == defined)
-        let names = DatapathStat.allCases.map(\.metricName)
-        #expect(Set(names).count == names.count)
+        let stats = DatapathStat.all
+        #expect(stats.count == Int(MASQ_STAT_MAX.rawValue) && stats.count >= 16)
+        #expect(stats.map(\.index) == Array(0..<UInt32(stats.count)))
+        #expect(stats.first { $0.cName == "MASQ_STAT_ICMP_ERRORS" }?.index == MASQ_STAT_ICMP_ERRORS.rawValue)
+        let names = stats.map(\.metricName)
+        #expect(Set(names).count == names.count && Set(stats.map(\.statusKey)).count == stats.count)
         #expect(names.allSatisfy { $0.hasPrefix("masq_") && $0.hasSuffix("_total") })
-        #expect(DatapathStat.allCases.allSatisfy { !$0.help.isEmpty })
+        #expect(stats.allSatisfy { !$0.help.isEmpty && $0.statusKey.first?.isLowercase == true })
     }
 
     @Test("the allocation histogram is cumulative with le = 2^b, the last bucket only as +Inf, _count and no _sum")
@@ -137,8 +127,8 @@ struct FigureLiveTests {
     static func fill(_ api: LiveAPI) async throws -> UInt64 {
         let cpus = UInt64(libbpf_num_possible_cpus())
         let stats = try await api.datapath.map(MASQ_MAP_STATS)
-        for stat in DatapathStat.allCases { try setPerCPU(stats, UInt32(stat.rawValue), 100 + UInt64(stat.rawValue)) }
-        try setPerCPU(try await api.datapath.map(MASQ_MAP_DROPS), DropReason.fragmentNotFound.rawValue, 9)
+        for stat in DatapathStat.all { try setPerCPU(stats, stat.index, 100 + UInt64(stat.index)) }
+        try setPerCPU(try await api.datapath.map(MASQ_MAP_DROPS), DROP_FRAG_NOT_FOUND.rawValue, 9)
         let hist = try await api.datapath.map(MASQ_MAP_ALLOC_HIST)
         for (bucket, count) in [(0, 100), (1, 20), (5, 3), (Int(MASQ_ALLOC_HIST_BUCKETS) - 1, 1)] as [(Int, UInt64)] {
             try setPerCPU(hist, UInt32(bucket), count)
@@ -195,13 +185,13 @@ struct FigureLiveTests {
             let lines = Set(text.split(separator: "\n").map(String.init))
             func has(_ line: String) { #expect(lines.contains(line), "missing: \(line)") }
 
-            for stat in DatapathStat.allCases {
+            for stat in DatapathStat.all {
                 has("# HELP \(stat.metricName) \(stat.help)")
                 has("# TYPE \(stat.metricName) counter")
-                has("\(stat.metricName) \((100 + UInt64(stat.rawValue)) * cpus)")
+                has("\(stat.metricName) \((100 + UInt64(stat.index)) * cpus)")
             }
-            for reason in DropReason.allCases {
-                has(#"masq_drops_total{reason="\#(reason.label)"} \#(reason == .fragmentNotFound ? 9 * cpus : 0)"#)
+            for reason in DropReason.all {
+                has(#"masq_drops_total{reason="\#(reason.label)"} \#(reason.code == DROP_FRAG_NOT_FOUND.rawValue ? 9 * cpus : 0)"#)
             }
 
             has("# TYPE masq_nat_allocation_tries histogram")
@@ -249,14 +239,9 @@ struct FigureLiveTests {
             let status = try api.decode(StatusResponse.self, result)
 
             let c = status.counters
-            func stat(_ s: DatapathStat) -> UInt64 { (100 + UInt64(s.rawValue)) * cpus }
-            #expect(c.snatPackets == stat(.snatPackets) && c.inboundFlows == stat(.inboundFlows))
-            #expect(c.allocationScans == stat(.allocationScans))
-            #expect(c.reverseRestored == stat(.reverseRestored))
-            #expect(c.icmpErrorsTranslated == stat(.icmpErrorsTranslated))
-            #expect(c.fragmentsTracked == stat(.fragmentsTracked))
-            #expect(c.fragmentsMatched == stat(.fragmentsMatched))
-            #expect(c.allocationFullHintFailures == stat(.allocationFullHintFailures))
+            func stat(_ s: masq_stat) -> UInt64 { (100 + UInt64(s.rawValue)) * cpus }
+            #expect(c.values == Dictionary(uniqueKeysWithValues: DatapathStat.all.map { ($0.statusKey, stat(masq_stat($0.index))) }))
+            #expect(c["icmpErrorsTranslated"] == stat(MASQ_STAT_ICMP_ERRORS) && c["snatPackets"] == stat(MASQ_STAT_SNAT_PACKETS))
             #expect(status.drops.first { $0.reason == "frag_not_found" }?.count == 9 * cpus)
 
             let a = status.allocation
@@ -293,7 +278,7 @@ struct FigureLiveTests {
             #expect(out.status == 0, "\(out.stderr)")
             #expect(out.stdout.contains("Ports tried:    1: \(100 * cpus), 2: \(20 * cpus), 17-32: \(3 * cpus), >=262145: \(cpus)\n"), "\(out.stdout)")
             #expect(out.stdout.contains("  100.0.0.1 -> 100.0.0.2:1011/udp  ~88% used  11 failed, 22 scans, max 43 tries\n"), "\(out.stdout)")
-            #expect(out.stdout.contains("Datapath:       \(stat(.icmpErrorsTranslated)) ICMP errors translated, fragments \(stat(.fragmentsTracked)) tracked / \(stat(.fragmentsMatched)) matched"), "\(out.stdout)")
+            #expect(out.stdout.contains("Datapath:       \(stat(MASQ_STAT_ICMP_ERRORS)) ICMP errors translated, fragments \(stat(MASQ_STAT_FRAG_TRACKED)) tracked / \(stat(MASQ_STAT_FRAG_MATCHED)) matched"), "\(out.stdout)")
             #expect(out.stdout.contains("Conntrack GC:   1 passes, last "), "\(out.stdout)")
             #expect(out.stdout.contains("(5000 entries, 80 deleted), next in 15s"), "\(out.stdout)")
             #expect(out.stdout.contains("Config reloads: ip-masq-agent 1 ok, 1 failed; daemon (SIGHUP) 2 ok, 1 failed (last: config.yaml: snat-port-range: 9-1 is empty)\n"), "\(out.stdout)")

@@ -57,7 +57,7 @@ struct ServerTests {
             #expect(status.ready && status.masquerading.mode == "BPF")
             #expect(status.masquerading.snatExclusionCIDRv4 == LiveAPI.podCIDR)
             #expect(status.devices.map(\.snatIPv4) == [IPAddress(LiveAPI.snatAddress)])
-            #expect(status.drops.map(\.code) == DropReason.allCases.map { Int($0.rawValue) })
+            #expect(status.drops.map(\.code) == DropReason.all.map { Int($0.code) })
             #expect(status.tables.first { $0.name == "masq_nat_v4" }?.maxEntries == 262_144)
 
             // Read back from the map: exactly what the reconciler wrote.

@@ -46,7 +46,7 @@ struct AllocationTests {
 
         let full = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1001, dport: 443)))
         #expect(full.verdict == TC.shot)
-        #expect(try dp.dropped(.natPortsExhausted) == 1)
+        #expect(try dp.dropped(DROP_NAT_PORTS_EXHAUSTED) == 1)
         #expect(try dp.stat(MASQ_STAT_ALLOC_FAIL) == 1)
         // Another remote port of the same server is another tuple, with all its ports free.
         #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1001, dport: 8443))).verdict == TC.pass)
@@ -63,7 +63,7 @@ struct AllocationTests {
         }
         #expect(ports == Set(40000...40255))
         #expect(try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 999, dport: 53))).verdict == TC.shot)
-        #expect(try dp.dropped(.natPortsExhausted) == 1)
+        #expect(try dp.dropped(DROP_NAT_PORTS_EXHAUSTED) == 1)
         #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 256)
     }
 

@@ -88,7 +88,7 @@ struct DeviceTests {
         let out = try dp.run(.egress, frame)
 
         #expect(out.verdict == TC.shot, "an Ethernet header is no IPv4 header")
-        #expect(try dp.dropped(.invalidIPv4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_IPV4) == 1)
         #expect(try dp.entries().isEmpty)
     }
 
@@ -100,7 +100,7 @@ struct DeviceTests {
         let out = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
 
         #expect(out.verdict == TC.shot)
-        #expect(try dp.dropped(.noSNATAddress) == 1)
+        #expect(try dp.dropped(DROP_NO_SNAT_ADDRESS) == 1)
         #expect(try dp.entries().isEmpty, "a dropped packet opens no flow")
 
         // Excluded destinations need no address and still pass: another node, another pod.
@@ -110,7 +110,7 @@ struct DeviceTests {
             #expect(passed.verdict == TC.pass, "to \(dst)")
             #expect(passed.frame == frame, "to \(dst)")
         }
-        #expect(try dp.dropped(.noSNATAddress) == 1)
+        #expect(try dp.dropped(DROP_NO_SNAT_ADDRESS) == 1)
     }
 
     @Test("without an SNAT address the replies of a connection that came in to a pod still leave")
@@ -125,7 +125,7 @@ struct DeviceTests {
         let out = try dp.run(.egress, reply)
         #expect(out.verdict == TC.pass)
         #expect(out.frame == reply)
-        #expect(try dp.dropped(.noSNATAddress) == 0)
+        #expect(try dp.dropped(DROP_NO_SNAT_ADDRESS) == 0)
     }
 
     @Test("a device that gets its address back masquerades again")

@@ -49,7 +49,7 @@ struct FlowTableTests {
         }
 
         #expect(refused == 500 - (64 - 20) / 2)
-        #expect(try dp.dropped(.natTableFull) == UInt64(refused))
+        #expect(try dp.dropped(DROP_NAT_TABLE_FULL) == UInt64(refused))
         #expect(try dp.stat(MASQ_STAT_TABLE_FULL) == UInt64(refused))
         #expect(try dp.entries().count == 64)
         for (sport, port) in ports {
@@ -106,7 +106,7 @@ struct FlowTableTests {
 
         let pod1 = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: remote, .udp(sport: 40000, dport: 80)))
         #expect(pod1.verdict == TC.shot)
-        #expect(try dp.dropped(.natReplyConflict) == 1)
+        #expect(try dp.dropped(DROP_NAT_REPLY_CONFLICT) == 1)
         let owner = try #require(try dp.entry(rkey))
         #expect(PacketIPv4(raw: owner.to_addr) == Net.pod2, "the reply entry still maps to the flow that holds it")
         let back = try dp.run(.ingress, ipv4Frame(src: remote, dst: Net.snat, .udp(sport: 80, dport: 40000)))
@@ -162,7 +162,7 @@ struct FlowTableTests {
         #expect(out.verdict == TC.pass && out.frame == host)
         #expect(try dp.stat(MASQ_STAT_HOST_UNTRACKED) == 1)
         #expect(try egress(dp, Net.pod2, sport: 40001, flags: TCPFlag.syn).verdict == TC.shot)
-        #expect(try dp.dropped(.natTableFull) == 1)
+        #expect(try dp.dropped(DROP_NAT_TABLE_FULL) == 1)
         #expect(try dp.droppedTotal() == 1)
     }
 

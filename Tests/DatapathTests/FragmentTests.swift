@@ -81,12 +81,12 @@ struct FragmentTests {
         let early = try dp.run(.egress, fragments[2])
 
         #expect(early.verdict == TC.shot)
-        #expect(try dp.dropped(.fragmentNotFound) == 1)
+        #expect(try dp.dropped(DROP_FRAG_NOT_FOUND) == 1)
         #expect(try dp.entries().isEmpty)
 
         let out = try fragments.map { try dp.run(.egress, $0) }
         #expect(out.allSatisfy { $0.verdict == TC.pass && ParsedFragment($0.frame).src == Net.snat })
-        #expect(try dp.dropped(.fragmentNotFound) == 1)
+        #expect(try dp.dropped(DROP_FRAG_NOT_FOUND) == 1)
     }
 
     @Test("a later fragment for the node's address before its first passes untouched: it may be the node's own")

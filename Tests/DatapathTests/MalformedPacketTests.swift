@@ -18,7 +18,7 @@ struct MalformedPacketTests {
 
         #expect(out.verdict == TC.shot)
         #expect(out.frame == frame)
-        #expect(try dp.dropped(.invalidIPv4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_IPV4) == 1)
         #expect(try dp.entries().isEmpty)
     }
 
@@ -31,7 +31,7 @@ struct MalformedPacketTests {
 
         #expect(out.verdict == TC.shot)
         #expect(out.frame == frame)
-        #expect(try dp.dropped(.invalidIPv4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_IPV4) == 1)
     }
 
     @Test("a total length beyond the packet is dropped as invalid_ipv4")
@@ -43,7 +43,7 @@ struct MalformedPacketTests {
 
         #expect(out.verdict == TC.shot)
         #expect(out.frame == frame)
-        #expect(try dp.dropped(.invalidIPv4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_IPV4) == 1)
     }
 
     @Test("a truncated TCP header from a pod is dropped as invalid_l4 and creates no mapping")
@@ -54,7 +54,7 @@ struct MalformedPacketTests {
 
         #expect(out.verdict == TC.shot)
         #expect(out.frame == frame)
-        #expect(try dp.dropped(.invalidL4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_L4) == 1)
         #expect(try dp.entries().isEmpty)
     }
 
@@ -66,7 +66,7 @@ struct MalformedPacketTests {
 
         #expect(out.verdict == TC.shot)
         #expect(out.frame == frame)
-        #expect(try dp.dropped(.invalidL4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_L4) == 1)
     }
 
     @Test("a UDP header cut by the IPv4 total length is dropped even when padding follows")
@@ -89,7 +89,7 @@ struct MalformedPacketTests {
 
         #expect(out.verdict == TC.shot)
         #expect(out.frame == frame)
-        #expect(try dp.dropped(.invalidL4) == 1)
+        #expect(try dp.dropped(DROP_INVALID_L4) == 1)
     }
 
     @Test("a truncated packet from outside the pod CIDRs passes untouched")

@@ -384,18 +384,22 @@ final class TestDatapath {
     }
 
     /// A counter of masq_stats, summed over CPUs.
-    func stat(_ index: Int32) throws -> UInt64 {
-        try stats.lookupPerCPU(UInt32(index), as: UInt64.self).reduce(0, +)
+    func stat(_ index: masq_stat) throws -> UInt64 {
+        try stats.lookupPerCPU(index.rawValue, as: UInt64.self).reduce(0, +)
     }
 
     /// Packets dropped for `reason`, summed over CPUs.
-    func dropped(_ reason: DropReason) throws -> UInt64 {
-        try drops.lookupPerCPU(reason.rawValue, as: UInt64.self).reduce(0, +)
+    func dropped(_ reason: masq_drop_reason) throws -> UInt64 {
+        try dropped(code: reason.rawValue)
+    }
+
+    private func dropped(code: UInt32) throws -> UInt64 {
+        try drops.lookupPerCPU(code, as: UInt64.self).reduce(0, +)
     }
 
     /// Every drop, any reason.
     func droppedTotal() throws -> UInt64 {
-        try DropReason.allCases.reduce(0) { try $0 + dropped($1) }
+        try DropReason.all.reduce(0) { try $0 + dropped(code: $1.code) }
     }
 }
 

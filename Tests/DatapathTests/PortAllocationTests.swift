@@ -85,7 +85,7 @@ struct PortAllocationTests {
         let frame = ipv4Frame(src: Net.pod2, dst: Net.server, .tcp(sport: 2000, dport: 443))
         let out = try dp.run(.egress, frame)
         #expect(out.verdict == TC.shot)
-        #expect(try dp.dropped(.natPortsExhausted) == 1)
+        #expect(try dp.dropped(DROP_NAT_PORTS_EXHAUSTED) == 1)
         #expect(try dp.stat(MASQ_STAT_ALLOC_FAIL) == 1)
         #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 5)
         #expect(try dp.entry(natKey(Net.pod2, Net.server, sport: 2000, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)) == nil)

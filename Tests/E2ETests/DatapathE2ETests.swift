@@ -1,3 +1,4 @@
+import CMasq
 import Foundation
 import TestSupport
 import Testing
@@ -25,7 +26,7 @@ struct DatapathE2ETests {
                 #expect(result.errorInfo == 1280, "the next-hop MTU reaches the pod: \(result)")
                 #expect(result.errorOrigin == Sandbox.outsideIP, "\(result)")
                 #expect(try await sandbox.cachedPMTU(pod, to: Sandbox.farIP) == 1280)
-                #expect(try await sandbox.pinnedCounter("masq_stats", index: 10) >= 1, "MASQ_STAT_ICMP_ERRORS")
+                #expect(try await sandbox.pinnedCounter("masq_stats", index: MASQ_STAT_ICMP_ERRORS.rawValue) >= 1, "MASQ_STAT_ICMP_ERRORS")
                 // Now the datagram fits the path, and goes through.
                 let small = try await sandbox.datagram(pod, dst: Sandbox.farIP, port: Sandbox.echoPort, size: 1200, df: true)
                 #expect(small.replyIntact == true, "\(small)")
@@ -46,8 +47,8 @@ struct DatapathE2ETests {
                 let seen = sandbox.output("echo").split(separator: "\n").map(String.init)
                 #expect(seen.count == 1 && seen[0].hasPrefix("udp \(Sandbox.nodeIP):") && seen[0].hasSuffix(" 4000"),
                         "the far host saw: \(seen)")
-                #expect(try await sandbox.pinnedCounter("masq_stats", index: 12) >= 4, "MASQ_STAT_FRAG_MATCHED")
-                #expect(try await sandbox.pinnedCounter("masq_drops", index: 137) == 0, "DROP_FRAG_NOT_FOUND")
+                #expect(try await sandbox.pinnedCounter("masq_stats", index: MASQ_STAT_FRAG_MATCHED.rawValue) >= 4, "MASQ_STAT_FRAG_MATCHED")
+                #expect(try await sandbox.pinnedCounter("masq_drops", index: DROP_FRAG_NOT_FOUND.rawValue) == 0, "DROP_FRAG_NOT_FOUND")
             }
         }
     }
@@ -88,7 +89,7 @@ struct DatapathE2ETests {
 
             #expect(answers.count == 4 && failures == 1, "answers \(answers)\n\(sandbox.masqdLog)")
             #expect(Set(answers) == Set((40000...40003).map { "\(Sandbox.nodeIP):\($0)" }), "\(answers)")
-            #expect(try await sandbox.pinnedCounter("masq_drops", index: 132) == 1, "DROP_NAT_PORTS_EXHAUSTED")
+            #expect(try await sandbox.pinnedCounter("masq_drops", index: DROP_NAT_PORTS_EXHAUSTED.rawValue) == 1, "DROP_NAT_PORTS_EXHAUSTED")
         }
     }
 
@@ -117,7 +118,7 @@ struct DatapathE2ETests {
                 let r = try await connect(sport)
                 #expect(r.succeeded && r.stdout.contains("\(Sandbox.nodeIP):4000"), "a freed port serves a new flow: \(r)\n\(sandbox.masqdLog)")
             }
-            #expect(try await sandbox.pinnedCounter("masq_drops", index: 132) == 0)
+            #expect(try await sandbox.pinnedCounter("masq_drops", index: DROP_NAT_PORTS_EXHAUSTED.rawValue) == 0)
         }
     }
 }

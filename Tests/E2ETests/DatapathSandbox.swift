@@ -98,8 +98,8 @@ extension Sandbox {
     }
 
     /// A pinned per-CPU counter (masq_drops, masq_stats) at `index`, summed over CPUs.
-    func pinnedCounter(_ map: String, index: Int) async throws -> UInt64 {
-        let key = withUnsafeBytes(of: UInt32(index).littleEndian) { $0.map(String.init) }
+    func pinnedCounter(_ map: String, index: UInt32) async throws -> UInt64 {
+        let key = withUnsafeBytes(of: index.littleEndian) { $0.map(String.init) }
         let out = try await sh(["bpftool", "-j", "map", "lookup", "pinned", "\(bpffsRoot)/\(map)", "key"] + key)
         struct Lookup: Decodable {
             struct PerCPU: Decodable { var value: [String] }

@@ -1,3 +1,4 @@
+import CMasq
 import Foundation
 import TestSupport
 import Testing
@@ -36,8 +37,8 @@ struct FlowTableE2ETests {
                 #expect(after == before, "connection \(i) kept its translated port\n\(sandbox.masqdLog)")
                 session.close()
             }
-            #expect(try await sandbox.pinnedCounter("masq_drops", index: 138) > 0, "DROP_NAT_TABLE_FULL counted the refused flows")
-            #expect(try await sandbox.pinnedCounter("masq_drops", index: 139) == 0, "DROP_NAT_REPLY_CONFLICT")
+            #expect(try await sandbox.pinnedCounter("masq_drops", index: DROP_NAT_TABLE_FULL.rawValue) > 0, "DROP_NAT_TABLE_FULL counted the refused flows")
+            #expect(try await sandbox.pinnedCounter("masq_drops", index: DROP_NAT_REPLY_CONFLICT.rawValue) == 0, "DROP_NAT_REPLY_CONFLICT")
             #expect(try await sandbox.natEntryCount() <= 1024)
         }
     }

@@ -2,7 +2,7 @@
 /* masq_abi.h: every map key and value, flag bit and constant that masqd reads or writes.
  *
  * Included by the datapath (bpf/) and, through the CMasq module target, by Swift
- * (Sources/Daemon). No Swift struct restates these layouts. Fixed-width types only; each
+ * (Sources/Datapath). No Swift struct restates these layouts. Fixed-width types only; each
  * address and port field says its byte order; _Static_assert pins each size userspace uses.
  *
  * IPv4 and IPv6 use separate maps of the same shape (masq_nat_v4 / masq_nat_v6, ...), so adding
@@ -230,27 +230,39 @@ struct masq_nat_entry_v6 {
 };
 _Static_assert(sizeof(struct masq_nat_entry_v6) == 72, "masq_nat_entry_v6 size");
 
-/* ---- masq_stats: per-CPU counters, indexed by these. ----
- * Each family counts apart: an IPv4 packet at MASQ_STAT_x, an IPv6 one at
- * MASQ_STAT_V6(MASQ_STAT_x); the map holds MASQ_STAT_ENTRIES counters. */
+/* ---- masq_stats: per-CPU counters, indexed by MASQ_STAT_<NAME>. ----
+ * MASQ_STAT_LIST is the one list: X(NAME, status key, metric name, help) a line; the index is
+ * the position, so a new counter goes at the end. masqd's status and /metrics read the names
+ * through CMasq (masq_stat_describe; Sources/Datapath/DatapathStat.swift). Each family counts
+ * apart: an IPv4 packet at MASQ_STAT_x, an IPv6 one at MASQ_STAT_V6(MASQ_STAT_x); the map holds
+ * MASQ_STAT_ENTRIES counters. */
 
-#define MASQ_STAT_SNAT_PACKETS      0 /* packets translated on egress */
-#define MASQ_STAT_REVSNAT_PACKETS   1 /* packets translated on ingress */
-#define MASQ_STAT_ALLOC_OK          2 /* new mappings created */
-#define MASQ_STAT_ALLOC_KEPT_PORT   3 /* ... of which kept the original port */
-#define MASQ_STAT_ALLOC_RETRIES     4 /* port probes beyond the first */
-#define MASQ_STAT_ALLOC_FAIL        5 /* no free port found */
-#define MASQ_STAT_HOST_FLOWS        6 /* node-owned flows tracked */
-#define MASQ_STAT_INBOUND_FLOWS     7 /* flows that came in to a pod tracked */
-#define MASQ_STAT_ALLOC_SCANS       8 /* new mappings that needed the exhaustive port scan */
-#define MASQ_STAT_REVERSE_RESTORED  9 /* INGRESS entries re-created after LRU eviction */
-#define MASQ_STAT_ICMP_ERRORS      10 /* ICMP errors translated (RFC 5508), either direction */
-#define MASQ_STAT_FRAG_TRACKED     11 /* first fragments whose ports were remembered */
-#define MASQ_STAT_FRAG_MATCHED     12 /* later fragments matched to their first fragment's ports */
-#define MASQ_STAT_ALLOC_FULL_HINT  13 /* failures answered by a fresh masq_full_v4 mark, no rescan */
-#define MASQ_STAT_TABLE_FULL       14 /* new flows refused by a full masq_nat_v4 (pods: DROP_NAT_TABLE_FULL) */
-#define MASQ_STAT_HOST_UNTRACKED   15 /* node packets passed untracked: a full table, their tuple free */
-#define MASQ_STAT_MAX               16
+#define MASQ_STAT_LIST(X) \
+	X(SNAT_PACKETS, "snatPackets", "masq_snat_packets_total", "Packets translated on egress.") \
+	X(REVSNAT_PACKETS, "revSnatPackets", "masq_revsnat_packets_total", "Packets translated back on ingress.") \
+	X(ALLOC_OK, "allocations", "masq_nat_allocations_total", "NAT mappings created.") \
+	X(ALLOC_KEPT_PORT, "allocationsKeptPort", "masq_nat_allocations_kept_port_total", "NAT mappings that kept the original source port.") \
+	X(ALLOC_RETRIES, "allocationRetries", "masq_nat_allocation_retries_total", "Port candidates tried beyond the first by allocations that found a port.") \
+	X(ALLOC_FAIL, "allocationFailures", "masq_nat_allocation_failures_total", "Allocations that found no free port (each is a nat_ports_exhausted drop).") \
+	X(HOST_FLOWS, "hostFlows", "masq_host_flows_total", "Node-owned flows tracked.") \
+	X(INBOUND_FLOWS, "inboundFlows", "masq_inbound_flows_total", "Flows that came in to a pod tracked.") \
+	X(ALLOC_SCANS, "allocationScans", "masq_nat_allocation_scans_total", "Allocations whose random probes all hit used ports, so they scanned the whole snat-port-range.") \
+	X(REVERSE_RESTORED, "reverseRestored", "masq_nat_reverse_restored_total", "INGRESS halves of live flows re-created by the datapath after a flush or GC race deleted them.") \
+	X(ICMP_ERRORS, "icmpErrorsTranslated", "masq_icmp_errors_translated_total", "ICMP errors (destination unreachable, time exceeded) translated per RFC 5508, either direction.") \
+	X(FRAG_TRACKED, "fragmentsTracked", "masq_fragments_tracked_total", "First IPv4 fragments whose ports were remembered for the later fragments.") \
+	X(FRAG_MATCHED, "fragmentsMatched", "masq_fragments_matched_total", "Later IPv4 fragments translated with their first fragment's ports.") \
+	X(ALLOC_FULL_HINT, "allocationFullHintFailures", "masq_nat_allocation_full_hint_failures_total", "Failed allocations answered by a recent full-scan mark of their tuple, without scanning again.") \
+	X(TABLE_FULL, "tableFull", "masq_nat_table_full_total", "New flows the full NAT table refused (pod flows are nat_table_full drops); each wakes the GC.") \
+	X(HOST_UNTRACKED, "hostUntracked", "masq_host_untracked_packets_total", "Node packets passed untracked because the NAT table was full and their tuple was free.") \
+	/* one line a counter, each ending in a backslash; the blank line below ends the list */
+
+enum masq_stat {
+#define MASQ_STAT_INDEX(name, key, metric, help) MASQ_STAT_##name,
+	MASQ_STAT_LIST(MASQ_STAT_INDEX)
+#undef MASQ_STAT_INDEX
+	MASQ_STAT_MAX
+};
+
 #define MASQ_STAT_V6(stat)          (MASQ_STAT_MAX + (stat))
 #define MASQ_STAT_ENTRIES           (2 * MASQ_STAT_MAX)
 

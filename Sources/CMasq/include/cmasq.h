@@ -11,6 +11,31 @@
  * enum constants are not found (debug finds them), so they come from here. */
 static const int CMASQ_SOCK_RAW_CLOEXEC = SOCK_RAW | SOCK_CLOEXEC;
 #include "../../../bpf/include/masq_abi.h"
+#include "../../../bpf/lib/drop_reasons.h"
+
+/* The names of a masq_stats counter (MASQ_STAT_LIST): `name` without MASQ_STAT_. */
+struct masq_stat_info {
+	const char *name;
+	const char *key;
+	const char *metric;
+	const char *help;
+};
+
+/* Counter `index` (below MASQ_STAT_MAX) of MASQ_STAT_LIST. */
+struct masq_stat_info masq_stat_describe(__u32 index);
+
+/* A drop reason (MASQ_DROP_REASONS): `name` without DROP_. */
+struct masq_drop_info {
+	__u32 code;
+	const char *name;
+	const char *summary;
+};
+
+/* How many reasons MASQ_DROP_REASONS lists. */
+__u32 masq_drop_reason_count(void);
+
+/* The `i`th reason (below masq_drop_reason_count()) of MASQ_DROP_REASONS, in its order. */
+struct masq_drop_info masq_drop_describe(__u32 i);
 
 struct bpf_object;
 

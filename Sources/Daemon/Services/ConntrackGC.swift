@@ -144,9 +144,9 @@ struct AllocationPressure {
 
     /// Whether scans, failures or refusals rose since the last call (false on the first).
     mutating func risen() -> Bool {
-        guard let scans = try? stats.perCPUSum(UInt32(MASQ_STAT_ALLOC_SCANS)),
-              let fails = try? stats.perCPUSum(UInt32(MASQ_STAT_ALLOC_FAIL)),
-              let full = try? stats.perCPUSum(UInt32(MASQ_STAT_TABLE_FULL)) else { return false }
+        guard let scans = try? stats.perCPUSum(MASQ_STAT_ALLOC_SCANS.rawValue),
+              let fails = try? stats.perCPUSum(MASQ_STAT_ALLOC_FAIL.rawValue),
+              let full = try? stats.perCPUSum(MASQ_STAT_TABLE_FULL.rawValue) else { return false }
         let now = scans &+ fails &+ full
         defer { last = now }
         return last.map { now > $0 } ?? false
