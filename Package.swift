@@ -35,12 +35,14 @@ let package = Package(
         ),
         // IP addresses, prefixes and protocols: the vocabulary every layer shares.
         .target(name: "NetworkTypes"),
+        // The one way off the cooperative pool: threads for blocking work and fd wait loops.
+        .target(name: "Blocking"),
         // The API contract shared by masqd and masq-client, config keys included (re-exports NetworkTypes).
         .target(name: "API", dependencies: ["NetworkTypes"]),
         // rtnetlink: the one place that opens netlink sockets (dumps, monitor, route lookup).
         .target(
             name: "Netlink",
-            dependencies: ["NetworkTypes", "CMasq", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Blocking", "NetworkTypes", "CMasq", .product(name: "Logging", package: "swift-log")]
         ),
         // libbpf, maps and attachments; returns its own value types. Knows neither the API nor NIO.
         .target(
@@ -58,6 +60,7 @@ let package = Package(
             name: "Daemon",
             dependencies: [
                 "API",
+                "Blocking",
                 "NetworkTypes",
                 "Netlink",
                 "Datapath",
@@ -74,6 +77,7 @@ let package = Package(
             name: "ControlServer",
             dependencies: [
                 "API",
+                "Blocking",
                 "Daemon",
                 "Datapath",
                 "Netlink",
@@ -118,7 +122,7 @@ let package = Package(
         ),
         // Compiles bpf/*.c for the bpf target and embeds the object in Datapath.
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
-        .testTarget(name: "DaemonTests", dependencies: ["API", "Daemon", "Datapath", "Netlink", "NetworkTypes", "MasqdCLI"]),
+        .testTarget(name: "DaemonTests", dependencies: ["API", "Blocking", "Daemon", "Datapath", "Netlink", "NetworkTypes", "MasqdCLI"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "Daemon", "NetworkTypes", "CMasq", "CLibbpf"]),
         .testTarget(
             name: "APITests",

@@ -1,8 +1,8 @@
 @preconcurrency import Glibc
+import Blocking
 import CLibbpf
 import CMasq
 import Datapath
-import Dispatch
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -208,14 +208,10 @@ public struct ConntrackSweeper: Sendable {
         self.fullMarks = fullMarks
     }
 
-    /// One pass now, on a thread of its own: a pass over a large table takes a while of map
+    /// One pass now, on the blocking pool: a pass over a large table takes a while of map
     /// syscalls and must not hold one of the few cooperative threads the API serves on.
     func sweepOffPool() async throws -> Report {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global(qos: .utility).async {
-                continuation.resume(with: Result { try sweep(now: NATEntries.bootTimeNow()) })
-            }
-        }
+        try await BlockingPool.shared.run { try sweep(now: NATEntries.bootTimeNow()) }
     }
 
     /// One pass at `now` (CLOCK_BOOTTIME ns).

@@ -40,7 +40,6 @@ struct DeviceWatcher: Service, CustomStringConvertible {
 
     func run() async throws {
         let monitor = try NetlinkMonitor(logger: logger)
-        defer { monitor.stop() }
         logger.debug("Watching links, addresses and default routes")
         // Subscribed from here on; what changed since `initial` was read is caught by this read.
         var current = refresh(initial)
@@ -48,6 +47,7 @@ struct DeviceWatcher: Service, CustomStringConvertible {
             try? await Task.sleep(for: Self.settle)
             current = refresh(current)
         }
+        await monitor.stop()
         if let error = monitor.error {
             logger.error("Lost the netlink subscription; devices and addresses are no longer followed",
                          metadata: ["error": "\(error)"])
