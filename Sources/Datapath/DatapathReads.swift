@@ -159,6 +159,26 @@ extension Datapath {
         return view
     }
 
+    /// Whether the maps hold what applying `state` wrote (masq_config, masq_devices and the
+    /// IPv4 exclusion maps): false when something changed them behind masqd's back.
+    public func holds(_ state: DesiredState) throws -> Bool {
+        let view = try readView()
+        var expected = DatapathView()
+        expected.ipv4Enabled = state.ipv4Enabled
+        expected.ipv6Enabled = state.ipv6Enabled
+        expected.nonMasqueradeEnabled = state.nonMasqueradeEnabled
+        expected.nativeRoutingV4 = state.nativeRoutingV4
+        expected.portRange = state.portRange
+        for device in state.devices {
+            expected.devices[device.ifindex] = DatapathView.Device(snatV4: device.snatV4, snatV6: device.snatV6)
+        }
+        expected.podCIDRsV4 = state.podCIDRsV4.sorted()
+        // An unknown ip-masq-agent list (nil) leaves its map as it is.
+        expected.nonMasqueradeV4 = state.nonMasqueradeV4?.sorted() ?? view.nonMasqueradeV4
+        expected.nodeIPsV4 = state.nodeIPsV4
+        return view == expected
+    }
+
     /// The non-masquerade list as the maps hold it (IPv4, then IPv6 once the datapath has it).
     public func nonMasqueradeCIDRs() throws -> [IPPrefix] {
         try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()

@@ -5,7 +5,9 @@ import ServiceLifecycle
 /// The one path from inputs to the datapath: recomputes the desired state whenever an input
 /// owner reports a change and applies it when it differs from what was applied. The first
 /// reconcile must succeed (nothing half-attached starts serving); later failures are logged,
-/// kept in status and retried with the next change.
+/// kept in status and retried with backoff (1 s doubling up to `resyncInterval`) and with the
+/// next change. Every `resyncInterval` it also reads the maps back and applies again when they
+/// no longer hold the applied state (an entry deleted behind masqd's back).
 ///
 /// On graceful shutdown it returns without detaching: programs and pinned state stay, so flows
 /// keep working while masqd restarts; only `masqd uninstall` takes them away.
@@ -14,16 +16,18 @@ struct ReconcilerService: Service, CustomStringConvertible {
     let status: DaemonStatus
     let initial: ReconcileInputs
     let changes: AsyncStream<ReconcileInputs.Change>
+    let resyncInterval: Duration
     let logger: Logger
 
     var description: String { "Reconciler" }
 
     init(datapath: Datapath, status: DaemonStatus, initial: ReconcileInputs,
-         changes: AsyncStream<ReconcileInputs.Change>, logger: Logger) {
+         changes: AsyncStream<ReconcileInputs.Change>, resyncInterval: Duration = .seconds(30), logger: Logger) {
         self.datapath = datapath
         self.status = status
         self.initial = initial
         self.changes = changes
+        self.resyncInterval = resyncInterval
         var logger = logger
         logger[metadataKey: "service"] = "reconciler"
         self.logger = logger
@@ -42,24 +46,73 @@ struct ReconcilerService: Service, CustomStringConvertible {
         status.update { $0.ready = true; $0.attachKind = datapath.mode }
 
         status.update { $0.config = inputs.config }
-        for await change in changes.cancelOnGracefulShutdown() {
-            inputs.apply(change)
-            if case .config(let config) = change { status.update { $0.config = config } }
-            let desired = DesiredState(inputs, previous: applied)
-            guard desired != applied else { continue }
+        // Input changes and resync ticks, one stream so that one loop owns `applied`.
+        let (events, sink) = AsyncStream.makeStream(of: Event.self)
+        let forward = Task {
+            for await change in changes { sink.yield(.change(change)) }
+            sink.finish()
+        }
+        defer { forward.cancel() }
+        var resync = schedule(after: resyncInterval, sink)
+        defer { resync.cancel() }
+        var failures = 0
+        for await event in events.cancelOnGracefulShutdown() {
+            let desired: DesiredState
+            switch event {
+            case .change(let change):
+                inputs.apply(change)
+                if case .config(let config) = change { status.update { $0.config = config } }
+                desired = DesiredState(inputs, previous: applied)
+                guard desired != applied else { continue }
+            case .resync:
+                desired = DesiredState(inputs, previous: applied)
+                if failures == 0 && desired == applied {
+                    do {
+                        if try await datapath.holds(applied) {
+                            resync = schedule(after: resyncInterval, sink)
+                            continue
+                        }
+                        logger.warning("The maps no longer hold the applied state; applying it again")
+                    } catch {
+                        logger.error("Could not read the maps back", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
             do {
                 try await reconcile(desired)
                 applied = desired
+                failures = 0
             } catch {
-                logger.error("Reconcile failed; will retry on the next change", metadata: ["error": "\(error)"])
+                failures += 1
+                logger.error("Reconcile failed; will retry", metadata: ["error": "\(error)"])
                 status.update {
                     $0.lastApplyError = "\(error)"
                     $0.consecutiveFailures += 1
                     if $0.failingSince == nil { $0.failingSince = .now }
                 }
             }
+            resync.cancel()
+            resync = schedule(after: failures == 0 ? resyncInterval : Self.backoff(failures, cap: resyncInterval), sink)
         }
         logger.info("Stopping; programs and pinned state stay in place")
+    }
+
+    private enum Event: Sendable {
+        case change(ReconcileInputs.Change)
+        case resync
+    }
+
+    /// The wait before retry `failures` (1 from the first failure): 1 s, doubling, at most `cap`.
+    static func backoff(_ failures: Int, cap: Duration) -> Duration {
+        min(.seconds(1 << min(failures - 1, 16)), cap)
+    }
+
+    /// A resync event after `delay`, unless cancelled first.
+    private func schedule(after delay: Duration, _ sink: AsyncStream<Event>.Continuation) -> Task<Void, Never> {
+        Task {
+            guard (try? await Task.sleep(for: delay)) != nil else { return }
+            sink.yield(.resync)
+        }
     }
 
     private func reconcile(_ state: DesiredState) async throws {
