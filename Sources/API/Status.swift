@@ -119,13 +119,20 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public var kind: String?
         public var snatIPv4: IPAddress?
         public var snatIPv6: IPAddress?
+        /// Why the device has no SNAT address of a family that is on (nil: it has one, or the
+        /// family is off). It masquerades the other family only.
+        public var snatIPv4Missing: String?
+        public var snatIPv6Missing: String?
 
-        public init(name: String, ifindex: UInt32, kind: String? = nil, snatIPv4: IPAddress?, snatIPv6: IPAddress?) {
+        public init(name: String, ifindex: UInt32, kind: String? = nil, snatIPv4: IPAddress?, snatIPv6: IPAddress?,
+                    snatIPv4Missing: String? = nil, snatIPv6Missing: String? = nil) {
             self.name = name
             self.ifindex = ifindex
             self.kind = kind
             self.snatIPv4 = snatIPv4
             self.snatIPv6 = snatIPv6
+            self.snatIPv4Missing = snatIPv4Missing
+            self.snatIPv6Missing = snatIPv6Missing
         }
     }
 

@@ -47,6 +47,11 @@ extension MasqClient.Status {
                 .joined(separator: " ")
         }
         lines.append(labelled("Devices", devices.isEmpty ? "none" : devices.joined(separator: ", ")))
+        for d in status.devices {
+            for (family, reason) in [("IPv4", d.snatIPv4Missing), ("IPv6", d.snatIPv6Missing)] {
+                if let reason { lines.append(String(repeating: " ", count: 16) + "\(d.name) masquerades no \(family): \(reason)") }
+            }
+        }
         for skipped in status.skippedDevices {
             lines.append(String(repeating: " ", count: 16) + "\(skipped.name) not in force: \(skipped.reason)")
         }

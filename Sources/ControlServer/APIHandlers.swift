@@ -32,11 +32,13 @@ struct APIHandlers: Sendable {
         let snapshot = status.snapshot
         let config = currentConfig
         let view = try await datapath.readView()
-        let applied = snapshot.applied?.devices ?? []
         let devices = view.devices.map { ifindex, device in
-            StatusResponse.Device(name: RouteLookup.name(of: ifindex) ?? "if\(ifindex)", ifindex: ifindex,
-                                  kind: applied.first { $0.ifindex == ifindex }?.linkLayer.kind,
-                                  snatIPv4: device.snatV4.map(IPAddress.v4), snatIPv6: device.snatV6.map(IPAddress.v6))
+            let applied = snapshot.applied?.devices.first { $0.ifindex == ifindex }
+            let missing = applied.flatMap { snapshot.applied?.missingSNATAddress($0) }
+            return StatusResponse.Device(name: RouteLookup.name(of: ifindex) ?? "if\(ifindex)", ifindex: ifindex,
+                                         kind: applied?.linkLayer.kind,
+                                         snatIPv4: device.snatV4.map(IPAddress.v4), snatIPv6: device.snatV6.map(IPAddress.v6),
+                                         snatIPv4Missing: missing?.ipv4, snatIPv6Missing: missing?.ipv6)
         }.sorted { $0.name < $1.name }
         let exclusionV4 = view.nativeRoutingV4?.description
             ?? (view.podCIDRsV4.isEmpty ? nil : view.podCIDRsV4.map(\.description).joined(separator: ","))

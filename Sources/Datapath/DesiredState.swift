@@ -1,3 +1,4 @@
+import CMasq
 import NetworkTypes
 
 /// What the datapath should hold: the one input of `Datapath.apply`. The daemon computes it as a
@@ -68,6 +69,20 @@ public struct DesiredState: Equatable, Sendable {
         self.nonMasqueradeV6 = nonMasqueradeV6
         self.nodeIPsV4 = nodeIPsV4
         self.nodeIPsV6 = nodeIPsV6
+    }
+}
+
+extension DesiredState {
+    /// Why `device` has no SNAT address of a family that is on, for status and the log: nil for
+    /// a family it has an address of, or that is off. Such a device still masquerades its other
+    /// family; pod packets of this one that would need masquerading are dropped, never sent
+    /// with the pod's address.
+    public func missingSNATAddress(_ device: Device) -> (ipv4: String?, ipv6: String?) {
+        let dropped = "pod packets that need masquerading are dropped (\(DropReason(DROP_NO_SNAT_ADDRESS).label))"
+        return (ipv4Enabled && device.snatV4 == nil ? "no usable IPv4 address: \(dropped)" : nil,
+                ipv6Enabled && device.snatV6 == nil
+                    ? "no usable global IPv6 address (link-local, tentative, deprecated and temporary ones do not count): \(dropped)"
+                    : nil)
     }
 }
 

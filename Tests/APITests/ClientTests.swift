@@ -61,6 +61,25 @@ struct ClientTests {
         }
     }
 
+    @Test("status names each device's family it does not masquerade, and why")
+    func missingFamily() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            let env = ["MASQ_SOCKET": api.socketPath]
+            let line = "lo masquerades no IPv6: no usable global IPv6 address"
+            let v4Only = try await run([client, "status"], environment: env)
+            #expect(v4Only.stdout.contains(line) && !v4Only.stdout.contains("masquerades no IPv4"), "\(v4Only.stdout)")
+
+            api.status.update { $0.applied?.devices[0].snatV6 = IPv6Address("fd00:50::2") }
+            let dualStack = try await run([client, "status"], environment: env)
+            #expect(!dualStack.stdout.contains("masquerades no"), "\(dualStack.stdout)")
+
+            api.status.update { $0.applied?.devices[0].snatV6 = nil; $0.applied?.ipv6Enabled = false }
+            let ipv6Off = try await run([client, "status"], environment: env)
+            #expect(!ipv6Off.stdout.contains("masquerades no"), "\(ipv6Off.stdout)")
+        }
+    }
+
     @Test("status exits as healthz answers: 0 Ok, 1 Failure; --brief prints that one line")
     func healthExitCodes() async throws {
         let client = try builtBinary("masq-client")

@@ -37,7 +37,7 @@ struct ServeAddressTests {
         let file = dir + "/config"
         let status = DaemonStatus()
         let (_, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
-        let watcher = IPMasqAgentWatcher(path: file, ipv6Enabled: false, enabledAtStart: true, status: status, changes: sink,
+        let watcher = IPMasqAgentWatcher(path: file, enabledAtStart: true, status: status, changes: sink,
                                          logger: .init(label: "apitests"))
         try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
         let list = watcher.load(current: nil)

@@ -164,7 +164,7 @@ struct FigureLiveTests {
         // The ip-masq-agent watcher counts its own loads: one good file, one bad.
         let file = api.dir + "/ip-masq-agent"
         let (_, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
-        let watcher = IPMasqAgentWatcher(path: file, ipv6Enabled: false, enabledAtStart: true, status: api.status, changes: sink,
+        let watcher = IPMasqAgentWatcher(path: file, enabledAtStart: true, status: api.status, changes: sink,
                                          logger: .init(label: "apitests"))
         try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n".write(toFile: file, atomically: true, encoding: .utf8)
         #expect(watcher.load(current: nil) != nil)

@@ -57,6 +57,9 @@ struct ServerTests {
             #expect(status.ready && status.masquerading.mode == "BPF")
             #expect(status.masquerading.snatExclusionCIDRv4 == LiveAPI.podCIDR)
             #expect(status.devices.map(\.snatIPv4) == [IPAddress(LiveAPI.snatAddress)])
+            // The device has no IPv6 address while IPv6 masquerading is on: status says why.
+            #expect(status.devices.first?.snatIPv4Missing == nil)
+            #expect(status.devices.first?.snatIPv6Missing?.hasPrefix("no usable global IPv6 address") == true)
             #expect(status.drops.map(\.code) == DropReason.all.map { Int($0.code) })
             #expect(status.tables.first { $0.name == "masq_nat_v4" }?.maxEntries == 262_144)
 

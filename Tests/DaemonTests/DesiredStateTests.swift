@@ -45,6 +45,29 @@ struct DesiredStateTests {
         #expect(!s.ipv4Enabled)
     }
 
+    @Test("a device's IPv6 SNAT address is its first usable global one; without one it masquerades IPv4 only, and says why")
+    func ipv6Address() throws {
+        let dualStack = NetworkSnapshot(links: [
+            .init(name: "eth0", index: 2, ipv4: [IPv4Address(192, 0, 2, 10)], ipv6: [IPv6Address("fd00:50::2")!, IPv6Address("fd00:50::3")!]),
+            .init(name: "eth1", index: 3, ipv4: [IPv4Address(198, 51, 100, 1)]),
+            .init(name: "eth2", index: 4, ipv6: [IPv6Address("2001:db8::1")!]),
+        ], defaultRouteDevices: ["eth0", "eth1", "eth2"])
+        let s = try state([], network: dualStack)
+        #expect(s.devices.map { $0.snatV6?.description ?? "-" } == ["fd00:50::2", "-", "2001:db8::1"])
+        let missing = s.devices.map(s.missingSNATAddress)
+        #expect(missing[0].ipv4 == nil && missing[0].ipv6 == nil)
+        #expect(missing[1].ipv4 == nil && missing[1].ipv6?.hasPrefix("no usable global IPv6 address") == true)
+        #expect(missing[2].ipv4?.hasPrefix("no usable IPv4 address") == true && missing[2].ipv6 == nil)
+        #expect(missing[1].ipv6?.hasSuffix("(no_snat_address)") == true)
+
+        // A family that is off has no address and nothing missing.
+        let v4Only = try state(["--enable-ipv6-masquerade=false"], network: dualStack)
+        #expect(v4Only.devices.allSatisfy { $0.snatV6 == nil && v4Only.missingSNATAddress($0).ipv6 == nil })
+        let v6Only = try state(["--enable-ipv4-masquerade=false"], network: dualStack)
+        #expect(v6Only.devices.map { $0.snatV6?.description ?? "-" } == ["fd00:50::2", "-", "2001:db8::1"])
+        #expect(v6Only.devices.allSatisfy { $0.snatV4 == nil && v6Only.missingSNATAddress($0).ipv4 == nil })
+    }
+
     @Test("CIDRs, node IPs and the native-routing CIDR are split by family")
     func families() throws {
         let s = try state([

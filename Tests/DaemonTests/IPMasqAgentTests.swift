@@ -5,13 +5,13 @@ import Testing
 
 @Suite("ip-masq-agent config")
 struct IPMasqAgentTests {
-    private func parse(_ text: String, ipv6: Bool = true) throws(IPMasqAgentError) -> IPMasqAgentConfig {
-        try IPMasqAgentConfig.parse(text, path: "/etc/config/ip-masq-agent", ipv6Enabled: ipv6)
+    private func parse(_ text: String) throws(IPMasqAgentError) -> IPMasqAgentConfig {
+        try IPMasqAgentConfig.parse(text, path: "/etc/config/ip-masq-agent")
     }
 
-    private func error(_ text: String, ipv6: Bool = true) -> IPMasqAgentError? {
+    private func error(_ text: String) -> IPMasqAgentError? {
         do {
-            _ = try parse(text, ipv6: ipv6)
+            _ = try parse(text)
             return nil
         } catch {
             return error
@@ -77,15 +77,15 @@ struct IPMasqAgentTests {
         #expect(error("nonMasqueradeCIDRs: [10.0.0.0/8\n")?.line != nil)
     }
 
-    @Test("an IPv6 CIDR is an error while IPv6 masquerading is off")
-    func ipv6Off() {
-        #expect(error("nonMasqueradeCIDRs: [fd00::/8]\n", ipv6: false)?.message == "nonMasqueradeCIDRs[0]: 'fd00::/8' is IPv6 but IPv6 masquerading is off")
-        #expect(error("nonMasqueradeCIDRs: [10.0.0.0/8]\n", ipv6: false) == nil)
+    @Test("IPv6 CIDRs are part of the list whatever enable-ipv6-masquerade says (it is live: SIGHUP turns it on)")
+    func ipv6CIDRs() throws {
+        let c = try parse("nonMasqueradeCIDRs: [fd00::/8, 2001:db8::/32]\n")
+        #expect(c.effectiveList.cidrs.map(\.description) == ["fd00::/8", "2001:db8::/32", "169.254.0.0/16", "fe80::/10"])
     }
 
     @Test("a missing file reads as the defaults")
     func missingFile() throws {
-        let result = IPMasqAgentWatcher.read(path: "/nonexistent/masq-test/ip-masq-agent", ipv6Enabled: true)
+        let result = IPMasqAgentWatcher.read(path: "/nonexistent/masq-test/ip-masq-agent")
         #expect(try result.get() == .defaults)
     }
 }
@@ -106,5 +106,20 @@ struct ConfigReloadTests {
         #expect(merged.podCIDRs == new.podCIDRs && merged.clusterNodeIPs == new.clusterNodeIPs && merged.enableIPMasqAgent)
         #expect(merged.natMaxEntries == running.natMaxEntries && merged.bpffsRoot == running.bpffsRoot)
         #expect(Set(pending) == [.natMaxEntries, .bpffsRoot])
+    }
+
+    @Test("both family switches apply on reload, either way")
+    func familySwitches() {
+        let running = DaemonConfig()
+        for (v4, v6) in [(false, true), (true, false), (false, false)] {
+            var new = running
+            new.enableIPv4Masquerade = v4
+            new.enableIPv6Masquerade = v6
+            let (merged, pending) = ConfigReloader.merge(running: running, new: new)
+            #expect(merged.enableIPv4Masquerade == v4 && merged.enableIPv6Masquerade == v6)
+            #expect(pending.isEmpty)
+            let (back, _) = ConfigReloader.merge(running: merged, new: running)
+            #expect(back.enableIPv4Masquerade && back.enableIPv6Masquerade)
+        }
     }
 }

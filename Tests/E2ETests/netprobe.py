@@ -5,13 +5,18 @@ Every subcommand is bounded: sockets have timeouts, loops have counts, servers h
 
   serve      --bind A[,B] --tcp PORT --udp PORT [--icmp] [--late S] [--ready FILE] [--lifetime S]
              Answers each TCP line and each UDP datagram with the peer address it observed
-             ("ip:port"); with --late, a TCP peer that half-closes gets "late ip:port" S
-             seconds after its FIN; with --icmp, logs the source of every ICMP echo request.
-             Observations go to stdout, one a line: "tcp IP:PORT", "udp IP:PORT",
-             "icmp IP TOKEN".
-  tcp        --dst IP:PORT [--sport N]   one connection, one line; prints the server's answer
-  udp        --dst IP:PORT [--sport N]   one datagram (retried); prints the server's answer
-  ping       --dst IP --token T          ICMP echo; prints "reply IP id=N" per reply
+             ("ip:port", IPv6 "[ip]:port"); a TCP line "echo N" is answered with the N bytes
+             that follow it; with --late, a TCP peer that half-closes gets "late ip:port" S
+             seconds after its FIN; with --icmp, logs the source of every ICMP (ICMPv6 for
+             IPv6 binds) echo request. Observations go to stdout, one a line:
+             "tcp IP:PORT", "udp IP:PORT", "icmp IP TOKEN".
+  Addresses of either family; IP:PORT is [IP]:PORT or IP:PORT for IPv6 as for IPv4.
+  tcp        --dst IP:PORT [--sport N] [--echo N]   one connection, one line; prints the
+             server's answer; with --echo, then sends N bytes, checks they come back and
+             prints "echo N ok"
+  udp        --dst IP:PORT [--sport N] [--size N]   one datagram of N bytes (retried); prints
+             the server's answer
+  ping       --dst IP --token T          ICMP (ICMPv6) echo; prints "reply IP id=N" per reply
   halfclose  --dst IP:PORT [--sport N] [--wait S]   one line, then shutdown(SHUT_WR); prints
              the server's first answer and what it sends after the FIN (within S seconds)
   flood      --dst IP:PORT --count N --first-sport P   N one-datagram UDP flows from source
@@ -66,7 +71,16 @@ def write_ready(path):
 
 def hostport(text):
     host, _, port = text.rpartition(":")
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def peer_text(peer):
+    """A socket address as "ip:port", IPv6 as "[ip]:port"."""
+    return ("[%s]:%d" if ":" in peer[0] else "%s:%d") % (peer[0], peer[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,19 +92,27 @@ def serve_tcp_connection(conn, peer, deadline, late):
     With late > 0, answers once more that many seconds after the peer's FIN (a half-close)."""
     try:
         conn.settimeout(60.0)
-        say("tcp %s:%d" % peer)
+        say("tcp " + peer_text(peer))
         buf = b""
         while time.monotonic() < deadline:
-            data = conn.recv(4096)
+            data = conn.recv(65536)
             if not data:
                 if late > 0:
                     time.sleep(late)
-                    conn.sendall(("late %s:%d\n" % peer).encode())
+                    conn.sendall(("late %s\n" % peer_text(peer)).encode())
                 break
             buf += data
             while b"\n" in buf:
-                _, buf = buf.split(b"\n", 1)
-                conn.sendall(("%s:%d\n" % peer).encode())
+                line, rest = buf.split(b"\n", 1)
+                if line.startswith(b"echo "):
+                    size = int(line[5:])
+                    if len(rest) < size:
+                        break  # the rest of the bytes to echo is still on its way
+                    conn.sendall(rest[:size])
+                    buf = rest[size:]
+                    continue
+                buf = rest
+                conn.sendall((peer_text(peer) + "\n").encode())
     except OSError:
         pass
     finally:
@@ -109,20 +131,24 @@ def checksum(data):
 def cmd_serve(args):
     deadline = time.monotonic() + args.lifetime
     readers = {}
-    for addr in args.bind.split(","):
+    binds = args.bind.split(",")
+    for addr in binds:
         if args.tcp:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = socket.socket(family(addr), socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((addr, args.tcp))
             s.listen(64)
             readers[s] = "tcp"
         if args.udp:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(family(addr), socket.SOCK_DGRAM)
             s.bind((addr, args.udp))
             readers[s] = "udp"
     if args.icmp:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         readers[s] = "icmp"
+        if any(family(addr) == socket.AF_INET6 for addr in binds):
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            readers[s] = "icmp6"
     write_ready(args.ready)
     while True:
         left = deadline - time.monotonic()
@@ -137,9 +163,15 @@ def cmd_serve(args):
                     threading.Thread(target=serve_tcp_connection, args=(conn, peer, deadline, args.late),
                                      daemon=True).start()
                 elif kind == "udp":
-                    _, peer = s.recvfrom(4096)
-                    say("udp %s:%d" % peer)
-                    s.sendto(("%s:%d\n" % peer).encode(), peer)
+                    _, peer = s.recvfrom(65535)
+                    say("udp " + peer_text(peer))
+                    s.sendto((peer_text(peer) + "\n").encode(), peer)
+                elif kind == "icmp6":
+                    # A raw ICMPv6 socket receives the message without the IPv6 header.
+                    icmp, peer = s.recvfrom(65535)
+                    if len(icmp) >= 8 and icmp[0] == 128:  # echo request
+                        token = icmp[8:].split(b"\0")[0].decode(errors="replace")
+                        say("icmp %s %s" % (peer[0], token))
                 else:
                     packet, _ = s.recvfrom(65535)
                     ihl = (packet[0] & 0x0F) * 4
@@ -156,36 +188,51 @@ def cmd_serve(args):
 # clients
 
 
-def client_socket(kind, sport):
-    s = socket.socket(socket.AF_INET, kind)
+def client_socket(kind, sport, dst):
+    """A socket of `dst`'s family ("IP:PORT"), bound to source port `sport` when given."""
+    af = family(hostport(dst)[0])
+    s = socket.socket(af, kind)
     s.settimeout(SOCKET_TIMEOUT)
     if sport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", sport))
+        s.bind(("::" if af == socket.AF_INET6 else "0.0.0.0", sport))
     return s
 
 
 def cmd_tcp(args):
-    s = client_socket(socket.SOCK_STREAM, args.sport)
+    s = client_socket(socket.SOCK_STREAM, args.sport, args.dst)
+    echoed = b""
     try:
         s.connect(hostport(args.dst))
         s.sendall(b"hello\n")
-        answer = s.makefile("rb").readline().decode().strip()
+        reader = s.makefile("rb")
+        answer = reader.readline().decode().strip()
+        if answer and args.echo:
+            payload = os.urandom(args.echo)
+            s.sendall(b"echo %d\n" % args.echo + payload)
+            echoed = reader.read(args.echo)
     finally:
         s.close()
     if not answer:
         say("err no answer")
         return 1
     say(answer)
+    if args.echo:
+        if echoed != payload:
+            say("err echo returned %d of %d bytes%s" % (len(echoed), args.echo,
+                                                        "" if len(echoed) < args.echo else ", changed"))
+            return 1
+        say("echo %d ok" % args.echo)
     return 0
 
 
 def cmd_udp(args):
-    s = client_socket(socket.SOCK_DGRAM, args.sport)
+    s = client_socket(socket.SOCK_DGRAM, args.sport, args.dst)
     s.settimeout(1.0)
+    message = b"hello\n" + b"x" * max(0, args.size - 6)
     try:
         for _ in range(args.tries):
-            s.sendto(b"hello\n", hostport(args.dst))
+            s.sendto(message, hostport(args.dst))
             try:
                 data, _ = s.recvfrom(4096)
             except socket.timeout:
@@ -199,26 +246,34 @@ def cmd_udp(args):
 
 
 def cmd_ping(args):
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    v6 = family(args.dst) == socket.AF_INET6
+    # ICMPv6: the kernel fills in the checksum (it covers a pseudo-header) and hands replies
+    # over without their IPv6 header.
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6 \
+        else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    request, reply = (128, 129) if v6 else (8, 0)
     s.settimeout(1.0)
     ident = args.ident or (os.getpid() & 0xFFFF)
     replies = 0
     try:
         for seq in range(1, args.count + 1):
             payload = args.token.encode() + b"\0" * 8
-            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            header = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq)
+            header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+            if not v6:
+                header = struct.pack("!BBHHH", request, 0, checksum(header + payload), ident, seq)
             s.sendto(header + payload, (args.dst, 0))
             end = time.monotonic() + 1.0
             while time.monotonic() < end:
                 try:
-                    packet, _ = s.recvfrom(65535)
+                    packet, peer = s.recvfrom(65535)
                 except socket.timeout:
                     break
-                ihl = (packet[0] & 0x0F) * 4
+                ihl = 0 if v6 else (packet[0] & 0x0F) * 4
+                if len(packet) < ihl + 8:
+                    continue
                 kind, _, _, rid, rseq = struct.unpack("!BBHHH", packet[ihl:ihl + 8])
-                if kind == 0 and rid == ident and rseq == seq:
-                    say("reply %s id=%d seq=%d" % (socket.inet_ntoa(packet[12:16]), rid, rseq))
+                if kind == reply and rid == ident and rseq == seq:
+                    say("reply %s id=%d seq=%d" % (peer[0], rid, rseq))
                     replies += 1
                     break
     finally:
@@ -227,7 +282,7 @@ def cmd_ping(args):
 
 
 def cmd_halfclose(args):
-    s = client_socket(socket.SOCK_STREAM, args.sport)
+    s = client_socket(socket.SOCK_STREAM, args.sport, args.dst)
     try:
         s.connect(hostport(args.dst))
         s.sendall(b"hello\n")
@@ -249,7 +304,7 @@ def cmd_flood(args):
     answered = 0
     socks = []
     for i in range(args.count):
-        s = client_socket(socket.SOCK_DGRAM, args.first_sport + i)
+        s = client_socket(socket.SOCK_DGRAM, args.first_sport + i, args.dst)
         s.setblocking(False)
         s.sendto(b"hello\n", hostport(args.dst))
         socks.append(s)
@@ -269,7 +324,7 @@ def cmd_flood(args):
 
 
 def cmd_session(args):
-    s = client_socket(socket.SOCK_STREAM, args.sport)
+    s = client_socket(socket.SOCK_STREAM, args.sport, args.dst)
     s.connect(hostport(args.dst))
     s.settimeout(SOCKET_TIMEOUT)
     reader = s.makefile("rb")
@@ -515,6 +570,10 @@ def main():
         p.add_argument("--dst", required=True)
         p.add_argument("--sport", type=int, default=0)
         p.add_argument("--tries", type=int, default=5)
+        if name == "tcp":
+            p.add_argument("--echo", type=int, default=0)
+        else:
+            p.add_argument("--size", type=int, default=0)
     p = sub.add_parser("ping")
     p.add_argument("--dst", required=True)
     p.add_argument("--token", default="masq")

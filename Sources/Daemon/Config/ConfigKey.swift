@@ -45,8 +45,8 @@ struct ConfigBinding: Sendable {
 
 extension ConfigKey {
     /// The bpffs root, map sizes, sockets and listeners, logging, attach mode, the watched
-    /// file, the IPv6 switch (the file's validation depends on it) and the conntrack lifetimes
-    /// (the GC and the API read them at start) are fixed for the life of the process.
+    /// file and the conntrack lifetimes (the GC and the API read them at start) are fixed for
+    /// the life of the process.
     var binding: ConfigBinding {
         typealias C = DaemonConfig
         let key = self
@@ -55,7 +55,7 @@ extension ConfigKey {
         }
         switch self {
         case .enableIPv4Masquerade: return .field(key, \C.enableIPv4Masquerade, .live, parse: C.bool, show: ConfigValue.bool)
-        case .enableIPv6Masquerade: return .field(key, \C.enableIPv6Masquerade, .restartOnly, parse: C.bool, show: ConfigValue.bool)
+        case .enableIPv6Masquerade: return .field(key, \C.enableIPv6Masquerade, .live, parse: C.bool, show: ConfigValue.bool)
         case .ipv4NativeRoutingCIDR:
             return .field(key, \C.ipv4NativeRoutingCIDR, .live, parse: { k, r throws(ConfigError) in try C.optionalPrefix(k, r, v4: true) }, show: text)
         case .ipv6NativeRoutingCIDR:

@@ -42,9 +42,10 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
         return NonMasqueradeList(cidrs: cidrs.filter { seen.insert($0).inserted })
     }
 
-    /// Parses the file's text. `ipv6Enabled`: an IPv6 CIDR while IPv6 masquerading is off is an
-    /// error, as it could never apply.
-    public static func parse(_ text: String, path: String, ipv6Enabled: Bool) throws(IPMasqAgentError) -> IPMasqAgentConfig {
+    /// Parses the file's text. Its validity does not depend on the daemon's config: IPv6 CIDRs
+    /// are kept while IPv6 masquerading is off (they apply once `enable-ipv6-masquerade` is
+    /// turned on, which a SIGHUP does live).
+    public static func parse(_ text: String, path: String) throws(IPMasqAgentError) -> IPMasqAgentConfig {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -64,7 +65,7 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
             let line = keyNode.mark?.line
             switch key {
             case "nonMasqueradeCIDRs":
-                config.nonMasqueradeCIDRs = try cidrs(value, path: path, line: line, ipv6Enabled: ipv6Enabled)
+                config.nonMasqueradeCIDRs = try cidrs(value, path: path, line: line)
             case "masqLinkLocal":
                 config.masqLinkLocal = try bool(value, key: key, path: path, line: line)
             case "masqLinkLocalIPv6":
@@ -83,7 +84,7 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
         return value
     }
 
-    private static func cidrs(_ node: Node, path: String, line: Int?, ipv6Enabled: Bool) throws(IPMasqAgentError) -> [IPPrefix] {
+    private static func cidrs(_ node: Node, path: String, line: Int?) throws(IPMasqAgentError) -> [IPPrefix] {
         if case .scalar(let s) = node, s.string.isEmpty || s.tag.description.hasSuffix("null") { return [] }
         guard let sequence = node.sequence else {
             throw IPMasqAgentError(path: path, line: node.mark?.line ?? line, message: "nonMasqueradeCIDRs must be a list of CIDRs")
@@ -99,9 +100,6 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
                 prefix = try IPPrefix(scalar.string)
             } catch {
                 throw IPMasqAgentError(path: path, line: itemLine, message: "nonMasqueradeCIDRs[\(i)]: \(error)")
-            }
-            if !prefix.isIPv4 && !ipv6Enabled {
-                throw IPMasqAgentError(path: path, line: itemLine, message: "nonMasqueradeCIDRs[\(i)]: '\(scalar.string)' is IPv6 but IPv6 masquerading is off")
             }
             result.append(prefix)
         }

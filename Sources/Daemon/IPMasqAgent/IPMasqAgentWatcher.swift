@@ -8,7 +8,6 @@ import ServiceLifecycle
 /// arrives.
 struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     let path: String
-    let ipv6Enabled: Bool
     /// `enable-ip-masq-agent` at start. The watcher runs either way, so that turning the agent
     /// on by SIGHUP finds the list loaded; while it is off, loads are logged at debug only.
     let enabledAtStart: Bool
@@ -23,10 +22,9 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
 
     var description: String { "IPMasqAgentWatcher" }
 
-    init(path: String, ipv6Enabled: Bool, enabledAtStart: Bool, status: DaemonStatus,
+    init(path: String, enabledAtStart: Bool, status: DaemonStatus,
          changes: AsyncStream<ReconcileInputs.Change>.Continuation, logger: Logger) {
         self.path = path
-        self.ipv6Enabled = ipv6Enabled
         self.enabledAtStart = enabledAtStart
         self.status = status
         self.changes = changes
@@ -40,7 +38,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     private var inUse: Bool { status.snapshot.config?.enableIPMasqAgent ?? enabledAtStart }
 
     /// Reads and parses the file. Missing or empty: the defaults.
-    static func read(path: String, ipv6Enabled: Bool) -> Result<IPMasqAgentConfig, IPMasqAgentError> {
+    static func read(path: String) -> Result<IPMasqAgentConfig, IPMasqAgentError> {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -49,7 +47,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
         } catch {
             return .failure(IPMasqAgentError(path: path, line: nil, message: "cannot be read: \(error.localizedDescription)"))
         }
-        return Result { () throws(IPMasqAgentError) in try IPMasqAgentConfig.parse(text, path: path, ipv6Enabled: ipv6Enabled) }
+        return Result { () throws(IPMasqAgentError) in try IPMasqAgentConfig.parse(text, path: path) }
     }
 
     /// Loads the file once and records the outcome; returns the list to apply when it is valid
@@ -58,7 +56,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     /// good or bad, is not a reload.
     @discardableResult
     func load(current: NonMasqueradeList?) -> NonMasqueradeList? {
-        let outcome = Self.read(path: path, ipv6Enabled: ipv6Enabled)
+        let outcome = Self.read(path: path)
         let last = status.snapshot.ipMasqAgent
         switch outcome {
         case .failure(let error):

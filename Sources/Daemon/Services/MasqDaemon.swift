@@ -19,8 +19,8 @@ public enum MasqDaemon {
         let (changes, changeSink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
 
         var agent = IPMasqAgentWatcher(
-            path: config.ipMasqAgentConfigPath, ipv6Enabled: config.enableIPv6Masquerade,
-            enabledAtStart: config.enableIPMasqAgent, status: status, changes: changeSink, logger: logger)
+            path: config.ipMasqAgentConfigPath, enabledAtStart: config.enableIPMasqAgent, status: status,
+            changes: changeSink, logger: logger)
         // The first reconcile already applies the file, so no packet sees a list-less moment.
         agent.initial = agent.load(current: nil)
 

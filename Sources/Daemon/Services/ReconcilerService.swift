@@ -119,9 +119,15 @@ struct ReconcilerService: Service, CustomStringConvertible {
         for (name, reason) in state.skippedDevices.sorted(by: { $0.key < $1.key }) {
             logger.warning("Configured device not in force", metadata: ["device.name": "\(name)", "reason": "\(reason)"])
         }
-        for device in state.devices where state.ipv4Enabled && device.snatV4 == nil {
-            logger.warning("Masquerading device has no usable IPv4 address; pod packets it would masquerade are dropped (no_snat_address)",
-                           metadata: device.metadata)
+        for device in state.devices {
+            let missing = state.missingSNATAddress(device)
+            if let reason = missing.ipv4 {
+                logger.warning("Masquerading device has no usable IPv4 address", metadata: device.metadata.merging(["reason": "\(reason)"]) { $1 })
+            }
+            // Common on IPv4-only nodes (IPv6 masquerading is on by default): not a warning.
+            if let reason = missing.ipv6 {
+                logger.notice("Masquerading device has no usable global IPv6 address", metadata: device.metadata.merging(["reason": "\(reason)"]) { $1 })
+            }
         }
         if state.devices.isEmpty {
             logger.warning("No masquerading device: nothing is masqueraded")
