@@ -190,11 +190,17 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public var name: String
         public var entries: Int
         public var maxEntries: Int
+        /// For a table counted by the conntrack GC's last pass (the NAT tables), not per request:
+        /// when it was counted, and how long ago.
+        public var asOf: Date?
+        public var ageSeconds: Double?
 
-        public init(name: String, entries: Int, maxEntries: Int) {
+        public init(name: String, entries: Int, maxEntries: Int, asOf: Date? = nil, ageSeconds: Double? = nil) {
             self.name = name
             self.entries = entries
             self.maxEntries = maxEntries
+            self.asOf = asOf
+            self.ageSeconds = ageSeconds
         }
     }
 

@@ -1,5 +1,6 @@
 @preconcurrency import Glibc
 import API
+import Blocking
 import CMasq
 import Daemon
 import Datapath
@@ -51,6 +52,7 @@ struct APIHandlers: Sendable {
         let drops = try await datapath.drops().map {
             StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.code), summary: $0.reason.summary, count: $0.count)
         }
+        let tables = try await datapath.tableFill(nat: natSummary())
         let now = Date()
         return StatusResponse(
             version: masqVersion, startedAt: snapshot.startedAt,
@@ -66,7 +68,7 @@ struct APIHandlers: Sendable {
                                generation: snapshot.ipMasqAgent.generation, lastLoadAt: snapshot.ipMasqAgent.lastLoadAt,
                                lastError: snapshot.ipMasqAgent.lastError),
             configReloads: StatusFigures.configReloads(snapshot.configReloads),
-            tables: try await datapath.tableFill().map(StatusResponse.Table.init), drops: drops,
+            tables: tables.map { StatusResponse.Table($0, now: now) }, drops: drops,
             counters: StatusResponse.Counters(stats: try await datapath.stats()),
             allocation: StatusFigures.allocation(histogram: try await datapath.allocationHistogram(),
                                                  saturation: try await datapath.portSaturation(top: saturationTop)),
@@ -96,11 +98,13 @@ struct APIHandlers: Sendable {
         guard limit <= ConntrackPaging.maxPageSize else {
             throw APIError.badRequest("limit: at most \(ConntrackPaging.maxPageSize) entries a JSON page; send Accept: application/x-ndjson to stream more")
         }
+        let reader = try await datapath.natFlowReader()
+        let entryFilter = filter.natEntryFilter
         var entries: [ConntrackEntry] = []
         var names = DeviceNames()
         var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         while let cursor = next, entries.count < limit {
-            let batch = try await datapath.natFlows(from: cursor, count: batchSize, filter: filter.natEntryFilter)
+            let batch = try await BlockingPool.shared.run { [batchSize] in try reader.flows(from: cursor, count: batchSize, filter: entryFilter) }
             let now = NATEntries.bootTimeNow()
             let room = limit - entries.count
             for flow in batch.flows.prefix(room) {
@@ -111,25 +115,58 @@ struct APIHandlers: Sendable {
         return ConntrackPage(entries: entries, nextCursor: next?.text)
     }
 
-    /// Streams the flows as NDJSON, one batch of the table at a time: memory stays bounded by
-    /// one batch, and each write waits until the client has taken the previous ones.
+    /// Table entries a stream reads per batch: its output (about 140 bytes a table entry) is
+    /// what the stream holds, twice (one batch written while the next is read).
+    static let streamBatchSize = 4096
+
+    /// Streams the flows as NDJSON, one batch of the table at a time: each batch is read and
+    /// encoded on a thread of its own while the previous one is written, and each write waits
+    /// until the client has taken enough of the previous ones (the channel's writability), so
+    /// memory stays bounded by about two batches whatever the table's size and the client's pace.
     func conntrackStream(filter: ConntrackFilter, paging: ConntrackPaging, to writer: ResponseBodyWriter) async throws {
+        let reader = try await datapath.natFlowReader()
+        let entryFilter = filter.natEntryFilter
+        let start: ConntrackCursor = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         var remaining = paging.limit ?? Int.max
-        var names = DeviceNames()
-        let encoder = APIJSON.encoder()
-        var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
-        while let cursor = next, remaining > 0 {
-            let batch = try await datapath.natFlows(from: cursor, count: batchSize, filter: filter.natEntryFilter)
+        guard remaining > 0 else { return }
+        var pending: Task<StreamChunk, Error>? = Task { [remaining] in
+            try await streamChunk(reader, from: start, limit: remaining, filter: entryFilter)
+        }
+        defer { pending?.cancel() }
+        while let current = pending {
+            let chunk = try await current.value
+            remaining -= chunk.flows
+            pending = remaining > 0 ? chunk.next.map { next in
+                Task { [remaining] in try await streamChunk(reader, from: next, limit: remaining, filter: entryFilter) }
+            } : nil
+            if chunk.lines.readableBytes > 0 { try await writer.write(chunk.lines) }
+        }
+    }
+
+    /// One batch of a stream: its flows' NDJSON lines and where the next batch starts.
+    struct StreamChunk: Sendable {
+        var lines: ByteBuffer
+        var flows: Int
+        var next: ConntrackCursor?
+    }
+
+    /// Reads and encodes one batch of at most `limit` flows from `position`, on a thread of its own.
+    private func streamChunk(_ reader: NATFlowReader, from position: ConntrackCursor, limit: Int,
+                             filter: NATEntryFilter?) async throws -> StreamChunk {
+        let lifetimes = self.lifetimes
+        return try await BlockingPool.shared.run {
+            var out = ByteBufferAllocator().buffer(capacity: Self.streamBatchSize * 160)
+            var encoder = ConntrackNDJSON()
+            var names = DeviceNames()
+            var flows = 0
             let now = NATEntries.bootTimeNow()
-            var buffer = ByteBuffer()
-            for flow in batch.flows.prefix(remaining) {
-                let entry = NATEntries.entry(flow, now: now, lifetimes: lifetimes, deviceName: names[flow.egress.ifindex])
-                buffer.writeBytes(try encoder.encode(entry))
-                buffer.writeInteger(UInt8(ascii: "\n"))
+            let next = try reader.forEachFlow(from: position, count: Self.streamBatchSize, filter: filter) { flow in
+                encoder.write(NATEntries.entry(flow, now: now, lifetimes: lifetimes, deviceName: names[flow.egress.ifindex]),
+                              to: &out)
+                flows += 1
+                return flows < limit
             }
-            remaining -= min(remaining, batch.flows.count)
-            if buffer.readableBytes > 0 { try await writer.write(buffer) }
-            next = batch.next
+            return StreamChunk(lines: out, flows: flows, next: next)
         }
     }
 
@@ -191,16 +228,24 @@ struct APIHandlers: Sendable {
 
         let summary = try await natSummary()
         var flowSamples: [(labels: KeyValuePairs<String, String>, value: Double)] = []
-        for proto in [L4Protocol.tcp, .udp, .icmp] {
-            for kind in [ConntrackEntry.Kind.masquerade, .host, .inbound] {
-                flowSamples.append((["family": "ipv4", "proto": proto.rawValue, "kind": kind.rawValue],
-                                    Double(summary.flows[FlowKey(proto: proto, kind: kind)] ?? 0)))
+        for table in summary.tables {
+            for proto in [L4Protocol.tcp, .udp, .icmp] {
+                for kind in NATFlowKind.allCases {
+                    let flows = table.flows[.init(proto: proto.number ?? 0, kind: kind)] ?? 0
+                    flowSamples.append((["family": table.family.rawValue, "proto": proto.rawValue, "kind": kind.rawValue],
+                                        Double(flows)))
+                }
             }
         }
-        out.family("masq_nat_flows", .gauge, help: "Tracked flows in the NAT table, by family, protocol and kind.", flowSamples)
+        out.family("masq_nat_flows", .gauge,
+                   help: "Tracked flows in the NAT table, by family, protocol and kind, as the last conntrack GC pass left them (see masq_nat_count_age_seconds).",
+                   flowSamples)
+        out.family("masq_nat_count_age_seconds", .gauge,
+                   help: "Age of the NAT table figures (masq_nat_flows, masq_map_entries of the NAT tables): they are counted by the conntrack GC's passes, not per scrape.",
+                   summary.tables.map { (["family": $0.family.rawValue], Date().timeIntervalSince(summary.asOf)) })
 
-        let tables = try await datapath.tableFill()
-        out.family("masq_map_entries", .gauge, help: "Entries in each datapath map.",
+        let tables = try await datapath.tableFill(nat: summary)
+        out.family("masq_map_entries", .gauge, help: "Entries in each datapath map (the NAT tables as the last conntrack GC pass counted them).",
                    tables.map { (["map": $0.name], Double($0.entries)) })
         out.family("masq_map_max_entries", .gauge, help: "Capacity of each datapath map.",
                    tables.map { (["map": $0.name], Double($0.maxEntries)) })
@@ -233,27 +278,13 @@ struct APIHandlers: Sendable {
         return out.text
     }
 
-    struct FlowKey: Hashable {
-        var proto: L4Protocol
-        var kind: ConntrackEntry.Kind
-    }
-
-    /// Flows by protocol and kind, one pass over the NAT table.
-    func natSummary() async throws -> (entries: Int, flows: [FlowKey: Int]) {
-        var flows: [FlowKey: Int] = [:]
-        var entries = 0
-        var next: ConntrackCursor? = .start
-        while let cursor = next {
-            let batch = try await datapath.natBatch(from: cursor.token, count: batchSize * 4)
-            entries += batch.entries.count
-            for (key, value) in batch.entries where key.dir == UInt8(MASQ_DIR_EGRESS) {
-                let kind: ConntrackEntry.Kind = value.flags & UInt8(MASQ_NAT_F_INBOUND) != 0 ? .inbound
-                    : value.flags & UInt8(MASQ_NAT_F_HOST) != 0 ? .host : .masquerade
-                flows[FlowKey(proto: L4Protocol(number: key.proto), kind: kind), default: 0] += 1
-            }
-            next = batch.next.map { ConntrackCursor(token: $0, skip: 0) }
-        }
-        return (entries, flows)
+    /// The NAT tables' entries and flows as the last GC pass counted them. Before the first pass
+    /// (right after the start) one walk counts them, kept until a pass replaces it.
+    func natSummary() async throws -> NATSummary {
+        if let summary = status.snapshot.natSummary { return summary }
+        let counted = try await datapath.countNAT()
+        status.update { if $0.natSummary == nil { $0.natSummary = counted } }
+        return counted
     }
 }
 

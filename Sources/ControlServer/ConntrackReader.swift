@@ -38,14 +38,7 @@ extension NATEntries {
     static func entry(_ flow: NATFlow, now: UInt64, lifetimes: FlowLifetimes, deviceName: String?) -> ConntrackEntry {
         let key = flow.key, egress = flow.egress
         let proto = L4Protocol(number: key.proto)
-        let kind: ConntrackEntry.Kind
-        if egress.flags & UInt8(MASQ_NAT_F_INBOUND) != 0 {
-            kind = .inbound
-        } else if egress.flags & UInt8(MASQ_NAT_F_HOST) != 0 {
-            kind = .host
-        } else {
-            kind = .masquerade
-        }
+        let kind = ConntrackEntry.Kind(NATFlowKind(flags: egress.flags))
         let original = original(key, egress)
         let translated = kind == .inbound ? original
             : FlowTuple(src: address(egress.to_addr), sport: UInt16(bigEndian: egress.to_port),
@@ -64,6 +57,16 @@ extension NATEntries {
 
     static func seconds(_ now: UInt64, since then: UInt64) -> Double {
         now > then ? Double(now - then) / 1e9 : 0
+    }
+}
+
+extension ConntrackEntry.Kind {
+    init(_ kind: NATFlowKind) {
+        switch kind {
+        case .masquerade: self = .masquerade
+        case .host: self = .host
+        case .inbound: self = .inbound
+        }
     }
 }
 

@@ -146,7 +146,8 @@ extension StatusResponse.Counters {
 }
 
 extension StatusResponse.Table {
-    init(_ fill: MapFill) {
-        self.init(name: fill.name, entries: fill.entries, maxEntries: fill.maxEntries)
+    init(_ fill: MapFill, now: Date) {
+        self.init(name: fill.name, entries: fill.entries, maxEntries: fill.maxEntries, asOf: fill.asOf,
+                  ageSeconds: fill.asOf.map { max(0, now.timeIntervalSince($0)) })
     }
 }

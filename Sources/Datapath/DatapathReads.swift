@@ -1,6 +1,7 @@
 @preconcurrency import Glibc
 import CLibbpf
 import CMasq
+import Foundation
 import NetworkTypes
 
 // Read access to the datapath's maps for the control API: what the datapath holds, read back
@@ -48,6 +49,9 @@ public struct MapFill: Sendable, Equatable {
     public var name: String
     public var entries: Int
     public var maxEntries: Int
+    /// When `entries` was counted, for a table counted by the last walk (the NAT tables); nil
+    /// for a map counted now.
+    public var asOf: Date?
 }
 
 extension masq_nat_key_v4: @unchecked @retroactive Sendable {}
@@ -111,18 +115,6 @@ extension BPFMap {
                 return
             }
         }
-    }
-
-    /// The number of entries, counted in batches (for table fill levels).
-    public func countEntries<K: BitwiseCopyable, V: BitwiseCopyable>(key: K.Type, value: V.Type) throws -> Int {
-        var total = 0
-        var token: UInt32? = nil
-        repeat {
-            let batch = try lookupBatch(from: token, count: 4096, key: K.self, value: V.self)
-            total += batch.entries.count
-            token = batch.next
-        } while token != nil
-        return total
     }
 
     /// The sum over CPUs of a per-CPU array's u64 counter at `index`.
@@ -197,14 +189,19 @@ extension Datapath {
         return try keys.map { try nat.lookup($0, as: masq_nat_entry_v4.self) }
     }
 
-    /// Entries and capacity of each map, for status and /metrics.
-    public func tableFill() throws -> [MapFill] {
+    /// Entries and capacity of each map, for status and /metrics: the NAT tables as `nat` counted
+    /// them (a walk of a large table per request would cost more than the answer is worth), the
+    /// other maps, which are small, counted now.
+    public func tableFill(nat: NATSummary) throws -> [MapFill] {
         func table(_ name: String, _ count: (BPFMap) throws -> Int) throws -> MapFill {
             let m = try map(name)
             return MapFill(name: name, entries: try count(m), maxEntries: Int(m.maxEntries))
         }
-        return [
-            try table(MASQ_MAP_NAT_V4) { try $0.countEntries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) },
+        let natTables = try nat.tables.map { summary in
+            MapFill(name: summary.map, entries: summary.entries, maxEntries: Int(try map(summary.map).maxEntries),
+                    asOf: nat.asOf)
+        }
+        return natTables + [
             try table(MASQ_MAP_PODS_V4) { try $0.keys(as: masq_lpm_v4.self).count },
             try table(MASQ_MAP_NONMASQ_V4) { try $0.keys(as: masq_lpm_v4.self).count },
             try table(MASQ_MAP_NODES_V4) { try $0.keys(as: UInt32.self).count },

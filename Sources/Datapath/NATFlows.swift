@@ -61,25 +61,56 @@ public enum NATEntries {
     }
 }
 
-extension Datapath {
-    /// The flows whose EGRESS entry `filter` takes, in one batch of about `count` table entries
-    /// from `position`, each with its reply entry. Returns the flows and where the next batch
-    /// starts (nil: done).
-    public func natFlows(from position: NATTablePosition, count: Int, filter: NATEntryFilter? = nil)
+/// Reads flows from the NAT table by its fd, off the Datapath actor (map fds stay valid while
+/// the Datapath lives): a listing of a large table is many syscalls, run by the caller on a
+/// thread of its own (`BlockingPool`).
+public struct NATFlowReader: Sendable {
+    let nat: BPFMap
+
+    public init(nat: BPFMap) {
+        self.nat = nat
+    }
+
+    /// Hands `body` each flow whose EGRESS entry `filter` takes, with its reply entry, in one
+    /// batch of about `count` table entries from `position`, until `body` returns false.
+    /// Returns where the next batch starts (nil: the table is done, or `body` stopped).
+    @discardableResult
+    public func forEachFlow(from position: NATTablePosition, count: Int, filter: NATEntryFilter? = nil,
+                            _ body: (NATFlow) throws -> Bool) throws -> NATTablePosition? {
+        var next: UInt32?
+        var stopped = false
+        try nat.forEachBatch(from: position.token, count: count, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
+            for i in position.skip..<max(position.skip, keys.count) {
+                let key = keys[i], value = values[i]
+                // A flow is listed once, from its EGRESS entry.
+                guard key.dir == UInt8(MASQ_DIR_EGRESS) else { continue }
+                if let filter, !filter(key, value) { continue }
+                let reply = try NATEntries.partner(key, value).flatMap { try nat.lookup($0, as: masq_nat_entry_v4.self) }
+                guard try body(NATFlow(key: key, egress: value, reply: reply,
+                                       after: NATTablePosition(token: position.token, skip: i + 1))) else {
+                    stopped = true
+                    break
+                }
+            }
+            return false
+        } next: { next = $0 }
+        return stopped ? nil : next.map { NATTablePosition(token: $0, skip: 0) }
+    }
+
+    /// The flows of one batch (see `forEachFlow`) and where the next batch starts.
+    public func flows(from position: NATTablePosition, count: Int, filter: NATEntryFilter? = nil)
         throws -> (flows: [NATFlow], next: NATTablePosition?)
     {
-        let batch = try natBatch(from: position.token, count: count)
-        let nat = try map(MASQ_MAP_NAT_V4)
         var flows: [NATFlow] = []
-        for (i, (key, value)) in batch.entries.enumerated() where i >= position.skip {
-            // A flow is listed once, from its EGRESS entry.
-            guard key.dir == UInt8(MASQ_DIR_EGRESS) else { continue }
-            if let filter, !filter(key, value) { continue }
-            let reply = try NATEntries.partner(key, value).flatMap { try nat.lookup($0, as: masq_nat_entry_v4.self) }
-            flows.append(NATFlow(key: key, egress: value, reply: reply,
-                                 after: NATTablePosition(token: position.token, skip: i + 1)))
-        }
-        return (flows, batch.next.map { NATTablePosition(token: $0, skip: 0) })
+        let next = try forEachFlow(from: position, count: count, filter: filter) { flows.append($0); return true }
+        return (flows, next)
+    }
+}
+
+extension Datapath {
+    /// A reader of the NAT table's flows, for use off the actor.
+    public func natFlowReader() throws -> NATFlowReader {
+        NATFlowReader(nat: try map(MASQ_MAP_NAT_V4))
     }
 
     /// Deletes, in one batch of table entries from `token`, every flow with an entry `filter`

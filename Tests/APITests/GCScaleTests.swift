@@ -71,8 +71,9 @@ struct GCScaleTests {
         return try APIJSON.decoder().decode(StatusResponse.self, from: r.body).conntrackGC
     }
 
-    /// `flows` TCP pairs, established but for every fourth one, closed a minute ago.
-    static func fill(_ nat: BPFMap, flows: Int) throws {
+    /// `flows` TCP pairs, established but for every `closedEvery`th one (nil: none), closed a
+    /// minute ago.
+    static func fill(_ nat: BPFMap, flows: Int, closedEvery: Int? = 4) throws {
         let now = NATEntries.bootTimeNow()
         let snat = IPv4Address("100.0.0.1")!.networkOrder, remote = IPv4Address("100.0.0.2")!.networkOrder
         var keys: [masq_nat_key_v4] = []
@@ -84,8 +85,8 @@ struct GCScaleTests {
             var out = masq_nat_entry_v4()
             out.to_addr = snat
             out.to_port = snatPort
-            // Every fourth flow closed a minute ago (past the 10 s closing lifetime).
-            let closed = i % 4 == 0
+            // Closed a minute ago: past the 10 s closing lifetime.
+            let closed = closedEvery.map { i % $0 == 0 } ?? false
             out.tcp_state = UInt8(closed ? MASQ_TCP_CLOSING : MASQ_TCP_ESTABLISHED)
             out.created = now
             out.last_seen = closed ? now - 60_000_000_000 : now

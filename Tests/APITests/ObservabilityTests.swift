@@ -285,5 +285,56 @@ struct FigureLiveTests {
             #expect(out.stdout.contains("removed\n                busiest 100.0.0.1 -> 100.0.0.2:443/tcp: 16384 ports (50.0% of the range)\n"), "\(out.stdout)")
         }
     }
+
+    /// The masq_nat_v4 entry of status's tables.
+    static func natTable(_ api: LiveAPI) async throws -> StatusResponse.Table {
+        let status = try api.decode(StatusResponse.self, try await api.get("/v1/status"))
+        #expect(status.tables.filter { $0.name != MASQ_MAP_NAT_V4 }.allSatisfy { $0.asOf == nil && $0.ageSeconds == nil },
+                "the small maps are counted per request")
+        return try #require(status.tables.first { $0.name == MASQ_MAP_NAT_V4 })
+    }
+
+    /// A /metrics sample's value.
+    static func sample(_ text: String, _ series: String) -> Double? {
+        text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.dropFirst(series.count + 1)) }
+    }
+
+    @Test("status and /metrics serve the NAT table's figures as last counted, with their age, not a walk per request")
+    func natSummary() async throws {
+        try await LiveAPI.with { api in
+            // No GC pass yet: the first request counts the table once.
+            try await api.fillFlows(10)
+            let first = try await Self.natTable(api)
+            #expect(first.entries == 20 && first.maxEntries == 262_144)
+            let counted = try #require(first.asOf)
+            #expect((first.ageSeconds ?? -1) >= 0)
+
+            // New flows are not seen until the next count: requests do not walk the table.
+            try LiveAPI.fill(try await api.datapath.map(MASQ_MAP_NAT_V4), count: 5, first: 10)
+            let again = try await Self.natTable(api)
+            #expect(again.entries == 20 && again.asOf == counted)
+            var metrics = try await api.get("/metrics", accept: "text/plain").text
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv4",proto="tcp",kind="masquerade"}"#) == 10)
+            #expect(Self.sample(metrics, #"masq_map_entries{map="masq_nat_v4"}"#) == 20)
+            #expect(Self.sample(metrics, #"masq_nat_count_age_seconds{family="ipv4"}"#) != nil)
+
+            // A GC pass's summary replaces it, and its age is reported.
+            var report = ConntrackSweeper.Report()
+            report.summary.entries = 7
+            report.summary.flows = [.init(proto: 17, kind: .host): 3, .init(proto: 6, kind: .inbound): 1]
+            // Whole seconds: status's dates are ISO 8601 without a fraction.
+            let passAt = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down) - 120)
+            api.status.update { $0.recordGCPass(report, nextInterval: .seconds(60), at: passAt) }
+            let pass = try await Self.natTable(api)
+            #expect(pass.entries == 7 && pass.asOf == passAt)
+            #expect((pass.ageSeconds ?? 0) >= 120)
+            metrics = try await api.get("/metrics", accept: "text/plain").text
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv4",proto="udp",kind="host"}"#) == 3)
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv4",proto="tcp",kind="inbound"}"#) == 1)
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv4",proto="tcp",kind="masquerade"}"#) == 0)
+            #expect(Self.sample(metrics, #"masq_map_entries{map="masq_nat_v4"}"#) == 7)
+            #expect((Self.sample(metrics, #"masq_nat_count_age_seconds{family="ipv4"}"#) ?? 0) >= 120)
+        }
+    }
 }
 }

@@ -125,6 +125,14 @@ struct ServerTests {
             let first = try APIJSON.decoder().decode(ConntrackEntry.self, from: Data(lines[0]))
             #expect(first.translated.src == IPAddress(LiveAPI.snatAddress) && first.device == "lo")
             #expect(first.state == .established && first.replyCounters != nil)
+            // Each line is exactly the API encoder's JSON of what it says.
+            let encoder = APIJSON.encoder()
+            let reencoded = try lines.map { try encoder.encode(APIJSON.decoder().decode(ConntrackEntry.self, from: Data($0))) }
+            #expect(reencoded.elementsEqual(lines.map { Data($0) }))
+            // A stream from a page's cursor takes up where the page ends.
+            let page = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?limit=700"))
+            let rest = try await call(api, "/v1/conntrack?cursor=\(try #require(page.nextCursor))", accept: MediaType.ndjson)
+            #expect(page.entries.count + rest.body.split(separator: UInt8(ascii: "\n")).count == 2_510)
 
             let udp = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?proto=udp&dport=53"))
             #expect(udp.entries.count == 10 && udp.entries.allSatisfy { $0.proto == .udp })

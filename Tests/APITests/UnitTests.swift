@@ -5,6 +5,7 @@ import CMasq
 @testable import Datapath
 
 import Foundation
+import NIOCore
 import Testing
 
 @Suite("API contract")
@@ -167,6 +168,40 @@ struct ConntrackEntryTests {
         #expect(FlowLifetimes.state(proto: .udp, tcpState: 0, seen: UInt8(MASQ_SEEN_REPLY)) == .replied)
         #expect(FlowLifetimes.state(proto: .tcp, tcpState: UInt8(MASQ_TCP_FIN_WAIT), seen: UInt8(MASQ_SEEN_FIN)) == .finWait)
         #expect(FlowLifetimes.default.lifetime(proto: .tcp, state: .closeWait) == 60)
+    }
+
+    @Test("the stream's hand-written NDJSON line is byte for byte the API encoder's JSON of the entry")
+    func ndjsonMatchesEncoder() throws {
+        var generator = SystemRandomNumberGenerator()
+        let doubles: [Double] = [0, 1, 15, 0.5, 1e-9, 0.1 + 0.2, 21_599.999999999, 123_456.789, 3e15, 1e16, 7.2e-5,
+                                 Double(UInt32.max) + 0.25]
+            + (0..<200).map { _ in Double.random(in: 0..<100_000, using: &generator) }
+            + (0..<50).map { _ in Double(UInt64.random(in: 0...40_000_000_000_000, using: &generator)) / 1e9 }
+        let devices: [String?] = [nil, "eth0", "ext0.100", "we\"ird\\name", "tab\there", "ctl\u{1}\u{1f}", "ünï/cødé", "new\nline"]
+        let addresses: [IPAddress] = [IPAddress("0.0.0.0")!, IPAddress("10.244.1.2")!, IPAddress("255.255.255.255")!,
+                                      IPAddress("100.0.0.1")!, IPAddress("fd00::1")!, IPAddress("2001:db8::ff00:42:8329")!]
+        let encoder = APIJSON.encoder()
+        var ndjson = ConntrackNDJSON()
+        for i in 0..<doubles.count {
+            func pick<T>(_ values: [T], _ salt: Int) -> T { values[(i * 7 + salt) % values.count] }
+            let counters = FlowCounters(packets: pick([0, 1, 9, 10, 99, 1_000_000, UInt64.max], 1),
+                                        bytes: pick([0, 60, 1500, UInt64.max / 3, 12_345_678_901], 2))
+            let entry = ConntrackEntry(
+                family: pick([.ipv4, .ipv6], 3), proto: pick([.tcp, .udp, .icmp, .icmpv6], 4),
+                kind: pick([.masquerade, .host, .inbound], 5),
+                original: FlowTuple(src: pick(addresses, 6), sport: pick([0, 1, 80, 40000, 65535], 7),
+                                    dst: pick(addresses, 8), dport: pick([0, 9, 443, 8080, 65535], 9)),
+                translated: FlowTuple(src: pick(addresses, 10), sport: pick([0, 32768, 65535], 11),
+                                      dst: pick(addresses, 12), dport: pick([53, 10], 13)),
+                state: pick(FlowState.allCases.filter { $0 != .unknown }, 14), ageSeconds: doubles[i],
+                expiresInSeconds: pick(doubles, 15), originalCounters: counters,
+                replyCounters: i % 3 == 0 ? nil : FlowCounters(packets: UInt64(i), bytes: UInt64(i) * 1000),
+                device: pick(devices, 16), ifindex: pick([0, 1, 7, 4_294_967_295], 17))
+            var buffer = ByteBuffer()
+            ndjson.write(entry, to: &buffer)
+            let expected = String(decoding: try encoder.encode(entry), as: UTF8.self) + "\n"
+            #expect(String(buffer: buffer) == expected)
+        }
     }
 
     @Test("cursors round-trip and a foreign cursor is a 400")

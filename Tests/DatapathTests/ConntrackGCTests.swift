@@ -187,6 +187,31 @@ struct ConntrackGCTests {
         #expect(report.saturation.first?.ports == 30)
     }
 
+    @Test("the pass's summary counts what it leaves in the table: entries, and flows by protocol and kind")
+    func summary() throws {
+        let dp = try TestDatapath.standard()
+        // 6 UDP flows, half replied (the others expire at 31 s); 2 TCP flows; 1 inbound TCP flow.
+        for i in 0..<6 {
+            _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(40000 + i), dport: 53)))
+            if i % 2 == 0 {
+                _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: UInt16(40000 + i))))
+            }
+        }
+        for i in 0..<2 {
+            _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: UInt16(41000 + i), dport: 443)))
+        }
+        _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 5555, dport: 80)))
+        var gc = sweeper(dp)
+        gc.batchSize = 5
+        let summary = try gc.sweep(now: later(31)).summary
+
+        #expect(summary.family == .ipv4 && summary.map == MASQ_MAP_NAT_V4)
+        #expect(summary.entries == (try dp.entries().count))
+        #expect(summary.entries == 3 * 2 + 2 * 2 + 1)
+        #expect(summary.flows == [.init(proto: Proto.udp, kind: .masquerade): 3, .init(proto: Proto.tcp, kind: .masquerade): 2,
+                                  .init(proto: Proto.tcp, kind: .inbound): 1])
+    }
+
     @Test("the port tally is exact below its capacity and keeps the heavy tuples above it")
     func portTally() {
         func key(_ port: UInt16) -> masq_sat_key_v4 {

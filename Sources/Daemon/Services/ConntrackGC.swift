@@ -58,7 +58,7 @@ struct ConntrackGC: Service {
                 let report = try await sweeper.sweepOffPool()
                 let took = clock.now - started
                 interval = GCInterval.next(current: interval, deletedFraction: report.deletedFraction, max: maxInterval)
-                status.update { $0.conntrackGC.record(report, nextInterval: interval, duration: took) }
+                status.update { $0.recordGCPass(report, nextInterval: interval, duration: took) }
                 logger.debug("Conntrack GC pass", metadata: [
                     "gc.entries": "\(report.entries)", "gc.expired_flows": "\(report.expiredFlows)",
                     "gc.deleted": "\(report.deletedEntries)", "gc.removed_halves": "\(report.removedHalves)", "gc.next_interval": "\(interval)",
@@ -110,6 +110,16 @@ public struct ConntrackGCState: Sendable {
         deletedEntries += report.deletedEntries
         removedHalves += report.removedHalves
         interval = nextInterval
+    }
+}
+
+extension DaemonStatus.Snapshot {
+    /// Records a GC pass: its figures, and the NAT table summary it counted, which status and
+    /// /metrics serve until the next pass.
+    public mutating func recordGCPass(_ report: ConntrackSweeper.Report, nextInterval: Duration, duration: Duration? = nil,
+                                      at date: Date = .now) {
+        conntrackGC.record(report, nextInterval: nextInterval, duration: duration, at: date)
+        natSummary = NATSummary(tables: [report.summary], asOf: date)
     }
 }
 
@@ -186,6 +196,8 @@ public struct ConntrackSweeper: Sendable {
         public var removedHalves = 0
         /// The (SNAT address, remote, remote port, protocol) tuples holding the most ports.
         public var saturation: [TupleUse] = []
+        /// The entries and flows the pass left in the table.
+        public var summary = NATTableSummary(family: .ipv4, map: MASQ_MAP_NAT_V4)
 
         /// The share of the table this pass deleted, 0-1.
         public var deletedFraction: Double { entries == 0 ? 0 : Double(deletedEntries) / Double(entries) }
@@ -231,6 +243,7 @@ public struct ConntrackSweeper: Sendable {
                 switch try verdict(key, value, now: now) {
                 case .live:
                     if !egress { tally.add(Self.tupleKey(of: key)) }
+                    report.summary.add(key, value)
                 case .expiredPair:
                     // Decided once, by whichever entry the walk reads first: both entries of an
                     // expired pair are idle, so that one finds it, and the other is never read.

@@ -29,6 +29,9 @@ public final class DaemonStatus: Sendable {
         public var config: DaemonConfig?
         /// The conntrack GC's passes, totals and the last pass's report.
         public var conntrackGC = ConntrackGCState()
+        /// The NAT tables' entries and flows as the last GC pass left them (or as the API
+        /// counted them before the first pass); nil until either has.
+        public var natSummary: NATSummary?
         /// Config loads by source (ip-masq-agent file, daemon config on SIGHUP) and outcome.
         public var configReloads = ConfigReloads()
     }

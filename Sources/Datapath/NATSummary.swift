@@ -1,0 +1,85 @@
+import CMasq
+import Foundation
+
+/// What the datapath does with a flow, from the flags of its EGRESS entry.
+public enum NATFlowKind: String, CaseIterable, Sendable {
+    /// A pod's flow, translated to the node's address.
+    case masquerade
+    /// The node's own flow, tracked so that no pod flow takes its tuple.
+    case host
+    /// A flow that came in to a pod; it stands alone (no reply entry).
+    case inbound
+
+    public init(flags: UInt8) {
+        self = flags & UInt8(MASQ_NAT_F_INBOUND) != 0 ? .inbound
+            : flags & UInt8(MASQ_NAT_F_HOST) != 0 ? .host : .masquerade
+    }
+}
+
+/// The address family of a NAT table (its metric label and API value).
+public enum NATFamily: String, CaseIterable, Sendable {
+    case ipv4, ipv6
+}
+
+/// A NAT table's entries and flows as counted by one walk that reads every entry anyway (a
+/// conntrack GC pass), so that status and /metrics report them without a walk of their own.
+public struct NATTableSummary: Sendable, Equatable {
+    /// Flows of one protocol and kind.
+    public struct FlowClass: Hashable, Sendable {
+        public var proto: UInt8
+        public var kind: NATFlowKind
+
+        public init(proto: UInt8, kind: NATFlowKind) {
+            self.proto = proto
+            self.kind = kind
+        }
+    }
+
+    public var family: NATFamily
+    /// The map counted (masq_nat_v4).
+    public var map: String
+    public var entries = 0
+    /// Flows (one EGRESS entry each) by protocol number and kind.
+    public var flows: [FlowClass: Int] = [:]
+
+    public init(family: NATFamily, map: String) {
+        self.family = family
+        self.map = map
+    }
+
+    /// Counts one entry the table keeps.
+    public mutating func add(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4) {
+        entries += 1
+        if key.dir == UInt8(MASQ_DIR_EGRESS) {
+            flows[FlowClass(proto: key.proto, kind: NATFlowKind(flags: value.flags)), default: 0] += 1
+        }
+    }
+}
+
+/// The NAT tables' summaries and when they were counted.
+public struct NATSummary: Sendable, Equatable {
+    /// One summary per NAT table (per family).
+    public var tables: [NATTableSummary]
+    /// When the walk that counted them ended.
+    public var asOf: Date
+
+    public init(tables: [NATTableSummary], asOf: Date) {
+        self.tables = tables
+        self.asOf = asOf
+    }
+
+    public subscript(map: String) -> NATTableSummary? { tables.first { $0.map == map } }
+}
+
+extension Datapath {
+    /// Counts the NAT tables in one read-only walk: for the API when no GC pass has counted
+    /// them yet (right after the start).
+    public func countNAT() throws -> NATSummary {
+        var v4 = NATTableSummary(family: .ipv4, map: MASQ_MAP_NAT_V4)
+        try map(MASQ_MAP_NAT_V4).forEachBatch(count: 4096, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
+            for (key, value) in zip(keys, values) { v4.add(key, value) }
+            return true
+        }
+        return NATSummary(tables: [v4], asOf: Date())
+    }
+}

@@ -1,0 +1,108 @@
+@preconcurrency import Glibc
+import API
+import CLibbpf
+import CMasq
+import Foundation
+import Testing
+
+@testable import Datapath
+
+extension LiveAPITests {
+/// The control API of a real masqd over a large NAT table (benchmarks/control-api.sh runs it; it
+/// runs only when MASQ_BENCH_FLOWS is set, never in CI). The table is filled as GCScaleTests
+/// fills it, with every flow established; then, once a GC pass has read the filled table:
+/// /v1/status and /metrics latency alone and under concurrent clients, and an NDJSON dump of
+/// every flow with masqd's peak RSS. Prints the figures and writes them to
+/// /tmp/masq-control-api-benchmark.txt. It measures; it asserts only that the answers are whole.
+@Suite("control API benchmark", .serialized,
+       .enabled(if: ProcessInfo.processInfo.environment["MASQ_BENCH_FLOWS"] != nil))
+struct ControlAPIBenchmark {
+    static let environment = ProcessInfo.processInfo.environment
+
+    @Test("status, /metrics and the NDJSON dump over a large table")
+    func measure() async throws {
+        let flows = Int(Self.environment["MASQ_BENCH_FLOWS"] ?? "") ?? 500_000
+        let clients = Int(Self.environment["MASQ_BENCH_CLIENTS"] ?? "") ?? 50
+        let rounds = Int(Self.environment["MASQ_BENCH_ROUNDS"] ?? "") ?? 4
+        let masqd = try Self.environment["MASQD_BIN"] ?? builtBinary("masqd")
+        var capacity = 1024
+        while capacity < 2 * flows { capacity *= 2 }
+        try await DaemonSandbox.with { sandbox in
+            try await sandbox.addDevice()
+            let process = try sandbox.start([masqd, "run"] + sandbox.masqdFlags([
+                "--log-level", "info", "--nat-max-entries", String(capacity),
+            ]))
+            try await sandbox.waitHealthy()
+            let pid = daemonPID(process)
+            var lines = ["masqd \(masqd), \(flows) flows (\(2 * flows) entries, nat-max-entries \(capacity)), "
+                         + "\(clients) concurrent clients x \(rounds) requests; VmHWM at start \(memory(of: pid).peak) KiB"]
+
+            let fd = bpf_obj_get(sandbox.bpffs + "/" + MASQ_MAP_NAT_V4)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            try GCScaleTests.fill(BPFMap(name: MASQ_MAP_NAT_V4, fd: fd, maxEntries: 0), flows: flows, closedEvery: nil)
+            let filled = Date()
+            // A GC pass that started after the fill: the figures status serves come from one.
+            let deadline = ContinuousClock.now + .seconds(300)
+            while ContinuousClock.now < deadline {
+                try await Task.sleep(for: .seconds(2))
+                let gc = try await GCScaleTests.gc(sandbox)
+                if let seconds = gc.lastPassSeconds, let end = gc.lastPassAt, end.addingTimeInterval(-seconds) > filled {
+                    lines.append("GC pass over the filled table: \(String(format: "%.2f", seconds)) s")
+                    break
+                }
+            }
+
+            for uri in ["/v1/status", "/metrics"] {
+                let alone = try await Self.latencies(sandbox, uri, clients: 1, rounds: 20)
+                let loaded = try await Self.latencies(sandbox, uri, clients: clients, rounds: rounds)
+                lines.append("\(uri): alone p50 \(Self.ms(alone, 0.5)) p99 \(Self.ms(alone, 0.99)); "
+                             + "\(clients) clients p50 \(Self.ms(loaded, 0.5)) p99 \(Self.ms(loaded, 0.99))")
+            }
+
+            let before = memory(of: pid)
+            let start = ContinuousClock.now
+            let curl = try await run(["/usr/bin/env", "curl", "-sS", "--unix-socket", sandbox.socketPath,
+                                      "-H", "Accept: application/x-ndjson", "-o", "/dev/null",
+                                      "-w", "%{size_download}", "http://masqd/v1/conntrack"], timeout: .seconds(600))
+            let took = ContinuousClock.now - start
+            #expect(curl.status == 0, "\(curl.stderr)")
+            let after = memory(of: pid)
+            lines.append("NDJSON dump of every flow: \(took) (\(curl.stdout) bytes); masqd VmHWM before \(before.peak) KiB, "
+                         + "after \(after.peak) KiB (RSS now \(after.current) KiB)")
+            let report = lines.joined(separator: "\n")
+            print(report)
+            try? report.write(toFile: "/tmp/masq-control-api-benchmark.txt", atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// Each of `clients` sends `rounds` requests for `uri` one after another; every latency, in seconds.
+    static func latencies(_ sandbox: DaemonSandbox, _ uri: String, clients: Int, rounds: Int) async throws -> [Double] {
+        try await withThrowingTaskGroup(of: [Double].self) { group in
+            for _ in 0..<clients {
+                group.addTask {
+                    var seconds: [Double] = []
+                    for _ in 0..<rounds {
+                        let start = ContinuousClock.now
+                        let r = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: uri,
+                                                           timeout: .seconds(300))
+                        let took = ContinuousClock.now - start
+                        #expect(r.status == 200, "\(uri): \(r.status)")
+                        seconds.append(Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18)
+                    }
+                    return seconds
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+    }
+
+    /// The `q` quantile (nearest rank) in milliseconds.
+    static func ms(_ values: [Double], _ q: Double) -> String {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return "-" }
+        let rank = min(sorted.count - 1, max(0, Int((q * Double(sorted.count)).rounded(.up)) - 1))
+        return String(format: "%.1f ms", sorted[rank] * 1000)
+    }
+}
+}
