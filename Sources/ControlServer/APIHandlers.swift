@@ -282,7 +282,8 @@ struct APIHandlers: Sendable {
     /// (right after the start) one walk counts them, kept until a pass replaces it.
     func natSummary() async throws -> NATSummary {
         if let summary = status.snapshot.natSummary { return summary }
-        let counted = try await datapath.countNAT()
+        let reader = try await datapath.natFlowReader()
+        let counted = try await runBlocking { try reader.summarize() }
         status.update { if $0.natSummary == nil { $0.natSummary = counted } }
         return counted
     }

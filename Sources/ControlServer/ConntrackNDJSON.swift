@@ -12,116 +12,145 @@ struct ConntrackNDJSON {
     private var strings: [String: [UInt8]] = [:]
 
     mutating func write(_ e: ConntrackEntry, to out: inout ByteBuffer) {
-        out.writeStaticString(#"{"ageSeconds":"#)
-        Self.write(e.ageSeconds, to: &out)
-        if let device = e.device {
-            out.writeStaticString(#","device":"#)
-            writeString(device, to: &out)
-        }
-        out.writeStaticString(#","expiresInSeconds":"#)
-        Self.write(e.expiresInSeconds, to: &out)
-        out.writeStaticString(#","family":"#)
-        writeString(e.family.rawValue, to: &out)
-        out.writeStaticString(#","ifindex":"#)
-        Self.write(UInt64(e.ifindex), to: &out)
-        out.writeStaticString(#","kind":"#)
-        writeString(e.kind.rawValue, to: &out)
-        out.writeStaticString(#","original":"#)
-        Self.write(e.original, to: &out)
-        out.writeStaticString(#","originalCounters":"#)
-        Self.write(e.originalCounters, to: &out)
-        out.writeStaticString(#","protocol":"#)
-        writeString(e.proto.rawValue, to: &out)
-        if let reply = e.replyCounters {
-            out.writeStaticString(#","replyCounters":"#)
-            Self.write(reply, to: &out)
-        }
-        out.writeStaticString(#","state":"#)
-        writeString(e.state.rawValue, to: &out)
-        out.writeStaticString(#","translated":"#)
-        Self.write(e.translated, to: &out)
-        out.writeStaticString("}\n")
-    }
-
-    private static func write(_ t: FlowTuple, to out: inout ByteBuffer) {
-        out.writeStaticString(#"{"dport":"#)
-        write(UInt64(t.dport), to: &out)
-        out.writeStaticString(#","dst":"#)
-        write(t.dst, to: &out)
-        out.writeStaticString(#","sport":"#)
-        write(UInt64(t.sport), to: &out)
-        out.writeStaticString(#","src":"#)
-        write(t.src, to: &out)
-        out.writeStaticString("}")
-    }
-
-    private static func write(_ c: FlowCounters, to out: inout ByteBuffer) {
-        out.writeStaticString(#"{"bytes":"#)
-        write(c.bytes, to: &out)
-        out.writeStaticString(#","packets":"#)
-        write(c.packets, to: &out)
-        out.writeStaticString("}")
-    }
-
-    /// An address as a JSON string (IPv4 without building its description).
-    private static func write(_ address: IPAddress, to out: inout ByteBuffer) {
-        switch address {
-        case .v4(let a):
-            out.writeInteger(UInt8(ascii: "\""))
-            write(UInt64(a.bytes.0), to: &out)
-            out.writeInteger(UInt8(ascii: "."))
-            write(UInt64(a.bytes.1), to: &out)
-            out.writeInteger(UInt8(ascii: "."))
-            write(UInt64(a.bytes.2), to: &out)
-            out.writeInteger(UInt8(ascii: "."))
-            write(UInt64(a.bytes.3), to: &out)
-            out.writeInteger(UInt8(ascii: "\""))
-        case .v6(let a):
-            // inet_ntop's text: hex digits and colons, nothing to escape.
-            out.writeInteger(UInt8(ascii: "\""))
-            out.writeString(a.description)
-            out.writeInteger(UInt8(ascii: "\""))
+        let device = e.device.map { encoded($0) }
+        let family = encoded(e.family.rawValue), kind = encoded(e.kind.rawValue)
+        let proto = encoded(e.proto.rawValue), state = encoded(e.state.rawValue)
+        // The fixed part of a line is under 600 bytes (IPv6 addresses, 20-digit counters).
+        let bound = 1024 + (device?.count ?? 0) + family.count + kind.count + proto.count + state.count
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { raw in
+            var w = LineWriter(raw.baseAddress!)
+            w.put(#"{"ageSeconds":"#)
+            w.put(e.ageSeconds)
+            if let device {
+                w.put(#","device":"#)
+                w.put(device)
+            }
+            w.put(#","expiresInSeconds":"#)
+            w.put(e.expiresInSeconds)
+            w.put(#","family":"#)
+            w.put(family)
+            w.put(#","ifindex":"#)
+            w.put(UInt64(e.ifindex))
+            w.put(#","kind":"#)
+            w.put(kind)
+            w.put(#","original":"#)
+            w.put(e.original)
+            w.put(#","originalCounters":"#)
+            w.put(e.originalCounters)
+            w.put(#","protocol":"#)
+            w.put(proto)
+            if let reply = e.replyCounters {
+                w.put(#","replyCounters":"#)
+                w.put(reply)
+            }
+            w.put(#","state":"#)
+            w.put(state)
+            w.put(#","translated":"#)
+            w.put(e.translated)
+            w.put("}\n")
+            return w.count
         }
     }
 
     /// A string as the encoder writes it (escapes and all), encoded by it once per distinct value.
-    private mutating func writeString(_ s: String, to out: inout ByteBuffer) {
-        if let bytes = strings[s] {
-            out.writeBytes(bytes)
-            return
-        }
+    private mutating func encoded(_ s: String) -> [UInt8] {
+        if let bytes = strings[s] { return bytes }
         // A top-level string fragment: the JSON string itself.
         let bytes = (try? APIJSON.encoder().encode(s)).map(Array.init) ?? Array("\"\"".utf8)
         strings[s] = bytes
-        out.writeBytes(bytes)
+        return bytes
+    }
+}
+
+/// Writes one line into memory reserved for it, with plain stores: no per-byte bounds or
+/// capacity checks (the caller reserved enough), which keeps even a debug build's stream fast.
+private struct LineWriter {
+    let base: UnsafeMutableRawPointer
+    var count = 0
+
+    init(_ base: UnsafeMutableRawPointer) {
+        self.base = base
+    }
+
+    mutating func put(_ text: StaticString) {
+        (base + count).copyMemory(from: text.utf8Start, byteCount: text.utf8CodeUnitCount)
+        count += text.utf8CodeUnitCount
+    }
+
+    mutating func put(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { (base + count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        count += bytes.count
+    }
+
+    mutating func put(byte: UInt8) {
+        base.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
+        count += 1
     }
 
     /// A whole number in decimal.
-    private static func write(_ value: UInt64, to out: inout ByteBuffer) {
-        guard value >= 10 else {
-            out.writeInteger(UInt8(ascii: "0") + UInt8(value))
-            return
+    mutating func put(_ value: UInt64) {
+        var digits = 1
+        var rest = value / 10
+        while rest > 0 {
+            digits += 1
+            rest /= 10
         }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes: UInt64.max has 20 digits
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            var v = value, i = buffer.count
-            while v > 0 {
-                i -= 1
-                buffer[i] = UInt8(ascii: "0") + UInt8(v % 10)
-                v /= 10
-            }
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: buffer[i...]))
+        var v = value
+        for i in stride(from: count + digits - 1, through: count, by: -1) {
+            base.storeBytes(of: UInt8(truncatingIfNeeded: 48 + v % 10), toByteOffset: i, as: UInt8.self)
+            v /= 10
         }
+        count += digits
     }
 
     /// A finite Double as Foundation's JSON encoder writes it: Swift's shortest round-trip
     /// `description`, without the ".0" of a whole number.
-    private static func write(_ value: Double, to out: inout ByteBuffer) {
-        let text = value.description
-        if text.hasSuffix(".0") {
-            out.writeString(String(text.dropLast(2)))
-        } else {
-            out.writeString(text)
+    mutating func put(_ value: Double) {
+        var text = value.description
+        text.withUTF8 { utf8 in
+            let n = utf8.count >= 2 && utf8[utf8.count - 2] == UInt8(ascii: ".") && utf8[utf8.count - 1] == UInt8(ascii: "0")
+                ? utf8.count - 2 : utf8.count
+            (base + count).copyMemory(from: utf8.baseAddress!, byteCount: n)
+            count += n
         }
+    }
+
+    mutating func put(_ t: FlowTuple) {
+        put(#"{"dport":"#)
+        put(UInt64(t.dport))
+        put(#","dst":"#)
+        put(t.dst)
+        put(#","sport":"#)
+        put(UInt64(t.sport))
+        put(#","src":"#)
+        put(t.src)
+        put(byte: UInt8(ascii: "}"))
+    }
+
+    mutating func put(_ c: FlowCounters) {
+        put(#"{"bytes":"#)
+        put(c.bytes)
+        put(#","packets":"#)
+        put(c.packets)
+        put(byte: UInt8(ascii: "}"))
+    }
+
+    /// An address as a JSON string (IPv4 without building its description).
+    mutating func put(_ address: IPAddress) {
+        put(byte: UInt8(ascii: "\""))
+        switch address {
+        case .v4(let a):
+            put(UInt64(a.bytes.0))
+            put(byte: UInt8(ascii: "."))
+            put(UInt64(a.bytes.1))
+            put(byte: UInt8(ascii: "."))
+            put(UInt64(a.bytes.2))
+            put(byte: UInt8(ascii: "."))
+            put(UInt64(a.bytes.3))
+        case .v6(let a):
+            // inet_ntop's text: hex digits and colons, nothing to escape.
+            put(Array(a.description.utf8))
+        }
+        put(byte: UInt8(ascii: "\""))
     }
 }

@@ -41,13 +41,17 @@ extension Datapath {
 
     /// The `top` most saturated tuples of masq_sat_v4, by estimated use, then failures.
     public func portSaturation(top: Int = 10) throws -> [PortSaturation] {
-        let entries = try map(MASQ_MAP_SAT_V4).entries(key: masq_sat_key_v4.self, value: masq_sat_entry_v4.self)
-        let all = entries.map { key, v in
-            PortSaturation(
-                snat: IPv4Address(networkOrder: key.snat), remote: IPv4Address(networkOrder: key.remote),
-                remotePort: UInt16(bigEndian: key.remote_port), proto: L4Protocol(number: key.proto),
-                allocations: v.allocs, failures: v.fails, probes: v.probes, taken: v.taken, scans: v.scans,
-                lastTries: v.last_tries, maxTries: v.max_tries)
+        // In batches: the map holds up to MASQ_SAT_MAX_ENTRIES tuples, read on every status and scrape.
+        var all: [PortSaturation] = []
+        try map(MASQ_MAP_SAT_V4).forEachBatch(count: 1024, key: masq_sat_key_v4.self, value: masq_sat_entry_v4.self) { keys, values in
+            for (key, v) in zip(keys, values) {
+                all.append(PortSaturation(
+                    snat: IPv4Address(networkOrder: key.snat), remote: IPv4Address(networkOrder: key.remote),
+                    remotePort: UInt16(bigEndian: key.remote_port), proto: L4Protocol(number: key.proto),
+                    allocations: v.allocs, failures: v.fails, probes: v.probes, taken: v.taken, scans: v.scans,
+                    lastTries: v.last_tries, maxTries: v.max_tries))
+            }
+            return true
         }
         return Array(all.sorted {
             ($0.estimatedUse ?? 0, $0.failures) > ($1.estimatedUse ?? 0, $1.failures)

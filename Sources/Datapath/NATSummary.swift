@@ -71,12 +71,12 @@ public struct NATSummary: Sendable, Equatable {
     public subscript(map: String) -> NATTableSummary? { tables.first { $0.map == map } }
 }
 
-extension Datapath {
-    /// Counts the NAT tables in one read-only walk: for the API when no GC pass has counted
-    /// them yet (right after the start).
-    public func countNAT() throws -> NATSummary {
-        var v4 = NATTableSummary(family: .ipv4, map: MASQ_MAP_NAT_V4)
-        try map(MASQ_MAP_NAT_V4).forEachBatch(count: 4096, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
+extension NATFlowReader {
+    /// Counts the NAT table in one read-only walk: for the API when no GC pass has counted it
+    /// yet (right after the start).
+    public func summarize() throws -> NATSummary {
+        var v4 = NATTableSummary(family: .ipv4, map: nat.name)
+        try nat.forEachBatch(count: 4096, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
             for (key, value) in zip(keys, values) { v4.add(key, value) }
             return true
         }
