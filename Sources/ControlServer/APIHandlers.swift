@@ -283,7 +283,7 @@ struct APIHandlers: Sendable {
     func natSummary() async throws -> NATSummary {
         if let summary = status.snapshot.natSummary { return summary }
         let reader = try await datapath.natFlowReader()
-        let counted = try await runBlocking { try reader.summarize() }
+        let counted = try await BlockingPool.shared.run { try reader.summarize() }
         status.update { if $0.natSummary == nil { $0.natSummary = counted } }
         return counted
     }
