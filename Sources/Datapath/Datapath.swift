@@ -27,6 +27,11 @@ public actor Datapath {
     /// masq_config.port_key: the secret of the port probe order. Kept from the pinned config
     /// when there is one, so a restart probes each flow's ports in the same order.
     private let portKey: UInt32
+    /// masq_config.generation: moved on after every change of what decides a flow's exclusions,
+    /// so that established flows decide them again (masq_abi.h). Continues the pinned config's.
+    private var generation: UInt16
+    /// The config `apply` last wrote; a change of it moves the generation on.
+    private var written: masq_config?
 
     /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
     /// pinned under `root` by an earlier run so that established flows keep their state (a NAT
@@ -63,7 +68,9 @@ public actor Datapath {
                                metadata: ["map.name": "\(name)", "error": "\(error)"])
             }
         }
-        portKey = Self.portKey(existing: try object.map(MASQ_MAP_CONFIG))
+        let pinned = try? object.map(MASQ_MAP_CONFIG).lookup(UInt32(0), as: masq_config.self)
+        portKey = pinned.flatMap { $0.port_key != 0 ? $0.port_key : nil } ?? UInt32.random(in: 1...UInt32.max)
+        generation = pinned?.generation ?? 0
         attachments = Attachments(root: root)
         let egress = try object.programFD(MASQ_PROG_EGRESS)
         switch attachMode {
@@ -89,11 +96,13 @@ public actor Datapath {
 
     /// Brings the maps and attachments to `state`. Maps are written before programs are attached
     /// so a program never runs on a device without its config; set-valued maps gain their new
-    /// elements before they lose old ones.
+    /// elements before they lose old ones. When anything that decides exclusions changed, the
+    /// config's generation moves on last, once the maps hold the change: established flows then
+    /// decide their exclusions again at their next packet.
     @discardableResult
     public func apply(_ state: DesiredState) throws -> ApplyReport {
         var report = ApplyReport()
-        try writeConfig(state)
+        var exclusionsChanged = try writeConfig(state)
 
         // Every SNAT address first: a reply is reverse-translated on whichever device it
         // arrives, so the addresses are known before any device's programs run.
@@ -126,9 +135,13 @@ public actor Datapath {
         for diff in diffs {
             report.cidrsAdded += diff.add.count
             report.cidrsRemoved += diff.remove.count
+            exclusionsChanged = exclusionsChanged || !diff.isEmpty
         }
-        try syncAddresses(MASQ_MAP_NODES_V4, state.nodeIPsV4)
-        try syncAddresses(MASQ_MAP_NODES_V6, state.nodeIPsV6)
+        if try syncAddresses(MASQ_MAP_NODES_V4, state.nodeIPsV4) { exclusionsChanged = true }
+        if try syncAddresses(MASQ_MAP_NODES_V6, state.nodeIPsV6) { exclusionsChanged = true }
+        if exclusionsChanged {
+            try advanceGeneration()
+        }
 
         let egress = try object.programFD(MASQ_PROG_EGRESS)
         let ingress = try object.programFD(MASQ_PROG_INGRESS)
@@ -155,17 +168,13 @@ public actor Datapath {
         return report
     }
 
-    /// The pinned config's port key, or a new random one (never 0, which means "none yet").
-    private static func portKey(existing config: BPFMap) -> UInt32 {
-        if let cfg = try? config.lookup(UInt32(0), as: masq_config.self), cfg.port_key != 0 {
-            return cfg.port_key
-        }
-        return UInt32.random(in: 1...UInt32.max)
-    }
-
-    private func writeConfig(_ state: DesiredState) throws {
+    /// Writes masq_config for `state` under the current generation. Returns whether it differs
+    /// from the config written last (always on the first apply: the pinned one may be another
+    /// masqd's).
+    private func writeConfig(_ state: DesiredState) throws -> Bool {
         var cfg = masq_config()
         cfg.port_key = portKey
+        cfg.generation = generation
         if state.ipv4Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV4_MASQ) }
         if state.ipv6Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV6_MASQ) }
         if state.nonMasqueradeEnabled { cfg.flags |= UInt32(MASQ_CFG_NONMASQ) }
@@ -174,7 +183,7 @@ public actor Datapath {
         if let native = state.nativeRoutingV4, case .v4(let a) = native.address {
             cfg.flags |= UInt32(MASQ_CFG_NATIVE_V4)
             cfg.native_v4 = a.networkOrder
-            cfg.native_v4_len = UInt32(native.length)
+            cfg.native_v4_len = UInt16(native.length)
         }
         if let native = state.nativeRoutingV6, case .v6(let a) = native.address {
             cfg.flags |= UInt32(MASQ_CFG_NATIVE_V6)
@@ -182,6 +191,20 @@ public actor Datapath {
             cfg.native_v6_len = UInt32(native.length)
         }
         try object.map(MASQ_MAP_CONFIG).update(UInt32(0), cfg)
+        let changed = written.map { old in
+            !withUnsafeBytes(of: old) { a in withUnsafeBytes(of: cfg) { a.elementsEqual($0) } }
+        } ?? true
+        written = cfg
+        return changed
+    }
+
+    /// Moves the generation on (0 stays "never decided", masq_abi.h) and writes it.
+    private func advanceGeneration() throws {
+        guard var cfg = written else { return }
+        generation = generation == UInt16.max ? 1 : generation + 1
+        cfg.generation = generation
+        try object.map(MASQ_MAP_CONFIG).update(UInt32(0), cfg)
+        written = cfg
     }
 
     /// Brings an LPM map of one family (key `Key`) to `desired`, prefixes of that family.
@@ -199,22 +222,26 @@ public actor Datapath {
     }
 
     /// Brings a set of addresses of one family (key `key(address)`, the address in network
-    /// order; value MASQ_CIDR_PRESENT) to `desired`.
+    /// order; value MASQ_CIDR_PRESENT) to `desired`. Returns whether it changed anything.
+    @discardableResult
     private func syncAddresses<Address: Hashable, Key: BitwiseCopyable>(
         _ name: String, _ desired: Set<Address>, key: (Address) -> Key, address: (Key) -> Address
-    ) throws {
+    ) throws -> Bool {
         let map = try object.map(name)
         let current = Set(try map.keys(as: Key.self).map(address))
         let diff = SetDiff(current: current, desired: desired)
         for ip in diff.add { try map.update(key(ip), UInt8(MASQ_CIDR_PRESENT)) }
         for ip in diff.remove { try map.delete(key(ip)) }
+        return !diff.isEmpty
     }
 
-    private func syncAddresses(_ name: String, _ desired: Set<IPv4Address>) throws {
+    @discardableResult
+    private func syncAddresses(_ name: String, _ desired: Set<IPv4Address>) throws -> Bool {
         try syncAddresses(name, desired, key: \.networkOrder, address: IPv4Address.init(networkOrder:))
     }
 
-    private func syncAddresses(_ name: String, _ desired: Set<IPv6Address>) throws {
+    @discardableResult
+    private func syncAddresses(_ name: String, _ desired: Set<IPv6Address>) throws -> Bool {
         try syncAddresses(name, desired, key: masq_addr_v6.init, address: IPv6Address.init)
     }
 

@@ -286,8 +286,17 @@ final class TestDatapath {
         cfg.port_max = portMax
         if let native {
             cfg.native_v4 = native.0.raw
-            cfg.native_v4_len = native.1
+            cfg.native_v4_len = UInt16(native.1)
         }
+        try config.update(UInt32(0), cfg)
+        try advanceGeneration()
+    }
+
+    /// Moves masq_config.generation on, as masqd does after every change of the exclusion
+    /// inputs (masq_abi.h), so that established flows decide their exclusions again.
+    func advanceGeneration() throws {
+        var cfg = try config.lookup(UInt32(0), as: masq_config.self) ?? masq_config()
+        cfg.generation = cfg.generation == UInt16.max ? 1 : cfg.generation + 1
         try config.update(UInt32(0), cfg)
     }
 
@@ -305,14 +314,17 @@ final class TestDatapath {
 
     func addPodCIDR(_ addr: PacketIPv4, _ len: UInt32) throws {
         try pods.update(masq_lpm_v4(prefixlen: len, addr: addr.raw), UInt8(MASQ_CIDR_PRESENT))
+        try advanceGeneration()
     }
 
     func addNonMasqCIDR(_ addr: PacketIPv4, _ len: UInt32) throws {
         try nonmasq.update(masq_lpm_v4(prefixlen: len, addr: addr.raw), UInt8(MASQ_CIDR_PRESENT))
+        try advanceGeneration()
     }
 
     func addNode(_ addr: PacketIPv4) throws {
         try nodes.update(addr.raw, UInt8(MASQ_CIDR_PRESENT))
+        try advanceGeneration()
     }
 
     enum Hook { case egress, ingress }
@@ -377,6 +389,14 @@ final class TestDatapath {
 
     func entry(_ key: masq_nat_key_v4) throws -> masq_nat_entry_v4? {
         try nat.lookup(key, as: masq_nat_entry_v4.self)
+    }
+
+    /// Moves the entry's last_seen `seconds` into the past, as if its flow had been quiet that
+    /// long: the next packet then stores last_seen and checks the reply entry (MASQ_CT_REFRESH_NS).
+    func age(_ key: masq_nat_key_v4, seconds: UInt64 = 2) throws {
+        guard var entry = try entry(key) else { throw BPFError("age", "no entry \(key.description)", errno: ENOENT) }
+        entry.last_seen -= seconds * 1_000_000_000
+        try nat.update(key, entry)
     }
 
     func entries() throws -> [(masq_nat_key_v4, masq_nat_entry_v4)] {

@@ -1,8 +1,7 @@
-// The node's own flows, port exhaustion, and the per-packet cost.
+// The node's own flows and port exhaustion.
 
 import CMasq
 @testable import Datapath
-import Foundation
 import Testing
 
 @Suite("Host flows and port allocation")
@@ -170,26 +169,5 @@ struct PortAllocationTests {
 
         #expect(out.frame == rst)
         #expect(try dp.entries().isEmpty)
-    }
-
-    @Test("an established flow costs well under 10 µs a packet each way")
-    func perPacketCost() throws {
-        // MASQ_BENCH_OBJECT: another build of bpf/ to measure the same way (benchmarks/README.md
-        // compares the datapath before and after a change like this).
-        let other = ProcessInfo.processInfo.environment["MASQ_BENCH_OBJECT"].flatMap { FileManager.default.contents(atPath: $0) }
-        let dp = try TestDatapath.standard(bytes: other.map { [UInt8]($0) } ?? EmbeddedDatapath.bytes)
-        let egress = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
-        _ = try dp.run(.egress, egress)
-        let ingress = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))
-        let passThrough = ipv4Frame(src: Net.notPod, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
-
-        let runs = 20_000
-        let egressNS = try dp.averageCost(.egress, egress, runs: runs)
-        let ingressNS = try dp.averageCost(.ingress, ingress, runs: runs)
-        let passNS = try dp.averageCost(.egress, passThrough, runs: runs)
-        print("datapath cost per packet (kernel-timed, single runs): egress SNAT \(Int(egressNS)) ns, "
-              + "ingress reverse SNAT \(Int(ingressNS)) ns, egress not masqueraded \(Int(passNS)) ns")
-        #expect(egressNS < 10_000)
-        #expect(ingressNS < 10_000)
     }
 }

@@ -62,13 +62,25 @@ struct masq_config {
 	__u16 port_min;        /* snat-port-range, host order, inclusive */
 	__u16 port_max;        /* host order, inclusive */
 	__be32 native_v4;      /* ipv4-native-routing-cidr address, network order */
-	__u32 native_v4_len;   /* its prefix length, 0-32 */
+	__u16 native_v4_len;   /* its prefix length, 0-32 */
+	__u16 generation;      /* the exclusion inputs' generation, see below */
 	__u8 native_v6[16];    /* ipv6-native-routing-cidr address, network order */
 	__u32 native_v6_len;   /* 0-128 */
 	__u32 port_key;        /* the secret key of the port probe order (snat_v4_probe_hash): random,
 				* chosen once by masqd and kept across restarts with the pins */
 };
 _Static_assert(sizeof(struct masq_config) == 40, "masq_config size");
+
+/* masq_config.generation: masqd moves it on (skipping 0) after every change of what decides
+ * whether a pod's flow is masqueraded: the flags and native CIDRs here, masq_pods_v4,
+ * masq_nonmasq_v4, masq_nodes_v4 (and their IPv6 twins), always after the maps hold the
+ * change. The datapath decides the exclusions once per flow, when it creates the flow, and
+ * stamps its EGRESS entry with the generation it read before deciding (cfg_gen); a packet of
+ * a flow whose stamp differs decides them again. So a config change reaches established flows
+ * at their next packet: a flow the change excludes has its pair deleted and passes
+ * untranslated from then on, as a new flow would; the others go on with their mapping.
+ * (native_v4_len and generation were one __u32 native_v4_len before: a config written by an
+ * older masqd reads as generation 0, which no flow of the current masqd holds.) */
 
 /* ---- masq_devices: masquerading devices, key ifindex (__u32, host order). ---- */
 
@@ -142,7 +154,9 @@ _Static_assert(sizeof(struct masq_addr_v6) == 16, "masq_addr_v6 size");
  * of either direction refresh its last_seen and seen, its counters count the pod's replies.
  * Deleting a pair (GC, flush): delete the EGRESS entry first; an egress packet re-creates a
  * missing INGRESS entry of a live EGRESS entry (MASQ_STAT_REVERSE_RESTORED) unless another
- * flow holds its tuple (DROP_NAT_REPLY_CONFLICT). A lost EGRESS entry is found again on the
+ * flow holds its tuple (DROP_NAT_REPLY_CONFLICT). Established packets check the INGRESS entry
+ * only when they store last_seen (at most a second apart) or may move the TCP state: a lost
+ * INGRESS entry of a busy flow is back within a second. A lost EGRESS entry is found again on the
  * flow's next packet: ports are probed in an order fixed by the original tuple, and a reply
  * entry that maps back to this very flow is reused.
  * For ICMP echo, sport is the echo id and dport is 0 (EGRESS); the INGRESS key has sport 0 and
@@ -191,9 +205,14 @@ struct masq_nat_entry_v4 {
 	__u8 seen;             /* MASQ_SEEN_* of this entry's direction (INBOUND: both) */
 	__u32 ifindex;         /* the masquerading device of the flow, host order */
 	__u8 tcp_state;        /* MASQ_TCP_*, the flow's; the same in both entries of a pair */
-	__u8 pad[3];           /* reserved, zero */
+	__u8 pad;              /* reserved, zero */
+	__u16 cfg_gen;         /* EGRESS entries of pod and host flows: the masq_config.generation
+				* their exclusions were last decided by; else, and in entries
+				* carried over from an older masqd, 0 */
 	__u64 created;         /* CLOCK_BOOTTIME ns */
-	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last packet in this entry's direction */
+	__u64 last_seen;       /* CLOCK_BOOTTIME ns of the last packet in this entry's direction,
+				* stored at most once a second while nothing else changes
+				* (MASQ_CT_REFRESH_NS): it trails that packet by under 1 s */
 	__u64 packets;         /* packets in this entry's direction */
 	__u64 bytes;           /* bytes (L3 length) in this entry's direction */
 	__u32 seq_next;        /* TCP, host order: the sequence number after the last segment of

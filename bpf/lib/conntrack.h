@@ -78,6 +78,20 @@ static __always_inline int __ct_extract_l4_4(struct __sk_buff *skb, const struct
 	}
 }
 
+/* The tuple's addresses, protocol and direction from pkt; ports and *l4 zero until read. */
+static __always_inline void __ct_tuple_init4(const struct ipv4_pkt *pkt, __u8 dir,
+					     struct masq_nat_key_v4 *tuple, struct ct_l4_info *l4)
+{
+	tuple->saddr = pkt->saddr;
+	tuple->daddr = pkt->daddr;
+	tuple->sport = 0;
+	tuple->dport = 0;
+	tuple->proto = pkt->proto;
+	tuple->dir = dir;
+	tuple->pad = 0;
+	__builtin_memset(l4, 0, sizeof(*l4));
+}
+
 /* ct_extract_tuple4: fills *tuple with pkt's tuple as the NAT table keys it in direction dir
  * (ICMP echo: the id is sport in an EGRESS key and dport in an INGRESS key, the other port 0,
  * so that reversing a tuple turns one into the other), and *l4. Fragments: a first fragment's
@@ -93,13 +107,7 @@ static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct
 	struct masq_frag_entry_v4 frag;
 	int ret;
 
-	tuple->saddr = pkt->saddr;
-	tuple->daddr = pkt->daddr;
-	tuple->proto = pkt->proto;
-	tuple->dir = dir;
-	tuple->pad = 0;
-	__builtin_memset(l4, 0, sizeof(*l4));
-
+	__ct_tuple_init4(pkt, dir, tuple, l4);
 	if (ipv4_is_non_first_fragment(pkt)) {
 		ret = frag_v4_lookup(pkt, &frag);
 		if (ret != MASQ_OK)
@@ -118,6 +126,22 @@ static __always_inline int ct_extract_tuple4(struct __sk_buff *skb, const struct
 	else if (ret == NAT_PUNT_TO_STACK && pkt->proto == IPPROTO_ICMP)
 		frag_v4_record(pkt, 0, 0, 0, 0, MASQ_FRAG_F_PASS); /* ICMP other than echo */
 	return ret;
+}
+
+/* ct_extract_unfragmented4: the first step of the established path: the tuple of an
+ * unfragmented TCP, UDP or ICMP echo packet in direction dir (*tuple, *l4 as ct_extract_tuple4
+ * fills them), read before anything else is decided. Returns MASQ_OK, or NAT_PUNT_TO_STACK
+ * for any other packet (a fragment, another protocol or ICMP type) and -DROP_INVALID_L4 for a
+ * cut L4 header: the caller's full path takes those, deciding first whether the packet is one
+ * to translate at all (it may be no pod's), then reading it with ct_extract_tuple4. */
+static __always_inline int ct_extract_unfragmented4(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+						    __u8 dir, struct masq_nat_key_v4 *tuple,
+						    struct ct_l4_info *l4)
+{
+	if (ipv4_is_fragment(pkt))
+		return NAT_PUNT_TO_STACK;
+	__ct_tuple_init4(pkt, dir, tuple, l4);
+	return __ct_extract_l4_4(skb, pkt, dir, tuple, l4);
 }
 
 /* The key of the other direction of tuple: addresses and ports swapped. */
@@ -186,21 +210,36 @@ static __always_inline void ct_entry_init4(struct masq_nat_entry_v4 *entry, __be
 	entry->last_seen = now;
 }
 
-/* Marks entry alive now and ORs in seen. Plain stores: two CPUs racing can lose one seen bit
- * or one timestamp of nanoseconds, which only shifts when the GC expires the flow. */
-static __always_inline void ct_refresh4(struct masq_nat_entry_v4 *entry, __u8 seen)
+/* Whether entry's last_seen is MASQ_CT_REFRESH_NS or more behind now: the packets of a busy
+ * flow store it once per interval, not per packet. The egress path checks the flow's reply
+ * entry on the same beat (__snat_v4_nat_track). */
+static __always_inline bool ct_refresh_due4(const struct masq_nat_entry_v4 *entry, __u64 now)
 {
-	entry->last_seen = bpf_ktime_get_boot_ns();
-	if ((entry->seen | seen) != entry->seen)
-		entry->seen |= seen;
+	return now - entry->last_seen >= MASQ_CT_REFRESH_NS;
 }
 
-/* ct_update4: counts one packet of `bytes` (L3 length) in entry's direction. */
-static __always_inline void ct_update4(struct masq_nat_entry_v4 *entry, __u32 bytes, __u8 seen)
+/* Marks entry alive at now and ORs in seen. last_seen is stored when the interval is up, when
+ * the packet adds seen bits, or when `moved` (it changed the TCP state): the lifetime of a new
+ * state counts from the packet that entered it. Plain stores: two CPUs racing can lose one seen
+ * bit or one timestamp, which only shifts when the GC expires the flow. */
+static __always_inline void ct_refresh4(struct masq_nat_entry_v4 *entry, __u8 seen, __u64 now,
+					bool moved)
+{
+	if ((entry->seen | seen) != entry->seen) {
+		entry->seen |= seen;
+		moved = true;
+	}
+	if (moved || ct_refresh_due4(entry, now))
+		entry->last_seen = now;
+}
+
+/* ct_update4: counts one packet of `bytes` (L3 length) in entry's direction (ct_refresh4). */
+static __always_inline void ct_update4(struct masq_nat_entry_v4 *entry, __u32 bytes, __u8 seen,
+				       __u64 now, bool moved)
 {
 	__sync_fetch_and_add(&entry->packets, 1);
 	__sync_fetch_and_add(&entry->bytes, bytes);
-	ct_refresh4(entry, seen);
+	ct_refresh4(entry, seen, now, moved);
 }
 
 /* ---- TCP state (MASQ_TCP_*) ----
@@ -272,8 +311,8 @@ static __always_inline __u8 ct_tcp_next4(__u8 state, __u8 flags, __u8 self_seen,
 /* ct_tcp_pair4: moves the state of a pair on a segment that self's direction carries; peer is
  * the other entry (NULL when it is gone: self alone moves). A re-opened tuple starts its seen
  * bits over in both entries, or the new connection's first FIN would look like the second.
- * Call before ct_update4, which adds this segment's own bits. */
-static __always_inline void ct_tcp_pair4(struct masq_nat_entry_v4 *self, struct masq_nat_entry_v4 *peer,
+ * Call before ct_update4, which adds this segment's own bits. Returns whether the state moved. */
+static __always_inline bool ct_tcp_pair4(struct masq_nat_entry_v4 *self, struct masq_nat_entry_v4 *peer,
 					 const struct ct_l4_info *l4)
 {
 	__u8 old = self->tcp_state, state;
@@ -293,6 +332,7 @@ static __always_inline void ct_tcp_pair4(struct masq_nat_entry_v4 *self, struct 
 		self->tcp_state = state;
 	if (peer && peer->tcp_state != state)
 		peer->tcp_state = state;
+	return state != old;
 }
 
 /* ct_tcp_pair_needs_peer4: whether a segment may move the state (and so needs the other
@@ -307,8 +347,9 @@ static __always_inline bool ct_tcp_pair_needs_peer4(const struct masq_nat_entry_
 
 /* ct_tcp_inbound4: the same for a MASQ_NAT_F_INBOUND entry, which stands for both sides: the
  * remote's (from_pod false) bits and sequence in seen and seq_next, the pod's SYN-ACK as
- * MASQ_SEEN_SYNACK, its FIN as MASQ_SEEN_REPLY_FIN and its sequence in reply_seq_next. */
-static __always_inline void ct_tcp_inbound4(struct masq_nat_entry_v4 *entry, const struct ct_l4_info *l4,
+ * MASQ_SEEN_SYNACK, its FIN as MASQ_SEEN_REPLY_FIN and its sequence in reply_seq_next.
+ * Returns whether the state moved. */
+static __always_inline bool ct_tcp_inbound4(struct masq_nat_entry_v4 *entry, const struct ct_l4_info *l4,
 					    bool from_pod)
 {
 	__u8 remote = entry->seen & (MASQ_SEEN_SYN | MASQ_SEEN_FIN);
@@ -328,6 +369,7 @@ static __always_inline void ct_tcp_inbound4(struct masq_nat_entry_v4 *entry, con
 	ct_tcp_track4(self_next, l4);
 	if (state != old)
 		entry->tcp_state = state;
+	return state != old;
 }
 
 /* ct_seen_inbound4: the seen bits a packet of an inbound flow adds: the pod's FIN is kept

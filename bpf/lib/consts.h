@@ -67,6 +67,12 @@
  * by default (tcp_rmem max 6 MB, scaled); a blind RST must land inside it. Bytes. */
 #define MASQ_TCP_RST_WINDOW     (8U << 20)
 
+/* How often a busy flow's entry stores last_seen (ct_refresh4): once per second, not per
+ * packet. The GC sees a flow's idle time up to this much too long, a small share of the
+ * shortest lifetime (seconds); a packet that changes the TCP state or adds a seen bit stores
+ * it at once. 1 s in ns. */
+#define MASQ_CT_REFRESH_NS      (1000ULL * 1000 * 1000)
+
 /* IPv4 fragments: datagrams whose first fragment's ports are remembered at once (masq_frag_v4,
  * LRU). A datagram's later fragments follow its first within milliseconds; the table only has
  * to outlive that. Entries, not time. */

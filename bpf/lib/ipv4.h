@@ -69,6 +69,12 @@ static __always_inline bool ipv4_is_non_first_fragment(const struct ipv4_pkt *pk
 	return pkt->frag & IPV4_FRAG_OFFSET;
 }
 
+/* Any fragment of a fragmented datagram: more to come, or not the first. */
+static __always_inline bool ipv4_is_fragment(const struct ipv4_pkt *pkt)
+{
+	return pkt->frag & (IPV4_FRAG_MF | IPV4_FRAG_OFFSET);
+}
+
 /* The first fragment of a fragmented datagram: offset 0, more fragments to come. */
 static __always_inline bool ipv4_is_first_fragment(const struct ipv4_pkt *pkt)
 {

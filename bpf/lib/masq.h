@@ -74,13 +74,10 @@ static __always_inline int masq_v4_egress(struct __sk_buff *skb, const struct ma
 	ret = ipv4_load(skb, dev->l2_hdr_len, &pkt);
 	if (ret != MASQ_OK)
 		return ret;
-	/* Fragments go the same way: a later fragment takes its ports from its datagram's
-	 * first fragment (ct_extract_tuple4, frag.h). */
 	if ((dev->flags & MASQ_DEV_HAS_V4) && pkt.saddr == dev->snat_v4)
 		return snat_v4_nat_track_host(skb, &pkt, cfg, dev);
-	if (snat_v4_is_pod(pkt.saddr))
-		return snat_v4_nat(skb, &pkt, cfg, dev);
-	return NAT_PUNT_TO_STACK;
+	/* Whether the source is a pod's is asked only of packets without a flow (snat_v4_nat). */
+	return snat_v4_nat(skb, &pkt, cfg, dev);
 }
 
 /* masq_v4_ingress: an IPv4 packet arriving on the masquerading device dev.
@@ -98,8 +95,10 @@ static __always_inline int masq_v4_ingress(struct __sk_buff *skb, const struct m
 		return ret;
 	/* A reply may come back on any masquerading device (ECMP, asymmetric return,
 	 * failover), not only the one its flow left by: the INGRESS key holds the SNAT address
-	 * it was sent to, so any masquerading device's address is looked up here. */
-	if (snat_v4_is_snat_addr(pkt.daddr))
+	 * it was sent to, so any masquerading device's address is looked up here (this
+	 * device's own, the common case, without a lookup). */
+	if (((dev->flags & MASQ_DEV_HAS_V4) && pkt.daddr == dev->snat_v4) ||
+	    snat_v4_is_snat_addr(pkt.daddr))
 		return snat_v4_rev_nat(skb, &pkt);
 	if (snat_v4_is_pod(pkt.daddr))
 		return snat_v4_rev_nat_track_inbound(skb, &pkt, cfg);

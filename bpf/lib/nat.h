@@ -240,14 +240,15 @@ static __always_inline void snat_v4_alloc_account(const struct snat_v4_alloc *a,
  * atomic claim), then the forward one; the reverse is rolled back when the forward insert
  * fails, so a pair is never half-written. A full table refuses the new flow and counts
  * MASQ_STAT_TABLE_FULL, which wakes masqd's GC; no live flow is evicted for it.
- * Fills *state with the EGRESS entry. Returns MASQ_OK, -DROP_NAT_PORTS_EXHAUSTED,
- * -DROP_NAT_TABLE_FULL or -DROP_NAT_INSERT_FAILED. */
+ * The EGRESS entry is stamped with gen, the masq_config.generation the caller read before it
+ * decided the exclusions. Fills *state with the EGRESS entry. Returns MASQ_OK,
+ * -DROP_NAT_PORTS_EXHAUSTED, -DROP_NAT_TABLE_FULL or -DROP_NAT_INSERT_FAILED. */
 static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 					       const struct masq_nat_key_v4 *tuple,
-					       const struct masq_config *cfg, __be32 to_addr,
-					       __u8 flags, struct masq_nat_entry_v4 **state)
+					       const struct masq_config *cfg, __u16 gen,
+					       __be32 to_addr, __u8 flags, __u64 now,
+					       struct masq_nat_entry_v4 **state)
 {
-	__u64 now = bpf_ktime_get_boot_ns();
 	__u32 sport = bpf_ntohs(tuple->sport);
 	struct masq_nat_entry_v4 fval;
 	struct masq_sat_key_v4 skey;
@@ -301,6 +302,7 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 		stat_add(MASQ_STAT_ALLOC_RETRIES, a.tries - 1);
 
 	ct_entry_init4(&fval, to_addr, a.port, flags, skb->ifindex, now);
+	fval.cfg_gen = gen;
 	err = bpf_map_update_elem(&masq_nat_v4, tuple, &fval, BPF_NOEXIST);
 	if (err < 0) {
 		/* Another CPU created this flow first, or the table is full. Use the winner's
@@ -343,7 +345,7 @@ static __always_inline bool snat_v4_reverse_is_own(const struct masq_nat_key_v4 
  * of leaving on a wire tuple two flows share. *rstate is NULL when a full table refused the
  * re-creation. Returns MASQ_OK or -DROP_NAT_REPLY_CONFLICT. */
 static __always_inline int snat_v4_restore_reverse(const struct masq_nat_key_v4 *tuple,
-						   const struct masq_nat_entry_v4 *state,
+						   const struct masq_nat_entry_v4 *state, __u64 now,
 						   struct masq_nat_entry_v4 **rstate)
 {
 	struct masq_nat_entry_v4 rval;
@@ -354,8 +356,7 @@ static __always_inline int snat_v4_restore_reverse(const struct masq_nat_key_v4 
 	rkey.dport = state->to_port;
 	*rstate = ct_lookup4(&rkey);
 	if (!*rstate) {
-		ct_entry_init4(&rval, tuple->saddr, tuple->sport, state->flags, state->ifindex,
-			       bpf_ktime_get_boot_ns());
+		ct_entry_init4(&rval, tuple->saddr, tuple->sport, state->flags, state->ifindex, now);
 		rval.created = state->created;
 		rval.tcp_state = state->tcp_state;
 		/* BPF_NOEXIST: should another flow claim the tuple meanwhile, it keeps it. */
@@ -591,35 +592,97 @@ static __always_inline int snat_v4_rev_icmp_error(struct __sk_buff *skb, const s
 					    tuple.dport, state->to_port);
 }
 
-/* snat_v4_nat: masquerades a packet from a pod address leaving through dev: exclusions, then
- * the flow's EGRESS entry (created on its first packet), then the source rewrite.
+/* snat_v4_flow_excluded: a flow's exclusions decided again when the config moved on since
+ * they were (state->cfg_gen is not gen, masq_abi.h): a pod flow keeps its mapping while its
+ * source is a pod's and the SPEC's exclusions 1 to 3 do not skip its destination, a host flow
+ * while they do not. Returns true, with the pair deleted, when the flow is no longer one to
+ * translate: its packets pass untouched from then on, as a new flow's would. Else stamps the
+ * entry with gen. */
+static __always_inline bool snat_v4_flow_excluded(const struct masq_config *cfg, __u16 gen,
+						  const struct masq_nat_key_v4 *tuple,
+						  struct masq_nat_entry_v4 *state)
+{
+	if (((state->flags & MASQ_NAT_F_HOST) || snat_v4_is_pod(tuple->saddr)) &&
+	    !snat_v4_nat_can_skip(cfg, tuple->daddr)) {
+		state->cfg_gen = gen;
+		return false;
+	}
+	snat_v4_delete_pair(tuple, state);
+	return true;
+}
+
+/* __snat_v4_nat_track: the conntrack part of an egress packet of the flow whose EGRESS entry
+ * is state: the reply entry checked (and re-created when lost, snat_v4_restore_reverse) only
+ * when this packet stores last_seen or may move the TCP state, the state moved, the packet
+ * counted. Established packets in between touch this one entry. Returns MASQ_OK or
+ * -DROP_NAT_REPLY_CONFLICT. */
+static __always_inline int __snat_v4_nat_track(const struct masq_nat_key_v4 *tuple,
+					       struct masq_nat_entry_v4 *state,
+					       const struct ct_l4_info *l4, __u32 bytes, __u64 now)
+{
+	struct masq_nat_entry_v4 *rstate = NULL;
+	bool tcp = tuple->proto == IPPROTO_TCP;
+	bool peer = tcp && ct_tcp_pair_needs_peer4(state, l4), moved = false;
+	int ret;
+
+	if (peer || ct_refresh_due4(state, now)) {
+		ret = snat_v4_restore_reverse(tuple, state, now, &rstate);
+		if (ret != MASQ_OK)
+			return ret;
+	}
+	if (peer)
+		moved = ct_tcp_pair4(state, rstate, l4);
+	else if (tcp)
+		ct_tcp_track4(&state->seq_next, l4);
+	ct_update4(state, bytes, ct_seen4(l4, 0), now, moved);
+	return MASQ_OK;
+}
+
+/* snat_v4_nat: masquerades a packet from a pod address leaving through dev. The flow is looked
+ * up first: an established flow's exclusions were decided when it was created (again after a
+ * config change, snat_v4_flow_excluded), so its packets cost the one lookup. A packet without
+ * a flow is decided by the exclusions, then creates the flow's pair.
  * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (excluded, or nothing to translate by) or
  * a negative DROP_* reason. */
 static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 				       const struct masq_config *cfg, const struct masq_device *dev)
 {
-	struct masq_nat_entry_v4 *state, *rstate = NULL;
+	struct masq_nat_entry_v4 *state = NULL;
+	__u16 gen = cfg->generation; /* before the exclusions are read */
 	struct masq_nat_key_v4 tuple;
 	struct ct_l4_info l4;
+	__u64 now;
 	int ret;
 
-	if (snat_v4_nat_can_skip(cfg, pkt->daddr))
-		return NAT_PUNT_TO_STACK;
-	if (icmp_v4_is_error(skb, pkt))
-		return snat_v4_nat_icmp_error(skb, pkt);
-
-	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
-	if (ret != MASQ_OK)
-		return ret;
-
-	state = ct_lookup4(&tuple);
+	ret = ct_extract_unfragmented4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
+	if (ret == MASQ_OK)
+		state = ct_lookup4(&tuple);
+	if (!state) {
+		if (!snat_v4_is_pod(pkt->saddr) || snat_v4_nat_can_skip(cfg, pkt->daddr))
+			return NAT_PUNT_TO_STACK;
+		if (icmp_v4_is_error(skb, pkt))
+			return snat_v4_nat_icmp_error(skb, pkt);
+		if (ret != MASQ_OK) {
+			/* Fragments: a later one takes its ports from its datagram's first
+			 * (ct_extract_tuple4, frag.h). */
+			ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
+			if (ret != MASQ_OK)
+				return ret;
+			state = ct_lookup4(&tuple);
+		}
+	}
+	now = bpf_ktime_get_boot_ns();
 	if (state && (state->flags & MASQ_NAT_F_INBOUND)) {
 		/* 4. The packet is a reply of a connection that came in to the pod. */
+		bool moved = false;
+
 		if (tuple.proto == IPPROTO_TCP)
-			ct_tcp_inbound4(state, &l4, /*from_pod=*/true);
-		ct_update4(state, pkt->l3_len, ct_seen_inbound4(&l4, /*from_pod=*/true));
+			moved = ct_tcp_inbound4(state, &l4, /*from_pod=*/true);
+		ct_update4(state, pkt->l3_len, ct_seen_inbound4(&l4, /*from_pod=*/true), now, moved);
 		return NAT_PUNT_TO_STACK;
 	}
+	if (state && state->cfg_gen != gen && snat_v4_flow_excluded(cfg, gen, &tuple, state))
+		return NAT_PUNT_TO_STACK;
 	/* Fail closed: without an SNAT address (removed, or not yet there) the packet would
 	 * leave with the pod's own address; MASQUERADE drops it too. */
 	if (!(dev->flags & MASQ_DEV_HAS_V4))
@@ -631,24 +694,17 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 		snat_v4_delete_pair(&tuple, state);
 		state = NULL;
 	}
-	if (state) {
-		ret = snat_v4_restore_reverse(&tuple, state, &rstate);
-		if (ret != MASQ_OK)
-			return ret;
-	} else {
+	if (!state) {
 		/* An echo reply whose request we never saw opens nothing: it passes as it is. */
 		if (ct_is_icmp_echo_reply(&tuple, &l4))
 			return NAT_PUNT_TO_STACK;
-		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, 0, &state);
+		ret = snat_v4_new_mapping(skb, &tuple, cfg, gen, dev->snat_v4, 0, now, &state);
 		if (ret != MASQ_OK)
 			return ret;
-		if (tuple.proto == IPPROTO_TCP)
-			snat_v4_restore_reverse(&tuple, state, &rstate);
 	}
-	if (tuple.proto == IPPROTO_TCP)
-		ct_tcp_pair4(state, rstate, &l4);
-	ct_update4(state, pkt->l3_len, ct_seen4(&l4, 0));
-
+	ret = __snat_v4_nat_track(&tuple, state, &l4, pkt->l3_len, now);
+	if (ret != MASQ_OK)
+		return ret;
 	ret = snat_v4_rewrite_egress(skb, pkt, &tuple, state);
 	if (ret != MASQ_OK)
 		return ret;
@@ -664,39 +720,53 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
  * when the tuple is free; when a pod mapping holds it already, the host flow gets another
  * port the way a pod flow does, and is translated. A packet needing no translation is never
  * dropped for lack of room: with the table full it passes untracked (MASQ_STAT_HOST_UNTRACKED).
+ * As for pods, the flow is looked up first and the exclusions decided once per flow.
  * Returns MASQ_OK (translated), NAT_PUNT_TO_STACK (identity) or a negative DROP_* reason. */
 static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 						  const struct masq_config *cfg,
 						  const struct masq_device *dev)
 {
-	struct masq_nat_entry_v4 *state, *rstate = NULL;
+	struct masq_nat_entry_v4 *state = NULL;
+	__u16 gen = cfg->generation; /* before the exclusions are read */
 	struct masq_nat_key_v4 tuple, rkey;
 	struct ct_l4_info l4;
+	__u64 now;
 	int ret;
 
-	if (snat_v4_nat_can_skip(cfg, pkt->daddr) || ipv4_is_non_first_fragment(pkt))
+	if (ipv4_is_non_first_fragment(pkt))
 		return NAT_PUNT_TO_STACK;
-	/* The node's own error about a host flow that was given another port. */
-	if (icmp_v4_is_error(skb, pkt))
-		return snat_v4_nat_icmp_error(skb, pkt);
-
-	ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
-	if (ret != MASQ_OK)
-		return ret;
-	if (!snat_v4_port_in_range(cfg, bpf_ntohs(tuple.sport)))
+	ret = ct_extract_unfragmented4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
+	if (ret == MASQ_OK) {
+		/* The node's servers answer from their own ports: no lookup for those. */
+		if (!snat_v4_port_in_range(cfg, bpf_ntohs(tuple.sport)))
+			return NAT_PUNT_TO_STACK;
+		state = ct_lookup4(&tuple);
+	}
+	if (!state) {
+		if (snat_v4_nat_can_skip(cfg, pkt->daddr))
+			return NAT_PUNT_TO_STACK;
+		/* The node's own error about a host flow that was given another port. */
+		if (icmp_v4_is_error(skb, pkt))
+			return snat_v4_nat_icmp_error(skb, pkt);
+		if (ret != MASQ_OK) {
+			ret = ct_extract_tuple4(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
+			if (ret != MASQ_OK)
+				return ret;
+			if (!snat_v4_port_in_range(cfg, bpf_ntohs(tuple.sport)))
+				return NAT_PUNT_TO_STACK;
+			state = ct_lookup4(&tuple);
+		}
+	}
+	now = bpf_ktime_get_boot_ns();
+	if (state && state->cfg_gen != gen && snat_v4_flow_excluded(cfg, gen, &tuple, state))
 		return NAT_PUNT_TO_STACK;
-
-	state = ct_lookup4(&tuple);
-	if (state) {
-		ret = snat_v4_restore_reverse(&tuple, state, &rstate);
-		if (ret != MASQ_OK)
-			return ret;
-	} else {
+	if (!state) {
 		/* The node answering a ping holds no echo id of its own, and a reset ends a flow
 		 * (answering a port scan, say): neither is worth a pair. */
 		if (ct_is_icmp_echo_reply(&tuple, &l4) || (l4.tcp_flags & TCP_FLAG_RST))
 			return NAT_PUNT_TO_STACK;
-		ret = snat_v4_new_mapping(skb, &tuple, cfg, dev->snat_v4, MASQ_NAT_F_HOST, &state);
+		ret = snat_v4_new_mapping(skb, &tuple, cfg, gen, dev->snat_v4, MASQ_NAT_F_HOST, now,
+					  &state);
 		if (ret == -DROP_NAT_TABLE_FULL) {
 			/* No room to track it: it leaves as it is unless a pod flow holds its
 			 * reply tuple (then it would take that flow's replies). */
@@ -709,13 +779,10 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 		if (ret != MASQ_OK)
 			return ret;
 		stat_inc(MASQ_STAT_HOST_FLOWS);
-		if (tuple.proto == IPPROTO_TCP)
-			snat_v4_restore_reverse(&tuple, state, &rstate);
 	}
-	if (tuple.proto == IPPROTO_TCP)
-		ct_tcp_pair4(state, rstate, &l4);
-	ct_update4(state, pkt->l3_len, ct_seen4(&l4, 0));
-
+	ret = __snat_v4_nat_track(&tuple, state, &l4, pkt->l3_len, now);
+	if (ret != MASQ_OK)
+		return ret;
 	if (state->to_addr == tuple.saddr && state->to_port == tuple.sport)
 		return NAT_PUNT_TO_STACK;
 	ret = snat_v4_rewrite_egress(skb, pkt, &tuple, state);
@@ -727,8 +794,8 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 
 /* snat_v4_rev_nat_tcp: moves the TCP state of a reply segment's flow. The EGRESS entry is
  * looked up only when the segment may change the state (ct_tcp_pair_needs_peer4), and used only
- * when it maps to this reply tuple. */
-static __always_inline void snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tuple,
+ * when it maps to this reply tuple. Returns whether the state moved. */
+static __always_inline bool snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tuple,
 						struct masq_nat_entry_v4 *state,
 						const struct ct_l4_info *l4)
 {
@@ -737,7 +804,7 @@ static __always_inline void snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tu
 
 	if (!ct_tcp_pair_needs_peer4(state, l4)) {
 		ct_tcp_track4(&state->seq_next, l4);
-		return;
+		return false;
 	}
 	fkey.saddr = state->to_addr;
 	fkey.daddr = tuple->saddr;
@@ -749,7 +816,7 @@ static __always_inline void snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tu
 	peer = ct_lookup4(&fkey);
 	if (peer && (peer->to_addr != tuple->daddr || peer->to_port != tuple->dport))
 		peer = NULL;
-	ct_tcp_pair4(state, peer, l4);
+	return ct_tcp_pair4(state, peer, l4);
 }
 
 /* snat_v4_rev_nat: translates back a packet arriving for dev's SNAT address that matches an
@@ -760,6 +827,7 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 	struct masq_nat_entry_v4 *state;
 	struct masq_nat_key_v4 tuple;
 	struct ct_l4_info l4;
+	bool moved = false;
 	int ret;
 
 	if (icmp_v4_is_error(skb, pkt))
@@ -781,8 +849,8 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 	if (!state)
 		return NAT_PUNT_TO_STACK;
 	if (tuple.proto == IPPROTO_TCP)
-		snat_v4_rev_nat_tcp(&tuple, state, &l4);
-	ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY));
+		moved = snat_v4_rev_nat_tcp(&tuple, state, &l4);
+	ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY), bpf_ktime_get_boot_ns(), moved);
 
 	if (state->to_addr == tuple.daddr && state->to_port == tuple.dport)
 		return NAT_PUNT_TO_STACK;
@@ -822,9 +890,12 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 	if (state) {
 		/* An inbound entry stands for the whole flow: this side keeps it alive too. */
 		if (state->flags & MASQ_NAT_F_INBOUND) {
+			bool moved = false;
+
 			if (tuple.proto == IPPROTO_TCP)
-				ct_tcp_inbound4(state, &l4, /*from_pod=*/false);
-			ct_refresh4(state, ct_seen_inbound4(&l4, /*from_pod=*/false));
+				moved = ct_tcp_inbound4(state, &l4, /*from_pod=*/false);
+			ct_refresh4(state, ct_seen_inbound4(&l4, /*from_pod=*/false),
+				    bpf_ktime_get_boot_ns(), moved);
 		}
 		return NAT_PUNT_TO_STACK;
 	}

@@ -1,0 +1,105 @@
+// The datapath's cost per packet, kernel-timed (BPF_PROG_TEST_RUN's duration), for
+// benchmarks/README.md. Not part of the normal run: a measurement on a shared machine is no
+// pass/fail criterion. Run with
+//
+//     MASQ_BENCH=1 swift test --filter DatapathBenchmarks
+//
+// and MASQ_BENCH_OBJECT=/path/masq.o to measure another build of bpf/ the same way.
+
+import CMasq
+import Foundation
+import Testing
+@testable import Datapath
+
+@Suite("Datapath benchmarks", .enabled(if: ProcessInfo.processInfo.environment["MASQ_BENCH"] != nil))
+struct DatapathBenchmarks {
+    /// The objects under test: the embedded one ("this tree") and, with MASQ_BENCH_OBJECT, that
+    /// build too ("other"), measured batch by batch in turn so that both see the same load.
+    private func nodes() throws -> [(name: String, dp: TestDatapath)] {
+        var objects: [(String, [UInt8])] = [("this tree", EmbeddedDatapath.bytes)]
+        if let path = ProcessInfo.processInfo.environment["MASQ_BENCH_OBJECT"] {
+            guard let bytes = FileManager.default.contents(atPath: path) else {
+                throw BPFError("read MASQ_BENCH_OBJECT", path, errno: ENOENT)
+            }
+            objects.append(("other (\(path))", [UInt8](bytes)))
+        }
+        return try objects.map { name, bytes in
+            let dp = try TestDatapath(natEntries: 65536, bytes: bytes)
+            try dp.setConfig()
+            try dp.addDevice(snat: Net.snat)
+            try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
+            return (name, dp)
+        }
+    }
+
+    private func median(_ values: [Double]) -> Int {
+        let sorted = values.sorted()
+        return Int(sorted[sorted.count / 2])
+    }
+
+    @Test("established flows, excluded and unmasqueraded packets: ns per packet")
+    func establishedCost() throws {
+        let tcpOut = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
+        let tcpIn = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))
+        let udpOut = ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40001, dport: 53))
+        let udpIn = ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: 40001))
+        let notPod = ipv4Frame(src: Net.notPod, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
+        let podToPod = ipv4Frame(src: Net.pod1, dst: Net.pod2, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
+        let paths: [(String, TestDatapath.Hook, [UInt8])] = [
+            ("established TCP, egress SNAT", .egress, tcpOut),
+            ("established TCP, ingress reverse SNAT", .ingress, tcpIn),
+            ("established UDP, egress SNAT", .egress, udpOut),
+            ("established UDP, ingress reverse SNAT", .ingress, udpIn),
+            ("egress, source not a pod", .egress, notPod),
+            ("egress, pod to pod (excluded)", .egress, podToPod),
+        ]
+        let nodes = try nodes()
+        for (_, dp) in nodes {
+            // Each measured packet is on the path it is named for.
+            #expect(try dp.run(.egress, tcpOut).parsed.src == Net.snat)
+            #expect(try dp.run(.ingress, tcpIn).parsed.dst == Net.pod1)
+            #expect(try dp.run(.egress, udpOut).parsed.src == Net.snat)
+            #expect(try dp.run(.ingress, udpIn).parsed.dst == Net.pod1)
+            #expect(try dp.run(.egress, notPod).frame == notPod)
+            #expect(try dp.run(.egress, podToPod).frame == podToPod)
+            let tcp = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 40000, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
+            #expect(tcp.tcp_state == UInt8(MASQ_TCP_ESTABLISHED))
+        }
+        for (path, hook, frame) in paths {
+            var means = Array(repeating: [Double](), count: nodes.count)
+            for _ in 0..<9 {
+                for (i, node) in nodes.enumerated() {
+                    means[i].append(try node.dp.averageCost(hook, frame, runs: 4000))
+                }
+            }
+            for (i, node) in nodes.enumerated() {
+                print("datapath cost per packet: \(path): \(median(means[i])) ns [\(node.name)]")
+            }
+        }
+        for (_, dp) in nodes {
+            #expect(try dp.droppedTotal() == 0)
+        }
+    }
+
+    @Test("new flows: ns per first packet, keeping the source port and needing a random one")
+    func newFlowCost() throws {
+        let nodes = try nodes()
+        for (what, firstPort) in [("keeping its port", UInt16(40000)), ("needing a random port", UInt16(1024))] {
+            var costs = Array(repeating: [Double](), count: nodes.count)
+            for port in firstPort..<firstPort + 4000 {
+                for (i, node) in nodes.enumerated() {
+                    let (out, ns) = try node.dp.runTimed(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: port, dport: 443)))
+                    #expect(out.parsed.src == Net.snat)
+                    costs[i].append(Double(ns))
+                }
+            }
+            for (i, node) in nodes.enumerated() {
+                print("datapath cost per packet: new flow \(what): \(median(costs[i])) ns, median of 4000 [\(node.name)]")
+            }
+        }
+        for (_, dp) in nodes {
+            #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 8000)
+            #expect(try dp.stat(MASQ_STAT_ALLOC_KEPT_PORT) == 4000)
+        }
+    }
+}
