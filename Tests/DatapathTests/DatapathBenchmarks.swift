@@ -11,7 +11,7 @@ import Foundation
 import Testing
 @testable import Datapath
 
-@Suite("Datapath benchmarks", .enabled(if: ProcessInfo.processInfo.environment["MASQ_BENCH"] != nil))
+@Suite("Datapath benchmarks", .serialized, .enabled(if: ProcessInfo.processInfo.environment["MASQ_BENCH"] != nil))
 struct DatapathBenchmarks {
     /// The objects under test: the embedded one ("this tree") and, with MASQ_BENCH_OBJECT, that
     /// build too ("other"), measured batch by batch in turn so that both see the same load.
