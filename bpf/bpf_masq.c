@@ -27,7 +27,9 @@ int masq_egress(struct __sk_buff *skb)
 	case bpf_htons(ETH_P_IP):
 		ret = masq_v4_egress(skb, dev);
 		break;
-	/* case bpf_htons(ETH_P_IPV6): masq_v6_egress(), with the IPv6 datapath. */
+	case bpf_htons(ETH_P_IPV6):
+		ret = masq_v6_egress(skb, dev);
+		break;
 	default:
 		return TC_ACT_UNSPEC;
 	}
@@ -48,7 +50,9 @@ int masq_ingress(struct __sk_buff *skb)
 	case bpf_htons(ETH_P_IP):
 		ret = masq_v4_ingress(skb, dev);
 		break;
-	/* case bpf_htons(ETH_P_IPV6): masq_v6_ingress(), with the IPv6 datapath. */
+	case bpf_htons(ETH_P_IPV6):
+		ret = masq_v6_ingress(skb, dev);
+		break;
 	default:
 		return TC_ACT_UNSPEC;
 	}

@@ -66,7 +66,7 @@ struct masq_config {
 	__u16 generation;      /* the exclusion inputs' generation, see below */
 	__u8 native_v6[16];    /* ipv6-native-routing-cidr address, network order */
 	__u32 native_v6_len;   /* 0-128 */
-	__u32 port_key;        /* the secret key of the port probe order (snat_v4_probe_hash): random,
+	__u32 port_key;        /* the secret key of the port probe order (snat_probe_hash): random,
 				* chosen once by masqd and kept across restarts with the pins */
 };
 _Static_assert(sizeof(struct masq_config) == 40, "masq_config size");

@@ -10,6 +10,7 @@
 
 #include "maps.h"
 #include "icmp.h"
+#include "ipv6.h"
 #include "frag.h"
 
 /* The facts of one packet's L4 header that the NAT steps use beside its tuple. */
@@ -23,12 +24,13 @@ struct ct_l4_info {
 	__u32 seq_end;         /* seq + payload bytes + SYN + FIN: the sender's next sequence number */
 };
 
-/* __ct_tcp_seq4: the sequence facts of a TCP segment with header tcp (RST window check). */
-static __always_inline void __ct_tcp_seq4(const struct ipv4_pkt *pkt, const struct tcphdr *tcp,
-					  struct ct_l4_info *l4)
+/* __ct_tcp_seq: the sequence facts of a TCP segment with header tcp (RST window check);
+ * l4_rel: where the TCP header starts in the datagram, l3_len: the datagram's length. */
+static __always_inline void __ct_tcp_seq(__u32 l4_rel, __u32 l3_len, const struct tcphdr *tcp,
+					 struct ct_l4_info *l4)
 {
-	__u32 hdr = (pkt->l4_off - pkt->l3_off) + tcp->doff * 4;
-	__u32 payload = pkt->l3_len > hdr ? pkt->l3_len - hdr : 0;
+	__u32 hdr = l4_rel + tcp->doff * 4;
+	__u32 payload = l3_len > hdr ? l3_len - hdr : 0;
 
 	l4->has_seq = 1;
 	l4->seq = bpf_ntohl(tcp->seq);
@@ -37,45 +39,67 @@ static __always_inline void __ct_tcp_seq4(const struct ipv4_pkt *pkt, const stru
 		      !!(l4->tcp_flags & TCP_FLAG_FIN);
 }
 
+/* ct_extract_ports: the TCP or UDP ports and L4 facts of a datagram of either family: its L4
+ * header of protocol proto at l4_off, l4_rel bytes into the datagram of l3_len bytes.
+ * Returns MASQ_OK, NAT_PUNT_TO_STACK (another protocol) or -DROP_INVALID_L4. */
+static __always_inline int ct_extract_ports(struct __sk_buff *skb, __u8 proto, __u32 l4_rel,
+					    __u32 l3_len, __u32 l4_off, __be16 *sport, __be16 *dport,
+					    struct ct_l4_info *l4)
+{
+	struct tcphdr tcp;
+	struct udphdr udp;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+		if (l4_rel + TCP_HDR_MIN_LEN > l3_len ||
+		    bpf_skb_load_bytes(skb, l4_off, &tcp, sizeof(tcp)) < 0)
+			return -DROP_INVALID_L4;
+		*sport = tcp.source;
+		*dport = tcp.dest;
+		l4->tcp_flags = ((__u8 *)&tcp)[TCP_OFF_FLAGS];
+		__ct_tcp_seq(l4_rel, l3_len, &tcp, l4);
+		return MASQ_OK;
+	case IPPROTO_UDP:
+		if (l4_rel + UDP_HDR_LEN > l3_len ||
+		    bpf_skb_load_bytes(skb, l4_off, &udp, sizeof(udp)) < 0)
+			return -DROP_INVALID_L4;
+		*sport = udp.source;
+		*dport = udp.dest;
+		return MASQ_OK;
+	default:
+		/* Other protocols pass untranslated (SPEC: Protocols). */
+		return NAT_PUNT_TO_STACK;
+	}
+}
+
+/* ct_echo_ports: an echo's id placed as the NAT key of direction dir holds it (sport in an
+ * EGRESS key, dport in an INGRESS key, the other 0, so that reversing a tuple turns one into
+ * the other), and its type (ICMP_ECHO or ICMP_ECHOREPLY, either family) in *l4. */
+static __always_inline void ct_echo_ports(__u8 dir, __be16 id, __u8 type, __be16 *sport,
+					  __be16 *dport, struct ct_l4_info *l4)
+{
+	l4->icmp_type = type;
+	*sport = dir == MASQ_DIR_EGRESS ? id : 0;
+	*dport = dir == MASQ_DIR_EGRESS ? 0 : id;
+}
+
 /* __ct_extract_l4_4: the ports (or echo id) and L4 facts from pkt's L4 header, placed as the
  * NAT key of direction dir holds them. Returns MASQ_OK, NAT_PUNT_TO_STACK or -DROP_INVALID_L4. */
 static __always_inline int __ct_extract_l4_4(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
 					     __u8 dir, struct masq_nat_key_v4 *tuple,
 					     struct ct_l4_info *l4)
 {
-	struct tcphdr tcp;
-	struct udphdr udp;
+	__u8 type = 0;
 	__be16 id = 0;
 	int ret;
 
-	switch (pkt->proto) {
-	case IPPROTO_TCP:
-		if (!ipv4_has_l4(pkt, TCP_HDR_MIN_LEN) ||
-		    bpf_skb_load_bytes(skb, pkt->l4_off, &tcp, sizeof(tcp)) < 0)
-			return -DROP_INVALID_L4;
-		tuple->sport = tcp.source;
-		tuple->dport = tcp.dest;
-		l4->tcp_flags = ((__u8 *)&tcp)[TCP_OFF_FLAGS];
-		__ct_tcp_seq4(pkt, &tcp, l4);
-		return MASQ_OK;
-	case IPPROTO_UDP:
-		if (!ipv4_has_l4(pkt, UDP_HDR_LEN) ||
-		    bpf_skb_load_bytes(skb, pkt->l4_off, &udp, sizeof(udp)) < 0)
-			return -DROP_INVALID_L4;
-		tuple->sport = udp.source;
-		tuple->dport = udp.dest;
-		return MASQ_OK;
-	case IPPROTO_ICMP:
-		ret = icmp_v4_load_echo(skb, pkt, &l4->icmp_type, &id);
-		if (ret != MASQ_OK)
-			return ret;
-		tuple->sport = dir == MASQ_DIR_EGRESS ? id : 0;
-		tuple->dport = dir == MASQ_DIR_EGRESS ? 0 : id;
-		return MASQ_OK;
-	default:
-		/* Other protocols pass untranslated (SPEC: Protocols). */
-		return NAT_PUNT_TO_STACK;
-	}
+	if (pkt->proto != IPPROTO_ICMP)
+		return ct_extract_ports(skb, pkt->proto, pkt->l4_off - pkt->l3_off, pkt->l3_len,
+					pkt->l4_off, &tuple->sport, &tuple->dport, l4);
+	ret = icmp_v4_load_echo(skb, pkt, &type, &id);
+	if (ret == MASQ_OK)
+		ct_echo_ports(dir, id, type, &tuple->sport, &tuple->dport, l4);
+	return ret;
 }
 
 /* The tuple's addresses, protocol and direction from pkt; ports and *l4 zero until read. */
@@ -157,25 +181,24 @@ static __always_inline void ct_reverse_tuple4(const struct masq_nat_key_v4 *tupl
 	rtuple->pad = 0;
 }
 
-/* Whether this packet may open a flow: a TCP SYN without ACK, any UDP datagram, an ICMP echo
- * request. Replies and mid-flow packets never create state on their own. */
-static __always_inline bool ct_opens_flow4(const struct masq_nat_key_v4 *tuple,
-					   const struct ct_l4_info *l4)
+/* Whether this packet may open a flow: a TCP SYN without ACK, any UDP datagram, an echo
+ * request (either family). Replies and mid-flow packets never create state on their own. */
+static __always_inline bool ct_opens_flow(__u8 proto, const struct ct_l4_info *l4)
 {
-	switch (tuple->proto) {
+	switch (proto) {
 	case IPPROTO_TCP:
 		return (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
 		return l4->icmp_type == ICMP_ECHO;
 	default:
 		return true;
 	}
 }
 
-static __always_inline bool ct_is_icmp_echo_reply(const struct masq_nat_key_v4 *tuple,
-						  const struct ct_l4_info *l4)
+static __always_inline bool ct_is_echo_reply(__u8 proto, const struct ct_l4_info *l4)
 {
-	return tuple->proto == IPPROTO_ICMP && l4->icmp_type == ICMP_ECHOREPLY;
+	return (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) && l4->icmp_type == ICMP_ECHOREPLY;
 }
 
 /* The MASQ_SEEN_* bits this packet sets, plus `extra` (MASQ_SEEN_REPLY for the reply side). */
@@ -383,6 +406,57 @@ static __always_inline __u8 ct_seen_inbound4(const struct ct_l4_info *l4, bool f
 	return seen;
 }
 
-/* ct_lookup6 and friends (masq_nat_v6) go here, same shapes. */
+/* ---- One packet's bookkeeping, either family: these work on an entry's flow state (an IPv6
+ * entry's ct part, masq_abi.h). ---- */
+
+/* ct_track_needs_peer: whether a segment may move the TCP state of the flow with entry state,
+ * and so needs the other entry of its pair (ct_tcp_pair_needs_peer4). Decided once a packet
+ * and passed on, so that the verifier walks one path for it. */
+static __always_inline bool ct_track_needs_peer(const struct masq_nat_entry_v4 *state, __u8 proto,
+						const struct ct_l4_info *l4)
+{
+	return proto == IPPROTO_TCP && ct_tcp_pair_needs_peer4(state, l4);
+}
+
+/* ct_track_pair: a packet of `bytes` in state's direction moves the pair's TCP state when
+ * `peer_needed` (peer: the other entry when it is there and this flow's, else NULL), or else
+ * advances its sequence; then it is counted in state with the seen bits it adds (`extra`:
+ * MASQ_SEEN_REPLY for the reply side). */
+static __always_inline void ct_track_pair(struct masq_nat_entry_v4 *state, struct masq_nat_entry_v4 *peer,
+					  bool peer_needed, __u8 proto, const struct ct_l4_info *l4,
+					  __u8 extra, __u32 bytes, __u64 now)
+{
+	bool moved = false;
+
+	if (peer_needed)
+		moved = ct_tcp_pair4(state, peer, l4);
+	else if (proto == IPPROTO_TCP)
+		ct_tcp_track4(&state->seq_next, l4);
+	ct_update4(state, bytes, ct_seen4(l4, extra), now, moved);
+}
+
+/* ct_track_inbound: a packet of a flow that came in to a pod (MASQ_NAT_F_INBOUND entry): the
+ * pod's replies (from_pod) are counted, the remote's only keep the flow alive. */
+static __always_inline void ct_track_inbound(struct masq_nat_entry_v4 *state, __u8 proto,
+					     const struct ct_l4_info *l4, bool from_pod, __u32 bytes,
+					     __u64 now)
+{
+	bool moved = proto == IPPROTO_TCP && ct_tcp_inbound4(state, l4, from_pod);
+
+	if (from_pod)
+		ct_update4(state, bytes, ct_seen_inbound4(l4, true), now, moved);
+	else
+		ct_refresh4(state, ct_seen_inbound4(l4, false), now, moved);
+}
+
+/* ct_inbound_entry_init: the state of a new MASQ_NAT_F_INBOUND entry, from the remote's
+ * packet that opens the flow. */
+static __always_inline void ct_inbound_entry_init(struct masq_nat_entry_v4 *entry, __u8 proto,
+						  const struct ct_l4_info *l4)
+{
+	if (proto == IPPROTO_TCP)
+		ct_tcp_inbound4(entry, l4, /*from_pod=*/false);
+	entry->seen = ct_seen_inbound4(l4, /*from_pod=*/false);
+}
 
 #endif /* MASQ_CONNTRACK_H */

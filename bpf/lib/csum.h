@@ -12,7 +12,8 @@
  * sum, so an address change is folded in and a port change is left to the device; with
  * CHECKSUM_COMPLETE skb->csum is kept right. Rewriting by hand would get those wrong. */
 
-/* Where the L4 checksum sits: TCP and UDP carry one over a pseudo header, ICMP over itself. */
+/* Where the L4 checksum sits: TCP and UDP carry one over a pseudo header, ICMP over itself,
+ * ICMPv6 at ICMP's place over a pseudo header. */
 static __always_inline __u32 csum_l4_offset(__u8 proto)
 {
 	switch (proto) {
@@ -48,13 +49,13 @@ static __always_inline int csum_v4_addr_replace(struct __sk_buff *skb, const str
 	return MASQ_OK;
 }
 
-/* csum_l4_port_replace: a port (ICMP: the echo id) of pkt changes from `from` to `to`.
- * Returns MASQ_OK or -DROP_CSUM_L4. */
-static __always_inline int csum_l4_port_replace(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
+/* csum_l4_port_replace: a port (ICMP, ICMPv6: the echo id) of the L4 header of protocol
+ * proto at l4_off changes from `from` to `to`. Either family. Returns MASQ_OK or -DROP_CSUM_L4. */
+static __always_inline int csum_l4_port_replace(struct __sk_buff *skb, __u32 l4_off, __u8 proto,
 						__be16 from, __be16 to)
 {
-	if (bpf_l4_csum_replace(skb, pkt->l4_off + csum_l4_offset(pkt->proto), from, to,
-				csum_l4_flags(pkt->proto) | sizeof(to)) < 0)
+	if (bpf_l4_csum_replace(skb, l4_off + csum_l4_offset(proto), from, to,
+				csum_l4_flags(proto) | sizeof(to)) < 0)
 		return -DROP_CSUM_L4;
 	return MASQ_OK;
 }

@@ -23,6 +23,8 @@
 	X(NAT_TABLE_FULL, 138, "A new flow found the NAT table full; established flows are never evicted to make room.") \
 	X(NAT_REPLY_CONFLICT, 139, "The flow's reply tuple was held by another flow, so it could not go on with its port.") \
 	X(NO_SNAT_ADDRESS, 140, "A pod packet needed masquerading on a device that had no address of its family, so it was dropped rather than sent with the pod's address.") \
+	X(INVALID_IPV6, 141, "The IPv6 header or one of its extension headers was cut short, or the payload length did not fit the packet.") \
+	X(IPV6_EXT_CHAIN, 142, "A pod's IPv6 packet had more extension headers than the datapath walks (8), so its ports could not be found.") \
 	/* one line a reason, each ending in a backslash; the blank line below ends the list */
 
 enum masq_drop_reason {

@@ -6,6 +6,7 @@
 
 #include "maps.h"
 #include "ipv4.h"
+#include "ipv6.h"
 #include "stats.h"
 
 /* The masq_frag_v4 key of pkt's datagram: addresses, IP id and protocol as they arrive. Every
@@ -41,6 +42,27 @@ static __always_inline void frag_v4_record(const struct ipv4_pkt *pkt, __be16 sp
 		stat_inc(MASQ_STAT_FRAG_TRACKED);
 }
 
+/* The protocols whose datagrams' ports are remembered: those the NAT translates. */
+static __always_inline bool frag_proto_tracked(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_ICMP ||
+	       proto == IPPROTO_ICMPV6;
+}
+
+/* frag_found: frag_*_lookup's answer for the entry `found` of either family's table (NULL:
+ * none), counted under stat (MASQ_STAT_FRAG_MATCHED of the family). */
+static __always_inline int frag_found(const struct masq_frag_entry_v4 *found,
+				      struct masq_frag_entry_v4 *entry, __u32 stat)
+{
+	if (!found)
+		return -DROP_FRAG_NOT_FOUND;
+	if (found->flags & MASQ_FRAG_F_PASS)
+		return NAT_PUNT_TO_STACK;
+	*entry = *found;
+	stat_inc(stat);
+	return MASQ_OK;
+}
+
 /* frag_v4_lookup: the remembered ports of a later fragment's datagram. Returns MASQ_OK with
  * *entry filled, NAT_PUNT_TO_STACK for protocols the NAT does not translate and datagrams
  * whose first fragment was not translated (MASQ_FRAG_F_PASS), or
@@ -50,26 +72,12 @@ static __always_inline void frag_v4_record(const struct ipv4_pkt *pkt, __be16 sp
  * sender's retransmission of the whole datagram, or its reassembly timeout, follows. */
 static __always_inline int frag_v4_lookup(const struct ipv4_pkt *pkt, struct masq_frag_entry_v4 *entry)
 {
-	struct masq_frag_entry_v4 *found;
 	struct masq_frag_key_v4 key;
 
-	switch (pkt->proto) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-	case IPPROTO_ICMP:
-		break;
-	default:
+	if (!frag_proto_tracked(pkt->proto))
 		return NAT_PUNT_TO_STACK;
-	}
 	frag_v4_key(pkt, &key);
-	found = bpf_map_lookup_elem(&masq_frag_v4, &key);
-	if (!found)
-		return -DROP_FRAG_NOT_FOUND;
-	if (found->flags & MASQ_FRAG_F_PASS)
-		return NAT_PUNT_TO_STACK;
-	*entry = *found;
-	stat_inc(MASQ_STAT_FRAG_MATCHED);
-	return MASQ_OK;
+	return frag_found(bpf_map_lookup_elem(&masq_frag_v4, &key), entry, MASQ_STAT_FRAG_MATCHED);
 }
 
 #endif /* MASQ_FRAG_H */

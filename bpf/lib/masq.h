@@ -8,7 +8,7 @@
 
 #include <linux/if_packet.h>
 
-#include "nat.h"
+#include "nat6.h"
 
 /* masq_device_lookup: skb's device entry in masq_devices, NULL when the device does not
  * masquerade. The entry says where the L3 header starts (l2_hdr_len). */
@@ -49,23 +49,24 @@ static __always_inline bool snat_v4_is_snat_addr(__be32 addr)
 	return bpf_map_lookup_elem(&masq_snat_v4, &addr) != NULL;
 }
 
-/* masq_v4_config: the config when IPv4 masquerading is on, else NULL. */
-static __always_inline const struct masq_config *masq_v4_config(void)
+/* masq_family_config: the config when the family's masquerading (MASQ_CFG_IPV4_MASQ or
+ * MASQ_CFG_IPV6_MASQ) is on, else NULL. */
+static __always_inline const struct masq_config *masq_family_config(__u32 flag)
 {
 	const struct masq_config *cfg;
 	__u32 zero = 0;
 
 	cfg = bpf_map_lookup_elem(&masq_config, &zero);
-	if (!cfg || !(cfg->flags & MASQ_CFG_IPV4_MASQ))
+	if (!cfg || !(cfg->flags & flag))
 		return NULL;
 	return cfg;
 }
 
 /* masq_v4_egress: an IPv4 packet leaving through the masquerading device dev.
  * Returns MASQ_OK, NAT_PUNT_TO_STACK or a negative DROP_* reason. */
-static __always_inline int masq_v4_egress(struct __sk_buff *skb, const struct masq_device *dev)
+static __noinline int masq_v4_egress(struct __sk_buff *skb, const struct masq_device *dev)
 {
-	const struct masq_config *cfg = masq_v4_config();
+	const struct masq_config *cfg = masq_family_config(MASQ_CFG_IPV4_MASQ);
 	struct ipv4_pkt pkt;
 	int ret;
 
@@ -82,9 +83,9 @@ static __always_inline int masq_v4_egress(struct __sk_buff *skb, const struct ma
 
 /* masq_v4_ingress: an IPv4 packet arriving on the masquerading device dev.
  * Returns MASQ_OK, NAT_PUNT_TO_STACK or a negative DROP_* reason. */
-static __always_inline int masq_v4_ingress(struct __sk_buff *skb, const struct masq_device *dev)
+static __noinline int masq_v4_ingress(struct __sk_buff *skb, const struct masq_device *dev)
 {
-	const struct masq_config *cfg = masq_v4_config();
+	const struct masq_config *cfg = masq_family_config(MASQ_CFG_IPV4_MASQ);
 	struct ipv4_pkt pkt;
 	int ret;
 
@@ -105,6 +106,55 @@ static __always_inline int masq_v4_ingress(struct __sk_buff *skb, const struct m
 	return NAT_PUNT_TO_STACK;
 }
 
-/* masq_v6_egress / masq_v6_ingress (snat_v6_*, masq_nat_v6) go here, same shapes. */
+/* masq_v6_egress: an IPv6 packet leaving through the masquerading device dev, as
+ * masq_v4_egress. Link-scoped traffic (neighbour discovery, router solicitation, MLD, any
+ * link-local source or destination) is never touched. A pod's packet whose extension header
+ * chain is too long to walk is dropped: its ports are unknown, and passed on it would leave
+ * with the pod's address. Returns MASQ_OK, NAT_PUNT_TO_STACK or a negative DROP_* reason. */
+static __noinline int masq_v6_egress(struct __sk_buff *skb, const struct masq_device *dev)
+{
+	const struct masq_config *cfg = masq_family_config(MASQ_CFG_IPV6_MASQ);
+	struct ipv6_pkt pkt;
+	int ret;
+
+	if (!cfg)
+		return NAT_PUNT_TO_STACK;
+	ret = ipv6_load(skb, dev->l2_hdr_len, &pkt);
+	if (ret == -DROP_IPV6_EXT_CHAIN && !snat_v6_is_pod(&pkt.saddr))
+		return NAT_PUNT_TO_STACK;
+	if (ret != MASQ_OK)
+		return ret;
+	if (ipv6_addr_is_link_scoped(&pkt.saddr) || ipv6_addr_is_link_scoped(&pkt.daddr))
+		return NAT_PUNT_TO_STACK;
+	if ((dev->flags & MASQ_DEV_HAS_V6) && ipv6_addr_equal(&pkt.saddr, snat_v6_dev_addr(dev)))
+		return snat_v6_nat_track_host(skb, &pkt, cfg, dev);
+	return snat_v6_nat(skb, &pkt, cfg, dev);
+}
+
+/* masq_v6_ingress: an IPv6 packet arriving on the masquerading device dev, as
+ * masq_v4_ingress. A chain too long to walk cannot be matched to a flow: it reaches the
+ * node as it is. Returns MASQ_OK, NAT_PUNT_TO_STACK or a negative DROP_* reason. */
+static __noinline int masq_v6_ingress(struct __sk_buff *skb, const struct masq_device *dev)
+{
+	const struct masq_config *cfg = masq_family_config(MASQ_CFG_IPV6_MASQ);
+	struct ipv6_pkt pkt;
+	int ret;
+
+	if (!cfg)
+		return NAT_PUNT_TO_STACK;
+	ret = ipv6_load(skb, dev->l2_hdr_len, &pkt);
+	if (ret == -DROP_IPV6_EXT_CHAIN)
+		return NAT_PUNT_TO_STACK;
+	if (ret != MASQ_OK)
+		return ret;
+	if (ipv6_addr_is_link_scoped(&pkt.saddr) || ipv6_addr_is_link_scoped(&pkt.daddr))
+		return NAT_PUNT_TO_STACK;
+	if (((dev->flags & MASQ_DEV_HAS_V6) && ipv6_addr_equal(&pkt.daddr, snat_v6_dev_addr(dev))) ||
+	    snat_v6_is_snat_addr(&pkt.daddr))
+		return snat_v6_rev_nat(skb, &pkt);
+	if (snat_v6_is_pod(&pkt.daddr))
+		return snat_v6_rev_nat_track_inbound(skb, &pkt, cfg);
+	return NAT_PUNT_TO_STACK;
+}
 
 #endif /* MASQ_MASQ_H */

@@ -8,11 +8,13 @@
 
 #include "conntrack.h"
 #include "csum.h"
+#include "ipv6.h"
 #include "jhash.h"
 #include "stats.h"
 
 /* Naming: snat_v4_nat* is egress (source rewrite), snat_v4_rev_nat* ingress (the reply back);
- * __snat_v4_* are internals. A snat_v6_* set of the same shape goes beside this one. */
+ * __snat_v4_* are internals; snat_* (the allocator) serve both families. The snat_v6_* set of
+ * the same shape is in nat6.h. */
 
 /* Whether addr is inside a pod CIDR (masq_pods_v4). */
 static __always_inline bool snat_v4_is_pod(__be32 addr)
@@ -68,58 +70,131 @@ static __always_inline bool snat_v4_port_in_range(const struct masq_config *cfg,
 	return port >= min && port <= max;
 }
 
-/* Port allocation state for one new flow, on the stack (bpf_loop's callback reaches it). */
-struct snat_v4_alloc {
-	struct masq_nat_key_v4 rkey;   /* the reverse (INGRESS) key; dport is the candidate */
-	struct masq_nat_entry_v4 rval; /* the reverse value: the flow's own address and port */
+/* Port allocation state for one new flow of either family, in the per-CPU snat_alloc_scratch
+ * (the allocator is one function verified once, snat_alloc_port, and its bpf_loop callback
+ * reads the state from there). Only the claim and the saturation maps know the family; the
+ * probe order, the scan and the accounting are one for both. */
+struct snat_alloc {
+	union {
+		struct {
+			struct masq_nat_key_v4 rkey;   /* the reverse (INGRESS) key; dport is the candidate */
+			struct masq_nat_entry_v4 rval; /* the reverse value: the flow's own address and port */
+		} v4;
+		struct {
+			struct masq_nat_key_v6 rkey;
+			struct masq_nat_entry_v6 rval;
+		} v6;
+	};
 	__u32 port_min;                /* snat-port-range, host order */
 	__u32 range;                   /* ports in snat-port-range, 1-65535 */
 	__u32 start;                   /* where the exhaustive scan starts, 0..range-1 */
 	__u32 tries;                   /* candidates tried so far */
-	__u32 hash_a, hash_b, hash_c;  /* the original tuple, as snat_v4_probe_hash hashes it */
+	__u32 hash_a, hash_b, hash_c;  /* the original tuple, as snat_probe_hash hashes it */
 	__u32 key;                     /* masq_config.port_key */
+	__be16 sport;                  /* the flow's original source port, network order */
 	__be16 port;                   /* the claimed port, network order */
 	__u32 probes;                  /* pseudo-random candidates tried */
 	__u32 taken;                   /* ... of which were in use */
+	__u8 family;                   /* 4 or 6: which of v4, v6 the claim uses */
 	__u8 created;                  /* this flow wrote the reverse entry (else it reuses one) */
 	__u8 found;                    /* a port was claimed */
 	__u8 scanned;                  /* the pseudo-random probes failed: the exhaustive scan ran */
 	__u8 full;                     /* the table had no room for the claim */
+	__u8 kept;                     /* the flow kept its original port */
+	__u8 flags;                    /* the new flow's MASQ_NAT_F_* */
 };
 
-/* snat_v4_probe_hash: the i-th number of the flow's probe order, a keyed hash of its original
+/* One allocation at a time per CPU: a tc program runs to its end on its CPU. Not pinned:
+ * nothing survives a packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct snat_alloc);
+} snat_alloc_scratch SEC(".maps");
+
+/* This CPU's allocation state, zeroed for a new flow of family (4 or 6) when family is not
+ * 0; NULL only if the map lookup fails. */
+static __always_inline struct snat_alloc *snat_alloc_state(__u8 family)
+{
+	struct snat_alloc *a;
+	__u32 zero = 0;
+
+	a = bpf_map_lookup_elem(&snat_alloc_scratch, &zero);
+	if (a && family) {
+		__builtin_memset(a, 0, sizeof(*a));
+		a->family = family;
+	}
+	return a;
+}
+
+/* The masq_stats index of counter idx for the allocation's family. */
+static __always_inline __u32 snat_alloc_stat(__u8 family, __u32 idx)
+{
+	return family == 6 ? MASQ_STAT_V6(idx) : idx;
+}
+
+/* snat_probe_hash: the i-th number of the flow's probe order, a keyed hash of its original
  * tuple (as nf_nat_l4proto_unique_tuple derives its offset from the tuple with a secret). The
  * same flow always probes the same ports in the same order: should it lose its EGRESS entry,
  * it finds its own reply entry again instead of taking another port, while no outsider can
  * predict the order without masq_config.port_key. */
-static __always_inline __u32 snat_v4_probe_hash(const struct snat_v4_alloc *a, __u32 i)
+static __always_inline __u32 snat_probe_hash(const struct snat_alloc *a, __u32 i)
 {
 	return jhash_3words(a->hash_a, a->hash_b, a->hash_c, a->key + i);
 }
 
-/* __snat_v4_claim: claims the reply tuple a->rkey with dport = port for the flow a->rval
- * describes. Free means no INGRESS entry holds it; one that already maps back to this flow's
- * own address and port (the key holds the remote side) is this flow's, whose EGRESS entry was
- * lost, and is reused. Returns MASQ_OK, NAT_PORT_TAKEN or -DROP_NAT_TABLE_FULL. */
-static __always_inline int __snat_v4_claim(struct snat_v4_alloc *a, __be16 port)
+/* __snat_claim_held: whether an INGRESS entry holds the candidate reply tuple already:
+ * SNAT_HELD_NONE, SNAT_HELD_OWN when it maps back to this flow's own address and port (the key
+ * holds the remote side; this flow lost its EGRESS entry), else SNAT_HELD_OTHER. */
+#define SNAT_HELD_NONE  0
+#define SNAT_HELD_OWN   1
+#define SNAT_HELD_OTHER 2
+static __always_inline int __snat_claim_held(struct snat_alloc *a, __be16 port, __u8 family)
 {
+	struct masq_nat_entry_v6 *held6;
 	struct masq_nat_entry_v4 *held;
+
+	if (family == 6) {
+		a->v6.rkey.dport = port;
+		held6 = bpf_map_lookup_elem(&masq_nat_v6, &a->v6.rkey);
+		if (!held6)
+			return SNAT_HELD_NONE;
+		return ipv6_addr_equal(&held6->to_addr, &a->v6.rval.to_addr) &&
+		       held6->ct.to_port == a->v6.rval.ct.to_port ? SNAT_HELD_OWN : SNAT_HELD_OTHER;
+	}
+	a->v4.rkey.dport = port;
+	held = bpf_map_lookup_elem(&masq_nat_v4, &a->v4.rkey);
+	if (!held)
+		return SNAT_HELD_NONE;
+	return held->to_addr == a->v4.rval.to_addr && held->to_port == a->v4.rval.to_port ?
+	       SNAT_HELD_OWN : SNAT_HELD_OTHER;
+}
+
+/* __snat_claim: claims the reply tuple with dport = port for the flow the allocation
+ * describes. Free means no INGRESS entry holds it; one that maps back to this very flow is
+ * reused. Returns MASQ_OK, NAT_PORT_TAKEN or -DROP_NAT_TABLE_FULL. */
+static __always_inline int __snat_claim(struct snat_alloc *a, __be16 port, __u8 family)
+{
 	long err;
 
-	a->rkey.dport = port;
 	a->tries++;
 	/* Look before writing: a failed insert costs more than a lookup, and most taken ports
 	 * are found this way. */
-	held = bpf_map_lookup_elem(&masq_nat_v4, &a->rkey);
-	if (held) {
-		if (held->to_addr != a->rval.to_addr || held->to_port != a->rval.to_port)
-			return NAT_PORT_TAKEN;
+	switch (__snat_claim_held(a, port, family)) {
+	case SNAT_HELD_OTHER:
+		return NAT_PORT_TAKEN;
+	case SNAT_HELD_OWN:
 		a->created = 0;
-	} else {
+		break;
+	default:
 		/* BPF_NOEXIST makes the claim atomic: of two CPUs racing for one port, one wins
 		 * and the other goes on to its next candidate. A full table fails every
 		 * candidate alike: stop at once. */
-		err = bpf_map_update_elem(&masq_nat_v4, &a->rkey, &a->rval, BPF_NOEXIST);
+		if (family == 6)
+			err = bpf_map_update_elem(&masq_nat_v6, &a->v6.rkey, &a->v6.rval, BPF_NOEXIST);
+		else
+			err = bpf_map_update_elem(&masq_nat_v4, &a->v4.rkey, &a->v4.rval, BPF_NOEXIST);
 		if (err == -E2BIG || err == -ENOMEM) {
 			a->full = 1;
 			return -DROP_NAT_TABLE_FULL;
@@ -135,20 +210,22 @@ static __always_inline int __snat_v4_claim(struct snat_v4_alloc *a, __be16 port)
 /* bpf_loop callback: candidate i. The first SNAT_PORT_PROBES are spread over the range by
  * the flow's probe hash; the rest scan the whole range once from a start the hash also fixes,
  * so a free port is always found. Returns 1 to stop. */
-static long snat_v4_port_probe(__u32 i, void *ctx)
+static long snat_port_probe(__u32 i, void *ctx)
 {
-	struct snat_v4_alloc *a = ctx;
+	struct snat_alloc *a = snat_alloc_state(0);
 	__u32 off;
 	int ret;
 
+	if (!a)
+		return 1;
 	if (i < SNAT_PORT_PROBES) {
-		off = snat_v4_probe_hash(a, i) % a->range;
+		off = snat_probe_hash(a, i) % a->range;
 		a->probes++;
 	} else {
 		off = (a->start + i - SNAT_PORT_PROBES) % a->range;
 		a->scanned = 1;
 	}
-	ret = __snat_v4_claim(a, bpf_htons(a->port_min + off));
+	ret = __snat_claim(a, bpf_htons(a->port_min + off), a->family);
 	if (ret == MASQ_OK) {
 		a->found = 1;
 		return 1;
@@ -162,7 +239,7 @@ static long snat_v4_port_probe(__u32 i, void *ctx)
 
 /* The masq_alloc_hist bucket of an allocation that tried `tries` candidates: ceil(log2),
  * capped at the last bucket. */
-static __always_inline __u32 snat_v4_alloc_hist_bucket(__u32 tries)
+static __always_inline __u32 snat_alloc_hist_bucket(__u32 tries)
 {
 	__u32 b = 0, v;
 
@@ -178,46 +255,91 @@ static __always_inline __u32 snat_v4_alloc_hist_bucket(__u32 tries)
 	return b < MASQ_ALLOC_HIST_BUCKETS ? b : MASQ_ALLOC_HIST_BUCKETS - 1;
 }
 
-/* The masq_sat_v4 / masq_full_v4 key of an allocation's tuple. */
-static __always_inline void snat_v4_sat_key(const struct snat_v4_alloc *a, struct masq_sat_key_v4 *key)
+/* The masq_sat_* / masq_full_* key of an allocation's tuple, of its family. */
+union snat_sat_key {
+	struct masq_sat_key_v4 v4;
+	struct masq_sat_key_v6 v6;
+};
+
+static __always_inline void snat_sat_key(const struct snat_alloc *a, union snat_sat_key *key,
+					  __u8 family)
 {
-	key->snat = a->rkey.daddr;
-	key->remote = a->rkey.saddr;
-	key->remote_port = a->rkey.sport;
-	key->proto = a->rkey.proto;
-	key->pad = 0;
+	__builtin_memset(key, 0, sizeof(*key));
+	if (family == 6) {
+		key->v6.snat = a->v6.rkey.daddr;
+		key->v6.remote = a->v6.rkey.saddr;
+		key->v6.remote_port = a->v6.rkey.sport;
+		key->v6.proto = a->v6.rkey.proto;
+	} else {
+		key->v4.snat = a->v4.rkey.daddr;
+		key->v4.remote = a->v4.rkey.saddr;
+		key->v4.remote_port = a->v4.rkey.sport;
+		key->v4.proto = a->v4.rkey.proto;
+	}
 }
 
 /* Whether an exhaustive scan found this tuple full less than SNAT_FULL_HINT_NS ago. */
-static __always_inline bool snat_v4_recently_full(const struct masq_sat_key_v4 *key, __u64 now)
+static __always_inline bool snat_recently_full(const union snat_sat_key *key, __u64 now, __u8 family)
 {
-	__u64 *since = bpf_map_lookup_elem(&masq_full_v4, key);
+	__u64 *since = family == 6 ? bpf_map_lookup_elem(&masq_full_v6, &key->v6) :
+					bpf_map_lookup_elem(&masq_full_v4, &key->v4);
 
 	return since && now - *since < SNAT_FULL_HINT_NS;
 }
 
-/* snat_v4_alloc_account: counts one allocation in masq_alloc_hist and, when it had to go past
- * the original port, in its tuple's masq_sat_v4 figure. Counters only: never fails. */
-static __always_inline void snat_v4_alloc_account(const struct snat_v4_alloc *a, bool failed, __u64 now)
+/* Marks the tuple full (now) or, with now 0, clears the mark. */
+static __always_inline void snat_full_mark(const union snat_sat_key *key, __u64 now, __u8 family)
+{
+	if (family == 6) {
+		if (now)
+			bpf_map_update_elem(&masq_full_v6, &key->v6, &now, BPF_ANY);
+		else
+			bpf_map_delete_elem(&masq_full_v6, &key->v6);
+	} else {
+		if (now)
+			bpf_map_update_elem(&masq_full_v4, &key->v4, &now, BPF_ANY);
+		else
+			bpf_map_delete_elem(&masq_full_v4, &key->v4);
+	}
+}
+
+/* The tuple's saturation figure, created when missing; NULL when it cannot be. */
+static __always_inline struct masq_sat_entry_v4 *snat_sat_entry(const union snat_sat_key *key,
+								 __u8 family)
 {
 	struct masq_sat_entry_v4 *sat, fresh = {};
-	struct masq_sat_key_v4 key;
-	__u32 bucket = snat_v4_alloc_hist_bucket(a->tries);
+
+	if (family == 6) {
+		sat = bpf_map_lookup_elem(&masq_sat_v6, &key->v6);
+		if (sat)
+			return sat;
+		bpf_map_update_elem(&masq_sat_v6, &key->v6, &fresh, BPF_NOEXIST);
+		return bpf_map_lookup_elem(&masq_sat_v6, &key->v6);
+	}
+	sat = bpf_map_lookup_elem(&masq_sat_v4, &key->v4);
+	if (sat)
+		return sat;
+	bpf_map_update_elem(&masq_sat_v4, &key->v4, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&masq_sat_v4, &key->v4);
+}
+
+/* snat_alloc_account: counts one allocation in masq_alloc_hist and, when it had to go past
+ * the original port, in its tuple's saturation figure. Counters only: never fails. */
+static __always_inline void snat_alloc_account(const struct snat_alloc *a, const union snat_sat_key *key,
+					       bool failed, __u64 now, __u8 family)
+{
+	__u32 bucket = snat_alloc_hist_bucket(a->tries);
+	struct masq_sat_entry_v4 *sat;
 	__u64 *count;
 
-	snat_v4_sat_key(a, &key);
 	count = bpf_map_lookup_elem(&masq_alloc_hist, &bucket);
 	if (count)
 		*count += 1;
 	if (!a->probes)
 		return;
-	sat = bpf_map_lookup_elem(&masq_sat_v4, &key);
-	if (!sat) {
-		bpf_map_update_elem(&masq_sat_v4, &key, &fresh, BPF_NOEXIST);
-		sat = bpf_map_lookup_elem(&masq_sat_v4, &key);
-		if (!sat)
-			return;
-	}
+	sat = snat_sat_entry(key, family);
+	if (!sat)
+		return;
 	/* Several CPUs may allocate for one tuple at once: counters add atomically; the
 	 * last/max figures are plain stores, where a lost update only shows an older value. */
 	__sync_fetch_and_add(&sat->allocs, 1);
@@ -233,15 +355,91 @@ static __always_inline void snat_v4_alloc_account(const struct snat_v4_alloc *a,
 		sat->max_tries = a->tries;
 }
 
+/* snat_alloc_port: claims the reply tuple of a new flow, set up in this CPU's allocation
+ * state (family, rkey with the SNAT address, rval, hash_*, sport, flags). The port: the
+ * original one when it is free and the flow may keep it (a host flow always may, a pod flow
+ * when it is inside snat-port-range), else the first free one in the flow's probe order
+ * (snat_probe_hash). A global function: the verifier checks it once, not at each of its four
+ * call sites. Returns MASQ_OK with the state's port, -DROP_NAT_PORTS_EXHAUSTED,
+ * -DROP_NAT_TABLE_FULL (counted MASQ_STAT_TABLE_FULL, which wakes masqd's GC) or
+ * -DROP_NAT_INSERT_FAILED (no state). */
+__noinline int snat_alloc_port(const struct masq_config *cfg, __u64 now)
+{
+	struct snat_alloc *a = snat_alloc_state(0);
+	__u32 port, port_min, port_max;
+	union snat_sat_key skey;
+	__u8 family;
+	bool hinted;
+
+	if (!a || !cfg)
+		return -DROP_NAT_INSERT_FAILED;
+	family = a->family;
+	port = bpf_ntohs(a->sport);
+	snat_v4_port_range(cfg, &port_min, &port_max);
+	a->port_min = port_min;
+	a->range = port_max - port_min + 1;
+	a->key = cfg->port_key;
+	a->start = snat_probe_hash(a, SNAT_PORT_PROBES) % a->range;
+	snat_sat_key(a, &skey, family);
+
+	if ((a->flags & MASQ_NAT_F_HOST) || (port >= port_min && port <= port_max))
+		a->kept = __snat_claim(a, a->sport, family) == MASQ_OK;
+	if (!a->kept && !a->full) {
+		/* A tuple a scan has just found full gets the random probes only (masq_full_*). */
+		hinted = snat_recently_full(&skey, now, family);
+		bpf_loop(SNAT_PORT_PROBES + (hinted ? 0 : a->range), snat_port_probe, NULL, 0);
+		if (a->scanned)
+			stat_inc(snat_alloc_stat(family, MASQ_STAT_ALLOC_SCANS));
+		if (!a->found && !a->full) {
+			if (a->scanned)
+				snat_full_mark(&skey, now, family);
+			else
+				stat_inc(snat_alloc_stat(family, MASQ_STAT_ALLOC_FULL_HINT));
+			snat_alloc_account(a, &skey, /*failed=*/true, now, family);
+			stat_inc(snat_alloc_stat(family, MASQ_STAT_ALLOC_FAIL));
+			return -DROP_NAT_PORTS_EXHAUSTED;
+		}
+		if (hinted && a->found)
+			snat_full_mark(&skey, 0, family); /* a port came free: scan again */
+	}
+	if (a->full) {
+		stat_inc(snat_alloc_stat(family, MASQ_STAT_TABLE_FULL));
+		return -DROP_NAT_TABLE_FULL;
+	}
+	snat_alloc_account(a, &skey, /*failed=*/false, now, family);
+	if (a->tries > 1)
+		stat_add(snat_alloc_stat(family, MASQ_STAT_ALLOC_RETRIES), a->tries - 1);
+	return MASQ_OK;
+}
+
+/* snat_alloc_insert_failed: the EGRESS insert of a new flow failed with err; found: another
+ * CPU created the flow first (its entry is used). Returns MASQ_OK, -DROP_NAT_TABLE_FULL or
+ * -DROP_NAT_INSERT_FAILED. */
+static __always_inline int snat_alloc_insert_failed(bool found, long err, __u8 family)
+{
+	if (found)
+		return MASQ_OK;
+	if (err == -E2BIG || err == -ENOMEM) {
+		stat_inc(snat_alloc_stat(family, MASQ_STAT_TABLE_FULL));
+		return -DROP_NAT_TABLE_FULL;
+	}
+	return -DROP_NAT_INSERT_FAILED;
+}
+
+/* Counts a new mapping whose pair is complete. */
+static __always_inline void snat_alloc_done(const struct snat_alloc *a, __u8 family)
+{
+	stat_inc(snat_alloc_stat(family, MASQ_STAT_ALLOC_OK));
+	if (a->kept)
+		stat_inc(snat_alloc_stat(family, MASQ_STAT_ALLOC_KEPT_PORT));
+}
+
 /* snat_v4_new_mapping: creates the pair of a new flow `tuple` (its EGRESS key) leaving with
- * address to_addr. The port: the original one when it is free and the flow may keep it (a
- * host flow always may, a pod flow when it is inside snat-port-range), else the first free
- * one in the flow's probe order (snat_v4_probe_hash). The reverse entry is written first (the
+ * address to_addr, the port from snat_alloc_port. The reverse entry is written first (the
  * atomic claim), then the forward one; the reverse is rolled back when the forward insert
- * fails, so a pair is never half-written. A full table refuses the new flow and counts
- * MASQ_STAT_TABLE_FULL, which wakes masqd's GC; no live flow is evicted for it.
- * The EGRESS entry is stamped with gen, the masq_config.generation the caller read before it
- * decided the exclusions. Fills *state with the EGRESS entry. Returns MASQ_OK,
+ * fails, so a pair is never half-written. A full table refuses the new flow; no live flow is
+ * evicted for it. The EGRESS entry is stamped with gen, the masq_config.generation the caller
+ * read before it decided the exclusions. Fills *state with the EGRESS entry. Returns MASQ_OK,
  * -DROP_NAT_PORTS_EXHAUSTED, -DROP_NAT_TABLE_FULL or -DROP_NAT_INSERT_FAILED. */
 static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 					       const struct masq_nat_key_v4 *tuple,
@@ -249,83 +447,41 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 					       __be32 to_addr, __u8 flags, __u64 now,
 					       struct masq_nat_entry_v4 **state)
 {
-	__u32 sport = bpf_ntohs(tuple->sport);
-	struct masq_nat_entry_v4 fval;
-	struct masq_sat_key_v4 skey;
-	struct snat_v4_alloc a = {};
-	__u32 port_min, port_max;
-	bool kept = false, hinted;
+	struct snat_alloc *a = snat_alloc_state(4);
 	long err;
 	int ret;
 
-	snat_v4_port_range(cfg, &port_min, &port_max);
-	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &a.rkey);
-	a.rkey.daddr = to_addr;
-	ct_entry_init4(&a.rval, tuple->saddr, tuple->sport, flags, skb->ifindex, now);
-	a.port_min = port_min;
-	a.range = port_max - port_min + 1;
-	a.hash_a = tuple->saddr;
-	a.hash_b = tuple->daddr;
-	a.hash_c = ((__u32)tuple->sport << 16 | tuple->dport) ^ tuple->proto;
-	a.key = cfg->port_key;
-	a.start = snat_v4_probe_hash(&a, SNAT_PORT_PROBES) % a.range;
+	if (!a)
+		return -DROP_NAT_INSERT_FAILED;
+	ct_reverse_tuple4(tuple, MASQ_DIR_INGRESS, &a->v4.rkey);
+	a->v4.rkey.daddr = to_addr;
+	ct_entry_init4(&a->v4.rval, tuple->saddr, tuple->sport, flags, skb->ifindex, now);
+	a->hash_a = tuple->saddr;
+	a->hash_b = tuple->daddr;
+	a->hash_c = ((__u32)tuple->sport << 16 | tuple->dport) ^ tuple->proto;
+	a->sport = tuple->sport;
+	a->flags = flags;
+	ret = snat_alloc_port(cfg, now);
+	if (ret != MASQ_OK)
+		return ret;
 
-	if ((flags & MASQ_NAT_F_HOST) || (sport >= port_min && sport <= port_max)) {
-		ret = __snat_v4_claim(&a, tuple->sport);
-		kept = ret == MASQ_OK;
-	}
-	if (!kept && !a.full) {
-		/* A tuple a scan has just found full gets the random probes only (masq_full_v4). */
-		snat_v4_sat_key(&a, &skey);
-		hinted = snat_v4_recently_full(&skey, now);
-		bpf_loop(SNAT_PORT_PROBES + (hinted ? 0 : a.range), snat_v4_port_probe, &a, 0);
-		if (a.scanned)
-			stat_inc(MASQ_STAT_ALLOC_SCANS);
-		if (!a.found && !a.full) {
-			if (a.scanned)
-				bpf_map_update_elem(&masq_full_v4, &skey, &now, BPF_ANY);
-			else
-				stat_inc(MASQ_STAT_ALLOC_FULL_HINT);
-			snat_v4_alloc_account(&a, /*failed=*/true, now);
-			stat_inc(MASQ_STAT_ALLOC_FAIL);
-			return -DROP_NAT_PORTS_EXHAUSTED;
-		}
-		if (hinted && a.found)
-			bpf_map_delete_elem(&masq_full_v4, &skey); /* a port came free: scan again */
-	}
-	if (a.full) {
-		stat_inc(MASQ_STAT_TABLE_FULL);
-		return -DROP_NAT_TABLE_FULL;
-	}
-	snat_v4_alloc_account(&a, /*failed=*/false, now);
-	if (a.tries > 1)
-		stat_add(MASQ_STAT_ALLOC_RETRIES, a.tries - 1);
-
-	ct_entry_init4(&fval, to_addr, a.port, flags, skb->ifindex, now);
-	fval.cfg_gen = gen;
-	err = bpf_map_update_elem(&masq_nat_v4, tuple, &fval, BPF_NOEXIST);
+	/* The reverse value is written; its place becomes the forward one. */
+	ct_entry_init4(&a->v4.rval, to_addr, a->port, flags, skb->ifindex, now);
+	a->v4.rval.cfg_gen = gen;
+	err = bpf_map_update_elem(&masq_nat_v4, tuple, &a->v4.rval, BPF_NOEXIST);
 	if (err < 0) {
 		/* Another CPU created this flow first, or the table is full. Use the winner's
 		 * entry; our reverse goes unless the winner holds the same port (then it is
 		 * shared, both CPUs having claimed the same reply tuple for the same flow). */
 		*state = ct_lookup4(tuple);
-		if (a.created && !(*state && (*state)->to_addr == to_addr && (*state)->to_port == a.port))
-			bpf_map_delete_elem(&masq_nat_v4, &a.rkey);
-		if (*state)
-			return MASQ_OK;
-		if (err == -E2BIG || err == -ENOMEM) {
-			stat_inc(MASQ_STAT_TABLE_FULL);
-			return -DROP_NAT_TABLE_FULL;
-		}
-		return -DROP_NAT_INSERT_FAILED;
+		if (a->created && !(*state && (*state)->to_addr == to_addr && (*state)->to_port == a->port))
+			bpf_map_delete_elem(&masq_nat_v4, &a->v4.rkey);
+		return snat_alloc_insert_failed(*state != NULL, err, 4);
 	}
 	*state = ct_lookup4(tuple);
 	if (!*state)
 		return -DROP_NAT_INSERT_FAILED; /* deleted at once (a flush) */
-
-	stat_inc(MASQ_STAT_ALLOC_OK);
-	if (kept)
-		stat_inc(MASQ_STAT_ALLOC_KEPT_PORT);
+	snat_alloc_done(a, 4);
 	return MASQ_OK;
 }
 
@@ -386,6 +542,16 @@ static __always_inline void snat_v4_delete_pair(const struct masq_nat_key_v4 *tu
 	bpf_map_delete_elem(&masq_nat_v4, tuple);
 }
 
+/* The offset in the L4 header of the port (an echo's id, either family) a translation
+ * rewrites: the source port of a packet the flow sent, the destination port of one it
+ * received. The same for a quoted packet of an ICMP error. */
+static __always_inline __u32 snat_port_off(__u8 proto, bool source)
+{
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
+		return ICMP_OFF_ECHO_ID;
+	return source ? L4_OFF_SPORT : L4_OFF_DPORT;
+}
+
 /* __snat_v4_rewrite: replaces the address at IPv4 offset addr_off and the port at L4 offset
  * port_off, each only when it changes, checksums first. Returns MASQ_OK or -DROP_*. */
 static __always_inline int __snat_v4_rewrite(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
@@ -403,7 +569,7 @@ static __always_inline int __snat_v4_rewrite(struct __sk_buff *skb, const struct
 	}
 	/* A later fragment has no L4 header: its first fragment carried the port change. */
 	if (old_port != new_port && !ipv4_is_non_first_fragment(pkt)) {
-		ret = csum_l4_port_replace(skb, pkt, old_port, new_port);
+		ret = csum_l4_port_replace(skb, pkt->l4_off, pkt->proto, old_port, new_port);
 		if (ret != MASQ_OK)
 			return ret;
 		if (bpf_skb_store_bytes(skb, pkt->l4_off + port_off, &new_port, sizeof(new_port), 0) < 0)
@@ -417,10 +583,8 @@ static __always_inline int snat_v4_rewrite_egress(struct __sk_buff *skb, const s
 						  const struct masq_nat_key_v4 *tuple,
 						  const struct masq_nat_entry_v4 *state)
 {
-	__u32 port_off = pkt->proto == IPPROTO_ICMP ? ICMP_OFF_ECHO_ID : L4_OFF_SPORT;
-
 	return __snat_v4_rewrite(skb, pkt, IPV4_OFF_SADDR, tuple->saddr, state->to_addr,
-				 port_off, tuple->sport, state->to_port);
+				 snat_port_off(pkt->proto, /*source=*/true), tuple->sport, state->to_port);
 }
 
 /* Ingress: destination address and port (ICMP: echo id) become the pod's again. */
@@ -428,10 +592,8 @@ static __always_inline int snat_v4_rewrite_ingress(struct __sk_buff *skb, const 
 						   const struct masq_nat_key_v4 *tuple,
 						   const struct masq_nat_entry_v4 *state)
 {
-	__u32 port_off = pkt->proto == IPPROTO_ICMP ? ICMP_OFF_ECHO_ID : L4_OFF_DPORT;
-
 	return __snat_v4_rewrite(skb, pkt, IPV4_OFF_DADDR, tuple->daddr, state->to_addr,
-				 port_off, tuple->dport, state->to_port);
+				 snat_port_off(pkt->proto, /*source=*/false), tuple->dport, state->to_port);
 }
 
 /* ---- ICMP errors (RFC 5508) ----
@@ -526,15 +688,6 @@ static __always_inline int __snat_v4_icmp_error_rewrite(struct __sk_buff *skb, c
 	return MASQ_OK;
 }
 
-/* The offset of the quoted port (or echo id) that a translation rewrites: the source port of
- * a packet the flow sent, the destination port of one it received. */
-static __always_inline __u32 __snat_v4_icmp_error_port_off(const struct icmp_v4_error *err, bool source)
-{
-	if (err->inner_proto == IPPROTO_ICMP)
-		return ICMP_OFF_ECHO_ID;
-	return source ? L4_OFF_SPORT : L4_OFF_DPORT;
-}
-
 /* snat_v4_nat_icmp_error: an error leaving through a masquerading device from a pod (or the
  * node) about a packet it received of a masqueraded flow, e.g. port unreachable for a reply
  * that came back through the NAT. The quote (remote -> pod) is the flow's reply as the pod got
@@ -560,7 +713,7 @@ static __always_inline int snat_v4_nat_icmp_error(struct __sk_buff *skb, const s
 		return NAT_PUNT_TO_STACK; /* an identity host pair: nothing to translate */
 	return __snat_v4_icmp_error_rewrite(skb, pkt, &err, IPV4_OFF_SADDR, pkt->saddr,
 					    IPV4_OFF_DADDR, err.inner_daddr, state->to_addr,
-					    __snat_v4_icmp_error_port_off(&err, /*source=*/false),
+					    snat_port_off(err.inner_proto, /*source=*/false),
 					    tuple.sport, state->to_port);
 }
 
@@ -588,7 +741,7 @@ static __always_inline int snat_v4_rev_icmp_error(struct __sk_buff *skb, const s
 		return NAT_PUNT_TO_STACK; /* an identity host pair: the node's own error */
 	return __snat_v4_icmp_error_rewrite(skb, pkt, &err, IPV4_OFF_DADDR, pkt->daddr,
 					    IPV4_OFF_SADDR, err.inner_saddr, state->to_addr,
-					    __snat_v4_icmp_error_port_off(&err, /*source=*/true),
+					    snat_port_off(err.inner_proto, /*source=*/true),
 					    tuple.dport, state->to_port);
 }
 
@@ -614,15 +767,14 @@ static __always_inline bool snat_v4_flow_excluded(const struct masq_config *cfg,
 /* __snat_v4_nat_track: the conntrack part of an egress packet of the flow whose EGRESS entry
  * is state: the reply entry checked (and re-created when lost, snat_v4_restore_reverse) only
  * when this packet stores last_seen or may move the TCP state, the state moved, the packet
- * counted. Established packets in between touch this one entry. Returns MASQ_OK or
- * -DROP_NAT_REPLY_CONFLICT. */
+ * counted (ct_track_pair). Established packets in between touch this one entry. Returns
+ * MASQ_OK or -DROP_NAT_REPLY_CONFLICT. */
 static __always_inline int __snat_v4_nat_track(const struct masq_nat_key_v4 *tuple,
 					       struct masq_nat_entry_v4 *state,
 					       const struct ct_l4_info *l4, __u32 bytes, __u64 now)
 {
+	bool peer = ct_track_needs_peer(state, tuple->proto, l4);
 	struct masq_nat_entry_v4 *rstate = NULL;
-	bool tcp = tuple->proto == IPPROTO_TCP;
-	bool peer = tcp && ct_tcp_pair_needs_peer4(state, l4), moved = false;
 	int ret;
 
 	if (peer || ct_refresh_due4(state, now)) {
@@ -630,11 +782,7 @@ static __always_inline int __snat_v4_nat_track(const struct masq_nat_key_v4 *tup
 		if (ret != MASQ_OK)
 			return ret;
 	}
-	if (peer)
-		moved = ct_tcp_pair4(state, rstate, l4);
-	else if (tcp)
-		ct_tcp_track4(&state->seq_next, l4);
-	ct_update4(state, bytes, ct_seen4(l4, 0), now, moved);
+	ct_track_pair(state, rstate, peer, tuple->proto, l4, 0, bytes, now);
 	return MASQ_OK;
 }
 
@@ -674,11 +822,7 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 	now = bpf_ktime_get_boot_ns();
 	if (state && (state->flags & MASQ_NAT_F_INBOUND)) {
 		/* 4. The packet is a reply of a connection that came in to the pod. */
-		bool moved = false;
-
-		if (tuple.proto == IPPROTO_TCP)
-			moved = ct_tcp_inbound4(state, &l4, /*from_pod=*/true);
-		ct_update4(state, pkt->l3_len, ct_seen_inbound4(&l4, /*from_pod=*/true), now, moved);
+		ct_track_inbound(state, tuple.proto, &l4, /*from_pod=*/true, pkt->l3_len, now);
 		return NAT_PUNT_TO_STACK;
 	}
 	if (state && state->cfg_gen != gen && snat_v4_flow_excluded(cfg, gen, &tuple, state))
@@ -696,7 +840,7 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 	}
 	if (!state) {
 		/* An echo reply whose request we never saw opens nothing: it passes as it is. */
-		if (ct_is_icmp_echo_reply(&tuple, &l4))
+		if (ct_is_echo_reply(tuple.proto, &l4))
 			return NAT_PUNT_TO_STACK;
 		ret = snat_v4_new_mapping(skb, &tuple, cfg, gen, dev->snat_v4, 0, now, &state);
 		if (ret != MASQ_OK)
@@ -763,7 +907,7 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 	if (!state) {
 		/* The node answering a ping holds no echo id of its own, and a reset ends a flow
 		 * (answering a port scan, say): neither is worth a pair. */
-		if (ct_is_icmp_echo_reply(&tuple, &l4) || (l4.tcp_flags & TCP_FLAG_RST))
+		if (ct_is_echo_reply(tuple.proto, &l4) || (l4.tcp_flags & TCP_FLAG_RST))
 			return NAT_PUNT_TO_STACK;
 		ret = snat_v4_new_mapping(skb, &tuple, cfg, gen, dev->snat_v4, MASQ_NAT_F_HOST, now,
 					  &state);
@@ -792,20 +936,14 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 	return MASQ_OK;
 }
 
-/* snat_v4_rev_nat_tcp: moves the TCP state of a reply segment's flow. The EGRESS entry is
- * looked up only when the segment may change the state (ct_tcp_pair_needs_peer4), and used only
- * when it maps to this reply tuple. Returns whether the state moved. */
-static __always_inline bool snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tuple,
-						struct masq_nat_entry_v4 *state,
-						const struct ct_l4_info *l4)
+/* snat_v4_rev_nat_peer: the EGRESS entry of a reply segment's flow (asked only when the
+ * segment may move the TCP state), when it maps to this reply tuple; else NULL. */
+static __always_inline struct masq_nat_entry_v4 *snat_v4_rev_nat_peer(const struct masq_nat_key_v4 *tuple,
+								      const struct masq_nat_entry_v4 *state)
 {
 	struct masq_nat_entry_v4 *peer;
 	struct masq_nat_key_v4 fkey;
 
-	if (!ct_tcp_pair_needs_peer4(state, l4)) {
-		ct_tcp_track4(&state->seq_next, l4);
-		return false;
-	}
 	fkey.saddr = state->to_addr;
 	fkey.daddr = tuple->saddr;
 	fkey.sport = state->to_port;
@@ -815,8 +953,8 @@ static __always_inline bool snat_v4_rev_nat_tcp(const struct masq_nat_key_v4 *tu
 	fkey.pad = 0;
 	peer = ct_lookup4(&fkey);
 	if (peer && (peer->to_addr != tuple->daddr || peer->to_port != tuple->dport))
-		peer = NULL;
-	return ct_tcp_pair4(state, peer, l4);
+		return NULL;
+	return peer;
 }
 
 /* snat_v4_rev_nat: translates back a packet arriving for dev's SNAT address that matches an
@@ -827,7 +965,7 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 	struct masq_nat_entry_v4 *state;
 	struct masq_nat_key_v4 tuple;
 	struct ct_l4_info l4;
-	bool moved = false;
+	bool peer;
 	int ret;
 
 	if (icmp_v4_is_error(skb, pkt))
@@ -848,9 +986,9 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 	state = ct_lookup4(&tuple);
 	if (!state)
 		return NAT_PUNT_TO_STACK;
-	if (tuple.proto == IPPROTO_TCP)
-		moved = snat_v4_rev_nat_tcp(&tuple, state, &l4);
-	ct_update4(state, pkt->l3_len, ct_seen4(&l4, MASQ_SEEN_REPLY), bpf_ktime_get_boot_ns(), moved);
+	peer = ct_track_needs_peer(state, tuple.proto, &l4);
+	ct_track_pair(state, peer ? snat_v4_rev_nat_peer(&tuple, state) : NULL, peer, tuple.proto, &l4,
+		      MASQ_SEEN_REPLY, pkt->l3_len, bpf_ktime_get_boot_ns());
 
 	if (state->to_addr == tuple.daddr && state->to_port == tuple.dport)
 		return NAT_PUNT_TO_STACK;
@@ -889,24 +1027,17 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 	state = ct_lookup4(&key);
 	if (state) {
 		/* An inbound entry stands for the whole flow: this side keeps it alive too. */
-		if (state->flags & MASQ_NAT_F_INBOUND) {
-			bool moved = false;
-
-			if (tuple.proto == IPPROTO_TCP)
-				moved = ct_tcp_inbound4(state, &l4, /*from_pod=*/false);
-			ct_refresh4(state, ct_seen_inbound4(&l4, /*from_pod=*/false),
-				    bpf_ktime_get_boot_ns(), moved);
-		}
+		if (state->flags & MASQ_NAT_F_INBOUND)
+			ct_track_inbound(state, tuple.proto, &l4, /*from_pod=*/false, 0,
+					 bpf_ktime_get_boot_ns());
 		return NAT_PUNT_TO_STACK;
 	}
-	if (!ct_opens_flow4(&tuple, &l4))
+	if (!ct_opens_flow(tuple.proto, &l4))
 		return NAT_PUNT_TO_STACK;
 
 	ct_entry_init4(&entry, key.saddr, key.sport, MASQ_NAT_F_INBOUND, skb->ifindex,
 		       bpf_ktime_get_boot_ns());
-	if (tuple.proto == IPPROTO_TCP)
-		ct_tcp_inbound4(&entry, &l4, /*from_pod=*/false);
-	entry.seen = ct_seen_inbound4(&l4, /*from_pod=*/false);
+	ct_inbound_entry_init(&entry, tuple.proto, &l4);
 	ret = bpf_map_update_elem(&masq_nat_v4, &key, &entry, BPF_NOEXIST);
 	if (ret == 0)
 		stat_inc(MASQ_STAT_INBOUND_FLOWS);
