@@ -21,7 +21,7 @@ public enum AttachMode: String, CaseIterable, Sendable {
 public actor Datapath {
     public nonisolated let root: String
     public nonisolated let mode: AttachKind
-    private let object: BPFObject
+    let object: BPFObject
     private let attachments: Attachments
     private let logger: Logger
     /// masq_config.port_key: the secret of the port probe order. Kept from the pinned config

@@ -126,29 +126,7 @@ extension BPFMap {
 extension Datapath {
     /// masq_config, masq_devices and the exclusion maps, read back.
     public func readView() throws -> DatapathView {
-        var view = DatapathView()
-        if let cfg = try map(MASQ_MAP_CONFIG).lookup(UInt32(0), as: masq_config.self) {
-            view.ipv4Enabled = cfg.flags & UInt32(MASQ_CFG_IPV4_MASQ) != 0
-            view.ipv6Enabled = cfg.flags & UInt32(MASQ_CFG_IPV6_MASQ) != 0
-            view.nonMasqueradeEnabled = cfg.flags & UInt32(MASQ_CFG_NONMASQ) != 0
-            if cfg.flags & UInt32(MASQ_CFG_NATIVE_V4) != 0 {
-                view.nativeRoutingV4 = IPPrefix(unchecked: .v4(IPv4Address(networkOrder: cfg.native_v4)),
-                                                length: Int(min(cfg.native_v4_len, 32)))
-            }
-            if cfg.port_min != 0 && cfg.port_max >= cfg.port_min {
-                view.portRange = cfg.port_min...cfg.port_max
-            }
-        }
-        for (ifindex, device) in try map(MASQ_MAP_DEVICES).entries(key: UInt32.self, value: masq_device.self) {
-            let v4 = device.flags & UInt32(MASQ_DEV_HAS_V4) != 0 ? IPv4Address(networkOrder: device.snat_v4) : nil
-            let v6 = device.flags & UInt32(MASQ_DEV_HAS_V6) != 0
-                ? IPv6Address(bytes: withUnsafeBytes(of: device.snat_v6) { Array($0) }) : nil
-            view.devices[ifindex] = DatapathView.Device(snatV4: v4, snatV6: v6)
-        }
-        view.podCIDRsV4 = try map(MASQ_MAP_PODS_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
-        view.nonMasqueradeV4 = try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
-        view.nodeIPsV4 = Set(try map(MASQ_MAP_NODES_V4).keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
-        return view
+        try object.readView()
     }
 
     /// Whether the maps hold what applying `state` wrote (masq_config, masq_devices and the
@@ -213,5 +191,34 @@ extension Datapath {
     public func drops() throws -> [(reason: DropReason, count: UInt64)] {
         let drops = try map(MASQ_MAP_DROPS)
         return try DropReason.all.map { ($0, try drops.perCPUSum($0.code)) }
+    }
+}
+
+extension BPFObject {
+    /// masq_config, masq_devices and the exclusion maps, read back.
+    func readView() throws -> DatapathView {
+        var view = DatapathView()
+        if let cfg = try map(MASQ_MAP_CONFIG).lookup(UInt32(0), as: masq_config.self) {
+            view.ipv4Enabled = cfg.flags & UInt32(MASQ_CFG_IPV4_MASQ) != 0
+            view.ipv6Enabled = cfg.flags & UInt32(MASQ_CFG_IPV6_MASQ) != 0
+            view.nonMasqueradeEnabled = cfg.flags & UInt32(MASQ_CFG_NONMASQ) != 0
+            if cfg.flags & UInt32(MASQ_CFG_NATIVE_V4) != 0 {
+                view.nativeRoutingV4 = IPPrefix(unchecked: .v4(IPv4Address(networkOrder: cfg.native_v4)),
+                                                length: Int(min(cfg.native_v4_len, 32)))
+            }
+            if cfg.port_min != 0 && cfg.port_max >= cfg.port_min {
+                view.portRange = cfg.port_min...cfg.port_max
+            }
+        }
+        for (ifindex, device) in try map(MASQ_MAP_DEVICES).entries(key: UInt32.self, value: masq_device.self) {
+            let v4 = device.flags & UInt32(MASQ_DEV_HAS_V4) != 0 ? IPv4Address(networkOrder: device.snat_v4) : nil
+            let v6 = device.flags & UInt32(MASQ_DEV_HAS_V6) != 0
+                ? IPv6Address(bytes: withUnsafeBytes(of: device.snat_v6) { Array($0) }) : nil
+            view.devices[ifindex] = DatapathView.Device(snatV4: v4, snatV6: v6)
+        }
+        view.podCIDRsV4 = try map(MASQ_MAP_PODS_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+        view.nonMasqueradeV4 = try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+        view.nodeIPsV4 = Set(try map(MASQ_MAP_NODES_V4).keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
+        return view
     }
 }
