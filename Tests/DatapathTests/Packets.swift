@@ -393,9 +393,9 @@ final class TestDatapath {
 
     /// Moves the entry's last_seen `seconds` into the past, as if its flow had been quiet that
     /// long: the next packet then stores last_seen and checks the reply entry (MASQ_CT_REFRESH_NS).
-    func age(_ key: masq_nat_key_v4, seconds: UInt64 = 2) throws {
+    func age(_ key: masq_nat_key_v4, milliseconds: UInt64 = 2000) throws {
         guard var entry = try entry(key) else { throw BPFError("age", "no entry \(key.description)", errno: ENOENT) }
-        entry.last_seen -= seconds * 1_000_000_000
+        entry.last_seen -= milliseconds * 1_000_000
         try nat.update(key, entry)
     }
 

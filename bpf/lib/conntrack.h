@@ -233,12 +233,33 @@ static __always_inline void ct_entry_init4(struct masq_nat_entry_v4 *entry, __be
 	entry->last_seen = now;
 }
 
+/* ct_now: CLOCK_BOOTTIME ns to a jiffy (1-10 ms), for created and last_seen: the clock is read
+ * once per jiffy on each CPU and cached (masq_clock); other packets read only the jiffies
+ * counter, which costs a fraction of a clock read. The GC counts seconds. */
+static __always_inline __u64 ct_now(void)
+{
+	struct ct_clock *clock;
+	__u32 zero = 0;
+	__u64 j;
+
+	clock = bpf_map_lookup_elem(&masq_clock, &zero);
+	if (!clock)
+		return bpf_ktime_get_boot_ns();
+	j = bpf_jiffies64();
+	if (clock->jiffies != j) {
+		clock->boot_ns = bpf_ktime_get_boot_ns();
+		clock->jiffies = j;
+	}
+	return clock->boot_ns;
+}
+
 /* Whether entry's last_seen is MASQ_CT_REFRESH_NS or more behind now: the packets of a busy
  * flow store it once per interval, not per packet. The egress path checks the flow's reply
  * entry on the same beat (__snat_v4_nat_track). */
 static __always_inline bool ct_refresh_due4(const struct masq_nat_entry_v4 *entry, __u64 now)
 {
-	return now - entry->last_seen >= MASQ_CT_REFRESH_NS;
+	/* Signed: another CPU's clock may have stored a later time than this CPU's now. */
+	return (__s64)(now - entry->last_seen) >= (__s64)MASQ_CT_REFRESH_NS;
 }
 
 /* Marks entry alive at now and ORs in seen. last_seen is stored when the interval is up, when

@@ -9,8 +9,8 @@
 #include "masq_abi.h"
 #include "consts.h"
 
-/* All maps are pinned by name under masqd's bpffs-root, so state survives a daemon restart and
- * the pin, bpftool and the Swift constant (MASQ_MAP_*) show the same name. */
+/* All maps but masq_clock are pinned by name under masqd's bpffs-root, so state survives a
+ * daemon restart and the pin, bpftool and the Swift constant (MASQ_MAP_*) show the same name. */
 
 /* Key 0: the daemon's switches, snat-port-range and native-routing CIDRs. */
 struct {
@@ -214,5 +214,19 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } masq_full_v6 SEC(".maps");
+
+/* The CLOCK_BOOTTIME a CPU last read and the jiffy it read it in (ct_now, conntrack.h). */
+struct ct_clock {
+	__u64 jiffies;
+	__u64 boot_ns;
+};
+
+/* Per CPU, one entry: a cache private to one load of the programs, so not pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_clock);
+} masq_clock SEC(".maps");
 
 #endif /* MASQ_MAPS_H */

@@ -819,7 +819,7 @@ static __always_inline int snat_v4_nat(struct __sk_buff *skb, const struct ipv4_
 			state = ct_lookup4(&tuple);
 		}
 	}
-	now = bpf_ktime_get_boot_ns();
+	now = ct_now();
 	if (state && (state->flags & MASQ_NAT_F_INBOUND)) {
 		/* 4. The packet is a reply of a connection that came in to the pod. */
 		ct_track_inbound(state, tuple.proto, &l4, /*from_pod=*/true, pkt->l3_len, now);
@@ -901,7 +901,7 @@ static __always_inline int snat_v4_nat_track_host(struct __sk_buff *skb, const s
 			state = ct_lookup4(&tuple);
 		}
 	}
-	now = bpf_ktime_get_boot_ns();
+	now = ct_now();
 	if (state && state->cfg_gen != gen && snat_v4_flow_excluded(cfg, gen, &tuple, state))
 		return NAT_PUNT_TO_STACK;
 	if (!state) {
@@ -988,7 +988,7 @@ static __always_inline int snat_v4_rev_nat(struct __sk_buff *skb, const struct i
 		return NAT_PUNT_TO_STACK;
 	peer = ct_track_needs_peer(state, tuple.proto, &l4);
 	ct_track_pair(state, peer ? snat_v4_rev_nat_peer(&tuple, state) : NULL, peer, tuple.proto, &l4,
-		      MASQ_SEEN_REPLY, pkt->l3_len, bpf_ktime_get_boot_ns());
+		      MASQ_SEEN_REPLY, pkt->l3_len, ct_now());
 
 	if (state->to_addr == tuple.daddr && state->to_port == tuple.dport)
 		return NAT_PUNT_TO_STACK;
@@ -1029,14 +1029,14 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 		/* An inbound entry stands for the whole flow: this side keeps it alive too. */
 		if (state->flags & MASQ_NAT_F_INBOUND)
 			ct_track_inbound(state, tuple.proto, &l4, /*from_pod=*/false, 0,
-					 bpf_ktime_get_boot_ns());
+					 ct_now());
 		return NAT_PUNT_TO_STACK;
 	}
 	if (!ct_opens_flow(tuple.proto, &l4))
 		return NAT_PUNT_TO_STACK;
 
 	ct_entry_init4(&entry, key.saddr, key.sport, MASQ_NAT_F_INBOUND, skb->ifindex,
-		       bpf_ktime_get_boot_ns());
+		       ct_now());
 	ct_inbound_entry_init(&entry, tuple.proto, &l4);
 	ret = bpf_map_update_elem(&masq_nat_v4, &key, &entry, BPF_NOEXIST);
 	if (ret == 0)

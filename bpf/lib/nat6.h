@@ -386,7 +386,7 @@ static __always_inline int snat_v6_nat(struct __sk_buff *skb, const struct ipv6_
 		if (ret != MASQ_OK)
 			return ret;
 	}
-	now = bpf_ktime_get_boot_ns();
+	now = ct_now();
 	if (state && (state->ct.flags & MASQ_NAT_F_INBOUND)) {
 		/* 4. The packet is a reply of a connection that came in to the pod. */
 		ct_track_inbound(&state->ct, tuple.proto, &l4, /*from_pod=*/true, pkt->l3_len, now);
@@ -442,7 +442,7 @@ static __always_inline int snat_v6_nat_track_host(struct __sk_buff *skb, const s
 	state = ct_lookup6(&tuple);
 	if (!state && snat_v6_nat_can_skip(cfg, &pkt->daddr))
 		return NAT_PUNT_TO_STACK;
-	now = bpf_ktime_get_boot_ns();
+	now = ct_now();
 	if (state && state->ct.cfg_gen != gen && snat_v6_flow_excluded(cfg, gen, &tuple, state))
 		return NAT_PUNT_TO_STACK;
 	if (!state) {
@@ -520,7 +520,7 @@ static __always_inline int snat_v6_rev_nat(struct __sk_buff *skb, const struct i
 	need = ct_track_needs_peer(&state->ct, tuple.proto, &l4);
 	peer = need ? snat_v6_rev_nat_peer(&tuple, state) : NULL;
 	ct_track_pair(&state->ct, peer ? &peer->ct : NULL, need, tuple.proto, &l4, MASQ_SEEN_REPLY,
-		      pkt->l3_len, bpf_ktime_get_boot_ns());
+		      pkt->l3_len, ct_now());
 
 	if (ipv6_addr_equal(&state->to_addr, &tuple.daddr) && state->ct.to_port == tuple.dport)
 		return NAT_PUNT_TO_STACK;
@@ -554,14 +554,14 @@ static __always_inline int snat_v6_rev_nat_track_inbound(struct __sk_buff *skb,
 	if (state) {
 		if (state->ct.flags & MASQ_NAT_F_INBOUND)
 			ct_track_inbound(&state->ct, tuple.proto, &l4, /*from_pod=*/false, 0,
-					 bpf_ktime_get_boot_ns());
+					 ct_now());
 		return NAT_PUNT_TO_STACK;
 	}
 	if (!ct_opens_flow(tuple.proto, &l4))
 		return NAT_PUNT_TO_STACK;
 
 	ct_entry_init6(&entry, &key.saddr, key.sport, MASQ_NAT_F_INBOUND, skb->ifindex,
-		       bpf_ktime_get_boot_ns());
+		       ct_now());
 	ct_inbound_entry_init(&entry.ct, tuple.proto, &l4);
 	err = bpf_map_update_elem(&masq_nat_v6, &key, &entry, BPF_NOEXIST);
 	if (err == 0)
