@@ -12,10 +12,14 @@ import Testing
 ///
 ///     pod1 ─ br0 [node] ext0 100.0.0.1 ── 100.0.0.2 [outside, a router] far0 198.51.100.1
 ///                                              MTU `mtu` link ── 198.51.100.2 [far]
+///
+/// In a dual-stack sandbox the far link also carries fd00:60::1 (outside) and fd00:60::2 (far).
 extension Sandbox {
     static let farIP = "198.51.100.2"
     static let farRouterIP = "198.51.100.1"
     static let farCIDR = "198.51.100.0/24"
+    /// The far host's IPv6 address (dual-stack sandboxes).
+    static let farIPv6 = "fd00:60::2"
     static let echoPort = 9099
 
     var far: String { prefix + "far" }
@@ -42,6 +46,13 @@ extension Sandbox {
         try await sh(["ip", "-n", far, "route", "add", "default", "via", Self.farRouterIP])
         try await sh(nsenter(outside, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
         try await sh(["ip", "-n", node, "route", "add", Self.farCIDR, "via", Self.outsideIP])
+        if dualStack {
+            // The node's IPv6 default route already leads to the outside host.
+            try await sh(nsenter(far, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]))
+            try await sh(["ip", "-n", outside, "addr", "add", "fd00:60::1/64", "dev", "far0", "nodad"])
+            try await sh(["ip", "-n", far, "addr", "add", "\(Self.farIPv6)/64", "dev", "eth0", "nodad"])
+            try await sh(["ip", "-n", far, "-6", "route", "add", "default", "via", "fd00:60::1"])
+        }
         return try await body()
     }
 

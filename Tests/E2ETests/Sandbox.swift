@@ -24,6 +24,17 @@ enum AttachMode: String, CaseIterable, Sendable, CustomTestStringConvertible {
 ///
 /// The outside host routes back to the pod CIDR only for replies from 100.0.9.2 (a policy rule),
 /// so a reply from 100.0.0.2 reaches a pod only when masqd translated the flow.
+///
+/// A dual-stack sandbox (`with(dualStack: true)`) adds IPv6 beside it (and to the far network
+/// of `withFarNetwork`, fd00:60::/64):
+///
+///     pod1 fd00:10:244:1::2 ─┐
+///                            ├─ br0 fd00:10:244:1::1 [node] ext0 fd00:50::1 ── fd00:50::2 [outside]
+///     pod2 fd00:10:244:1::3 ─┘
+///
+/// No host routes back to the pods' IPv6 CIDR at all: an IPv6 reply reaches a pod only when
+/// masqd translated the flow. Duplicate address detection is off in every namespace, so
+/// addresses are usable at once.
 final class Sandbox: @unchecked Sendable {
     static let podCIDR = "10.244.1.0/24"
     static let podIPs = ["10.244.1.2", "10.244.1.3"]
@@ -35,9 +46,15 @@ final class Sandbox: @unchecked Sendable {
     static let tcpPort = 8080
     static let udpPort = 8081
     static let device = "ext0"
+    static let podCIDRv6 = "fd00:10:244:1::/64"
+    static let podIPv6s = ["fd00:10:244:1::2", "fd00:10:244:1::3"]
+    static let nodeIPv6 = "fd00:50::1"
+    static let outsideIPv6 = "fd00:50::2"
 
     let prefix: String
     let dir: String
+    /// IPv6 beside IPv4 (see the type's comment).
+    let dualStack: Bool
     /// The bpffs this sandbox mounts (in the root mount namespace).
     let bpffsMount: String
     /// masqd's --bpffs-root: a directory inside that bpffs, as /sys/fs/bpf/masq is in production.
@@ -59,7 +76,8 @@ final class Sandbox: @unchecked Sendable {
     /// The directory that holds every sandbox of this test process.
     static let runDir = "/run/masqe2e-\(getpid())"
 
-    private init() {
+    private init(dualStack: Bool) {
+        self.dualStack = dualStack
         let n = Self.counter.next()
         prefix = "masqe2e-\(getpid())-\(n)-"
         dir = "\(Self.runDir)/\(n)"
@@ -69,9 +87,9 @@ final class Sandbox: @unchecked Sendable {
     }
 
     /// Builds a sandbox, runs `body` in it and always tears it down.
-    static func with<T>(_ body: (Sandbox) async throws -> T) async throws -> T {
+    static func with<T>(dualStack: Bool = false, _ body: (Sandbox) async throws -> T) async throws -> T {
         Self.sweepStale()
-        let sandbox = Sandbox()
+        let sandbox = Sandbox(dualStack: dualStack)
         defer { sandbox.teardown() }
         try await sandbox.build()
         return try await body(sandbox)
@@ -89,6 +107,9 @@ final class Sandbox: @unchecked Sendable {
             try await sh(["ip", "netns", "add", ns])
             namespaces.append(ns)
             try await sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            if dualStack {
+                try await sh(nsenter(ns, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]))
+            }
         }
         try await sh(nsenter(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
         for ns in [node, outside] {
@@ -122,6 +143,22 @@ final class Sandbox: @unchecked Sendable {
         try await sh(["ip", "-n", outside, "rule", "add", "from", Self.excludedIP, "lookup", "100"])
         try await sh(["ip", "-n", outside, "route", "add", Self.podCIDR, "via", Self.nodeIP,
                       "table", "100"])
+        if dualStack { try await buildIPv6() }
+    }
+
+    /// The IPv6 half of a dual-stack sandbox, on the links `build` made.
+    private func buildIPv6() async throws {
+        for ns in [node, outside] {
+            try await sh(nsenter(ns, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))
+        }
+        try await sh(["ip", "-n", node, "addr", "add", "fd00:10:244:1::1/64", "dev", "br0", "nodad"])
+        for (pod, ip) in zip(pods, Self.podIPv6s) {
+            try await sh(["ip", "-n", pod, "addr", "add", "\(ip)/64", "dev", "eth0", "nodad"])
+            try await sh(["ip", "-n", pod, "-6", "route", "add", "default", "via", "fd00:10:244:1::1"])
+        }
+        try await sh(["ip", "-n", node, "addr", "add", "\(Self.nodeIPv6)/64", "dev", Self.device, "nodad"])
+        try await sh(["ip", "-n", outside, "addr", "add", "\(Self.outsideIPv6)/64", "dev", "eth0", "nodad"])
+        try await sh(["ip", "-n", node, "-6", "route", "add", "default", "via", Self.outsideIPv6])
     }
 
     /// Removes everything this sandbox made. Synchronous so that it can run from `defer`.
@@ -218,18 +255,25 @@ final class Sandbox: @unchecked Sendable {
         nsenter(ns, ["python3", "-u", Self.netprobe] + args)
     }
 
-    /// Starts the outside servers (TCP, UDP, ICMP observer on both outside addresses) and waits
-    /// until they listen.
+    /// Starts the outside servers (TCP, UDP, ICMP observer on both outside addresses, and the
+    /// IPv6 one in a dual-stack sandbox) and waits until they listen.
     func startServers() async throws {
-        let ready = "\(dir)/server.ready"
-        let process = try spawn("server", netprobe(outside, [
-            "serve", "--bind", "\(Self.outsideIP),\(Self.excludedIP)",
+        try await startServer("server", in: outside,
+                              binds: [Self.outsideIP, Self.excludedIP] + (dualStack ? [Self.outsideIPv6] : []))
+    }
+
+    /// Starts netprobe's server in `ns` on `binds` (TCP, UDP, ICMP observer), its observations
+    /// in `output(name)`, and waits until it listens.
+    func startServer(_ name: String, in ns: String, binds: [String]) async throws {
+        let ready = "\(dir)/\(name).ready"
+        let process = try spawn(name, netprobe(ns, [
+            "serve", "--bind", binds.joined(separator: ","),
             "--tcp", "\(Self.tcpPort)", "--udp", "\(Self.udpPort)", "--icmp",
             "--ready", ready, "--lifetime", "600",
         ]))
-        try await waitUntil("the outside server listens", timeout: .seconds(15)) {
+        try await waitUntil("the \(name) listens", timeout: .seconds(15)) {
             guard process.isRunning else {
-                throw CommandError(description: "the outside server exited: \(self.errors("server"))")
+                throw CommandError(description: "the \(name) exited: \(self.errors(name))")
             }
             return FileManager.default.fileExists(atPath: ready)
         }
@@ -273,7 +317,7 @@ final class Sandbox: @unchecked Sendable {
 
     func masqdArgs(mode: AttachMode, overrides: [(String, String)]) -> [String] {
         var flags: [(String, String)] = [
-            ("--pod-cidrs", Self.podCIDR),
+            ("--pod-cidrs", Self.podCIDR + (dualStack ? ",\(Self.podCIDRv6)" : "")),
             ("--devices", Self.device),
             ("--enable-ip-masq-agent", "true"),
             ("--ip-masq-agent-config-path", ipMasqAgentFile),

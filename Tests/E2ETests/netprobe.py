@@ -252,6 +252,9 @@ def cmd_ping(args):
     s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6 \
         else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     request, reply = (128, 129) if v6 else (8, 0)
+    # getaddrinfo keeps a link-local address's "%DEV" as the scope id; a bare (host, port)
+    # would lose it.
+    dst = socket.getaddrinfo(args.dst, None, s.family)[0][4] if v6 else (args.dst, 0)
     s.settimeout(1.0)
     ident = args.ident or (os.getpid() & 0xFFFF)
     replies = 0
@@ -261,7 +264,7 @@ def cmd_ping(args):
             header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
             if not v6:
                 header = struct.pack("!BBHHH", request, 0, checksum(header + payload), ident, seq)
-            s.sendto(header + payload, (args.dst, 0))
+            s.sendto(header + payload, dst)
             end = time.monotonic() + 1.0
             while time.monotonic() < end:
                 try:
