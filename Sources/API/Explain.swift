@@ -52,9 +52,11 @@ public struct ExplainResponse: Codable, Sendable, Equatable {
         case notMasqueradingDevice = "not-masquerading-device"
         /// The device has no SNAT address of the packet's family.
         case noSNATAddress = "no-snat-address"
-        /// The packet's family is not masqueraded (enable-ipv4/ipv6-masquerade is off, or the
-        /// datapath does not translate it yet).
+        /// The packet's family is not masqueraded (enable-ipv4/ipv6-masquerade is off).
         case familyDisabled = "family-disabled"
+        /// IPv6: the source or destination is link-local or multicast (neighbour discovery,
+        /// router and multicast listener messages): never translated.
+        case linkScoped = "link-scoped"
         /// The source is the device's own SNAT address: the node's flow is tracked (so no pod
         /// flow takes its tuple) and keeps its source unless a pod mapping already holds it.
         case hostFlow = "host-flow"

@@ -41,14 +41,16 @@ struct APIHandlers: Sendable {
                                          snatIPv4: device.snatV4.map(IPAddress.v4), snatIPv6: device.snatV6.map(IPAddress.v6),
                                          snatIPv4Missing: missing?.ipv4, snatIPv6Missing: missing?.ipv6)
         }.sorted { $0.name < $1.name }
-        let exclusionV4 = view.nativeRoutingV4?.description
-            ?? (view.podCIDRsV4.isEmpty ? nil : view.podCIDRsV4.map(\.description).joined(separator: ","))
-        let ipv6 = view.ipv6Enabled && view.ipv6Supported
+        // Exclusion 1: the native-routing CIDR, else the pod CIDRs.
+        func exclusion(_ native: IPPrefix?, _ pods: [IPPrefix]) -> String? {
+            native?.description ?? (pods.isEmpty ? nil : pods.map(\.description).joined(separator: ","))
+        }
         let masquerading = StatusResponse.Masquerading(
-            enabled: view.ipv4Enabled || ipv6, ipMasqAgent: config.enableIPMasqAgent,
+            enabled: view.ipv4Enabled || view.ipv6Enabled, ipMasqAgent: config.enableIPMasqAgent,
             devices: devices.map(\.name),
-            enabledProtocols: .init(ipv4: view.ipv4Enabled, ipv6: ipv6),
-            snatExclusionCIDRv4: exclusionV4, snatExclusionCIDRv6: config.ipv6NativeRoutingCIDR?.description)
+            enabledProtocols: .init(ipv4: view.ipv4Enabled, ipv6: view.ipv6Enabled),
+            snatExclusionCIDRv4: exclusion(view.nativeRoutingV4, view.podCIDRsV4),
+            snatExclusionCIDRv6: exclusion(view.nativeRoutingV6, view.podCIDRsV6))
         let drops = try await datapath.drops().map {
             StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.code), summary: $0.reason.summary, count: $0.count)
         }
@@ -195,21 +197,29 @@ struct APIHandlers: Sendable {
             }
         }
         let view = try await datapath.readView()
+        // The EGRESS entry of the packet's tuple (ICMP echo: the id as sport, dport 0).
+        let sport = query.sport.bigEndian
+        let dport = [.icmp, .icmpv6].contains(query.proto) ? 0 : query.dport.bigEndian
         var existing: MasqueradeDecision.ExistingFlow?
-        if case .v4(let src) = query.src, case .v4(let dst) = query.dst, let number = query.proto.number {
-            var key = masq_nat_key_v4()
-            key.saddr = src.networkOrder
-            key.daddr = dst.networkOrder
-            key.sport = query.sport.bigEndian
-            key.dport = query.proto == .icmp ? 0 : query.dport.bigEndian
-            key.proto = number
-            key.dir = UInt8(MASQ_DIR_EGRESS)
+        func flow(_ ct: masq_nat_entry_v4, to address: IPAddress) -> MasqueradeDecision.ExistingFlow {
+            .init(inbound: ct.flags & UInt8(MASQ_NAT_F_INBOUND) != 0, host: ct.flags & UInt8(MASQ_NAT_F_HOST) != 0,
+                  toAddress: address, toPort: UInt16(bigEndian: ct.to_port))
+        }
+        switch (query.src, query.dst, query.proto.number) {
+        case (.v4(let src), .v4(let dst), let number?):
+            let key = masq_nat_key_v4(saddr: src.networkOrder, daddr: dst.networkOrder, sport: sport, dport: dport,
+                                      proto: number, dir: UInt8(MASQ_DIR_EGRESS), pad: 0)
             if let entry = try await datapath.natLookup([key]).first ?? nil {
-                existing = .init(inbound: entry.flags & UInt8(MASQ_NAT_F_INBOUND) != 0,
-                                 host: entry.flags & UInt8(MASQ_NAT_F_HOST) != 0,
-                                 toAddress: IPv4Address(networkOrder: entry.to_addr),
-                                 toPort: UInt16(bigEndian: entry.to_port))
+                existing = flow(entry, to: .v4(IPv4Address(networkOrder: entry.to_addr)))
             }
+        case (.v6(let src), .v6(let dst), let number?):
+            let key = masq_nat_key_v6(saddr: masq_addr_v6(src), daddr: masq_addr_v6(dst), sport: sport, dport: dport,
+                                      proto: number, dir: UInt8(MASQ_DIR_EGRESS), pad: 0)
+            if let entry = try await datapath.natLookup([key]).first ?? nil {
+                existing = flow(entry.ct, to: .v6(IPv6Address(entry.to_addr)))
+            }
+        default:
+            break
         }
         return MasqueradeDecision.explain(query, device: device, view: view, existing: existing)
     }

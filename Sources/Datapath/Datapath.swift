@@ -318,11 +318,11 @@ protocol LPMKey {
 }
 
 extension IPv6Address {
-    init(_ key: masq_addr_v6) { self.init(bytes: withUnsafeBytes(of: key) { Array($0) }) }
+    public init(_ key: masq_addr_v6) { self.init(bytes: withUnsafeBytes(of: key) { Array($0) }) }
 }
 
 extension masq_addr_v6 {
-    init(_ address: IPv6Address) {
+    public init(_ address: IPv6Address) {
         self.init()
         withUnsafeMutableBytes(of: &self) { $0.copyBytes(from: address.bytes) }
     }

@@ -22,17 +22,20 @@ public struct DatapathView: Sendable, Equatable {
 
     public var ipv4Enabled = false
     public var ipv6Enabled = false
-    /// Whether the datapath translates IPv6 at all (its maps exist).
-    public var ipv6Supported = false
     public var nonMasqueradeEnabled = false
-    /// masq_config's native_v4 and its length, as stored (the mask is applied when matching).
+    /// masq_config's native_v4 / native_v6 and their lengths, as stored (the mask is applied
+    /// when matching).
     public var nativeRoutingV4: IPPrefix?
+    public var nativeRoutingV6: IPPrefix?
     public var portRange: ClosedRange<UInt16> = 32768...65535
     /// masq_devices by ifindex.
     public var devices: [UInt32: Device] = [:]
     public var podCIDRsV4: [IPPrefix] = []
+    public var podCIDRsV6: [IPPrefix] = []
     public var nonMasqueradeV4: [IPPrefix] = []
+    public var nonMasqueradeV6: [IPPrefix] = []
     public var nodeIPsV4: Set<IPv4Address> = []
+    public var nodeIPsV6: Set<IPv6Address> = []
 
     public init() {}
 }
@@ -56,6 +59,8 @@ public struct MapFill: Sendable, Equatable {
 
 extension masq_nat_key_v4: @unchecked @retroactive Sendable {}
 extension masq_nat_entry_v4: @unchecked @retroactive Sendable {}
+extension masq_nat_key_v6: @unchecked @retroactive Sendable {}
+extension masq_nat_entry_v6: @unchecked @retroactive Sendable {}
 
 extension BPFMap {
     /// One `BPF_MAP_LOOKUP_BATCH` of at most `count` entries of a hash map, starting at `token`
@@ -130,7 +135,7 @@ extension Datapath {
     }
 
     /// Whether the maps hold what applying `state` wrote (masq_config, masq_devices and the
-    /// IPv4 exclusion maps): false when something changed them behind masqd's back.
+    /// exclusion maps of both families): false when something changed them behind masqd's back.
     public func holds(_ state: DesiredState) throws -> Bool {
         let view = try readView()
         var expected = DatapathView()
@@ -138,20 +143,29 @@ extension Datapath {
         expected.ipv6Enabled = state.ipv6Enabled
         expected.nonMasqueradeEnabled = state.nonMasqueradeEnabled
         expected.nativeRoutingV4 = state.nativeRoutingV4
+        expected.nativeRoutingV6 = state.nativeRoutingV6
         expected.portRange = state.portRange
         for device in state.devices {
             expected.devices[device.ifindex] = DatapathView.Device(snatV4: device.snatV4, snatV6: device.snatV6)
         }
         expected.podCIDRsV4 = state.podCIDRsV4.sorted()
+        expected.podCIDRsV6 = state.podCIDRsV6.sorted()
         // An unknown ip-masq-agent list (nil) leaves its map as it is.
         expected.nonMasqueradeV4 = state.nonMasqueradeV4?.sorted() ?? view.nonMasqueradeV4
+        expected.nonMasqueradeV6 = state.nonMasqueradeV6?.sorted() ?? view.nonMasqueradeV6
         expected.nodeIPsV4 = state.nodeIPsV4
+        expected.nodeIPsV6 = state.nodeIPsV6
         return view == expected
     }
 
-    /// The non-masquerade list as the maps hold it (IPv4, then IPv6 once the datapath has it).
+    /// An LPM map's prefixes, sorted.
+    private func prefixes<Key: LPMKey & BitwiseCopyable>(_ name: String, as: Key.Type) throws -> [IPPrefix] {
+        try map(name).keys(as: Key.self).map(\.prefix).sorted()
+    }
+
+    /// The non-masquerade list as the maps hold it: IPv4, then IPv6.
     public func nonMasqueradeCIDRs() throws -> [IPPrefix] {
-        try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+        try prefixes(MASQ_MAP_NONMASQ_V4, as: masq_lpm_v4.self) + prefixes(MASQ_MAP_NONMASQ_V6, as: masq_lpm_v6.self)
     }
 
     /// One NAT table batch from `token` (nil: the start).
@@ -165,6 +179,12 @@ extension Datapath {
     public func natLookup(_ keys: [masq_nat_key_v4]) throws -> [masq_nat_entry_v4?] {
         let nat = try map(MASQ_MAP_NAT_V4)
         return try keys.map { try nat.lookup($0, as: masq_nat_entry_v4.self) }
+    }
+
+    /// The IPv6 entries under `keys` (nil where there is none).
+    public func natLookup(_ keys: [masq_nat_key_v6]) throws -> [masq_nat_entry_v6?] {
+        let nat = try map(MASQ_MAP_NAT_V6)
+        return try keys.map { try nat.lookup($0, as: masq_nat_entry_v6.self) }
     }
 
     /// Entries and capacity of each map, for status and /metrics: the NAT tables as `nat` counted
@@ -206,6 +226,10 @@ extension BPFObject {
                 view.nativeRoutingV4 = IPPrefix(unchecked: .v4(IPv4Address(networkOrder: cfg.native_v4)),
                                                 length: Int(min(cfg.native_v4_len, 32)))
             }
+            if cfg.flags & UInt32(MASQ_CFG_NATIVE_V6) != 0 {
+                view.nativeRoutingV6 = IPPrefix(unchecked: .v6(IPv6Address(bytes: withUnsafeBytes(of: cfg.native_v6) { Array($0) })),
+                                                length: Int(min(cfg.native_v6_len, 128)))
+            }
             if cfg.port_min != 0 && cfg.port_max >= cfg.port_min {
                 view.portRange = cfg.port_min...cfg.port_max
             }
@@ -216,9 +240,15 @@ extension BPFObject {
                 ? IPv6Address(bytes: withUnsafeBytes(of: device.snat_v6) { Array($0) }) : nil
             view.devices[ifindex] = DatapathView.Device(snatV4: v4, snatV6: v6)
         }
-        view.podCIDRsV4 = try map(MASQ_MAP_PODS_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
-        view.nonMasqueradeV4 = try map(MASQ_MAP_NONMASQ_V4).keys(as: masq_lpm_v4.self).map(IPPrefix.init(lpm:)).sorted()
+        func prefixes<Key: LPMKey & BitwiseCopyable>(_ name: String, as: Key.Type) throws -> [IPPrefix] {
+            try map(name).keys(as: Key.self).map(\.prefix).sorted()
+        }
+        view.podCIDRsV4 = try prefixes(MASQ_MAP_PODS_V4, as: masq_lpm_v4.self)
+        view.podCIDRsV6 = try prefixes(MASQ_MAP_PODS_V6, as: masq_lpm_v6.self)
+        view.nonMasqueradeV4 = try prefixes(MASQ_MAP_NONMASQ_V4, as: masq_lpm_v4.self)
+        view.nonMasqueradeV6 = try prefixes(MASQ_MAP_NONMASQ_V6, as: masq_lpm_v6.self)
         view.nodeIPsV4 = Set(try map(MASQ_MAP_NODES_V4).keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
+        view.nodeIPsV6 = Set(try map(MASQ_MAP_NODES_V6).keys(as: masq_addr_v6.self).map(IPv6Address.init))
         return view
     }
 }

@@ -81,7 +81,7 @@ extension DesiredState {
         let dropped = "pod packets that need masquerading are dropped (\(DropReason(DROP_NO_SNAT_ADDRESS).label))"
         return (ipv4Enabled && device.snatV4 == nil ? "no usable IPv4 address: \(dropped)" : nil,
                 ipv6Enabled && device.snatV6 == nil
-                    ? "no usable global IPv6 address (link-local, tentative, deprecated and temporary ones do not count): \(dropped)"
+                    ? "no usable global IPv6 address: \(dropped)"
                     : nil)
     }
 }

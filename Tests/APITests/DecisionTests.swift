@@ -36,7 +36,7 @@ struct DecisionTests {
 
     @Test("an existing flow reports the port it was given")
     func existingFlow() {
-        let r = Self.ask("10.244.1.2", "1.1.1.1", existing: .init(inbound: false, toAddress: IPv4Address("100.0.0.1")!, toPort: 33000))
+        let r = Self.ask("10.244.1.2", "1.1.1.1", existing: .init(inbound: false, toAddress: IPAddress("100.0.0.1")!, toPort: 33000))
         #expect(r.masquerade && r.snatPort == 33000)
     }
 
@@ -95,8 +95,69 @@ struct DecisionTests {
 
     @Test("exclusion 4: replies of a connection that came in to the pod")
     func exclusionFour() {
-        let r = Self.ask("10.244.1.2", "1.1.1.1", existing: .init(inbound: true, toAddress: IPv4Address("10.244.1.2")!, toPort: 443))
+        let r = Self.ask("10.244.1.2", "1.1.1.1", existing: .init(inbound: true, toAddress: IPAddress("10.244.1.2")!, toPort: 443))
         #expect(!r.masquerade && r.rule == .inboundReply)
+    }
+
+    /// The same node, dual-stack: ext0 has fd00:50::1, the pods fd00:10:244::/56.
+    static var dualStack: DatapathView {
+        var v = view
+        v.ipv6Enabled = true
+        v.devices = [3: .init(snatV4: IPv4Address("100.0.0.1"), snatV6: IPv6Address("fd00:50::1"))]
+        v.podCIDRsV6 = [try! IPPrefix("fd00:10:244::/56")]
+        v.nonMasqueradeV6 = [try! IPPrefix("fd00:99::/32"), try! IPPrefix("fe80::/10")]
+        v.nodeIPsV6 = [IPv6Address("fd00:50::20")!]
+        return v
+    }
+
+    @Test("IPv6: a pod's packet to the outside is masqueraded to the device's IPv6 address, by the same rules in the same order")
+    func ipv6Rules() throws {
+        let v = Self.dualStack
+        let pod = "fd00:10:244:1::2"
+        let out = Self.ask(pod, "2001:db8::1", view: v)
+        #expect(out.masquerade && out.rule == .masquerade && out.snatAddress == IPAddress("fd00:50::1"))
+        #expect(Self.ask(pod, "2001:db8::1", proto: .icmpv6, view: v).rule == .masquerade)
+        #expect(Self.ask(pod, "2001:db8::1", proto: .icmp, view: v).rule == .protocolNotTranslated)
+        #expect(Self.ask("fd00:50::1", "2001:db8::1", view: v).rule == .hostFlow)
+        #expect(Self.ask("fd00:77::2", "2001:db8::1", view: v).rule == .podCIDRMiss)
+        let podDst = Self.ask(pod, "fd00:10:244:2::9", view: v)
+        let podCIDR = try IPPrefix("fd00:10:244::/56")
+        #expect(podDst.rule == .podCIDRDestination && podDst.cidr == podCIDR)
+        let excluded = Self.ask(pod, "fd00:99::5", view: v)
+        let listed = try IPPrefix("fd00:99::/32")
+        #expect(excluded.rule == .nonMasqueradeCIDR && excluded.cidr == listed)
+        #expect(Self.ask(pod, "fd00:50::20", view: v).rule == .clusterNode)
+        var native = v
+        native.nativeRoutingV6 = try IPPrefix("fd00::/16")
+        let routed = Self.ask(pod, "fd00:77::1", view: native)
+        #expect(routed.rule == .nativeRoutingCIDR && routed.cidr == native.nativeRoutingV6)
+        let existing = Self.ask(pod, "2001:db8::1", view: v,
+                                existing: .init(inbound: false, toAddress: IPAddress("fd00:50::1")!, toPort: 33001))
+        #expect(existing.masquerade && existing.snatPort == 33001)
+        // The IPv4 side is untouched by the IPv6 maps.
+        #expect(Self.ask("10.244.1.2", "1.1.1.1", view: v).snatAddress == IPAddress("100.0.0.1"))
+    }
+
+    @Test("IPv6: link-local and multicast sources or destinations are link-scoped, before the non-masquerade list")
+    func ipv6LinkScoped() {
+        let v = Self.dualStack
+        for (src, dst) in [("fd00:10:244:1::2", "fe80::1"), ("fe80::2", "2001:db8::1"), ("fd00:10:244:1::2", "ff02::1")] {
+            let r = Self.ask(src, dst, view: v)
+            #expect(!r.masquerade && r.rule == .linkScoped, "\(src) -> \(dst): \(r)")
+        }
+    }
+
+    @Test("IPv6: masquerading off is the family rule; a device without a global IPv6 address drops (IPv4 goes on)")
+    func ipv6FamilyAndAddress() {
+        var off = Self.dualStack
+        off.ipv6Enabled = false
+        let r = Self.ask("fd00:10:244:1::2", "2001:db8::1", view: off)
+        #expect(r.rule == .familyDisabled && r.reason.contains("enable-ipv6-masquerade"))
+        var noAddress = Self.dualStack
+        noAddress.devices = [3: .init(snatV4: IPv4Address("100.0.0.1"), snatV6: nil)]
+        let dropped = Self.ask("fd00:10:244:1::2", "2001:db8::1", view: noAddress)
+        #expect(!dropped.masquerade && dropped.rule == .noSNATAddress && dropped.reason.contains("global IPv6"))
+        #expect(Self.ask("10.244.1.2", "1.1.1.1", view: noAddress).rule == .masquerade)
     }
 
     @Test("protocols other than TCP, UDP and ICMP pass untranslated")
