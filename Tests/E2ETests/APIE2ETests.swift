@@ -1,3 +1,4 @@
+import API
 import Foundation
 import TestSupport
 import Testing
@@ -52,9 +53,12 @@ struct APIE2ETests {
             let api = try await sandbox.masqClient(["ipmasq", "list", "-o", "json"])
             let cidrs = (try JSONSerialization.jsonObject(with: Data(api.stdout.utf8)) as? [String: Any])?["cidrs"] as? [String]
             let dump = try await sandbox.sh(["bpftool", "-j", "map", "dump", "pinned", sandbox.bpffsRoot + "/masq_nonmasq_v4"])
-            #expect(Set(cidrs ?? []) == Set(lpmKeys(bpftoolJSON: dump.stdout)), "API: \(api.stdout) map: \(dump.stdout)")
-            // The sandbox's ip-masq-agent file lists the excluded CIDR; link-local is added (masqLinkLocal off).
-            #expect(cidrs == [Sandbox.excludedCIDR, "169.254.0.0/16"])
+            let dump6 = try await sandbox.sh(["bpftool", "-j", "map", "dump", "pinned", sandbox.bpffsRoot + "/masq_nonmasq_v6"])
+            #expect(Set(cidrs ?? []) == Set(lpmKeys(bpftoolJSON: dump.stdout) + lpmKeys(bpftoolJSON: dump6.stdout)),
+                    "API: \(api.stdout) maps: \(dump.stdout) \(dump6.stdout)")
+            // The sandbox's ip-masq-agent file lists the excluded CIDR; link-local is added for
+            // both families (masqLinkLocal and masqLinkLocalIPv6 off).
+            #expect(cidrs == [Sandbox.excludedCIDR, "169.254.0.0/16", "fe80::/10"])
 
             let pod = sandbox.pods[0], podIP = Sandbox.podIPs[0]
             for (destination, masqueraded) in [(Sandbox.outsideIP, true), (Sandbox.excludedIP, false)] {
@@ -158,14 +162,16 @@ extension Sandbox {
     }
 }
 
-/// CIDRs from `bpftool -j map dump` of an LPM map with masq_lpm_v4 keys (prefixlen, address).
+/// CIDRs from `bpftool -j map dump` of an LPM map with masq_lpm_v4 or masq_lpm_v6 keys
+/// (prefixlen, address).
 func lpmKeys(bpftoolJSON: String) -> [String] {
     guard let entries = try? JSONSerialization.jsonObject(with: Data(bpftoolJSON.utf8)) as? [[String: Any]] else { return [] }
     return entries.compactMap { entry in
         guard let key = entry["key"] as? [String] else { return nil }
         let bytes = key.compactMap { UInt8($0.dropFirst(2), radix: 16) }
-        guard bytes.count == 8 else { return nil }
+        guard bytes.count == 8 || bytes.count == 20 else { return nil }
         let length = Int(bytes[0]) | Int(bytes[1]) << 8
-        return "\(bytes[4]).\(bytes[5]).\(bytes[6]).\(bytes[7])/\(length)"
+        let address = bytes.count == 8 ? "\(IPv4Address(bytes[4], bytes[5], bytes[6], bytes[7]))" : "\(IPv6Address(bytes: Array(bytes[4...])))"
+        return "\(address)/\(length)"
     }
 }
