@@ -38,9 +38,7 @@ enum StatusFigures {
                 removedHalves: report.removedHalves,
                 portsInUse: report.saturation.prefix(saturationTop).map { use in
                     StatusResponse.ConntrackGC.TuplePorts(
-                        snat: .v4(IPv4Address(networkOrder: use.key.snat)),
-                        remote: .v4(IPv4Address(networkOrder: use.key.remote)),
-                        remotePort: UInt16(bigEndian: use.key.remote_port), proto: L4Protocol(number: use.key.proto),
+                        snat: use.snat, remote: use.remote, remotePort: use.remotePort, proto: L4Protocol(number: use.proto),
                         ports: use.ports, rangeShare: rangeSize > 0 ? Double(use.ports) / Double(rangeSize) : 0)
                 })
         }

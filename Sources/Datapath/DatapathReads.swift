@@ -203,6 +203,9 @@ extension Datapath {
             try table(MASQ_MAP_PODS_V4) { try $0.keys(as: masq_lpm_v4.self).count },
             try table(MASQ_MAP_NONMASQ_V4) { try $0.keys(as: masq_lpm_v4.self).count },
             try table(MASQ_MAP_NODES_V4) { try $0.keys(as: UInt32.self).count },
+            try table(MASQ_MAP_PODS_V6) { try $0.keys(as: masq_lpm_v6.self).count },
+            try table(MASQ_MAP_NONMASQ_V6) { try $0.keys(as: masq_lpm_v6.self).count },
+            try table(MASQ_MAP_NODES_V6) { try $0.keys(as: masq_addr_v6.self).count },
             try table(MASQ_MAP_DEVICES) { try $0.keys(as: UInt32.self).count },
         ]
     }

@@ -1,5 +1,6 @@
 @preconcurrency import Glibc
 import CMasq
+import NetworkTypes
 
 /// Where a walk of the NAT table continues: the batch token its batch started from (nil: the
 /// start of the table) and how many entries of that batch were already consumed. Walking a live
@@ -33,20 +34,21 @@ public typealias NATEntryFilter = @Sendable (masq_nat_key_v4, masq_nat_entry_v4)
 /// The pair arithmetic of masq_abi.h and the clock of the entries' timestamps.
 public enum NATEntries {
     /// The other entry of a pair (nil for an INBOUND entry, which stands alone).
-    public static func partner(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4) -> masq_nat_key_v4? {
-        var other = masq_nat_key_v4()
+    @inlinable
+    public static func partner<Key: NATKey>(_ key: Key, _ value: Key.Value) -> Key? {
+        var other = Key()
         other.proto = key.proto
         if key.dir == UInt8(MASQ_DIR_EGRESS) {
-            guard value.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 else { return nil }
+            guard value.ct.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 else { return nil }
             other.saddr = key.daddr
-            other.daddr = value.to_addr
+            other.daddr = value.to
             other.sport = key.dport
-            other.dport = value.to_port
+            other.dport = value.ct.to_port
             other.dir = UInt8(MASQ_DIR_INGRESS)
         } else {
-            other.saddr = value.to_addr
+            other.saddr = value.to
             other.daddr = key.saddr
-            other.sport = value.to_port
+            other.sport = value.ct.to_port
             other.dport = key.sport
             other.dir = UInt8(MASQ_DIR_EGRESS)
         }
@@ -131,3 +133,113 @@ extension Datapath {
         return (deleted, batch.next)
     }
 }
+
+/// One family's NAT table as masq_abi.h lays it out: masq_nat_v4 (masq_nat_key_v4,
+/// masq_nat_entry_v4) or masq_nat_v6 (masq_nat_key_v6, masq_nat_entry_v6). Both hold the same
+/// pairs, and an entry's flow state is an IPv4 entry's (`NATValue.ct`): only the addresses are
+/// wider, so the pair arithmetic and the GC are written once for both.
+///
+/// Conforming types are C structs, BitwiseCopyable by import (a protocol here cannot require
+/// it of them); generic code that reads the maps asks for it where it needs it.
+public protocol NATKey: Sendable {
+    associatedtype Address: Equatable
+    associatedtype Value: NATValue where Value.Address == Address
+    /// The saturation key (SNAT address, remote, remote port, protocol): masq_sat_key_v4 / _v6.
+    associatedtype Tuple: Sendable
+    static var family: NATFamily { get }
+    /// The table's map and its full-scan marks' map.
+    static var natMap: String { get }
+    static var fullMap: String { get }
+    static func ipAddress(_ address: Address) -> IPAddress
+    init()
+    var saddr: Address { get set }
+    var daddr: Address { get set }
+    var sport: UInt16 { get set }
+    var dport: UInt16 { get set }
+    var proto: UInt8 { get set }
+    var dir: UInt8 { get set }
+    /// The tuple an INGRESS key's port belongs to.
+    var tuple: Tuple { get }
+    /// A tuple's figures for reports.
+    static func use(of tuple: Tuple, ports: Int) -> TupleUse
+}
+
+/// One family's NAT table entry: the translated address and the flow state.
+public protocol NATValue: Sendable {
+    associatedtype Address
+    /// to_addr: the SNAT address (EGRESS) or the pod address (INGRESS).
+    var to: Address { get }
+    /// to_port, flags, seen bits, TCP state, times and counters.
+    var ct: masq_nat_entry_v4 { get }
+}
+
+/// The ports one (SNAT address, remote, remote port, protocol) holds, either family.
+public struct TupleUse: Sendable, Equatable {
+    public var snat: IPAddress
+    public var remote: IPAddress
+    public var remotePort: UInt16
+    public var proto: UInt8
+    public var ports: Int
+
+    public init(snat: IPAddress, remote: IPAddress, remotePort: UInt16, proto: UInt8, ports: Int) {
+        self.snat = snat
+        self.remote = remote
+        self.remotePort = remotePort
+        self.proto = proto
+        self.ports = ports
+    }
+}
+
+extension masq_nat_key_v4: NATKey {
+    public typealias Address = UInt32
+    public typealias Value = masq_nat_entry_v4
+    public typealias Tuple = masq_sat_key_v4
+    public static var family: NATFamily { .ipv4 }
+    public static var natMap: String { MASQ_MAP_NAT_V4 }
+    public static var fullMap: String { MASQ_MAP_FULL_V4 }
+    public static func ipAddress(_ address: UInt32) -> IPAddress { .v4(IPv4Address(networkOrder: address)) }
+    public var tuple: masq_sat_key_v4 {
+        masq_sat_key_v4(snat: daddr, remote: saddr, remote_port: sport, proto: proto, pad: 0)
+    }
+    public static func use(of t: masq_sat_key_v4, ports: Int) -> TupleUse {
+        TupleUse(snat: ipAddress(t.snat), remote: ipAddress(t.remote), remotePort: UInt16(bigEndian: t.remote_port),
+                 proto: t.proto, ports: ports)
+    }
+}
+
+extension masq_nat_key_v6: NATKey {
+    public typealias Address = masq_addr_v6
+    public typealias Value = masq_nat_entry_v6
+    public typealias Tuple = masq_sat_key_v6
+    public static var family: NATFamily { .ipv6 }
+    public static var natMap: String { MASQ_MAP_NAT_V6 }
+    public static var fullMap: String { MASQ_MAP_FULL_V6 }
+    public static func ipAddress(_ address: masq_addr_v6) -> IPAddress { .v6(IPv6Address(address)) }
+    public var tuple: masq_sat_key_v6 {
+        masq_sat_key_v6(snat: daddr, remote: saddr, remote_port: sport, proto: proto, pad: 0)
+    }
+    public static func use(of t: masq_sat_key_v6, ports: Int) -> TupleUse {
+        TupleUse(snat: ipAddress(t.snat), remote: ipAddress(t.remote), remotePort: UInt16(bigEndian: t.remote_port),
+                 proto: t.proto, ports: ports)
+    }
+}
+
+extension masq_nat_entry_v4: NATValue {
+    public typealias Address = UInt32
+    public var to: UInt32 { to_addr }
+    public var ct: masq_nat_entry_v4 { self }
+}
+
+extension masq_nat_entry_v6: NATValue {
+    public typealias Address = masq_addr_v6
+    public var to: masq_addr_v6 { to_addr }
+}
+
+extension masq_addr_v6: @retroactive Equatable {
+    public static func == (a: Self, b: Self) -> Bool {
+        a.w.0 == b.w.0 && a.w.1 == b.w.1 && a.w.2 == b.w.2 && a.w.3 == b.w.3
+    }
+}
+
+extension masq_addr_v6: @unchecked @retroactive Sendable {}
+extension masq_sat_key_v6: @unchecked @retroactive Sendable {}

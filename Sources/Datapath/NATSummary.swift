@@ -48,10 +48,10 @@ public struct NATTableSummary: Sendable, Equatable {
     }
 
     /// Counts one entry the table keeps.
-    public mutating func add(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4) {
+    public mutating func add<Key: NATKey>(_ key: Key, _ value: Key.Value) {
         entries += 1
         if key.dir == UInt8(MASQ_DIR_EGRESS) {
-            flows[FlowClass(proto: key.proto, kind: NATFlowKind(flags: value.flags)), default: 0] += 1
+            flows[FlowClass(proto: key.proto, kind: NATFlowKind(flags: value.ct.flags)), default: 0] += 1
         }
     }
 }

@@ -151,8 +151,9 @@ struct FigureLiveTests {
         report.expiredFlows = 40
         report.deletedEntries = 80
         report.removedHalves = 2
-        report.saturation = [.init(key: satKey(remotePort: 443, proto: 6), ports: 16384),
-                             .init(key: satKey(remotePort: 80, proto: 6), ports: 8)]
+        let snat = IPAddress(LiveAPI.snatAddress)!, remote = IPAddress("100.0.0.2")!
+        report.saturation = [.init(snat: snat, remote: remote, remotePort: 443, proto: 6, ports: 16384),
+                             .init(snat: snat, remote: remote, remotePort: 80, proto: 6, ports: 8)]
         api.status.update {
             $0.conntrackGC.record(report, nextInterval: .seconds(15), duration: .milliseconds(250),
                                   at: Date(timeIntervalSince1970: 1_800_000_000))
@@ -320,8 +321,8 @@ struct FigureLiveTests {
 
             // A GC pass's summary replaces it, and its age is reported.
             var report = ConntrackSweeper.Report()
-            report.summary.entries = 7
-            report.summary.flows = [.init(proto: 17, kind: .host): 3, .init(proto: 6, kind: .inbound): 1]
+            report.summaries[0].entries = 7
+            report.summaries[0].flows = [.init(proto: 17, kind: .host): 3, .init(proto: 6, kind: .inbound): 1]
             // Whole seconds: status's dates are ISO 8601 without a fraction.
             let passAt = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down) - 120)
             api.status.update { $0.recordGCPass(report, nextInterval: .seconds(60), at: passAt) }

@@ -2,6 +2,7 @@
 // state, both halves together, lone halves removed, ports freed, batches; and its interval.
 
 import CMasq
+import NetworkTypes
 @testable import Daemon
 @testable import Datapath
 import Testing
@@ -161,8 +162,8 @@ struct ConntrackGCTests {
         let top = try sweeper(dp).sweep(now: later(1)).saturation
 
         #expect(top.map(\.ports) == [3, 1])
-        #expect(PacketIPv4(raw: top[0].key.remote) == Net.server && host16(top[0].key.remote_port) == 53)
-        #expect(PacketIPv4(raw: top[0].key.snat) == Net.snat)
+        #expect(top[0].remote == .v4(IPv4Address(networkOrder: Net.server.raw)) && top[0].remotePort == 53)
+        #expect(top[0].snat == .v4(IPv4Address(networkOrder: Net.snat.raw)))
     }
 
     @Test("a pass in small batches keeps only a batch at hand and still expires pairs whole")
@@ -203,7 +204,7 @@ struct ConntrackGCTests {
         _ = try dp.run(.ingress, ipv4Frame(src: Net.server, dst: Net.pod1, .tcp(sport: 5555, dport: 80)))
         var gc = sweeper(dp)
         gc.batchSize = 5
-        let summary = try gc.sweep(now: later(31)).summary
+        let summary = try gc.sweep(now: later(31)).summaries[0]
 
         #expect(summary.family == .ipv4 && summary.map == MASQ_MAP_NAT_V4)
         #expect(summary.entries == (try dp.entries().count))
@@ -212,16 +213,47 @@ struct ConntrackGCTests {
                                   .init(proto: Proto.tcp, kind: .inbound): 1])
     }
 
+    @Test("masq_nat_v6 is swept the same way: an idle UDP pair goes whole, a live one stays and is counted as IPv6")
+    func ipv6Table() throws {
+        let dp = try TestDatapath.standard()
+        let nat6 = try dp.object.map(MASQ_MAP_NAT_V6)
+        let pod = masq_addr_v6(IPv6Address("fd00:10:244:1::2")!), server = masq_addr_v6(IPv6Address("2001:db8::53")!)
+        let snat = masq_addr_v6(IPv6Address("fd00:50::1")!)
+        let now = NATEntries.bootTimeNow()
+        // Two UDP flows pod:40000+i -> server:53 leaving as snat:50000+i; the second was used
+        // 100 s later than the first.
+        for i in 0..<2 {
+            var ct = masq_nat_entry_v4()
+            ct.last_seen = now + UInt64(i) * 100_000_000_000
+            ct.created = now
+            ct.to_port = be16(50000 + UInt16(i))
+            let egress = masq_nat_key_v6(saddr: pod, daddr: server, sport: be16(40000 + UInt16(i)), dport: be16(53),
+                                         proto: Proto.udp, dir: UInt8(MASQ_DIR_EGRESS), pad: 0)
+            try nat6.update(egress, masq_nat_entry_v6(to_addr: snat, ct: ct))
+            let ingress = try #require(NATEntries.partner(egress, masq_nat_entry_v6(to_addr: snat, ct: ct)))
+            ct.to_port = be16(40000 + UInt16(i))
+            try nat6.update(ingress, masq_nat_entry_v6(to_addr: pod, ct: ct))
+        }
+        // 31 s after the first flow's last packet: past the unreplied UDP lifetime (30 s).
+        let report = try ConntrackSweeper(nat: nat6, lifetimes: .default).sweep(now: now + 31_000_000_000)
+        #expect(report.entries == 4 && report.expiredFlows == 1 && report.deletedEntries == 2 && report.removedHalves == 0)
+        #expect(try nat6.keys(as: masq_nat_key_v6.self).map { host16($0.dir == UInt8(MASQ_DIR_EGRESS) ? $0.sport : $0.dport) }.sorted()
+                == [40001, 50001], "the second flow stays, both entries")
+        #expect(report.summaries.map(\.family) == [.ipv6] && report.summaries[0].entries == 2)
+        #expect(report.saturation == [TupleUse(snat: .v6(IPv6Address("fd00:50::1")!), remote: .v6(IPv6Address("2001:db8::53")!),
+                                               remotePort: 53, proto: Proto.udp, ports: 1)])
+    }
+
     @Test("the port tally is exact below its capacity and keeps the heavy tuples above it")
     func portTally() {
         func key(_ port: UInt16) -> masq_sat_key_v4 {
             masq_sat_key_v4(snat: Net.snat.raw, remote: Net.server.raw, remote_port: be16(port), proto: Proto.tcp, pad: 0)
         }
-        var exact = PortUseTally(capacity: 8)
+        var exact = PortUseTally<masq_sat_key_v4>(capacity: 8)
         for port in UInt16(1)...5 { for _ in 0..<Int(port) { exact.add(key(port)) } }
         #expect(exact.top(3).map(\.count) == [5, 4, 3])
 
-        var bounded = PortUseTally(capacity: 4)
+        var bounded = PortUseTally<masq_sat_key_v4>(capacity: 4)
         for i in 0..<1000 {
             bounded.add(key(443))
             bounded.add(key(UInt16(1000 + i)))

@@ -45,8 +45,11 @@ struct ConntrackGC: Service {
     func run() async throws {
         // Map fds stay valid while the Datapath (and its object) lives, which is the daemon's
         // life; the kernel serialises map operations, so the sweeper needs no actor hop.
-        let sweeper = ConntrackSweeper(nat: try await datapath.map(MASQ_MAP_NAT_V4), lifetimes: lifetimes,
-                                       fullMarks: try await datapath.map(MASQ_MAP_FULL_V4))
+        var sweepers: [ConntrackSweeper] = []
+        for (nat, full) in [(MASQ_MAP_NAT_V4, MASQ_MAP_FULL_V4), (MASQ_MAP_NAT_V6, MASQ_MAP_FULL_V6)] {
+            sweepers.append(ConntrackSweeper(nat: try await datapath.map(nat), lifetimes: lifetimes,
+                                             fullMarks: try await datapath.map(full)))
+        }
         var pressure = AllocationPressure(stats: try await datapath.map(MASQ_MAP_STATS))
         var interval = min(maxInterval, GCInterval.initial)
         let clock = ContinuousClock()
@@ -55,7 +58,8 @@ struct ConntrackGC: Service {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
                 let started = clock.now
-                let report = try await sweeper.sweepOffPool()
+                var report = ConntrackSweeper.Report(summaries: [])
+                for sweeper in sweepers { report.add(try await sweeper.sweepOffPool()) }
                 let took = clock.now - started
                 interval = GCInterval.next(current: interval, deletedFraction: report.deletedFraction, max: maxInterval)
                 status.update { $0.recordGCPass(report, nextInterval: interval, duration: took) }
@@ -119,7 +123,7 @@ extension DaemonStatus.Snapshot {
     public mutating func recordGCPass(_ report: ConntrackSweeper.Report, nextInterval: Duration, duration: Duration? = nil,
                                       at date: Date = .now) {
         conntrackGC.record(report, nextInterval: nextInterval, duration: duration, at: date)
-        natSummary = NATSummary(tables: [report.summary], asOf: date)
+        natSummary = NATSummary(tables: report.summaries, asOf: date)
     }
 }
 
@@ -194,23 +198,27 @@ public struct ConntrackSweeper: Sendable {
         public var deletedEntries = 0
         /// Lone halves of expired flows deleted.
         public var removedHalves = 0
-        /// The (SNAT address, remote, remote port, protocol) tuples holding the most ports.
+        /// The (SNAT address, remote, remote port, protocol) tuples holding the most ports
+        /// (the INGRESS entries left after the pass), most first.
         public var saturation: [TupleUse] = []
-        /// The entries and flows the pass left in the table.
-        public var summary = NATTableSummary(family: .ipv4, map: MASQ_MAP_NAT_V4)
+        /// The entries and flows the pass left in each table it swept (one a family).
+        public var summaries: [NATTableSummary]
+
+        public init(summaries: [NATTableSummary] = [NATTableSummary(family: .ipv4, map: MASQ_MAP_NAT_V4)]) {
+            self.summaries = summaries
+        }
 
         /// The share of the table this pass deleted, 0-1.
         public var deletedFraction: Double { entries == 0 ? 0 : Double(deletedEntries) / Double(entries) }
-    }
 
-    /// Ports in use for one (SNAT address, remote, remote port, protocol): the INGRESS entries
-    /// left after the pass.
-    public struct TupleUse: Sendable, Equatable {
-        public var key: masq_sat_key_v4
-        public var ports: Int
-
-        public static func == (a: Self, b: Self) -> Bool {
-            a.ports == b.ports && NATKeyID(a.key) == NATKeyID(b.key)
+        /// Adds another table's pass (the other family's) to this one.
+        public mutating func add(_ other: Report) {
+            entries += other.entries
+            expiredFlows += other.expiredFlows
+            deletedEntries += other.deletedEntries
+            removedHalves += other.removedHalves
+            saturation = Array((saturation + other.saturation).sorted { $0.ports > $1.ports }.prefix(max(saturation.count, other.saturation.count)))
+            summaries += other.summaries
         }
     }
 
@@ -226,14 +234,20 @@ public struct ConntrackSweeper: Sendable {
         try await BlockingPool.shared.run { try sweep(now: NATEntries.bootTimeNow()) }
     }
 
-    /// One pass at `now` (CLOCK_BOOTTIME ns).
+    /// One pass at `now` (CLOCK_BOOTTIME ns), over the table's family (by its map's name).
     func sweep(now: UInt64) throws -> Report {
-        var report = Report()
-        var tally = PortUseTally(capacity: tallyCapacity)
-        var deleteEgress: [masq_nat_key_v4] = [], deleteIngress: [masq_nat_key_v4] = []
+        nat.name == MASQ_MAP_NAT_V6 ? try sweep(now: now, masq_nat_key_v6.self) : try sweep(now: now, masq_nat_key_v4.self)
+    }
+
+    private func sweep<Key: NATKey & BitwiseCopyable>(now: UInt64, _: Key.Type) throws -> Report
+        where Key.Value: BitwiseCopyable, Key.Tuple: BitwiseCopyable
+    {
+        var report = Report(summaries: [NATTableSummary(family: Key.family, map: nat.name)])
+        var tally = PortUseTally<Key.Tuple>(capacity: tallyCapacity)
+        var deleteEgress: [Key] = [], deleteIngress: [Key] = []
         // Partners this batch deletes that it may still hold unread (bounded by the batch).
         var partnersDeleted = Set<NATKeyID>()
-        try nat.forEachBatch(count: batchSize, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
+        try nat.forEachBatch(count: batchSize, key: Key.self, value: Key.Value.self) { keys, values in
             deleteEgress.removeAll(keepingCapacity: true)
             deleteIngress.removeAll(keepingCapacity: true)
             partnersDeleted.removeAll(keepingCapacity: true)
@@ -242,8 +256,8 @@ public struct ConntrackSweeper: Sendable {
                 let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
                 switch try verdict(key, value, now: now) {
                 case .live:
-                    if !egress { tally.add(Self.tupleKey(of: key)) }
-                    report.summary.add(key, value)
+                    if !egress { tally.add(key.tuple) }
+                    report.summaries[0].add(key, value)
                 case .expiredPair:
                     // Decided once, by whichever entry the walk reads first: both entries of an
                     // expired pair are idle, so that one finds it, and the other is never read.
@@ -263,10 +277,10 @@ public struct ConntrackSweeper: Sendable {
             return true
         }
 
-        report.saturation = tally.top(saturationTop).map { TupleUse(key: $0.key, ports: $0.count) }
+        report.saturation = tally.top(saturationTop).map { Key.use(of: $0.key, ports: $0.count) }
         if let fullMarks, report.deletedEntries > 0 {
             // Ports came free: every tuple may scan again (a mark is only a 100 ms hint).
-            for mark in try fullMarks.keys(as: masq_sat_key_v4.self) {
+            for mark in try fullMarks.keys(as: Key.Tuple.self) {
                 try fullMarks.delete(mark)
             }
         }
@@ -287,39 +301,36 @@ public struct ConntrackSweeper: Sendable {
     /// The verdict on one entry. An entry idle for the shortest lifetime its flow could have
     /// is a candidate; only then is its partner looked up, since the flow lives as long as its
     /// later entry, by the state and seen bits of both.
-    func verdict(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4, now: UInt64) throws -> Verdict {
-        guard now > value.last_seen,
-              now - value.last_seen > lifetimes.shortestLifetimeNanoseconds(proto: key.proto, tcpState: value.tcp_state)
+    func verdict<Key: NATKey & BitwiseCopyable>(_ key: Key, _ value: Key.Value, now: UInt64) throws -> Verdict
+        where Key.Value: BitwiseCopyable
+    {
+        let ct = value.ct
+        guard now > ct.last_seen,
+              now - ct.last_seen > lifetimes.shortestLifetimeNanoseconds(proto: key.proto, tcpState: ct.tcp_state)
         else { return .live }
         guard let pkey = NATEntries.partner(key, value),
-              let partner = try nat.lookup(pkey, as: masq_nat_entry_v4.self), Self.mapsBack(key, to: partner)
+              let partner = try nat.lookup(pkey, as: Key.Value.self), Self.mapsBack(key, to: partner)
         else {
-            return isExpired(key, value, lastSeen: value.last_seen, seen: value.seen, now: now) ? .expiredAlone : .live
+            return isExpired(key, ct, lastSeen: ct.last_seen, seen: ct.seen, now: now) ? .expiredAlone : .live
         }
         let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
-        let (fwd, rev) = egress ? (value, partner) : (partner, value)
-        return isExpired(egress ? key : pkey, fwd, lastSeen: max(fwd.last_seen, rev.last_seen), seen: fwd.seen | rev.seen,
+        let (fwd, rev) = egress ? (ct, partner.ct) : (partner.ct, ct)
+        return isExpired(key, fwd, lastSeen: max(fwd.last_seen, rev.last_seen), seen: fwd.seen | rev.seen,
                          now: now) ? .expiredPair : .live
     }
 
-    private func isExpired(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4, lastSeen: UInt64, seen: UInt8,
-                           now: UInt64) -> Bool {
-        lifetimes.isExpired(proto: key.proto, tcpState: value.tcp_state, seen: seen, lastSeen: lastSeen, now: now)
+    private func isExpired<Key: NATKey>(_ key: Key, _ ct: masq_nat_entry_v4, lastSeen: UInt64, seen: UInt8,
+                                        now: UInt64) -> Bool {
+        lifetimes.isExpired(proto: key.proto, tcpState: ct.tcp_state, seen: seen, lastSeen: lastSeen, now: now)
     }
 
     /// Whether `partner` (the entry under `key`'s partner key) maps back to `key`'s flow.
-    static func mapsBack(_ key: masq_nat_key_v4, to partner: masq_nat_entry_v4) -> Bool {
+    static func mapsBack<Key: NATKey>(_ key: Key, to partner: Key.Value) -> Bool {
         if key.dir == UInt8(MASQ_DIR_EGRESS) {
-            return partner.to_addr == key.saddr && partner.to_port == key.sport
+            return partner.to == key.saddr && partner.ct.to_port == key.sport
         }
-        return partner.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 && partner.to_addr == key.daddr
-            && partner.to_port == key.dport
-    }
-
-    /// The (SNAT address, remote, remote port, protocol) an INGRESS key's port belongs to.
-    static func tupleKey(of ingress: masq_nat_key_v4) -> masq_sat_key_v4 {
-        masq_sat_key_v4(snat: ingress.daddr, remote: ingress.saddr, remote_port: ingress.sport,
-                        proto: ingress.proto, pad: 0)
+        return partner.ct.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 && partner.to == key.daddr
+            && partner.ct.to_port == key.dport
     }
 }
 
@@ -328,15 +339,15 @@ public struct ConntrackSweeper: Sendable {
 /// tally full lowers every count by one and drops the zeros), so a count falls short by at
 /// most entries / capacity and every tuple holding more than that is kept. The tuples that
 /// matter here hold thousands of ports.
-struct PortUseTally {
+struct PortUseTally<Tuple: BitwiseCopyable> {
     let capacity: Int
-    private var counts: [NATKeyID: (key: masq_sat_key_v4, count: Int)] = [:]
+    private var counts: [NATKeyID: (key: Tuple, count: Int)] = [:]
 
     init(capacity: Int) {
         self.capacity = max(capacity, 1)
     }
 
-    mutating func add(_ key: masq_sat_key_v4) {
+    mutating func add(_ key: Tuple) {
         let id = NATKeyID(key)
         if counts[id] != nil {
             counts[id]!.count += 1
@@ -350,30 +361,32 @@ struct PortUseTally {
     }
 
     /// The `n` tuples holding the most ports, most first.
-    func top(_ n: Int) -> [(key: masq_sat_key_v4, count: Int)] {
+    func top(_ n: Int) -> [(key: Tuple, count: Int)] {
         Array(counts.values.sorted { $0.count > $1.count }.prefix(n))
     }
 }
 
-/// A map key's bytes as a hashable value (the C structs are not Hashable).
+/// A map key's bytes as a hashable value (the C structs are not Hashable); keys of up to 40
+/// bytes (masq_nat_key_v6).
 struct NATKeyID: Hashable {
-    let low: UInt64
-    let high: UInt64
+    private var words: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
 
-    init(_ key: masq_nat_key_v4) {
-        (low, high) = withUnsafeBytes(of: key) {
-            ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+    init<Key: BitwiseCopyable>(_ key: Key) {
+        precondition(MemoryLayout<Key>.size <= MemoryLayout.size(ofValue: words), "a NAT table key is at most 40 bytes")
+        withUnsafeMutableBytes(of: &words) { out in
+            withUnsafeBytes(of: key) { out.copyMemory(from: $0) }
         }
     }
 
-    init(_ key: masq_sat_key_v4) {
-        (low, high) = withUnsafeBytes(of: key) {
-            ($0.loadUnaligned(as: UInt64.self), UInt64($0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
-        }
+    static func == (a: Self, b: Self) -> Bool {
+        a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
+            && a.words.4 == b.words.4
+    }
+
+    func hash(into hasher: inout Hasher) {
+        withUnsafeBytes(of: words) { hasher.combine(bytes: $0) }
     }
 }
-
-extension masq_sat_key_v4: @unchecked @retroactive Sendable {}
 
 extension BPFMap {
     /// Deletes `keys` with BPF_MAP_DELETE_BATCH; returns how many were deleted. The kernel stops
