@@ -289,7 +289,7 @@ struct ClientTests {
         try await LiveAPI.with { api in
             let text = try await run([client, "status", "--socket", api.socketPath])
             #expect(text.status == 0, "\(text.stderr)")
-            #expect(text.stdout.contains("Masquerading:   BPF (ip-masq-agent)   [lo]   10.244.1.0/24   [IPv4: Enabled, IPv6: Disabled]\n"), "\(text.stdout)")
+            #expect(text.stdout.contains("Masquerading:   BPF (ip-masq-agent)   [lo]   10.244.1.0/24   [IPv4: Enabled, IPv6: Enabled]\n"), "\(text.stdout)")
             #expect(text.stdout.contains("\nSaturation:     no tuple needed more than its original port\n"), "\(text.stdout)")
             #expect(emptyLabels(text.stdout).isEmpty, "\(text.stdout)")
             let explain = try await run([client, "explain", "--src", "10.244.1.2", "--dst", "192.0.2.10", "--device", "lo", "--socket", api.socketPath])
