@@ -158,14 +158,10 @@ extension Datapath {
         return view == expected
     }
 
-    /// An LPM map's prefixes, sorted.
-    private func prefixes<Key: LPMKey & BitwiseCopyable>(_ name: String, as: Key.Type) throws -> [IPPrefix] {
-        try map(name).keys(as: Key.self).map(\.prefix).sorted()
-    }
-
     /// The non-masquerade list as the maps hold it: IPv4, then IPv6.
     public func nonMasqueradeCIDRs() throws -> [IPPrefix] {
-        try prefixes(MASQ_MAP_NONMASQ_V4, as: masq_lpm_v4.self) + prefixes(MASQ_MAP_NONMASQ_V6, as: masq_lpm_v6.self)
+        try object.prefixes(MASQ_MAP_NONMASQ_V4, as: masq_lpm_v4.self)
+            + object.prefixes(MASQ_MAP_NONMASQ_V6, as: masq_lpm_v6.self)
     }
 
     /// One NAT table batch from `token` (nil: the start).
@@ -243,9 +239,6 @@ extension BPFObject {
                 ? IPv6Address(bytes: withUnsafeBytes(of: device.snat_v6) { Array($0) }) : nil
             view.devices[ifindex] = DatapathView.Device(snatV4: v4, snatV6: v6)
         }
-        func prefixes<Key: LPMKey & BitwiseCopyable>(_ name: String, as: Key.Type) throws -> [IPPrefix] {
-            try map(name).keys(as: Key.self).map(\.prefix).sorted()
-        }
         view.podCIDRsV4 = try prefixes(MASQ_MAP_PODS_V4, as: masq_lpm_v4.self)
         view.podCIDRsV6 = try prefixes(MASQ_MAP_PODS_V6, as: masq_lpm_v6.self)
         view.nonMasqueradeV4 = try prefixes(MASQ_MAP_NONMASQ_V4, as: masq_lpm_v4.self)
@@ -253,5 +246,10 @@ extension BPFObject {
         view.nodeIPsV4 = Set(try map(MASQ_MAP_NODES_V4).keys(as: UInt32.self).map(IPv4Address.init(networkOrder:)))
         view.nodeIPsV6 = Set(try map(MASQ_MAP_NODES_V6).keys(as: masq_addr_v6.self).map(IPv6Address.init))
         return view
+    }
+
+    /// An LPM map's prefixes, sorted.
+    func prefixes<Key: LPMKey & BitwiseCopyable>(_ name: String, as: Key.Type) throws -> [IPPrefix] {
+        try map(name).keys(as: Key.self).map(\.prefix).sorted()
     }
 }
