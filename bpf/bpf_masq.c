@@ -33,8 +33,10 @@ int masq_egress(struct __sk_buff *skb)
 	default:
 		return TC_ACT_UNSPEC;
 	}
-	if (IS_ERR(ret))
+	if (IS_ERR(ret)) {
+		masq_event_drop(skb, dev, -ret, /*egress=*/true);
 		return drop_count(-ret);
+	}
 	return TC_ACT_UNSPEC;
 }
 
@@ -56,8 +58,10 @@ int masq_ingress(struct __sk_buff *skb)
 	default:
 		return TC_ACT_UNSPEC;
 	}
-	if (IS_ERR(ret))
+	if (IS_ERR(ret)) {
+		masq_event_drop(skb, dev, -ret, /*egress=*/false);
 		return drop_count(-ret);
+	}
 	return TC_ACT_UNSPEC;
 }
 

@@ -3,7 +3,9 @@ SCHEMATHESIS_HOOKS). They teach schemathesis the constraints the document states
 because a JSON Schema cannot say them:
   - format `cidr`: a CIDR whose host bits are zero (10.244.0.0/16, fd00::/64);
   - /v1/explain: dst is of the same family as src, and device names a device in masqd's network
-    namespace (MASQ_CHECK_DEVICES, comma-separated).
+    namespace (MASQ_CHECK_DEVICES, comma-separated);
+  - /v1/events streams until the client goes: every case gets timeout=1 unless its timeout is
+    the invalid part of a negative case, so an accepted request ends.
 Only valid (positive) cases are adjusted; invalid ones go out as generated.
 """
 import ipaddress
@@ -49,9 +51,20 @@ def filter_case(context, case):
 
 @schemathesis.hook
 def map_case(context, case):
+    if case.operation.path == "/v1/events":
+        _end_event_stream(case)
     if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
         return case
     if case.operation.path == "/v1/explain" and isinstance(case.query, dict) and "device" in case.query:
         name = str(case.query["device"])
         case.query["device"] = DEVICES[sum(name.encode()) % len(DEVICES)]
     return case
+
+
+def _end_event_stream(case):
+    if not isinstance(case.query, dict):
+        case.query = {}
+    timeout = case.query.get("timeout")
+    valid = isinstance(timeout, int) and not isinstance(timeout, bool) and 1 <= timeout <= 86400
+    if timeout is None or valid:
+        case.query["timeout"] = 1

@@ -8,6 +8,7 @@ public enum Route: CaseIterable, Sendable {
     case conntrackFlush
     case config
     case explain
+    case events
     case metrics
 
     public enum Method: String, Sendable {
@@ -30,6 +31,7 @@ public enum Route: CaseIterable, Sendable {
         case .conntrackList, .conntrackFlush: return "/v1/conntrack"
         case .config: return "/v1/config"
         case .explain: return "/v1/explain"
+        case .events: return "/v1/events"
         case .metrics: return "/metrics"
         }
     }
@@ -58,7 +60,8 @@ public enum Route: CaseIterable, Sendable {
 /// The media types the API speaks.
 public enum MediaType {
     public static let json = "application/json"
-    /// One JSON object a line; `GET /v1/conntrack` streams entries this way when asked.
+    /// One JSON object a line; `GET /v1/conntrack` streams entries this way when asked, and
+    /// `GET /v1/events` always.
     public static let ndjson = "application/x-ndjson"
     /// Prometheus text exposition format, version 0.0.4.
     public static let prometheus = "text/plain; version=0.0.4; charset=utf-8"

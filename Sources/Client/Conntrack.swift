@@ -6,7 +6,7 @@ extension MasqClient {
     struct Conntrack: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "The flows the datapath tracks, with their translation.",
-            subcommands: [List.self, Flush.self])
+            subcommands: [List.self, Flush.self, Events.self])
     }
 }
 

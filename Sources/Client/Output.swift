@@ -16,6 +16,11 @@ func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
+/// Writes one line to stdout at once (unbuffered: a stream's lines reach a pipe as they come).
+func printLine(_ text: String) {
+    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+}
+
 /// Writes raw API bytes (the `-o json` output) to stdout, ending with a newline.
 func printRaw(_ data: Data) {
     FileHandle.standardOutput.write(data)

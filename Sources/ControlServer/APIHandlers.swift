@@ -16,6 +16,8 @@ struct APIHandlers: Sendable {
     /// The config masqd started with; `currentConfig` follows SIGHUP reloads.
     let config: DaemonConfig
     let lifetimes: FlowLifetimes
+    /// Flow events for `GET /v1/events`; flushes report their deletions to it.
+    var events = EventHub()
     /// Table entries read per batch when scanning the NAT table.
     var batchSize = 1024
 
@@ -176,8 +178,10 @@ struct APIHandlers: Sendable {
         var deleted = 0
         var token: UInt32? = nil
         repeat {
-            let batch = try await datapath.natDelete(from: token, count: batchSize * 4, filter: filter.natEntryFilter)
+            let batch = try await datapath.natDelete(from: token, count: batchSize * 4, filter: filter.natEntryFilter,
+                                                     reporting: events.hasSubscribers)
             deleted += batch.deleted
+            events.publish(batch.events)
             token = batch.next
         } while token != nil
         return ConntrackDeleteResponse(deleted: deleted)
@@ -271,6 +275,10 @@ struct APIHandlers: Sendable {
         out.tupleSaturation(try await datapath.portSaturation(top: 1), gc: snapshot.conntrackGC,
                             rangeSize: rangeSize)
         out.conntrackGC(snapshot.conntrackGC)
+        out.single("masq_event_subscribers", .gauge, help: "Open GET /v1/events streams.", Double(events.subscribers))
+        out.single("masq_event_subscriber_lost_total", .counter,
+                   help: "Events GET /v1/events subscribers lost because they read slower than events came (each stream is told).",
+                   Double(events.lost))
 
         out.single("masq_reconciles_total", .counter, help: "Times the desired state was applied to the datapath.",
                    Double(snapshot.applyCount))

@@ -135,6 +135,12 @@ struct APIRouter: Sendable {
         case .explain:
             let query = try QueryParameters(request.query, allowed: ExplainQuery.parameterNames)
             return try .json(await handlers.explain(ExplainQuery(query: query)))
+        case .events:
+            let query = try EventsQuery(query: QueryParameters(request.query, allowed: EventsQuery.parameterNames))
+            let handlers = self.handlers
+            return .stream(contentType: MediaType.ndjson) { writer in
+                try await handlers.eventStream(query, to: writer)
+            }
         case .metrics:
             _ = try QueryParameters(request.query, allowed: [])
             return .body(status: 200, contentType: MediaType.prometheus, ByteBuffer(string: try await handlers.metrics()))

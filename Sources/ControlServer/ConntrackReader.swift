@@ -26,12 +26,8 @@ extension NATEntries {
     /// The original tuple of an entry: an EGRESS key as it is; an INGRESS key turned back into
     /// the pod's side from its value.
     static func original(_ key: masq_nat_key_v4, _ value: masq_nat_entry_v4) -> FlowTuple {
-        if key.dir == UInt8(MASQ_DIR_EGRESS) {
-            return FlowTuple(src: address(key.saddr), sport: UInt16(bigEndian: key.sport),
-                             dst: address(key.daddr), dport: UInt16(bigEndian: key.dport))
-        }
-        return FlowTuple(src: address(value.to_addr), sport: UInt16(bigEndian: value.to_port),
-                         dst: address(key.saddr), dport: UInt16(bigEndian: key.sport))
+        let t = tuples(key, value)
+        return FlowTuple(src: address(t.src), sport: t.sport, dst: address(t.dst), dport: t.dport)
     }
 
     /// The API's view of a flow at `now` (CLOCK_BOOTTIME ns).

@@ -7,10 +7,11 @@ import ServiceLifecycle
 /// notifier, in that order, for the end of the service list: they read what the services
 /// before them maintain, and stop before them.
 public enum ControlServices {
-    public static func make(datapath: Datapath, status: DaemonStatus, config: DaemonConfig,
+    public static func make(datapath: Datapath, status: DaemonStatus, events: EventHub, config: DaemonConfig,
                             logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         let serving = ServingState()
-        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: config.conntrackLifetimes)
+        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: config.conntrackLifetimes,
+                                   events: events)
         let api = APIServer(socket: try ControlSocket.resolve(path: config.socketPath, group: config.socketGroup),
                             router: APIRouter(handlers: handlers), serving: serving,
                             ready: { status.snapshot.ready }, logger: logger)

@@ -32,6 +32,8 @@ public actor Datapath {
     private var generation: UInt16
     /// The config `apply` last wrote; a change of it moves the generation on.
     private var written: masq_config?
+    /// Whether the datapath reports to masq_events (`setEventsEnabled`).
+    var eventsEnabled = false
 
     /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
     /// pinned under `root` by an earlier run so that established flows keep their state (a NAT
@@ -178,6 +180,7 @@ public actor Datapath {
         if state.ipv4Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV4_MASQ) }
         if state.ipv6Enabled { cfg.flags |= UInt32(MASQ_CFG_IPV6_MASQ) }
         if state.nonMasqueradeEnabled { cfg.flags |= UInt32(MASQ_CFG_NONMASQ) }
+        if eventsEnabled { cfg.flags |= UInt32(MASQ_CFG_EVENTS) }
         cfg.port_min = state.portRange.lowerBound
         cfg.port_max = state.portRange.upperBound
         if let native = state.nativeRoutingV4, case .v4(let a) = native.address {
@@ -196,6 +199,15 @@ public actor Datapath {
         } ?? true
         written = cfg
         return changed
+    }
+
+    /// Writes `eventsEnabled` into the config `apply` last wrote (before the first apply there
+    /// is none yet; that apply writes the switch).
+    func writeEventsSwitch() throws {
+        guard var cfg = written else { return }
+        if eventsEnabled { cfg.flags |= UInt32(MASQ_CFG_EVENTS) } else { cfg.flags &= ~UInt32(MASQ_CFG_EVENTS) }
+        try object.map(MASQ_MAP_CONFIG).update(UInt32(0), cfg)
+        written = cfg
     }
 
     /// Moves the generation on (0 stays "never decided", masq_abi.h) and writes it.

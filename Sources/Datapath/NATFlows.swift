@@ -55,6 +55,19 @@ public enum NATEntries {
         return other
     }
 
+    /// The flow of an entry of either direction: its original tuple (as the pod sent it) and
+    /// the source it leaves with (an INBOUND entry's is its own). Addresses network order.
+    public static func tuples<Key: NATKey>(_ key: Key, _ value: Key.Value)
+        -> (src: Key.Address, sport: UInt16, dst: Key.Address, dport: UInt16, toAddr: Key.Address, toPort: UInt16)
+    {
+        if key.dir == UInt8(MASQ_DIR_EGRESS) {
+            return (key.saddr, UInt16(bigEndian: key.sport), key.daddr, UInt16(bigEndian: key.dport),
+                    value.to, UInt16(bigEndian: value.ct.to_port))
+        }
+        return (value.to, UInt16(bigEndian: value.ct.to_port), key.saddr, UInt16(bigEndian: key.sport),
+                key.daddr, UInt16(bigEndian: key.dport))
+    }
+
     /// CLOCK_BOOTTIME in ns, the clock of the entries' timestamps.
     public static func bootTimeNow() -> UInt64 {
         var ts = timespec()
@@ -116,21 +129,27 @@ extension Datapath {
     }
 
     /// Deletes, in one batch of table entries from `token`, every flow with an entry `filter`
-    /// takes (both entries of its pair). Returns the flows deleted and the next token (nil: done).
-    public func natDelete(from token: UInt32?, count: Int, filter: NATEntryFilter? = nil)
-        throws -> (deleted: Int, next: UInt32?)
+    /// takes (both entries of its pair). Returns the flows deleted, a `.deleted` event for each
+    /// when `reporting`, and the next token (nil: done).
+    public func natDelete(from token: UInt32?, count: Int, filter: NATEntryFilter? = nil, reporting: Bool = false)
+        throws -> (deleted: Int, events: [NATEvent], next: UInt32?)
     {
         let batch = try natBatch(from: token, count: count)
         let nat = try map(MASQ_MAP_NAT_V4)
+        let now = NATEntries.bootTimeNow()
         var deleted = 0
+        var events: [NATEvent] = []
         for (key, value) in batch.entries {
             if let filter, !filter(key, value) { continue }
             // Either entry may come first; the pair counts once, when at least one was still there.
             let removed = try nat.delete(key)
             let partnerRemoved = try NATEntries.partner(key, value).map { try nat.delete($0) } ?? false
-            if removed || partnerRemoved { deleted += 1 }
+            if removed || partnerRemoved {
+                deleted += 1
+                if reporting { events.append(NATEvent(.deleted, key: key, value: value, time: now)) }
+            }
         }
-        return (deleted, batch.next)
+        return (deleted, events, batch.next)
     }
 }
 

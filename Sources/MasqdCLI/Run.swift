@@ -117,8 +117,8 @@ extension MasqdCommand {
                     reloadConfig: { [file = self.config, flags = flagSettings()] () throws(ConfigErrors) in
                         try Self.effectiveConfig(file: file, flags: flags)
                     },
-                    control: { datapath, status in
-                        try ControlServices.make(datapath: datapath, status: status, config: config, logger: logger)
+                    control: { datapath, status, events in
+                        try ControlServices.make(datapath: datapath, status: status, events: events, config: config, logger: logger)
                     })
             } catch {
                 logger.error("masqd stopped on an error", metadata: ["error": "\(error)"])

@@ -36,6 +36,7 @@
 #define MASQ_MAP_FRAG_V6   "masq_frag_v6"
 #define MASQ_MAP_SAT_V6    "masq_sat_v6"
 #define MASQ_MAP_FULL_V6   "masq_full_v6"
+#define MASQ_MAP_EVENTS    "masq_events"
 
 /* Program names (the entry functions in bpf/bpf_masq.c). */
 #define MASQ_PROG_EGRESS   "masq_egress"
@@ -48,6 +49,7 @@
 #define MASQ_NODES_MAX_ENTRIES   16384
 #define MASQ_DEVICES_MAX_ENTRIES 256
 #define MASQ_DROPS_MAX_ENTRIES   256 /* indexed by drop reason, see drop_reasons.h */
+#define MASQ_EVENTS_RING_BYTES   (256 * 1024) /* masq_events: about 3000 events */
 
 /* ---- masq_config: one entry (key 0), written by masqd's reconciler. ---- */
 
@@ -56,6 +58,7 @@
 #define MASQ_CFG_NONMASQ       (1U << 2) /* the non-masquerade list (ip-masq-agent) applies */
 #define MASQ_CFG_NATIVE_V4     (1U << 3) /* native_v4 is set: it replaces the pod-CIDR exclusion */
 #define MASQ_CFG_NATIVE_V6     (1U << 4) /* native_v6 is set */
+#define MASQ_CFG_EVENTS        (1U << 5) /* someone listens (GET /v1/events): report to masq_events */
 
 struct masq_config {
 	__u32 flags;           /* MASQ_CFG_* */
@@ -273,6 +276,7 @@ _Static_assert(sizeof(struct masq_nat_entry_v6) == 72, "masq_nat_entry_v6 size")
 	X(ALLOC_FULL_HINT, "allocationFullHintFailures", "masq_nat_allocation_full_hint_failures_total", "Failed allocations answered by a recent full-scan mark of their tuple, without scanning again.") \
 	X(TABLE_FULL, "tableFull", "masq_nat_table_full_total", "New flows the full NAT table refused (pod flows are nat_table_full drops); each wakes the GC.") \
 	X(HOST_UNTRACKED, "hostUntracked", "masq_host_untracked_packets_total", "Node packets passed untracked because the NAT table was full and their tuple was free.") \
+	X(EVENTS_LOST, "eventsLost", "masq_datapath_events_lost_total", "Datapath events (GET /v1/events) lost because masqd fell behind reading the masq_events ring; counted at the IPv4 index only.") \
 	/* one line a counter, each ending in a backslash; the blank line below ends the list */
 
 enum masq_stat {
@@ -373,5 +377,39 @@ _Static_assert(sizeof(struct masq_sat_key_v6) == 36, "masq_sat_key_v6 size");
  * that is how ports come free; so the answer stays exact except for ports freed otherwise
  * (a flush) within the hint's lifetime.
  * masq_full_v6: the same for IPv6, key struct masq_sat_key_v6. */
+
+/* ---- masq_events: what the datapath reports while MASQ_CFG_EVENTS is set (ring buffer). ----
+ * One struct masq_event a record. Written without waking the reader (masqd polls it), and an
+ * event that finds the ring full is counted (MASQ_STAT_EVENTS_LOST), never waited for. Both
+ * families use the one layout: an IPv4 address is the first 4 bytes of its 16, the rest zero. */
+#define MASQ_EV_FLOW_NEW    1 /* a flow was created: its original tuple and translated source */
+#define MASQ_EV_ALLOC_FAIL  2 /* a new flow got no mapping: reason DROP_NAT_PORTS_EXHAUSTED,
+			       * DROP_NAT_TABLE_FULL or DROP_NAT_INSERT_FAILED */
+#define MASQ_EV_DROP        3 /* a packet was dropped: reason DROP_*, tuple as the packet had it */
+
+#define MASQ_EV_F_KEPT_PORT (1U << 0) /* FLOW_NEW: the flow kept its original source port */
+#define MASQ_EV_F_HOST      (1U << 1) /* the node's own flow (MASQ_NAT_F_HOST) */
+#define MASQ_EV_F_INBOUND   (1U << 2) /* a flow that came in to a pod (MASQ_NAT_F_INBOUND) */
+#define MASQ_EV_F_EGRESS    (1U << 3) /* DROP: the packet was leaving (else arriving) */
+
+struct masq_event {
+	__u64 time;            /* CLOCK_BOOTTIME ns */
+	__u8 type;             /* MASQ_EV_* */
+	__u8 family;           /* AF_INET (2) or AF_INET6 (10) */
+	__u8 proto;            /* IPPROTO_*; 0 when the packet had no readable header (DROP) */
+	__u8 flags;            /* MASQ_EV_F_* */
+	__u32 ifindex;         /* the masquerading device, host order */
+	__u16 reason;          /* DROP_* (ALLOC_FAIL, DROP), host order; else 0 */
+	__u16 pad;             /* zero */
+	__u32 tries;           /* port candidates tried (FLOW_NEW, ALLOC_FAIL), host order */
+	__u8 saddr[16];        /* original source, network order */
+	__u8 daddr[16];        /* original destination, network order */
+	__u8 to_addr[16];      /* FLOW_NEW: the source it leaves with, network order; else zero */
+	__be16 sport;          /* network order; ICMP echo: the id */
+	__be16 dport;          /* network order; ICMP echo: 0 */
+	__be16 to_port;        /* FLOW_NEW: the port (or echo id) it leaves with, network order */
+	__u16 pad2;            /* zero */
+};
+_Static_assert(sizeof(struct masq_event) == 80, "masq_event size");
 
 #endif /* MASQ_ABI_H */

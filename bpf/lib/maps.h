@@ -229,4 +229,12 @@ struct {
 	__type(value, struct ct_clock);
 } masq_clock SEC(".maps");
 
+/* The datapath's event reports to masqd (struct masq_event a record, masq_abi.h); written only
+ * while MASQ_CFG_EVENTS is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MASQ_EVENTS_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} masq_events SEC(".maps");
+
 #endif /* MASQ_MAPS_H */

@@ -9,6 +9,7 @@
 #include "conntrack.h"
 #include "csum.h"
 #include "ipv6.h"
+#include "events.h"
 #include "jhash.h"
 #include "stats.h"
 
@@ -462,8 +463,11 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 	a->sport = tuple->sport;
 	a->flags = flags;
 	ret = snat_alloc_port(cfg, now);
-	if (ret != MASQ_OK)
+	if (ret != MASQ_OK) {
+		if (IS_ERR(ret))
+			masq_event_alloc_fail_v4(cfg, tuple, skb->ifindex, -ret, a->tries, flags);
 		return ret;
+	}
 
 	/* The reverse value is written; its place becomes the forward one. */
 	ct_entry_init4(&a->v4.rval, to_addr, a->port, flags, skb->ifindex, now);
@@ -476,12 +480,16 @@ static __always_inline int snat_v4_new_mapping(struct __sk_buff *skb,
 		*state = ct_lookup4(tuple);
 		if (a->created && !(*state && (*state)->to_addr == to_addr && (*state)->to_port == a->port))
 			bpf_map_delete_elem(&masq_nat_v4, &a->v4.rkey);
-		return snat_alloc_insert_failed(*state != NULL, err, 4);
+		ret = snat_alloc_insert_failed(*state != NULL, err, 4);
+		if (IS_ERR(ret))
+			masq_event_alloc_fail_v4(cfg, tuple, skb->ifindex, -ret, a->tries, flags);
+		return ret;
 	}
 	*state = ct_lookup4(tuple);
 	if (!*state)
 		return -DROP_NAT_INSERT_FAILED; /* deleted at once (a flush) */
 	snat_alloc_done(a, 4);
+	masq_event_flow_new_v4(cfg, tuple, *state, /*kept=*/(*state)->to_port == tuple->sport, a->tries);
 	return MASQ_OK;
 }
 
@@ -1039,9 +1047,10 @@ static __always_inline int snat_v4_rev_nat_track_inbound(struct __sk_buff *skb,
 		       ct_now());
 	ct_inbound_entry_init(&entry, tuple.proto, &l4);
 	ret = bpf_map_update_elem(&masq_nat_v4, &key, &entry, BPF_NOEXIST);
-	if (ret == 0)
+	if (ret == 0) {
 		stat_inc(MASQ_STAT_INBOUND_FLOWS);
-	else if (ret == -E2BIG || ret == -ENOMEM)
+		masq_event_flow_new_v4(cfg, &key, &entry, /*kept=*/true, /*tries=*/0);
+	} else if (ret == -E2BIG || ret == -ENOMEM)
 		stat_inc(MASQ_STAT_TABLE_FULL); /* the flow passes untracked; the GC makes room */
 	return NAT_PUNT_TO_STACK;
 }

@@ -5,6 +5,7 @@ import CMasq
 import Datapath
 import Foundation
 import Logging
+import NetworkTypes
 import ServiceLifecycle
 
 /// The NAT table's garbage collector: expires idle flows by `FlowLifetimes`, both entries of a
@@ -27,13 +28,17 @@ struct ConntrackGC: Service {
     let lifetimes: FlowLifetimes
     let maxInterval: Duration
     let status: DaemonStatus
+    /// Where expired and repaired flows are reported while anyone listens.
+    let events: EventHub?
     let logger: Logger
 
     /// How often pressure is checked between passes, and the shortest interval.
     static let tick = Duration.seconds(1)
 
-    init(datapath: Datapath, lifetimes: FlowLifetimes, maxInterval: Duration, status: DaemonStatus, logger: Logger) {
+    init(datapath: Datapath, lifetimes: FlowLifetimes, maxInterval: Duration, status: DaemonStatus,
+         events: EventHub? = nil, logger: Logger) {
         self.datapath = datapath
+        self.events = events
         self.lifetimes = lifetimes
         self.maxInterval = maxInterval
         self.status = status
@@ -48,7 +53,7 @@ struct ConntrackGC: Service {
         var sweepers: [ConntrackSweeper] = []
         for (nat, full) in [(MASQ_MAP_NAT_V4, MASQ_MAP_FULL_V4), (MASQ_MAP_NAT_V6, MASQ_MAP_FULL_V6)] {
             sweepers.append(ConntrackSweeper(nat: try await datapath.map(nat), lifetimes: lifetimes,
-                                             fullMarks: try await datapath.map(full)))
+                                             fullMarks: try await datapath.map(full), events: events))
         }
         var pressure = AllocationPressure(stats: try await datapath.map(MASQ_MAP_STATS))
         var interval = min(maxInterval, GCInterval.initial)
@@ -180,6 +185,8 @@ public struct ConntrackSweeper: Sendable {
     /// masq_full_v4: the datapath's "this tuple was just found full" marks. A pass that frees
     /// ports removes the marks, so the next new flow of a tuple scans again and finds them.
     let fullMarks: BPFMap?
+    /// Where the flows a pass removes are reported, while it has subscribers.
+    let events: EventHub?
     /// Entries read per BPF_MAP_LOOKUP_BATCH call.
     var batchSize = 4096
     /// Tuples listed in a report's saturation, most used first.
@@ -222,10 +229,11 @@ public struct ConntrackSweeper: Sendable {
         }
     }
 
-    init(nat: BPFMap, lifetimes: FlowLifetimes, fullMarks: BPFMap? = nil) {
+    init(nat: BPFMap, lifetimes: FlowLifetimes, fullMarks: BPFMap? = nil, events: EventHub? = nil) {
         self.nat = nat
         self.lifetimes = lifetimes
         self.fullMarks = fullMarks
+        self.events = events
     }
 
     /// One pass now, on the blocking pool: a pass over a large table takes a while of map
@@ -247,10 +255,13 @@ public struct ConntrackSweeper: Sendable {
         var deleteEgress: [Key] = [], deleteIngress: [Key] = []
         // Partners this batch deletes that it may still hold unread (bounded by the batch).
         var partnersDeleted = Set<NATKeyID>()
+        var removed: [NATEvent] = []
         try nat.forEachBatch(count: batchSize, key: Key.self, value: Key.Value.self) { keys, values in
             deleteEgress.removeAll(keepingCapacity: true)
             deleteIngress.removeAll(keepingCapacity: true)
             partnersDeleted.removeAll(keepingCapacity: true)
+            removed.removeAll(keepingCapacity: true)
+            let reporting = events?.hasSubscribers ?? false
             for (key, value) in zip(keys, values) where !partnersDeleted.contains(NATKeyID(key)) {
                 report.entries += 1
                 let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
@@ -267,13 +278,24 @@ public struct ConntrackSweeper: Sendable {
                     partnersDeleted.insert(NATKeyID(pkey))
                     report.entries += 1
                     report.expiredFlows += 1
+                    if reporting {
+                        let seen = value.ct.seen | ((try nat.lookup(pkey, as: Key.Value.self))?.ct.seen ?? 0)
+                        let state = FlowLifetimes.state(proto: L4Protocol(number: key.proto), tcpState: value.ct.tcp_state, seen: seen)
+                        removed.append(NATEvent(.expired(state), key: key, value: value, time: now))
+                    }
                 case .expiredAlone:
                     if egress { deleteEgress.append(key) } else { deleteIngress.append(key) }
                     report.expiredFlows += 1
-                    if NATEntries.partner(key, value) != nil { report.removedHalves += 1 }
+                    let lone = NATEntries.partner(key, value) != nil
+                    if lone { report.removedHalves += 1 }
+                    if reporting {
+                        let state = FlowLifetimes.state(proto: L4Protocol(number: key.proto), tcpState: value.ct.tcp_state, seen: value.ct.seen)
+                        removed.append(NATEvent(lone ? .repaired : .expired(state), key: key, value: value, time: now))
+                    }
                 }
             }
             report.deletedEntries += try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
+            events?.publish(removed)
             return true
         }
 

@@ -8,7 +8,7 @@ import ServiceLifecycle
 public enum MasqDaemon {
     /// The services that serve what the daemon maintains (the control API, the systemd
     /// notifier), made once the datapath is loaded; they go last, so they stop first.
-    public typealias ControlServices = (Datapath, DaemonStatus) throws -> [ServiceGroupConfiguration.ServiceConfiguration]
+    public typealias ControlServices = (Datapath, DaemonStatus, EventHub) throws -> [ServiceGroupConfiguration.ServiceConfiguration]
 
     /// `reloadConfig` re-reads the config file with the command line's flags (SIGHUP).
     public static func run(config: DaemonConfig, objectBytes: [UInt8]?, logger: Logger,
@@ -16,6 +16,7 @@ public enum MasqDaemon {
                            control: ControlServices) async throws {
         let datapath = try Datapath(config: config, objectBytes: objectBytes, logger: logger)
         let status = DaemonStatus()
+        let events = EventHub()
         let (changes, changeSink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
 
         var agent = IPMasqAgentWatcher(
@@ -32,15 +33,16 @@ public enum MasqDaemon {
                                       status: status, logger: logger)
         let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)
         let gc = ConntrackGC(datapath: datapath, lifetimes: config.conntrackLifetimes,
-                             maxInterval: config.conntrackGCInterval, status: status, logger: logger)
+                             maxInterval: config.conntrackGCInterval, status: status, events: events, logger: logger)
+        let eventReader = EventReader(datapath: datapath, hub: events, logger: logger)
 
         // The control API and the systemd notifier come last: they stop first on SIGTERM.
-        let control = try control(datapath, status)
+        let control = try control(datapath, status, events)
 
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: reconciler), .init(service: agent), .init(service: reloader),
-                           .init(service: devices), .init(service: gc)] + control,
+                           .init(service: devices), .init(service: gc), .init(service: eventReader)] + control,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

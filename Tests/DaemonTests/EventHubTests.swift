@@ -1,0 +1,58 @@
+import NetworkTypes
+import Testing
+@testable import Daemon
+@testable import Datapath
+
+@Suite("Event hub")
+struct EventHubTests {
+    private func event(sport: UInt16, proto: L4Protocol = .udp) -> NATEvent {
+        NATEvent(kind: .created(keptPort: true, candidates: 1), time: 0, proto: proto, flow: .masquerade,
+                 src: .v4(IPv4Address(10, 0, 1, 5)), sport: sport, dst: .v4(IPv4Address(192, 0, 2, 1)), dport: 53,
+                 translatedSrc: .v4(IPv4Address(192, 0, 2, 10)), translatedSport: sport, ifindex: 2)
+    }
+
+    /// Reads the next `n` items (they are there already).
+    private func take(_ n: Int, from subscription: EventHub.Subscription) async -> [EventHub.Item] {
+        var items: [EventHub.Item] = []
+        var iterator = subscription.items.makeAsyncIterator()
+        while items.count < n, let item = await iterator.next() { items.append(item) }
+        return items
+    }
+
+    @Test("every subscriber gets the events its filter takes, in order")
+    func fanOutWithFilters() async {
+        let hub = EventHub()
+        let all = hub.subscribe { _ in true }
+        let tcp = hub.subscribe { $0.proto == .tcp }
+        hub.publish([event(sport: 1), event(sport: 2, proto: .tcp), event(sport: 3)])
+        #expect(await take(3, from: all) == [.event(event(sport: 1)), .event(event(sport: 2, proto: .tcp)), .event(event(sport: 3))])
+        #expect(await take(1, from: tcp) == [.event(event(sport: 2, proto: .tcp))])
+    }
+
+    @Test("a subscriber whose buffer is full loses the newest events, and is told how many where they went missing")
+    func slowSubscriberLosesAndIsTold() async {
+        let hub = EventHub()
+        let slow = hub.subscribe(capacity: 4) { _ in true }
+        hub.publish((1...10).map { event(sport: $0) })
+        #expect(hub.lost == 6)
+        #expect(await take(4, from: slow) == (1...4).map { .event(event(sport: $0)) })
+        hub.publish([event(sport: 11)])
+        #expect(await take(2, from: slow) == [.lost(6), .event(event(sport: 11))])
+    }
+
+    @Test("the datapath is asked to report while anyone listens, and no longer once the last subscriber is gone")
+    func activityFollowsSubscribers() async {
+        let hub = EventHub()
+        var activity = hub.activity.makeAsyncIterator()
+        var first: EventHub.Subscription? = hub.subscribe { _ in true }
+        #expect(await activity.next() == true)
+        var second: EventHub.Subscription? = hub.subscribe { _ in true }
+        #expect(hub.hasSubscribers)
+        first = nil
+        #expect(hub.hasSubscribers)
+        second = nil
+        #expect(!hub.hasSubscribers)
+        #expect(await activity.next() == false)
+        _ = (first, second)
+    }
+}

@@ -1,0 +1,80 @@
+// Datapath events (masq_events): what a flow's creation, a failed allocation and a drop report,
+// and that nothing is written while nobody listens.
+
+import CMasq
+import NetworkTypes
+import Testing
+@testable import Datapath
+
+@Suite("Datapath events")
+struct EventTests {
+    private func events(_ dp: TestDatapath) throws -> [NATEvent] {
+        try NATEventReader(map: try dp.object.map(MASQ_MAP_EVENTS)).poll(timeoutMilliseconds: 0).events
+    }
+
+    private func address(_ ip: PacketIPv4) -> IPAddress { .v4(IPv4Address(networkOrder: ip.raw)) }
+
+    @Test("with events on, a new flow reports its original tuple, the source it leaves with and its port choice")
+    func newFlowIsReported() throws {
+        let dp = try TestDatapath.standard(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_EVENTS)
+        _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
+
+        let reported = try events(dp)
+        try #require(reported.count == 1, "\(reported)")
+        let event = reported[0]
+        #expect(event.kind == .created(keptPort: true, candidates: 1))
+        #expect(event.flow == .masquerade && event.proto == .tcp)
+        #expect(event.src == address(Net.pod1) && event.sport == 40000)
+        #expect(event.dst == address(Net.server) && event.dport == 443)
+        #expect(event.translatedSrc == address(Net.snat) && event.translatedSport == 40000)
+        #expect(event.ifindex == Net.testIfindex)
+        // The flow's later packets report nothing: only its creation is an event.
+        _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40000, dport: 443)))
+        #expect(try events(dp).isEmpty)
+    }
+
+    @Test("with events off, the datapath writes nothing to the ring")
+    func nothingWhileNobodyListens() throws {
+        let dp = try TestDatapath.standard()
+        _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40001, dport: 53)))
+        #expect(try events(dp).isEmpty)
+        #expect(try dp.stat(MASQ_STAT_EVENTS_LOST) == 0)
+    }
+
+    @Test("an exhausted port range reports the failed allocation with its candidates, then the drop with its tuple")
+    func exhaustionIsReported() throws {
+        let dp = try TestDatapath.standard(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_EVENTS, portMin: 40000, portMax: 40000)
+        _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53)))
+        let out = try dp.run(.egress, ipv4Frame(src: Net.pod2, dst: Net.server, .udp(sport: 40000, dport: 53)))
+        #expect(out.verdict == TC.shot)
+
+        let reported = try events(dp)
+        try #require(reported.count == 3, "\(reported)")
+        #expect(reported[0].kind == .created(keptPort: true, candidates: 1))
+        guard case .allocationFailed(.natPortsExhausted, let candidates) = reported[1].kind else {
+            Issue.record("expected an allocation failure, got \(reported[1])")
+            return
+        }
+        #expect(candidates > 1)
+        #expect(reported[1].src == address(Net.pod2) && reported[1].translatedSrc == nil)
+        #expect(reported[2].kind == .dropped(.natPortsExhausted, egress: true))
+        #expect(reported[2].src == address(Net.pod2) && reported[2].sport == 40000 && reported[2].dport == 53)
+        #expect(reported[2].proto == .udp)
+    }
+
+    @Test("a ring nobody reads loses events and counts them, and the packets are handled all the same")
+    func fullRingCountsLostEvents() throws {
+        // No SNAT address: each pod packet is a drop, and each drop an event, without table use.
+        let dp = try TestDatapath.standard(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_EVENTS)
+        try dp.addDevice(snat: Net.snat, hasV4: false)
+        let frame = ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40000, dport: 53))
+        let capacity = Int(MASQ_EVENTS_RING_BYTES) / (MemoryLayout<masq_event>.size + 8) // 8: the record header
+        for _ in 0..<(capacity + 100) {
+            #expect(try dp.run(.egress, frame).verdict == TC.shot)
+        }
+        #expect(try dp.stat(MASQ_STAT_EVENTS_LOST) >= 100)
+        let kept = try events(dp)
+        #expect(abs(kept.count - capacity) <= 1, "the ring held \(kept.count) of about \(capacity)")
+        #expect(kept.allSatisfy { $0.kind == .dropped(.noSNATAddress, egress: true) })
+    }
+}
