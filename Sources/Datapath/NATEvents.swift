@@ -50,7 +50,7 @@ public struct NATEvent: Sendable, Equatable {
 extension NATEvent {
     /// The datapath's record; nil for a type or reason this build does not know.
     public init?(_ ev: masq_event) {
-        let reason = DropReason(rawValue: UInt32(ev.reason))
+        let reason = DropReason.all.first { $0.code == UInt32(ev.reason) }
         switch Int32(ev.type) {
         case MASQ_EV_FLOW_NEW:
             kind = .created(keptPort: ev.flags & UInt8(MASQ_EV_F_KEPT_PORT) != 0, candidates: Int(ev.tries))

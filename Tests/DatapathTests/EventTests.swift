@@ -51,13 +51,13 @@ struct EventTests {
         let reported = try events(dp)
         try #require(reported.count == 3, "\(reported)")
         #expect(reported[0].kind == .created(keptPort: true, candidates: 1))
-        guard case .allocationFailed(.natPortsExhausted, let candidates) = reported[1].kind else {
+        guard case .allocationFailed(DropReason(DROP_NAT_PORTS_EXHAUSTED), let candidates) = reported[1].kind else {
             Issue.record("expected an allocation failure, got \(reported[1])")
             return
         }
         #expect(candidates > 1)
         #expect(reported[1].src == address(Net.pod2) && reported[1].translatedSrc == nil)
-        #expect(reported[2].kind == .dropped(.natPortsExhausted, egress: true))
+        #expect(reported[2].kind == .dropped(DropReason(DROP_NAT_PORTS_EXHAUSTED), egress: true))
         #expect(reported[2].src == address(Net.pod2) && reported[2].sport == 40000 && reported[2].dport == 53)
         #expect(reported[2].proto == .udp)
     }
@@ -75,6 +75,6 @@ struct EventTests {
         #expect(try dp.stat(MASQ_STAT_EVENTS_LOST) >= 100)
         let kept = try events(dp)
         #expect(abs(kept.count - capacity) <= 1, "the ring held \(kept.count) of about \(capacity)")
-        #expect(kept.allSatisfy { $0.kind == .dropped(.noSNATAddress, egress: true) })
+        #expect(kept.allSatisfy { $0.kind == .dropped(DropReason(DROP_NO_SNAT_ADDRESS), egress: true) })
     }
 }
