@@ -98,9 +98,10 @@ struct EventsE2ETests {
             #expect((metric(metrics, "masq_event_subscriber_lost_total") ?? 0) > 0,
                     "the stuck subscribers lost nothing: were their events buffered without bound?\n\(metrics)")
             // Full buffers of 1024 events, connection buffers and allocator slack for 10
-            // subscribers: some MiB, the bound generous. The second round adds (nearly) nothing.
+            // subscribers: some MiB, the bound generous. The second round adds little (the GC and
+            // allocator see more flows), far less than buffering its 12000 events per subscriber.
             #expect(rss[0] - before < 48 * 1024, "masqd's RSS grew from \(before) KiB to \(rss[0]) KiB")
-            #expect(rss[1] - rss[0] < 8 * 1024, "masqd's RSS grew from \(rss[0]) KiB to \(rss[1]) KiB in the second round")
+            #expect(rss[1] - rss[0] < 16 * 1024, "masqd's RSS grew from \(rss[0]) KiB to \(rss[1]) KiB in the second round")
         }
     }
 }
