@@ -4,6 +4,14 @@ public enum IPFamily: String, OpenStringEnum, CaseIterable {
     case unknown
 }
 
+extension IPAddress {
+    /// The family of an address.
+    public var family: IPFamily {
+        if case .v4 = self { return .ipv4 }
+        return .ipv6
+    }
+}
+
 /// One direction's addresses and ports. For ICMP echo the id is `sport` and `dport` is 0.
 public struct FlowTuple: Codable, Sendable, Equatable {
     public var src: IPAddress

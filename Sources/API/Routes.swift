@@ -9,6 +9,7 @@ public enum Route: CaseIterable, Sendable {
     case config
     case explain
     case events
+    case ports
     case metrics
 
     public enum Method: String, Sendable {
@@ -32,6 +33,7 @@ public enum Route: CaseIterable, Sendable {
         case .config: return "/v1/config"
         case .explain: return "/v1/explain"
         case .events: return "/v1/events"
+        case .ports: return "/v1/ports"
         case .metrics: return "/metrics"
         }
     }

@@ -18,7 +18,7 @@ struct MasqClient: AsyncParsableCommand {
             Shell completions: masq-client --generate-completion-script bash|zsh|fish.
             """,
         version: masqVersion,
-        subcommands: [Status.self, IPMasq.self, Conntrack.self, Explain.self, Config.self]
+        subcommands: [Status.self, IPMasq.self, Conntrack.self, Ports.self, Explain.self, Config.self]
     )
 
     /// Parsed here so that the options work before the subcommand; the subcommands read the same

@@ -187,6 +187,24 @@ struct APIHandlers: Sendable {
         return ConntrackDeleteResponse(deleted: deleted)
     }
 
+    // MARK: ports
+
+    /// Who holds the SNAT ports: one walk of both NAT tables, on a thread of its own.
+    func ports(_ query: PortsQuery) async throws -> PortsResponse {
+        let range = try await datapath.readView().portRange
+        let reader = try await datapath.portAccountReader()
+        let filter = query.filter.flowTupleFilter
+        let accounting = try await BlockingPool.shared.run { try reader.account(top: query.top, filter: filter) }
+        let size = Double(range.count)
+        return PortsResponse(
+            portRange: .init(min: range.lowerBound, max: range.upperBound), flows: accounting.flows,
+            exact: accounting.exact,
+            holders: accounting.holders.map {
+                PortsResponse.Holder(family: $0.src.family, proto: L4Protocol(number: $0.proto), src: $0.src, dst: $0.dst,
+                                     dport: $0.dport, ports: $0.ports, rangeShare: Double($0.ports) / size)
+            })
+    }
+
     // MARK: explain
 
     func explain(_ query: ExplainQuery) async throws -> ExplainResponse {

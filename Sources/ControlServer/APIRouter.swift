@@ -141,6 +141,9 @@ struct APIRouter: Sendable {
             return .stream(contentType: MediaType.ndjson) { writer in
                 try await handlers.eventStream(query, to: writer)
             }
+        case .ports:
+            let query = try PortsQuery(query: QueryParameters(request.query, allowed: PortsQuery.parameterNames))
+            return try .json(await handlers.ports(query))
         case .metrics:
             _ = try QueryParameters(request.query, allowed: [])
             return .body(status: 200, contentType: MediaType.prometheus, ByteBuffer(string: try await handlers.metrics()))

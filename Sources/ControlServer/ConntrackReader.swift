@@ -74,4 +74,13 @@ extension ConntrackFilter {
             matches(family: .ipv4, proto: L4Protocol(number: key.proto), original: NATEntries.original(key, value))
         }
     }
+
+    /// The filter as port accounting applies it to flows of either family (nil: every flow).
+    var flowTupleFilter: FlowTupleFilter? {
+        guard !isEmpty else { return nil }
+        return { [self] proto, src, sport, dst, dport in
+            matches(family: src.family, proto: L4Protocol(number: proto),
+                    original: FlowTuple(src: src, sport: sport, dst: dst, dport: dport))
+        }
+    }
 }

@@ -98,7 +98,7 @@ extension NATEvent {
         }
     }
 
-    var family: IPFamily { isIPv4 ? .ipv4 : .ipv6 }
+    var family: IPFamily { src.family }
 
     var original: FlowTuple { FlowTuple(src: src, sport: sport, dst: dst, dport: dport) }
 

@@ -88,12 +88,17 @@ extension PrometheusText {
     /// Port saturation without per-tuple labels: tuples (SNAT address, remote, remote port,
     /// protocol) come and go with the traffic, so labelled series would grow without bound and
     /// a changing top list would look like counter resets. The busiest tuple's share is what
-    /// an alert needs; which tuple it is, and the others, are in /v1/status and masq-client.
+    /// an alert needs, and the busiest source's says whether one pod takes it; which tuple and
+    /// source they are, and the others, are in /v1/status, /v1/ports and masq-client.
     mutating func tupleSaturation(_ saturation: [PortSaturation], gc: ConntrackGCState, rangeSize: Int) {
         let busiest = gc.last?.saturation.first.map { Double($0.ports) } ?? 0
         single("masq_nat_tuple_port_saturation_max_ratio", .gauge,
                help: "Share of snat-port-range held by the busiest (SNAT address, remote, remote port, protocol) tuple, counted exactly by the last conntrack GC pass (0 before the first).",
                rangeSize > 0 ? busiest / Double(rangeSize) : 0)
+        let holder = gc.last?.busiestHolder.map { Double($0.ports) } ?? 0
+        single("masq_nat_source_port_share_max_ratio", .gauge,
+               help: "Share of snat-port-range held by the busiest source (pod or node) towards one remote address, port and protocol, counted by the last conntrack GC pass (0 before the first); which one it is: GET /v1/ports.",
+               rangeSize > 0 ? holder / Double(rangeSize) : 0)
         single("masq_nat_tuple_port_saturation_estimate_max_ratio", .gauge,
                help: "The highest share of snat-port-range in use of any tuple as the datapath estimates it (random probes that hit a used port over probes, masq_sat_v4).",
                saturation.compactMap(\.estimatedUse).max() ?? 0)

@@ -40,11 +40,6 @@ public struct NATEvent: Sendable, Equatable {
     public var translatedSrc: IPAddress?
     public var translatedSport: UInt16
     public var ifindex: UInt32
-
-    public var isIPv4: Bool {
-        if case .v4 = src { return true }
-        return false
-    }
 }
 
 extension NATEvent {

@@ -154,6 +154,7 @@ struct FigureLiveTests {
         let snat = IPAddress(LiveAPI.snatAddress)!, remote = IPAddress("100.0.0.2")!
         report.saturation = [.init(snat: snat, remote: remote, remotePort: 443, proto: 6, ports: 16384),
                              .init(snat: snat, remote: remote, remotePort: 80, proto: 6, ports: 8)]
+        report.busiestHolder = PortHolder(proto: 6, src: IPAddress("10.244.1.5")!, dst: remote, dport: 443, ports: 8192)
         api.status.update {
             $0.conntrackGC.record(report, nextInterval: .seconds(15), duration: .milliseconds(250),
                                   at: Date(timeIntervalSince1970: 1_800_000_000))
@@ -205,6 +206,7 @@ struct FigureLiveTests {
             // The busiest tuple's share, without per-tuple labels (bounded series).
             has("masq_nat_tuple_port_saturation_estimate_max_ratio 0.88")
             has("masq_nat_tuple_port_saturation_max_ratio 0.5")
+            has("masq_nat_source_port_share_max_ratio 0.25")
             #expect(!text.contains("remote_port=") && !text.contains("snat=") && !text.contains("remote="))
 
             has("masq_conntrack_gc_passes_total 1")

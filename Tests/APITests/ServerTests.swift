@@ -141,6 +141,31 @@ struct ServerTests {
         }
     }
 
+    @Test("ports lists each source's ports towards each remote port, busiest first, with its share of the range; filters and top narrow it")
+    func ports() async throws {
+        try await LiveAPI.with { api in
+            // Flow i comes from pod 10.244.0.(1 + i % 250): pods .1-.100 hold 3 ports to
+            // 100.0.0.2:8080, the others 2; pods .1-.10 one more each to 100.0.0.2:53/udp.
+            try await api.fillFlows(600)
+            try await api.fillFlows(10, dport: 53, proto: 17)
+            let remote = IPAddress("100.0.0.2")!
+            let top = try api.decode(PortsResponse.self, try await call(api, "/v1/ports?top=5"))
+            #expect(top.flows == 610 && top.exact)
+            #expect(top.holders.count == 5)
+            #expect(top.holders.allSatisfy { $0.ports == 3 && $0.proto == .tcp && $0.dst == remote && $0.dport == 8080 }, "\(top.holders)")
+            #expect(top.holders.allSatisfy { $0.rangeShare == 3 / Double(top.portRange.size) && $0.family == .ipv4 })
+            #expect(top.portRange.size == Int(top.portRange.max) - Int(top.portRange.min) + 1)
+
+            let udp = try api.decode(PortsResponse.self, try await call(api, "/v1/ports?proto=udp&dport=53"))
+            #expect(udp.flows == 10 && udp.holders.count == 10 && udp.holders.allSatisfy { $0.ports == 1 && $0.proto == .udp })
+            let one = try api.decode(PortsResponse.self, try await call(api, "/v1/ports?src=10.244.0.200"))
+            #expect(one.holders.map(\.ports) == [2] && one.holders.first?.src == IPAddress("10.244.0.200"))
+            let all = try api.decode(PortsResponse.self, try await call(api, "/v1/ports?top=10000"))
+            #expect(all.holders.count == 260 && all.holders.map(\.ports).reduce(0, +) == 610)
+            _ = try await call(api, "/v1/ports?top=0", expect: 400)
+        }
+    }
+
     @Test("a filtered DELETE removes exactly the matching flows, both entries of each pair")
     func deleteFiltered() async throws {
         try await LiveAPI.with { api in

@@ -208,6 +208,8 @@ public struct ConntrackSweeper: Sendable {
         /// The (SNAT address, remote, remote port, protocol) tuples holding the most ports
         /// (the INGRESS entries left after the pass), most first.
         public var saturation: [TupleUse] = []
+        /// The source holding the most ports towards one remote port (`PortHolder`).
+        public var busiestHolder: PortHolder?
         /// The entries and flows the pass left in each table it swept (one a family).
         public var summaries: [NATTableSummary]
 
@@ -225,6 +227,7 @@ public struct ConntrackSweeper: Sendable {
             deletedEntries += other.deletedEntries
             removedHalves += other.removedHalves
             saturation = Array((saturation + other.saturation).sorted { $0.ports > $1.ports }.prefix(max(saturation.count, other.saturation.count)))
+            busiestHolder = [busiestHolder, other.busiestHolder].compactMap { $0 }.max { $0.ports < $1.ports }
             summaries += other.summaries
         }
     }
@@ -252,6 +255,7 @@ public struct ConntrackSweeper: Sendable {
     {
         var report = Report(summaries: [NATTableSummary(family: Key.family, map: nat.name)])
         var tally = PortUseTally<Key.Tuple>(capacity: tallyCapacity)
+        var holders = PortHolderTally<Key>(capacity: tallyCapacity)
         var deleteEgress: [Key] = [], deleteIngress: [Key] = []
         // Partners this batch deletes that it may still hold unread (bounded by the batch).
         var partnersDeleted = Set<NATKeyID>()
@@ -267,7 +271,7 @@ public struct ConntrackSweeper: Sendable {
                 let egress = key.dir == UInt8(MASQ_DIR_EGRESS)
                 switch try verdict(key, value, now: now) {
                 case .live:
-                    if !egress { tally.add(key.tuple) }
+                    if egress { holders.add(key, value) } else { tally.add(key.tuple) }
                     report.summaries[0].add(key, value)
                 case .expiredPair:
                     // Decided once, by whichever entry the walk reads first: both entries of an
@@ -300,6 +304,7 @@ public struct ConntrackSweeper: Sendable {
         }
 
         report.saturation = tally.top(saturationTop).map { Key.use(of: $0.key, ports: $0.count) }
+        report.busiestHolder = holders.top(1).first
         if let fullMarks, report.deletedEntries > 0 {
             // Ports came free: every tuple may scan again (a mark is only a 100 ms hint).
             for mark in try fullMarks.keys(as: Key.Tuple.self) {
@@ -353,60 +358,6 @@ public struct ConntrackSweeper: Sendable {
         }
         return partner.ct.flags & UInt8(MASQ_NAT_F_INBOUND) == 0 && partner.to == key.daddr
             && partner.ct.to_port == key.dport
-    }
-}
-
-/// Ports in use per (SNAT address, remote, remote port, protocol), in bounded memory: exact
-/// while at most `capacity` tuples are seen; past that, Misra-Gries (a new tuple finding the
-/// tally full lowers every count by one and drops the zeros), so a count falls short by at
-/// most entries / capacity and every tuple holding more than that is kept. The tuples that
-/// matter here hold thousands of ports.
-struct PortUseTally<Tuple: BitwiseCopyable> {
-    let capacity: Int
-    private var counts: [NATKeyID: (key: Tuple, count: Int)] = [:]
-
-    init(capacity: Int) {
-        self.capacity = max(capacity, 1)
-    }
-
-    mutating func add(_ key: Tuple) {
-        let id = NATKeyID(key)
-        if counts[id] != nil {
-            counts[id]!.count += 1
-        } else if counts.count < capacity {
-            counts[id] = (key, 1)
-        } else {
-            for (other, entry) in counts {
-                if entry.count <= 1 { counts[other] = nil } else { counts[other]!.count -= 1 }
-            }
-        }
-    }
-
-    /// The `n` tuples holding the most ports, most first.
-    func top(_ n: Int) -> [(key: Tuple, count: Int)] {
-        Array(counts.values.sorted { $0.count > $1.count }.prefix(n))
-    }
-}
-
-/// A map key's bytes as a hashable value (the C structs are not Hashable); keys of up to 40
-/// bytes (masq_nat_key_v6).
-struct NATKeyID: Hashable {
-    private var words: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-
-    init<Key: BitwiseCopyable>(_ key: Key) {
-        precondition(MemoryLayout<Key>.size <= MemoryLayout.size(ofValue: words), "a NAT table key is at most 40 bytes")
-        withUnsafeMutableBytes(of: &words) { out in
-            withUnsafeBytes(of: key) { out.copyMemory(from: $0) }
-        }
-    }
-
-    static func == (a: Self, b: Self) -> Bool {
-        a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
-            && a.words.4 == b.words.4
-    }
-
-    func hash(into hasher: inout Hasher) {
-        withUnsafeBytes(of: words) { hasher.combine(bytes: $0) }
     }
 }
 
