@@ -1,72 +1,81 @@
 @preconcurrency import Glibc
+import CMasq
 import NetworkTypes
 
 #if _endian(big)
 #error("netlink headers are read as little-endian host order")
 #endif
 
-/// The rtnetlink ABI numbers masq uses, as the kernel's uapi headers define them
-/// (`linux/netlink.h`, `linux/rtnetlink.h`, `linux/if_addr.h`, `linux/if_link.h`). They are
-/// kernel ABI and never renumber; Swift's Glibc module does not export them.
+/// The rtnetlink ABI numbers masq uses, typed as the messages carry them. The values come from
+/// the kernel's uapi headers (`linux/netlink.h`, `linux/rtnetlink.h`, `linux/if_addr.h`,
+/// `linux/if_link.h`) through CMasq.
 enum RTNL {
     // linux/netlink.h
-    static let netlinkRoute: Int32 = 0 // NETLINK_ROUTE
-    static let solNetlink: Int32 = 270 // SOL_NETLINK
-    static let extAck: Int32 = 11 // NETLINK_EXT_ACK
-    static let flagRequest: UInt16 = 0x01 // NLM_F_REQUEST
-    static let flagMulti: UInt16 = 0x02 // NLM_F_MULTI
-    static let flagDumpInterrupted: UInt16 = 0x10 // NLM_F_DUMP_INTR: the dump raced a change
-    static let flagDump: UInt16 = 0x300 // NLM_F_DUMP (NLM_F_ROOT | NLM_F_MATCH)
-    static let messageError: UInt16 = 2 // NLMSG_ERROR
-    static let messageDone: UInt16 = 3 // NLMSG_DONE
-    static let messageOverrun: UInt16 = 4 // NLMSG_OVERRUN
+    static let netlinkRoute = Int32(NETLINK_ROUTE)
+    static let solNetlink = Int32(SOL_NETLINK)
+    static let extAck = Int32(NETLINK_EXT_ACK)
+    static let flagRequest = UInt16(NLM_F_REQUEST)
+    static let flagMulti = UInt16(NLM_F_MULTI)
+    /// The dump raced a change.
+    static let flagDumpInterrupted = UInt16(NLM_F_DUMP_INTR)
+    static let flagDump = UInt16(NLM_F_DUMP)
+    static let messageError = UInt16(NLMSG_ERROR)
+    static let messageDone = UInt16(NLMSG_DONE)
+    static let messageOverrun = UInt16(NLMSG_OVERRUN)
     /// Netlink messages and attributes are padded to 4 bytes (NLMSG_ALIGNTO, RTA_ALIGNTO).
-    static let alignment = 4
-    static let headerSize = 16 // sizeof(struct nlmsghdr)
-    /// Attribute type bits that are flags, not the type (NLA_F_NESTED | NLA_F_NET_BYTEORDER).
-    static let attributeTypeMask: UInt16 = 0x3fff
+    static let alignment = Int(NLMSG_ALIGNTO)
+    static let headerSize = MemoryLayout<nlmsghdr>.size
+    /// Attribute type bits that are the type, not flags (NLA_TYPE_MASK).
+    static let attributeTypeMask = ~UInt16(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
 
     // linux/rtnetlink.h: message types
-    static let newLink: UInt16 = 16, delLink: UInt16 = 17, getLink: UInt16 = 18
-    static let newAddress: UInt16 = 20, delAddress: UInt16 = 21, getAddress: UInt16 = 22
-    static let newRoute: UInt16 = 24, delRoute: UInt16 = 25, getRoute: UInt16 = 26
+    static let newLink = UInt16(RTM_NEWLINK), delLink = UInt16(RTM_DELLINK), getLink = UInt16(RTM_GETLINK)
+    static let newAddress = UInt16(RTM_NEWADDR), delAddress = UInt16(RTM_DELADDR), getAddress = UInt16(RTM_GETADDR)
+    static let newRoute = UInt16(RTM_NEWROUTE), delRoute = UInt16(RTM_DELROUTE), getRoute = UInt16(RTM_GETROUTE)
 
     // linux/rtnetlink.h: multicast groups, as bits for bind(2)
-    static let groupLink: UInt32 = 0x1 // RTMGRP_LINK
-    static let groupIPv4Address: UInt32 = 0x10 // RTMGRP_IPV4_IFADDR
-    static let groupIPv4Route: UInt32 = 0x40 // RTMGRP_IPV4_ROUTE
-    static let groupIPv6Address: UInt32 = 0x100 // RTMGRP_IPV6_IFADDR
-    static let groupIPv6Route: UInt32 = 0x400 // RTMGRP_IPV6_ROUTE
+    static let groupLink = UInt32(RTMGRP_LINK)
+    static let groupIPv4Address = UInt32(RTMGRP_IPV4_IFADDR)
+    static let groupIPv4Route = UInt32(RTMGRP_IPV4_ROUTE)
+    static let groupIPv6Address = UInt32(RTMGRP_IPV6_IFADDR)
+    static let groupIPv6Route = UInt32(RTMGRP_IPV6_ROUTE)
 
     // Fixed headers after nlmsghdr.
-    static let ifinfomsgSize = 16 // struct ifinfomsg
-    static let ifaddrmsgSize = 8 // struct ifaddrmsg
-    static let rtmsgSize = 12 // struct rtmsg
-    static let rtnexthopSize = 8 // struct rtnexthop
+    static let ifinfomsgSize = MemoryLayout<ifinfomsg>.size
+    static let ifaddrmsgSize = MemoryLayout<ifaddrmsg>.size
+    static let rtmsgSize = MemoryLayout<rtmsg>.size
+    static let rtnexthopSize = MemoryLayout<rtnexthop>.size
 
     // linux/if_link.h
-    static let linkName: UInt16 = 3 // IFLA_IFNAME
-    static let linkInfo: UInt16 = 18 // IFLA_LINKINFO: nested
-    static let linkInfoKind: UInt16 = 1 // IFLA_INFO_KIND, inside IFLA_LINKINFO: the driver ("veth", "tun")
+    static let linkName = UInt16(IFLA_IFNAME)
+    /// Nested; IFLA_INFO_KIND inside it names the driver ("veth", "tun").
+    static let linkInfo = UInt16(IFLA_LINKINFO)
+    static let linkInfoKind = UInt16(IFLA_INFO_KIND)
 
     // linux/if_addr.h
-    static let addressAddress: UInt16 = 1 // IFA_ADDRESS (the peer on point-to-point links)
-    static let addressLocal: UInt16 = 2 // IFA_LOCAL (the local address, when present)
-    static let addressFlags: UInt16 = 8 // IFA_FLAGS: u32 that extends ifa_flags
-    static let flagSecondary: UInt32 = 0x01 // IFA_F_SECONDARY (IPv4); IFA_F_TEMPORARY (IPv6)
-    static let flagDADFailed: UInt32 = 0x08 // IFA_F_DADFAILED
-    static let flagDeprecated: UInt32 = 0x20 // IFA_F_DEPRECATED
-    static let flagTentative: UInt32 = 0x40 // IFA_F_TENTATIVE
+    /// The peer on point-to-point links.
+    static let addressAddress = UInt16(IFA_ADDRESS)
+    /// The local address, when present.
+    static let addressLocal = UInt16(IFA_LOCAL)
+    /// A u32 that extends ifa_flags.
+    static let addressFlags = UInt16(IFA_FLAGS)
+    /// IFA_F_SECONDARY for IPv4 is IFA_F_TEMPORARY for IPv6: the same bit.
+    static let flagSecondary = UInt32(IFA_F_SECONDARY)
+    static let flagDADFailed = UInt32(IFA_F_DADFAILED)
+    static let flagDeprecated = UInt32(IFA_F_DEPRECATED)
+    static let flagTentative = UInt32(IFA_F_TENTATIVE)
 
     // linux/rtnetlink.h: routes
-    static let routeDestination: UInt16 = 1 // RTA_DST
-    static let routeOutputInterface: UInt16 = 4 // RTA_OIF
-    static let routeMultipath: UInt16 = 9 // RTA_MULTIPATH: an array of struct rtnexthop
-    static let routeTable: UInt16 = 15 // RTA_TABLE: u32, for table ids past 255
-    static let tableMain: UInt32 = 254 // RT_TABLE_MAIN
-    static let typeUnicast: UInt8 = 1 // RTN_UNICAST
-    static let scopeLink: UInt8 = 253 // RT_SCOPE_LINK
-    static let scopeHost: UInt8 = 254 // RT_SCOPE_HOST
+    static let routeDestination = UInt16(RTA_DST.rawValue)
+    static let routeOutputInterface = UInt16(RTA_OIF.rawValue)
+    /// An array of struct rtnexthop.
+    static let routeMultipath = UInt16(RTA_MULTIPATH.rawValue)
+    /// A u32, for table ids past 255.
+    static let routeTable = UInt16(RTA_TABLE.rawValue)
+    static let tableMain = UInt32(RT_TABLE_MAIN.rawValue)
+    static let typeUnicast = UInt8(RTN_UNICAST)
+    static let scopeLink = UInt8(RT_SCOPE_LINK.rawValue)
+    static let scopeHost = UInt8(RT_SCOPE_HOST.rawValue)
 }
 
 /// A netlink failure: which step, and what the kernel or the message said.

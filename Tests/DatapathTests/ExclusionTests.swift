@@ -1,4 +1,5 @@
-// The SPEC's masquerade exclusions, 1 to 4, each on its own.
+// The masquerade exclusions (native-routing or pod CIDRs, the non-masquerade list, cluster
+// nodes, replies of inbound connections), each on its own.
 
 import CMasq
 @testable import Datapath

@@ -23,8 +23,8 @@ struct DeviceE2ETests {
     static let newNodeIP = "100.0.0.5"
 
     @Test("after the uplink's address changes, a new flow leaves with the new address within 3 s, without a restart",
-          arguments: AttachMode.allCases)
-    func followsAddressChange(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func followsAddressChange(mode: AttachScenario) async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             let masqd = try await sandbox.startMasqd(mode: mode, devices: Sandbox.device)
@@ -181,7 +181,7 @@ extension Sandbox {
     var deviceLog: String { errors("masqd-devices") }
 
     /// Starts `masqd run` in the node namespace with `--devices devices` and waits until ready.
-    func startMasqd(mode: AttachMode, devices: String) async throws -> Process {
+    func startMasqd(mode: AttachScenario, devices: String) async throws -> ChildProcess {
         let process = try spawn("masqd-devices", nsenter(node, [try Self.masqdBinary(), "run"]
             + masqdArgs(mode: mode, overrides: ["--devices": devices])))
         try await waitUntil("masqd logs 'masqd ready'", timeout: .seconds(60)) {
@@ -303,7 +303,7 @@ struct FlowClock {
         """
 
     let sandbox: Sandbox
-    let process: Process
+    let process: ChildProcess
 
     var answers: [(time: Double, observed: String)] {
         sandbox.output("flowclock").split(separator: "\n").compactMap { line in

@@ -14,8 +14,8 @@ struct DualStackE2ETests {
     static let outside6 = "[\(Sandbox.outsideIPv6)]"
 
     @Test("IPv6 TCP (a 128 KiB echo), UDP and ICMPv6 echo from two pods with the same source port and echo id leave with the node's address on distinct ports, beside IPv4",
-          arguments: AttachMode.allCases)
-    func masqueradesBothFamilies(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func masqueradesBothFamilies(mode: AttachScenario) async throws {
         try await Sandbox.with(dualStack: true) { sandbox in
             try await sandbox.startServers()
             try await sandbox.startMasqd(mode: mode)

@@ -12,8 +12,8 @@ import Testing
 @Suite("masquerading end to end", .serialized)
 struct MasqueradeTests {
     @Test("a pod's TCP, UDP and ICMP echo reach the outside from the node's address, and the replies reach the pod",
-          arguments: AttachMode.allCases)
-    func masqueradesPodTraffic(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func masqueradesPodTraffic(mode: AttachScenario) async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             try await sandbox.startMasqd(mode: mode)
@@ -44,8 +44,8 @@ struct MasqueradeTests {
     }
 
     @Test("a destination in the ip-masq-agent non-masquerade list sees the pod's own address",
-          arguments: AttachMode.allCases)
-    func keepsPodAddressForExcludedDestination(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func keepsPodAddressForExcludedDestination(mode: AttachScenario) async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             try await sandbox.startMasqd(mode: mode)
@@ -71,8 +71,8 @@ struct MasqueradeTests {
     }
 
     @Test("two pods using the same source port to the same server both work, on distinct node ports",
-          arguments: AttachMode.allCases)
-    func separatesSameSourcePortFromTwoPods(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func separatesSameSourcePortFromTwoPods(mode: AttachScenario) async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             try await sandbox.startMasqd(mode: mode)
@@ -106,8 +106,8 @@ struct MasqueradeTests {
     }
 
     @Test("an established TCP connection keeps exchanging data while masqd is stopped and after it restarts",
-          arguments: AttachMode.allCases)
-    func keepsConnectionAcrossRestart(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func keepsConnectionAcrossRestart(mode: AttachScenario) async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             try await sandbox.startMasqd(mode: mode)
@@ -132,8 +132,8 @@ struct MasqueradeTests {
     }
 
     @Test("masqd uninstall leaves no programs on the device and nothing under the bpffs root",
-          arguments: AttachMode.allCases)
-    func uninstallRemovesEverything(mode: AttachMode) async throws {
+          arguments: AttachScenario.allCases)
+    func uninstallRemovesEverything(mode: AttachScenario) async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startMasqd(mode: mode)
             let attached = try await sandbox.attachments()
@@ -229,7 +229,7 @@ final class Session: @unchecked Sendable {
     private let sandbox: Sandbox
     private let name: String
     private let input = Pipe()
-    private let process: Process
+    private let process: ChildProcess
 
     init(_ sandbox: Sandbox, pod: String, name: String, dst: String, sport: String? = nil) throws {
         // A write to a session that already ended must fail, not kill the test process.

@@ -6,11 +6,8 @@ import Testing
 @preconcurrency import Glibc
 #endif
 
-/// In the end-to-end tests a process is a `ChildProcess` (see TestSupport for why not Foundation's).
-typealias Process = ChildProcess
-
-/// How masqd attaches its programs; the datapath scenarios run with each.
-enum AttachMode: String, CaseIterable, Sendable, CustomTestStringConvertible {
+/// The attach modes the datapath scenarios run with (production's `AttachMode` also has `auto`).
+enum AttachScenario: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case tcx, tc
     var testDescription: String { "attach mode \(rawValue)" }
 }
@@ -62,8 +59,8 @@ final class Sandbox: @unchecked Sendable {
     let socketPath: String
     /// The ip-masq-agent file every masqd of this sandbox reads: it lists the excluded CIDR.
     var ipMasqAgentFile: String { "\(dir)/ip-masq-agent" }
-    private(set) var processes: [Process] = []
-    private(set) var masqd: Process?
+    private(set) var processes: [ChildProcess] = []
+    private(set) var masqd: ChildProcess?
     private var masqdRuns = 0
     private var bpffsMounted = false
     private var namespaces: [String] = []
@@ -233,7 +230,7 @@ final class Sandbox: @unchecked Sendable {
     }
 
     /// Starts a long-running process owned by this sandbox (stopped at teardown).
-    func spawn(_ name: String, _ argv: [String], stdin: Pipe? = nil) throws -> Process {
+    func spawn(_ name: String, _ argv: [String], stdin: Pipe? = nil) throws -> ChildProcess {
         let process = try Command.launch(argv, stdout: "\(dir)/\(name).out",
                                          stderr: "\(dir)/\(name).err", stdin: stdin)
         processes.append(process)
@@ -311,11 +308,11 @@ final class Sandbox: @unchecked Sendable {
     }
 
     /// The flags every masqd of this sandbox gets; `overrides` replaces or adds flags by name.
-    func masqdArgs(mode: AttachMode, overrides: KeyValuePairs<String, String> = [:]) -> [String] {
+    func masqdArgs(mode: AttachScenario, overrides: KeyValuePairs<String, String> = [:]) -> [String] {
         masqdArgs(mode: mode, overrides: overrides.map { ($0.key, $0.value) })
     }
 
-    func masqdArgs(mode: AttachMode, overrides: [(String, String)]) -> [String] {
+    func masqdArgs(mode: AttachScenario, overrides: [(String, String)]) -> [String] {
         var flags: [(String, String)] = [
             ("--pod-cidrs", Self.podCIDR + (dualStack ? ",\(Self.podCIDRv6)" : "")),
             ("--devices", Self.device),
@@ -335,12 +332,12 @@ final class Sandbox: @unchecked Sendable {
     /// Starts `masqd run` in the node namespace and waits for its "masqd ready" line;
     /// `overrides` replaces or adds flags by name.
     @discardableResult
-    func startMasqd(mode: AttachMode, overrides: KeyValuePairs<String, String>) async throws -> Process {
+    func startMasqd(mode: AttachScenario, overrides: KeyValuePairs<String, String>) async throws -> ChildProcess {
         try await startMasqd(mode: mode, overrides: overrides.map { ($0.key, $0.value) })
     }
 
     @discardableResult
-    func startMasqd(mode: AttachMode, overrides: [(String, String)] = []) async throws -> Process {
+    func startMasqd(mode: AttachScenario, overrides: [(String, String)] = []) async throws -> ChildProcess {
         masqdRuns += 1
         let name = "masqd\(masqdRuns)"
         let process = try spawn(name, nsenter(node, [try Self.masqdBinary(), "run"]

@@ -67,7 +67,7 @@ static __always_inline int ct_extract_ports(struct __sk_buff *skb, __u8 proto, _
 		*dport = udp.dest;
 		return MASQ_OK;
 	default:
-		/* Other protocols pass untranslated (SPEC: Protocols). */
+		/* Other protocols pass untranslated: there is no port to keep flows apart. */
 		return NAT_PUNT_TO_STACK;
 	}
 }

@@ -25,8 +25,9 @@ static __always_inline bool snat_v4_is_pod(__be32 addr)
 	return bpf_map_lookup_elem(&masq_pods_v4, &key) != NULL;
 }
 
-/* snat_v4_nat_can_skip: whether a pod's packet to daddr keeps its source, by the SPEC's
- * exclusions 1 to 3 (4 needs the flow, see snat_v4_nat). */
+/* snat_v4_nat_can_skip: whether a pod's packet to daddr keeps its source, by the exclusions
+ * that need no flow: the native-routing CIDR (else the pod CIDRs), the non-masquerade list, the
+ * cluster nodes. The fourth, replies of inbound connections, needs the flow (snat_v4_nat). */
 static __always_inline bool snat_v4_nat_can_skip(const struct masq_config *cfg, __be32 daddr)
 {
 	struct masq_lpm_v4 key = { .prefixlen = 32, .addr = daddr };
@@ -755,7 +756,7 @@ static __always_inline int snat_v4_rev_icmp_error(struct __sk_buff *skb, const s
 
 /* snat_v4_flow_excluded: a flow's exclusions decided again when the config moved on since
  * they were (state->cfg_gen is not gen, masq_abi.h): a pod flow keeps its mapping while its
- * source is a pod's and the SPEC's exclusions 1 to 3 do not skip its destination, a host flow
+ * source is a pod's and snat_v4_nat_can_skip does not skip its destination, a host flow
  * while they do not. Returns true, with the pair deleted, when the flow is no longer one to
  * translate: its packets pass untouched from then on, as a new flow's would. Else stamps the
  * entry with gen. */

@@ -33,8 +33,8 @@ static __always_inline bool snat_v6_is_snat_addr(const struct masq_addr_v6 *addr
 	return bpf_map_lookup_elem(&masq_snat_v6, addr) != NULL;
 }
 
-/* snat_v6_nat_can_skip: whether a pod's packet to daddr keeps its source, by the SPEC's
- * exclusions 1 to 3 in snat_v4_nat_can_skip's order: the native-routing CIDR (else the pod
+/* snat_v6_nat_can_skip: whether a pod's packet to daddr keeps its source, by the exclusions
+ * that need no flow, in snat_v4_nat_can_skip's order: the native-routing CIDR (else the pod
  * CIDRs), the non-masquerade list, the cluster nodes. */
 static __always_inline bool snat_v6_nat_can_skip(const struct masq_config *cfg,
 						 const struct masq_addr_v6 *daddr)

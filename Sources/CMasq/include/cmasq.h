@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <linux/types.h>
 #include <sys/socket.h>
+#include "cmasq_rtnetlink.h"
 
 /* Socket types for Swift: in -O builds of the Daemon module Glibc's SOCK_RAW and SOCK_CLOEXEC
  * enum constants are not found (debug finds them), so they come from here. */
