@@ -4,12 +4,15 @@ import Foundation
 @preconcurrency import Glibc
 #endif
 
-/// A child started with posix_spawn. The test modules use it instead of Foundation's `Process`:
-/// `Process.run()` in Swift 6.3.1 on Linux crashes now and then (it over-reads a `dirent` while
-/// listing /proc/self/fd, swift-corelibs-foundation#5472), which takes the whole test run down.
-///
 /// A child started with posix_spawn: stdout and stderr go to files, stdin is /dev/null or a
 /// pipe, every other descriptor is closed in the child. Reaped with waitpid(WNOHANG) on demand.
+///
+/// Why not a package's: Foundation's `Process.run()` in Swift 6.3.1 on Linux crashes now and
+/// then (it over-reads a `dirent` while listing /proc/self/fd, swift-corelibs-foundation#5472),
+/// which takes the whole test run down. swift-subprocess 1.0 confines a child to the async
+/// closure that started it and has no synchronous wait, while the tests start masqd and probes
+/// in one place and stop them from synchronous teardown (`defer`): a child here is a handle
+/// that outlives the call that made it, and is reaped without the cooperative pool.
 public final class ChildProcess: @unchecked Sendable {
     public let processIdentifier: pid_t
     private let lock = NSLock()
