@@ -20,6 +20,9 @@ struct APIHandlers: Sendable {
     var events = EventHub()
     /// Table entries read per batch when scanning the NAT table.
     var batchSize = 1024
+    /// Status and /metrics answers shared by the requests that ask at the same time.
+    let sharedStatus = SharedRead<APIResponse>()
+    let sharedMetrics = SharedRead<APIResponse>()
 
     /// The config in force: as last reloaded (restart-only keys keep their running values).
     var currentConfig: DaemonConfig { status.snapshot.config ?? config }

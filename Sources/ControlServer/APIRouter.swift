@@ -109,7 +109,8 @@ struct APIRouter: Sendable {
             return try .json(health, status: status)
         case .status:
             _ = try QueryParameters(request.query, allowed: [])
-            return try .json(await handlers.statusResponse())
+            let handlers = self.handlers
+            return try await handlers.sharedStatus.value { try .json(await handlers.statusResponse()) }
         case .ipmasq:
             _ = try QueryParameters(request.query, allowed: [])
             return try .json(await handlers.ipmasq())
@@ -146,7 +147,10 @@ struct APIRouter: Sendable {
             return try .json(await handlers.ports(query))
         case .metrics:
             _ = try QueryParameters(request.query, allowed: [])
-            return .body(status: 200, contentType: MediaType.prometheus, ByteBuffer(string: try await handlers.metrics()))
+            let handlers = self.handlers
+            return try await handlers.sharedMetrics.value {
+                .body(status: 200, contentType: MediaType.prometheus, ByteBuffer(string: try await handlers.metrics()))
+            }
         }
     }
 

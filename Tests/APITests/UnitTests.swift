@@ -230,3 +230,54 @@ struct PrometheusTextTests {
             """)
     }
 }
+
+@Suite("shared reads")
+struct SharedReadTests {
+    /// Counts reads and holds each one open until the test lets it finish.
+    actor Reads {
+        var started = 0
+        var gate: CheckedContinuation<Void, Never>?
+
+        func read() async -> Int {
+            started += 1
+            let n = started
+            await withCheckedContinuation { gate = $0 }
+            return n
+        }
+
+        func finish() {
+            gate?.resume()
+            gate = nil
+        }
+
+        var waiting: Bool { gate != nil }
+    }
+
+    @Test("requests that come while a read is in flight get its answer; the next one reads afresh")
+    func coalesces() async throws {
+        let shared = SharedRead<Int>()
+        let reads = Reads()
+        let first = Task { try await shared.value { await reads.read() } }
+        while await !reads.waiting { await Task.yield() }
+        // Eight more while the first read is held open: they must join it, not start their own.
+        let joined = (0..<8).map { _ in Task { try await shared.value { await reads.read() } } }
+        while await shared.joined < 8 { await Task.yield() }
+        await reads.finish()
+        #expect(try await first.value == 1)
+        for task in joined { #expect(try await task.value == 1) }
+        #expect(await reads.started == 1)
+
+        let later = Task { try await shared.value { await reads.read() } }
+        while await !reads.waiting { await Task.yield() }
+        await reads.finish()
+        #expect(try await later.value == 2)
+    }
+
+    @Test("a failed read fails the requests that waited for it, and the next request reads again")
+    func sharesFailure() async throws {
+        struct Failed: Error, Equatable {}
+        let shared = SharedRead<Int>()
+        await #expect(throws: Failed.self) { try await shared.value { throw Failed() } }
+        #expect(try await shared.value { 7 } == 7)
+    }
+}
