@@ -118,10 +118,10 @@ func ipv6Segment(src: PacketIPv6, dst: PacketIPv6, _ l4: L4, payload: [UInt8] = 
         proto = Proto.tcp
         seg = be(sport) + be(dport) + be32(seq) + be32(ack) + [0x50, flags] + be(64240) + [0, 0, 0, 0] + payload
         csumOff = 16
-    case let .udp(sport, dport, _):
+    case let .udp(sport, dport, zeroChecksum):
         proto = Proto.udp
         seg = be(sport) + be(dport) + be(UInt16(8 + payload.count)) + [0, 0] + payload
-        csumOff = 6
+        csumOff = zeroChecksum ? nil : 6
     case let .icmpEcho(type, id, seq):
         proto = Proto.icmpv6
         seg = [type, 0, 0, 0] + be(id) + be(seq) + payload
@@ -199,10 +199,16 @@ struct ParsedFrame6 {
     var l4ChecksumOK: Bool?
 
     init(_ frame: [UInt8]) {
-        let ip = Array(frame[14...])
+        self.init(ip: Array(frame[14...]))
+    }
+
+    /// An IPv6 packet; one an ICMPv6 error quotes may be cut short, and then its upper-layer
+    /// checksum is not verified (nil).
+    init(ip: [UInt8]) {
         src = PacketIPv6(Array(ip[8..<24]))
         dst = PacketIPv6(Array(ip[24..<40]))
-        let end = 40 + Int(ip.u16(at: 4))
+        let complete = 40 + Int(ip.u16(at: 4)) <= ip.count
+        let end = min(40 + Int(ip.u16(at: 4)), ip.count)
         var next = ip[6]
         var off = 40
         while [Proto.hopByHop, Proto.routing, Proto.destOptions, Proto.fragment].contains(next) {
@@ -233,7 +239,7 @@ struct ParsedFrame6 {
         default:
             return
         }
-        if fragmentOffset == nil {
+        if fragmentOffset == nil && complete {
             l4ChecksumOK = onesComplementSum(seg, initial: pseudoHeaderSum6(src: src, dst: dst, proto: proto, length: seg.count)) == 0xffff
         }
     }
@@ -243,6 +249,51 @@ struct ParsedFrame6 {
 
 extension RunResult {
     var parsed6: ParsedFrame6 { ParsedFrame6(frame) }
+}
+
+/// An Ethernet + IPv6 ICMPv6 error from src to dst quoting `offending` (a frame; the first
+/// `quote` bytes of its IPv6 packet when given), with `word` in the 4 bytes after the checksum
+/// (packet too big: the MTU; parameter problem: the pointer).
+func icmpv6ErrorFrame(src: PacketIPv6, dst: PacketIPv6, type: UInt8, code: UInt8, word: UInt32 = 0,
+                      quoting offending: [UInt8], quote: Int? = nil) -> [UInt8] {
+    var inner = Array(offending[14...])
+    if let quote { inner = Array(inner.prefix(quote)) }
+    return ipv6Frame(src: src, dst: dst, .icmp(type: type, code: code, body: be32(word) + inner))
+}
+
+/// An ICMPv6 error as the program left it: the outer packet (its ICMPv6 checksum verified over
+/// the pseudo header by `ParsedFrame6`), then the quoted packet, parsed the same way: its
+/// extension headers walked and its L4 checksum recomputed over the quoted addresses.
+struct ParsedICMPv6Error {
+    var outer: ParsedFrame6
+    var inner: ParsedFrame6
+    var type: UInt8
+    var code: UInt8
+    /// Bytes 4-7 of the ICMPv6 header: packet too big's MTU, parameter problem's pointer.
+    var word: UInt32
+
+    init(_ frame: [UInt8]) {
+        outer = ParsedFrame6(frame)
+        let icmp = outer.seg
+        type = icmp[0]
+        code = icmp[1]
+        word = UInt32(icmp.u16(at: 4)) << 16 | UInt32(icmp.u16(at: 6))
+        inner = ParsedFrame6(ip: Array(icmp[8...]))
+    }
+
+    var innerSrc: PacketIPv6 { inner.src }
+    var innerDst: PacketIPv6 { inner.dst }
+    var innerProto: UInt8 { inner.proto }
+    /// TCP/UDP ports; for a quoted echo, its id in both.
+    var innerSport: UInt16 { inner.sport }
+    var innerDport: UInt16 { inner.dport }
+    /// nil when the quote is cut short of the quoted datagram (or is a fragment).
+    var innerL4ChecksumOK: Bool? { inner.l4ChecksumOK }
+    /// The quoted L4 checksum field (0 when the quote stops before it).
+    var innerL4Checksum: UInt16 {
+        let at = inner.proto == Proto.tcp ? 16 : inner.proto == Proto.udp ? 6 : 2
+        return inner.seg.count >= at + 2 ? inner.seg.u16(at: at) : 0
+    }
 }
 
 /// A masq_nat_v6 key as the datapath writes it.
@@ -255,8 +306,9 @@ func natKey6(_ saddr: PacketIPv6, _ daddr: PacketIPv6, sport: UInt16, dport: UIn
 extension TestDatapath {
     /// The usual dual-stack node: `standard()`'s IPv4 plus IPv6 masquerading to fd00:50::2,
     /// pod CIDR fd00:10:244:1::/64.
-    static func dualStack(flags: UInt32 = MASQ_CFG_IPV4_MASQ | MASQ_CFG_IPV6_MASQ) throws -> TestDatapath {
-        let dp = try TestDatapath.standard(flags: flags)
+    static func dualStack(flags: UInt32 = MASQ_CFG_IPV4_MASQ | MASQ_CFG_IPV6_MASQ, portMin: UInt16 = 32768,
+                          portMax: UInt16 = 65535) throws -> TestDatapath {
+        let dp = try TestDatapath.standard(flags: flags, portMin: portMin, portMax: portMax)
         try dp.addDeviceV6(snat: Net6.snat)
         try dp.addPodCIDRV6(Net6.podCIDR.0, Net6.podCIDR.1)
         return dp

@@ -93,13 +93,22 @@ static __always_inline __sum16 csum_value_replace2(__sum16 check, __be16 from, _
 	return (__sum16)~__csum_fold32(sum);
 }
 
-/* csum_icmp_replace: a word inside pkt's ICMP message (its quote) changed from `from` to `to`
- * (size 2 or 4 bytes): folds the change into the ICMP checksum, which covers the whole message
- * and no pseudo header. Returns MASQ_OK or -DROP_CSUM_L4. */
-static __always_inline int csum_icmp_replace(struct __sk_buff *skb, const struct ipv4_pkt *pkt,
-					     __u32 from, __u32 to, __u32 size)
+/* The checksum `check` after words it covers changed by diff (a bpf_csum_diff result: a
+ * 16-byte IPv6 address, say). */
+static __always_inline __sum16 csum_value_replace_diff(__sum16 check, __u32 diff)
 {
-	if (bpf_l4_csum_replace(skb, pkt->l4_off + ICMP_OFF_CSUM, from, to, size) < 0)
+	return (__sum16)~__csum_fold32((__u16)~check + __csum_fold32(diff));
+}
+
+/* csum_icmp_replace: a word inside the ICMP or ICMPv6 message at icmp_off (its quote) changed
+ * from `from` to `to` (size 2 or 4 bytes; size 0: `to` is a bpf_csum_diff of a longer
+ * change): folds the change into the message's checksum, which covers the whole message (and
+ * for ICMPv6 a pseudo header, which this change is not in). Either family. Returns MASQ_OK or
+ * -DROP_CSUM_L4. */
+static __always_inline int csum_icmp_replace(struct __sk_buff *skb, __u32 icmp_off, __u32 from,
+					     __u32 to, __u32 size)
+{
+	if (bpf_l4_csum_replace(skb, icmp_off + ICMP_OFF_CSUM, from, to, size) < 0)
 		return -DROP_CSUM_L4;
 	return MASQ_OK;
 }

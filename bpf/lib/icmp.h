@@ -5,6 +5,7 @@
 #define MASQ_ICMP_H
 
 #include <linux/in.h>
+#include <linux/in6.h>
 
 #include "ipv4.h"
 
@@ -49,21 +50,67 @@ static __always_inline int icmp_v4_load_echo(struct __sk_buff *skb, const struct
  * first 8 bytes of the packet that caused it. The NAT never touches the 4 bytes after the
  * checksum, so the MTU of "fragmentation needed" reaches the pod as the router sent it. */
 
-/* What a translatable error quotes: where the embedded packet sits and its tuple, read once. */
+/* The quoted packet's L4 header, as either family's error quotes it (read once). */
+struct icmp_error_l4 {
+	__u32 off;             /* offset of the quoted L4 header in the skb */
+	__be16 sport;          /* TCP/UDP source port; an echo: the id */
+	__be16 dport;          /* TCP/UDP destination port; an echo: 0 */
+	__sum16 csum;          /* the quoted TCP/UDP/echo checksum, when has_csum */
+	__u8 proto;            /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP or IPPROTO_ICMPV6 */
+	__u8 has_csum;         /* the quote holds the L4 checksum (and it is not UDP's 0) */
+};
+
+/* What a translatable ICMPv4 error quotes: where the embedded packet sits and its tuple. */
 struct icmp_v4_error {
+	struct icmp_error_l4 l4;
 	__u32 inner_l3_off;    /* offset of the embedded IPv4 header in the skb */
-	__u32 inner_l4_off;    /* offset of the embedded L4 header */
 	__be32 inner_saddr;    /* network order */
 	__be32 inner_daddr;    /* network order */
-	__be16 inner_sport;    /* TCP/UDP source port; ICMP echo: the id */
-	__be16 inner_dport;    /* TCP/UDP destination port; ICMP echo: 0 */
 	__sum16 inner_ip_csum; /* the embedded IPv4 header's checksum */
-	__sum16 inner_l4_csum; /* the embedded TCP/UDP/ICMP checksum, when has_l4_csum */
-	__u8 inner_proto;      /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_ICMP */
-	__u8 inner_icmp_type;  /* ICMP_ECHO or ICMP_ECHOREPLY when inner_proto is ICMP */
-	__u8 has_l4_csum;      /* the quote holds the embedded L4 checksum (and it is not UDP's 0) */
-	__u8 type;             /* ICMP_DEST_UNREACH or ICMP_TIME_EXCEEDED */
 };
+
+/* icmp_error_load_l4: reads the first 8 bytes of the quoted L4 header of protocol proto at
+ * off (the quote ends at end) into *l4: TCP, UDP, or an echo request or reply of the error's
+ * own family (echo_proto: IPPROTO_ICMP or IPPROTO_ICMPV6, with its two echo types). Errors
+ * about errors are never sent (RFC 1122 3.2.2, RFC 4443 2.4): only echoes are ICMP flows.
+ * Either family. Returns MASQ_OK, or NAT_PUNT_TO_STACK when nothing matches a flow by. */
+static __always_inline int icmp_error_load_l4(struct __sk_buff *skb, __u32 off, __u32 end, __u8 proto,
+					      __u8 echo_proto, __u8 echo_request, __u8 echo_reply,
+					      struct icmp_error_l4 *l4)
+{
+	__u8 hdr[ICMP_ERROR_INNER_L4_LEN];
+
+	if (off + ICMP_ERROR_INNER_L4_LEN > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		return NAT_PUNT_TO_STACK;
+	l4->off = off;
+	l4->proto = proto;
+	switch (proto) {
+	case IPPROTO_TCP:
+		l4->sport = *(__be16 *)&hdr[L4_OFF_SPORT];
+		l4->dport = *(__be16 *)&hdr[L4_OFF_DPORT];
+		/* TCP's checksum lies past the 8 bytes a router must quote (RFC 5508 section 4.1):
+		 * update it only when the quote holds it. */
+		l4->has_csum = off + TCP_OFF_CSUM + 2 <= end &&
+			       bpf_skb_load_bytes(skb, off + TCP_OFF_CSUM, &l4->csum, 2) == 0;
+		return MASQ_OK;
+	case IPPROTO_UDP:
+		l4->sport = *(__be16 *)&hdr[L4_OFF_SPORT];
+		l4->dport = *(__be16 *)&hdr[L4_OFF_DPORT];
+		l4->csum = *(__sum16 *)&hdr[UDP_OFF_CSUM];
+		/* UDP's 0 means "no checksum" (RFC 768; over IPv6 only on tunnels, RFC 6935) and
+		 * stays 0. */
+		l4->has_csum = l4->csum != 0;
+		return MASQ_OK;
+	default:
+		if (proto != echo_proto || (hdr[0] != echo_request && hdr[0] != echo_reply))
+			return NAT_PUNT_TO_STACK;
+		l4->sport = *(__be16 *)&hdr[ICMP_OFF_ECHO_ID];
+		l4->dport = 0;
+		l4->csum = *(__sum16 *)&hdr[ICMP_OFF_CSUM];
+		l4->has_csum = 1;
+		return MASQ_OK;
+	}
+}
 
 /* icmp_v4_is_error: whether pkt is an ICMP error this NAT translates: destination unreachable,
  * every code (RFC 792, RFC 1122, RFC 1812: net/host/protocol/port unreachable, fragmentation
@@ -90,11 +137,8 @@ static __always_inline int icmp_v4_load_error(struct __sk_buff *skb, const struc
 					      struct icmp_v4_error *err)
 {
 	__u32 end = pkt->l3_off + pkt->l3_len;
-	__u8 l4[ICMP_ERROR_INNER_L4_LEN];
 	struct iphdr ip;
 
-	if (bpf_skb_load_bytes(skb, pkt->l4_off, &err->type, sizeof(err->type)) < 0)
-		return NAT_PUNT_TO_STACK;
 	err->inner_l3_off = pkt->l4_off + ICMP_ECHO_HDR_LEN;
 	if (err->inner_l3_off + IPV4_HDR_MIN_LEN > end ||
 	    bpf_skb_load_bytes(skb, err->inner_l3_off, &ip, sizeof(ip)) < 0)
@@ -104,46 +148,11 @@ static __always_inline int icmp_v4_load_error(struct __sk_buff *skb, const struc
 	/* A later fragment quotes no ports: nothing to match it by. */
 	if (bpf_ntohs(ip.frag_off) & IPV4_FRAG_OFFSET)
 		return NAT_PUNT_TO_STACK;
-	err->inner_l4_off = err->inner_l3_off + ip.ihl * 4;
-	if (err->inner_l4_off + ICMP_ERROR_INNER_L4_LEN > end ||
-	    bpf_skb_load_bytes(skb, err->inner_l4_off, l4, sizeof(l4)) < 0)
-		return NAT_PUNT_TO_STACK;
-
 	err->inner_saddr = ip.saddr;
 	err->inner_daddr = ip.daddr;
 	err->inner_ip_csum = ip.check;
-	err->inner_proto = ip.protocol;
-	err->inner_icmp_type = 0;
-	switch (ip.protocol) {
-	case IPPROTO_TCP:
-		err->inner_sport = *(__be16 *)&l4[L4_OFF_SPORT];
-		err->inner_dport = *(__be16 *)&l4[L4_OFF_DPORT];
-		/* TCP's checksum lies past the 8 bytes a router must quote (RFC 5508 section 4.1):
-		 * update it only when the quote holds it. */
-		err->has_l4_csum = err->inner_l4_off + TCP_OFF_CSUM + 2 <= end &&
-				   bpf_skb_load_bytes(skb, err->inner_l4_off + TCP_OFF_CSUM,
-						      &err->inner_l4_csum, 2) == 0;
-		return MASQ_OK;
-	case IPPROTO_UDP:
-		err->inner_sport = *(__be16 *)&l4[L4_OFF_SPORT];
-		err->inner_dport = *(__be16 *)&l4[L4_OFF_DPORT];
-		err->inner_l4_csum = *(__sum16 *)&l4[UDP_OFF_CSUM];
-		/* UDP's 0 means "no checksum" (RFC 768) and stays 0. */
-		err->has_l4_csum = err->inner_l4_csum != 0;
-		return MASQ_OK;
-	case IPPROTO_ICMP:
-		/* Errors about errors are never sent (RFC 1122 3.2.2); only echoes are flows. */
-		if (l4[0] != ICMP_ECHO && l4[0] != ICMP_ECHOREPLY)
-			return NAT_PUNT_TO_STACK;
-		err->inner_icmp_type = l4[0];
-		err->inner_sport = *(__be16 *)&l4[ICMP_OFF_ECHO_ID];
-		err->inner_dport = 0;
-		err->inner_l4_csum = *(__sum16 *)&l4[ICMP_OFF_CSUM];
-		err->has_l4_csum = 1;
-		return MASQ_OK;
-	default:
-		return NAT_PUNT_TO_STACK;
-	}
+	return icmp_error_load_l4(skb, err->inner_l3_off + ip.ihl * 4, end, ip.protocol, IPPROTO_ICMP,
+				  ICMP_ECHO, ICMP_ECHOREPLY, &err->l4);
 }
 
 #endif /* MASQ_ICMP_H */

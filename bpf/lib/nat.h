@@ -611,24 +611,67 @@ static __always_inline int snat_v4_rewrite_ingress(struct __sk_buff *skb, const 
  * address and port (or echo id) the same way as the flow's own packets, and fixes every
  * checksum that covers them; an error that matches no mapping is left alone. */
 
+/* snat_icmp_error_ports: the ports of the NAT key, in direction dir, of the flow a quoted
+ * L4 header belongs to. The quote travelled the other way than the error: its ports swap, and
+ * an echo's id sits where the key of dir keeps it (ct_echo_ports). Either family. */
+static __always_inline void snat_icmp_error_ports(const struct icmp_error_l4 *l4, __u8 dir,
+						  __be16 *sport, __be16 *dport)
+{
+	if (l4->proto == IPPROTO_ICMP || l4->proto == IPPROTO_ICMPV6) {
+		*sport = dir == MASQ_DIR_EGRESS ? l4->sport : 0;
+		*dport = dir == MASQ_DIR_EGRESS ? 0 : l4->sport;
+	} else {
+		*sport = l4->dport;
+		*dport = l4->sport;
+	}
+}
+
 /* __snat_v4_icmp_error_tuple: the NAT key, in direction dir, of the flow the quoted packet
- * belongs to. The quote travelled the other way than the error: its reverse is the key. */
+ * belongs to: the quote's reverse. */
 static __always_inline void __snat_v4_icmp_error_tuple(const struct icmp_v4_error *err, __u8 dir,
 						       struct masq_nat_key_v4 *tuple)
 {
 	tuple->saddr = err->inner_daddr;
 	tuple->daddr = err->inner_saddr;
-	tuple->proto = err->inner_proto;
+	tuple->proto = err->l4.proto;
 	tuple->dir = dir;
 	tuple->pad = 0;
-	if (err->inner_proto == IPPROTO_ICMP) {
-		/* The echo id sits where masq_nat_key_v4 keeps it for dir. */
-		tuple->sport = dir == MASQ_DIR_EGRESS ? err->inner_sport : 0;
-		tuple->dport = dir == MASQ_DIR_EGRESS ? 0 : err->inner_sport;
-	} else {
-		tuple->sport = err->inner_dport;
-		tuple->dport = err->inner_sport;
+	snat_icmp_error_ports(&err->l4, dir, &tuple->sport, &tuple->dport);
+}
+
+/* __snat_icmp_error_l4_rewrite: the quoted L4 part of an error's translation, either family:
+ * the quoted port (or echo id) at port_off from old_port to new_port, and the quoted L4
+ * checksum, which arrives as l4_csum with the quoted address change folded in already. Each
+ * changed word is folded into the checksum of the ICMP message at icmp_off. Returns MASQ_OK or
+ * -DROP_*. */
+static __always_inline int __snat_icmp_error_l4_rewrite(struct __sk_buff *skb, __u32 icmp_off,
+							const struct icmp_error_l4 *l4, __sum16 l4_csum,
+							__u32 port_off, __be16 old_port, __be16 new_port)
+{
+	int ret;
+
+	if (old_port != new_port) {
+		if (l4->has_csum)
+			l4_csum = csum_value_replace2(l4_csum, old_port, new_port);
+		ret = csum_icmp_replace(skb, icmp_off, old_port, new_port, sizeof(new_port));
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, l4->off + port_off, &new_port, sizeof(new_port), 0) < 0)
+			return -DROP_WRITE_FAILED;
 	}
+	if (l4->has_csum && l4_csum != l4->csum) {
+		/* A computed UDP checksum of 0 is sent as 0xffff: 0 would mean "none" (RFC 768;
+		 * over IPv6 a UDP checksum is never 0, RFC 8200 8.1). */
+		if (l4->proto == IPPROTO_UDP && !l4_csum)
+			l4_csum = 0xffff;
+		ret = csum_icmp_replace(skb, icmp_off, l4->csum, l4_csum, sizeof(l4_csum));
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, l4->off + csum_l4_offset(l4->proto), &l4_csum,
+					sizeof(l4_csum), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	return MASQ_OK;
 }
 
 /* __snat_v4_icmp_error_rewrite: translates an error: the outer address at outer_off
@@ -645,8 +688,7 @@ static __always_inline int __snat_v4_icmp_error_rewrite(struct __sk_buff *skb, c
 							__u32 inner_off, __be32 inner_old, __be32 new_addr,
 							__u32 port_off, __be16 old_port, __be16 new_port)
 {
-	__sum16 ip_csum = err->inner_ip_csum, l4_csum = err->inner_l4_csum;
-	__u32 l4_csum_off = err->inner_l4_off + csum_l4_offset(err->inner_proto);
+	__sum16 ip_csum = err->inner_ip_csum, l4_csum = err->l4.csum;
 	int ret;
 
 	/* The outer header: ICMP has no pseudo header, so only the IPv4 checksum changes. */
@@ -660,39 +702,22 @@ static __always_inline int __snat_v4_icmp_error_rewrite(struct __sk_buff *skb, c
 	/* The quoted address, and the quoted IPv4 and TCP/UDP checksums that cover it. */
 	if (inner_old != new_addr) {
 		ip_csum = csum_value_replace4(ip_csum, inner_old, new_addr);
-		if (err->has_l4_csum && err->inner_proto != IPPROTO_ICMP)
+		if (err->l4.has_csum && err->l4.proto != IPPROTO_ICMP)
 			l4_csum = csum_value_replace4(l4_csum, inner_old, new_addr);
-		ret = csum_icmp_replace(skb, pkt, inner_old, new_addr, sizeof(new_addr));
+		ret = csum_icmp_replace(skb, pkt->l4_off, inner_old, new_addr, sizeof(new_addr));
 		if (ret != MASQ_OK)
 			return ret;
 		if (bpf_skb_store_bytes(skb, err->inner_l3_off + inner_off, &new_addr, sizeof(new_addr), 0) < 0)
 			return -DROP_WRITE_FAILED;
-		ret = csum_icmp_replace(skb, pkt, err->inner_ip_csum, ip_csum, sizeof(ip_csum));
+		ret = csum_icmp_replace(skb, pkt->l4_off, err->inner_ip_csum, ip_csum, sizeof(ip_csum));
 		if (ret != MASQ_OK)
 			return ret;
 		if (bpf_skb_store_bytes(skb, err->inner_l3_off + IPV4_OFF_CSUM, &ip_csum, sizeof(ip_csum), 0) < 0)
 			return -DROP_WRITE_FAILED;
 	}
-	/* The quoted port or echo id, and the quoted L4 checksum that covers it. */
-	if (old_port != new_port) {
-		if (err->has_l4_csum)
-			l4_csum = csum_value_replace2(l4_csum, old_port, new_port);
-		ret = csum_icmp_replace(skb, pkt, old_port, new_port, sizeof(new_port));
-		if (ret != MASQ_OK)
-			return ret;
-		if (bpf_skb_store_bytes(skb, err->inner_l4_off + port_off, &new_port, sizeof(new_port), 0) < 0)
-			return -DROP_WRITE_FAILED;
-	}
-	if (err->has_l4_csum && l4_csum != err->inner_l4_csum) {
-		/* A computed UDP checksum of 0 is sent as 0xffff: 0 would mean "none" (RFC 768). */
-		if (err->inner_proto == IPPROTO_UDP && !l4_csum)
-			l4_csum = 0xffff;
-		ret = csum_icmp_replace(skb, pkt, err->inner_l4_csum, l4_csum, sizeof(l4_csum));
-		if (ret != MASQ_OK)
-			return ret;
-		if (bpf_skb_store_bytes(skb, l4_csum_off, &l4_csum, sizeof(l4_csum), 0) < 0)
-			return -DROP_WRITE_FAILED;
-	}
+	ret = __snat_icmp_error_l4_rewrite(skb, pkt->l4_off, &err->l4, l4_csum, port_off, old_port, new_port);
+	if (ret != MASQ_OK)
+		return ret;
 	stat_inc(MASQ_STAT_ICMP_ERRORS);
 	return MASQ_OK;
 }
@@ -722,7 +747,7 @@ static __always_inline int snat_v4_nat_icmp_error(struct __sk_buff *skb, const s
 		return NAT_PUNT_TO_STACK; /* an identity host pair: nothing to translate */
 	return __snat_v4_icmp_error_rewrite(skb, pkt, &err, IPV4_OFF_SADDR, pkt->saddr,
 					    IPV4_OFF_DADDR, err.inner_daddr, state->to_addr,
-					    snat_port_off(err.inner_proto, /*source=*/false),
+					    snat_port_off(err.l4.proto, /*source=*/false),
 					    tuple.sport, state->to_port);
 }
 
@@ -750,7 +775,7 @@ static __always_inline int snat_v4_rev_icmp_error(struct __sk_buff *skb, const s
 		return NAT_PUNT_TO_STACK; /* an identity host pair: the node's own error */
 	return __snat_v4_icmp_error_rewrite(skb, pkt, &err, IPV4_OFF_DADDR, pkt->daddr,
 					    IPV4_OFF_SADDR, err.inner_saddr, state->to_addr,
-					    snat_port_off(err.inner_proto, /*source=*/true),
+					    snat_port_off(err.l4.proto, /*source=*/true),
 					    tuple.dport, state->to_port);
 }
 

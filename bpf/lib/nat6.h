@@ -278,19 +278,19 @@ static __always_inline int __snat_v6_rewrite(struct __sk_buff *skb, const struct
 					     __u32 port_off, __be16 old_port, __be16 new_port)
 {
 	bool l4 = !ipv6_is_non_first_fragment(pkt);
-	struct masq_addr_v6 from = *old_addr, to = *new_addr;
 	__s64 diff;
 	int ret;
 
-	if (!ipv6_addr_equal(&from, &to)) {
+	if (!ipv6_addr_equal(old_addr, new_addr)) {
 		if (l4) {
-			diff = bpf_csum_diff(from.w, sizeof(from), to.w, sizeof(to), 0);
+			diff = bpf_csum_diff((__be32 *)old_addr->w, sizeof(*old_addr), (__be32 *)new_addr->w,
+					     sizeof(*new_addr), 0);
 			if (diff < 0 ||
 			    bpf_l4_csum_replace(skb, pkt->l4_off + csum_l4_offset(pkt->proto), 0, diff,
 						csum_l4_flags(pkt->proto) | BPF_F_PSEUDO_HDR) < 0)
 				return -DROP_CSUM_L4;
 		}
-		if (bpf_skb_store_bytes(skb, pkt->l3_off + addr_off, &to, sizeof(to), 0) < 0)
+		if (bpf_skb_store_bytes(skb, pkt->l3_off + addr_off, new_addr, sizeof(*new_addr), 0) < 0)
 			return -DROP_WRITE_FAILED;
 	}
 	if (old_port != new_port && l4) {
@@ -319,6 +319,126 @@ static __always_inline int snat_v6_rewrite_ingress(struct __sk_buff *skb, const 
 {
 	return __snat_v6_rewrite(skb, pkt, IPV6_OFF_DADDR, &tuple->daddr, &state->to_addr,
 				 snat_port_off(pkt->proto, /*source=*/false), tuple->dport, state->ct.to_port);
+}
+
+/* ---- ICMPv6 errors (the ICMPv4 steps of nat.h, RFC 5508 REQ-4) ---- */
+
+/* __snat_v6_icmp_error_tuple: the NAT key, in direction dir, of the flow an ICMPv6 error's
+ * quote belongs to: the quote's reverse (__snat_v4_icmp_error_tuple), its addresses read
+ * straight into place. Returns MASQ_OK or NAT_PUNT_TO_STACK (icmp_v6_load_error). */
+static __always_inline int __snat_v6_icmp_error_tuple(struct __sk_buff *skb, const struct ipv6_pkt *pkt,
+						      __u8 dir, struct icmp_v6_error *err,
+						      struct masq_nat_key_v6 *tuple)
+{
+	int ret;
+
+	ret = icmp_v6_load_error(skb, pkt, err, &tuple->daddr, &tuple->saddr);
+	if (ret != MASQ_OK)
+		return ret;
+	tuple->proto = err->l4.proto;
+	tuple->dir = dir;
+	tuple->pad = 0;
+	snat_icmp_error_ports(&err->l4, dir, &tuple->sport, &tuple->dport);
+	return MASQ_OK;
+}
+
+/* __snat_v6_icmp_error_rewrite: __snat_v4_icmp_error_rewrite for ICMPv6, whose checksum
+ * covers a pseudo header with the outer addresses (RFC 4443 2.3) and the whole message with
+ * the quote in it; there is no IPv4 header checksum, but every quoted L4 checksum (TCP, UDP,
+ * ICMPv6 echo alike) covers the quoted addresses through its own pseudo header. The outer
+ * address at outer_off goes from outer_old, the quoted one at inner_off from inner_old, both
+ * to new_addr; the quoted port at port_off from old_port to new_port. Returns MASQ_OK or
+ * -DROP_*. */
+static __always_inline int __snat_v6_icmp_error_rewrite(struct __sk_buff *skb, const struct ipv6_pkt *pkt,
+							const struct icmp_v6_error *err,
+							__u32 outer_off, const struct masq_addr_v6 *outer_old,
+							__u32 inner_off, const struct masq_addr_v6 *inner_old,
+							const struct masq_addr_v6 *new_addr,
+							__u32 port_off, __be16 old_port, __be16 new_port)
+{
+	__sum16 l4_csum = err->l4.csum;
+	__s64 diff;
+	int ret;
+
+	/* The outer address, with the ICMPv6 checksum through its pseudo header: the packet's
+	 * own rewrite, no port (the error has none). */
+	ret = __snat_v6_rewrite(skb, pkt, outer_off, outer_old, new_addr, 0, 0, 0);
+	if (ret != MASQ_OK)
+		return ret;
+	/* The quoted address: words of the ICMPv6 message, and of the quoted L4 pseudo header. */
+	if (!ipv6_addr_equal(inner_old, new_addr)) {
+		diff = bpf_csum_diff((__be32 *)inner_old->w, sizeof(*inner_old), (__be32 *)new_addr->w,
+				     sizeof(*new_addr), 0);
+		if (diff < 0)
+			return -DROP_CSUM_L4;
+		if (err->l4.has_csum)
+			l4_csum = csum_value_replace_diff(l4_csum, (__u32)diff);
+		ret = csum_icmp_replace(skb, pkt->l4_off, 0, (__u32)diff, 0);
+		if (ret != MASQ_OK)
+			return ret;
+		if (bpf_skb_store_bytes(skb, err->inner_l3_off + inner_off, new_addr, sizeof(*new_addr), 0) < 0)
+			return -DROP_WRITE_FAILED;
+	}
+	ret = __snat_icmp_error_l4_rewrite(skb, pkt->l4_off, &err->l4, l4_csum, port_off, old_port, new_port);
+	if (ret != MASQ_OK)
+		return ret;
+	stat_inc(MASQ_STAT_V6(MASQ_STAT_ICMP_ERRORS));
+	return MASQ_OK;
+}
+
+/* snat_v6_nat_icmp_error: snat_v4_nat_icmp_error for IPv6: a pod's (or the node's) error
+ * about a packet it received of a masqueraded flow leaves as the remote's reply would have
+ * been seen: outer source, quoted destination address and port become the flow's SNAT address
+ * and port. Errors about flows that came in to the pod, identity host pairs and unknown flows
+ * pass untouched. A function of its own: its stack (the quote's walk) is not added to that
+ * of the allocation's calls (512 bytes for all frames of a chain). Returns MASQ_OK,
+ * NAT_PUNT_TO_STACK or -DROP_*. */
+static __noinline int snat_v6_nat_icmp_error(struct __sk_buff *skb, const struct ipv6_pkt *pkt)
+{
+	struct masq_nat_entry_v6 *state;
+	struct masq_nat_key_v6 tuple;
+	struct icmp_v6_error err;
+	int ret;
+
+	ret = __snat_v6_icmp_error_tuple(skb, pkt, MASQ_DIR_EGRESS, &err, &tuple);
+	if (ret != MASQ_OK)
+		return ret;
+	state = ct_lookup6(&tuple);
+	if (!state || (state->ct.flags & MASQ_NAT_F_INBOUND))
+		return NAT_PUNT_TO_STACK;
+	if (ipv6_addr_equal(&state->to_addr, &tuple.saddr) && state->ct.to_port == tuple.sport)
+		return NAT_PUNT_TO_STACK;
+	return __snat_v6_icmp_error_rewrite(skb, pkt, &err, IPV6_OFF_SADDR, &pkt->saddr,
+					    IPV6_OFF_DADDR, &tuple.saddr, &state->to_addr,
+					    snat_port_off(err.l4.proto, /*source=*/false),
+					    tuple.sport, state->ct.to_port);
+}
+
+/* snat_v6_rev_icmp_error: snat_v4_rev_icmp_error for IPv6: an error for an SNAT address about
+ * a packet a masqueraded flow sent (packet too big from a smaller link on the path, say)
+ * goes to the pod: outer destination, quoted source address and port (or echo id) are the
+ * pod's again. One that matches no INGRESS entry is the node's and passes untouched. A
+ * function of its own, as snat_v6_nat_icmp_error. Returns MASQ_OK, NAT_PUNT_TO_STACK or
+ * -DROP_*. */
+static __noinline int snat_v6_rev_icmp_error(struct __sk_buff *skb, const struct ipv6_pkt *pkt)
+{
+	struct masq_nat_entry_v6 *state;
+	struct masq_nat_key_v6 tuple;
+	struct icmp_v6_error err;
+	int ret;
+
+	ret = __snat_v6_icmp_error_tuple(skb, pkt, MASQ_DIR_INGRESS, &err, &tuple);
+	if (ret != MASQ_OK)
+		return ret;
+	state = ct_lookup6(&tuple);
+	if (!state)
+		return NAT_PUNT_TO_STACK;
+	if (ipv6_addr_equal(&state->to_addr, &tuple.daddr) && state->ct.to_port == tuple.dport)
+		return NAT_PUNT_TO_STACK;
+	return __snat_v6_icmp_error_rewrite(skb, pkt, &err, IPV6_OFF_DADDR, &pkt->daddr,
+					    IPV6_OFF_SADDR, &tuple.daddr, &state->to_addr,
+					    snat_port_off(err.l4.proto, /*source=*/true),
+					    tuple.dport, state->ct.to_port);
 }
 
 /* ---- Egress ---- */
@@ -377,6 +497,8 @@ static __always_inline int snat_v6_nat(struct __sk_buff *skb, const struct ipv6_
 	if (!state) {
 		if (!snat_v6_is_pod(&pkt->saddr) || snat_v6_nat_can_skip(cfg, &pkt->daddr))
 			return NAT_PUNT_TO_STACK;
+		if (icmp_v6_is_error(skb, pkt))
+			return snat_v6_nat_icmp_error(skb, pkt);
 		if (ipv6_is_fragment(pkt)) {
 			/* A later fragment takes its ports from its datagram's first. */
 			ret = ct_extract_tuple6(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
@@ -433,6 +555,10 @@ static __always_inline int snat_v6_nat_track_host(struct __sk_buff *skb, const s
 
 	if (ipv6_is_non_first_fragment(pkt))
 		return NAT_PUNT_TO_STACK;
+	/* The node's own error about a host flow that was given another port. */
+	if (icmp_v6_is_error(skb, pkt))
+		return snat_v6_nat_can_skip(cfg, &pkt->daddr) ? NAT_PUNT_TO_STACK :
+								 snat_v6_nat_icmp_error(skb, pkt);
 	ret = ct_extract_tuple6(skb, pkt, MASQ_DIR_EGRESS, &tuple, &l4);
 	if (ret != MASQ_OK)
 		return ret;
@@ -504,6 +630,9 @@ static __always_inline int snat_v6_rev_nat(struct __sk_buff *skb, const struct i
 	struct ct_l4_info l4;
 	bool need;
 	int ret;
+
+	if (icmp_v6_is_error(skb, pkt))
+		return snat_v6_rev_icmp_error(skb, pkt);
 
 	ret = ct_extract_tuple6(skb, pkt, MASQ_DIR_INGRESS, &tuple, &l4);
 	if (ret == -DROP_FRAG_NOT_FOUND)
