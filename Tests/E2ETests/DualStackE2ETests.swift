@@ -59,8 +59,7 @@ struct DualStackE2ETests {
         }
     }
 
-    @Test("a packet too big from a 1280-MTU link reaches the pod translated: its route cache learns mtu 1280, and the datagram then arrives in fragments",
-          .disabled("the IPv6 datapath does not translate this packet too big back to the pod yet (no revsnat, no ICMP error counted)"))
+    @Test("a packet too big from a 1280-MTU link reaches the pod translated: its route cache learns mtu 1280, and the datagram then arrives in fragments")
     func packetTooBig() async throws {
         try await Sandbox.with(dualStack: true) { sandbox in
             try await sandbox.startMasqd(mode: .tcx)
