@@ -47,7 +47,10 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public var tables: [Table]
     /// Packets dropped, by reason (only reasons seen at least once, plus every known one).
     public var drops: [Drop]
+    /// Both families' packets together (what each counter counted before masq translated IPv6).
     public var counters: Counters
+    /// The same counters for each family apart.
+    public var countersByFamily: CountersByFamily
     /// How hard port allocation works: candidates tried per allocation and the most saturated tuples.
     public var allocation: Allocation
     /// The conntrack garbage collector's passes and what they found.
@@ -56,8 +59,8 @@ public struct StatusResponse: Codable, Sendable, Equatable {
     public init(version: String, startedAt: Date, uptimeSeconds: Double, health: HealthResponse, ready: Bool, attachMode: String?,
                 masquerading: Masquerading, devices: [Device], skippedDevices: [SkippedDevice],
                 reconcile: Reconcile, ipMasqAgent: IPMasqAgent, configReloads: ConfigReloads = .init(),
-                tables: [Table], drops: [Drop], counters: Counters, allocation: Allocation = .init(),
-                conntrackGC: ConntrackGC = .init()) {
+                tables: [Table], drops: [Drop], counters: Counters, countersByFamily: CountersByFamily = .init(),
+                allocation: Allocation = .init(), conntrackGC: ConntrackGC = .init()) {
         self.version = version
         self.startedAt = startedAt
         self.uptimeSeconds = uptimeSeconds
@@ -73,6 +76,7 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         self.tables = tables
         self.drops = drops
         self.counters = counters
+        self.countersByFamily = countersByFamily
         self.allocation = allocation
         self.conntrackGC = conntrackGC
     }
@@ -238,6 +242,17 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         public func encode(to encoder: Encoder) throws {
             var container = encoder.singleValueContainer()
             try container.encode(values)
+        }
+    }
+
+    /// `counters` of IPv4 and of IPv6 packets apart (the datapath counts each family in its own slots).
+    public struct CountersByFamily: Codable, Sendable, Equatable {
+        public var ipv4: Counters
+        public var ipv6: Counters
+
+        public init(ipv4: Counters = .init(), ipv6: Counters = .init()) {
+            self.ipv4 = ipv4
+            self.ipv6 = ipv6
         }
     }
 

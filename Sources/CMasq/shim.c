@@ -159,7 +159,8 @@ long masq_fs_type(const char *path)
 }
 
 static const struct masq_stat_info masq_stats_info[] = {
-#define MASQ_STAT_INFO(name, key, metric, help) { #name, key, metric, help },
+#define MASQ_STAT_INFO(name, key, metric, help) \
+	{ #name, key, metric, help, !MASQ_STAT_FAMILY_LESS(MASQ_STAT_##name) },
 	MASQ_STAT_LIST(MASQ_STAT_INFO)
 #undef MASQ_STAT_INFO
 };

@@ -67,10 +67,13 @@ extension MasqClient.Status {
         var reconcile = "generation \(status.reconcile.generation)"
         if let error = status.reconcile.lastError { reconcile += ", last failed: \(error)" }
         lines.append(labelled("Reconcile", reconcile))
-        if let nat = status.tables.first(where: { $0.name.hasPrefix("masq_nat") }) {
-            let percent = nat.maxEntries > 0 ? Double(nat.entries) * 100 / Double(nat.maxEntries) : 0
-            lines.append(labelled("NAT table", "\(nat.entries)/\(nat.maxEntries) entries (\(String(format: "%.1f", percent))%)"))
+        // masq_nat_v4, masq_nat_v6: one table a family.
+        let nat = status.tables.filter { $0.name.hasPrefix("masq_nat_v") }.map { table in
+            let percent = table.maxEntries > 0 ? Double(table.entries) * 100 / Double(table.maxEntries) : 0
+            let family = table.name.hasSuffix("v6") ? "IPv6" : "IPv4"
+            return "\(family) \(table.entries)/\(table.maxEntries) entries (\(String(format: "%.1f", percent))%)"
         }
+        if !nat.isEmpty { lines.append(labelled("NAT table", nat.joined(separator: ", "))) }
         func c(_ key: String) -> UInt64 { status.counters[key] ?? 0 }
         lines.append(labelled("Allocations", "\(c("allocations")) (\(c("allocationsKeptPort")) kept their port, \(c("allocationRetries")) retries, \(c("allocationScans")) full scans, \(c("allocationFailures")) failed)"))
         lines += allocationLines(status.allocation)

@@ -60,6 +60,7 @@ struct APIHandlers: Sendable {
             StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.code), summary: $0.reason.summary, count: $0.count)
         }
         let tables = try await datapath.tableFill(nat: natSummary())
+        let stats = try await datapath.stats()
         let now = Date()
         return StatusResponse(
             version: masqVersion, startedAt: snapshot.startedAt,
@@ -76,7 +77,7 @@ struct APIHandlers: Sendable {
                                lastError: snapshot.ipMasqAgent.lastError),
             configReloads: StatusFigures.configReloads(snapshot.configReloads),
             tables: tables.map { StatusResponse.Table($0, now: now) }, drops: drops,
-            counters: StatusResponse.Counters(stats: try await datapath.stats()),
+            counters: StatusResponse.Counters(stats: stats), countersByFamily: StatusResponse.CountersByFamily(stats: stats),
             allocation: StatusFigures.allocation(histogram: try await datapath.allocationHistogram(),
                                                  saturation: try await datapath.portSaturation(top: saturationTop)),
             conntrackGC: StatusFigures.conntrackGC(snapshot.conntrackGC, rangeSize: view.portRange.count))
@@ -264,7 +265,7 @@ struct APIHandlers: Sendable {
         let summary = try await natSummary()
         var flowSamples: [(labels: KeyValuePairs<String, String>, value: Double)] = []
         for table in summary.tables {
-            for proto in [L4Protocol.tcp, .udp, .icmp] {
+            for proto in [L4Protocol.tcp, .udp, table.family == .ipv6 ? .icmpv6 : .icmp] {
                 for kind in NATFlowKind.allCases {
                     let flows = table.flows[.init(proto: proto.number ?? 0, kind: kind)] ?? 0
                     flowSamples.append((["family": table.family.rawValue, "proto": proto.rawValue, "kind": kind.rawValue],
@@ -285,9 +286,15 @@ struct APIHandlers: Sendable {
         out.family("masq_map_max_entries", .gauge, help: "Capacity of each datapath map.",
                    tables.map { (["map": $0.name], Double($0.maxEntries)) })
 
-        // Every masq_stats counter under its stable name (DatapathStat).
-        for (stat, value) in try await datapath.stats() {
-            out.single(stat.metricName, .counter, help: stat.help, Double(value))
+        // Every masq_stats counter under its stable name (DatapathStat), a series per family
+        // (family-less ones: one series).
+        for value in try await datapath.stats() {
+            if value.stat.perFamily {
+                out.family(value.stat.metricName, .counter, help: value.stat.help,
+                           NATFamily.allCases.map { (["family": $0.rawValue], Double(value[$0])) })
+            } else {
+                out.single(value.stat.metricName, .counter, help: value.stat.help, Double(value.ipv4))
+            }
         }
         out.family("masq_drops_total", .counter, help: "Packets dropped by the datapath, by reason (every known reason, zeros included).",
                    try await datapath.drops().map { (["reason": $0.reason.label], Double($0.count)) })

@@ -142,9 +142,18 @@ extension PrometheusText {
 }
 
 extension StatusResponse.Counters {
-    /// The status counters from every masq_stats counter, each under its status key.
-    init(stats: [(stat: DatapathStat, value: UInt64)]) {
-        self.init(values: Dictionary(uniqueKeysWithValues: stats.map { ($0.stat.statusKey, $0.value) }))
+    /// The status counters from every masq_stats counter, each under its status key: both
+    /// families together (nil), or `family`'s (family-less counters left out).
+    init(stats: [DatapathStatValue], family: NATFamily? = nil) {
+        self.init(values: Dictionary(uniqueKeysWithValues: stats.filter { family == nil || $0.stat.perFamily }.map { value in
+            (value.stat.statusKey, family.map { value[$0] } ?? value.total)
+        }))
+    }
+}
+
+extension StatusResponse.CountersByFamily {
+    init(stats: [DatapathStatValue]) {
+        self.init(ipv4: .init(stats: stats, family: .ipv4), ipv6: .init(stats: stats, family: .ipv6))
     }
 }
 

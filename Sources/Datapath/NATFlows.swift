@@ -80,10 +80,13 @@ public enum NATEntries {
 /// the Datapath lives): a listing of a large table is many syscalls, run by the caller on a
 /// thread of its own (`BlockingPool`).
 public struct NATFlowReader: Sendable {
-    let nat: BPFMap
+    /// masq_nat_v4 and masq_nat_v6.
+    let v4: BPFMap
+    let v6: BPFMap
 
-    public init(nat: BPFMap) {
-        self.nat = nat
+    public init(v4: BPFMap, v6: BPFMap) {
+        self.v4 = v4
+        self.v6 = v6
     }
 
     /// Hands `body` each flow whose EGRESS entry `filter` takes, with its reply entry, in one
@@ -94,6 +97,7 @@ public struct NATFlowReader: Sendable {
                             _ body: (NATFlow) throws -> Bool) throws -> NATTablePosition? {
         var next: UInt32?
         var stopped = false
+        let nat = v4
         try nat.forEachBatch(from: position.token, count: count, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
             for i in position.skip..<max(position.skip, keys.count) {
                 let key = keys[i], value = values[i]
@@ -125,7 +129,7 @@ public struct NATFlowReader: Sendable {
 extension Datapath {
     /// A reader of the NAT table's flows, for use off the actor.
     public func natFlowReader() throws -> NATFlowReader {
-        NATFlowReader(nat: try map(MASQ_MAP_NAT_V4))
+        NATFlowReader(v4: try map(MASQ_MAP_NAT_V4), v6: try map(MASQ_MAP_NAT_V6))
     }
 
     /// Deletes, in one batch of table entries from `token`, every flow with an entry `filter`

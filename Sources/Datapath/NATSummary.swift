@@ -72,14 +72,20 @@ public struct NATSummary: Sendable, Equatable {
 }
 
 extension NATFlowReader {
-    /// Counts the NAT table in one read-only walk: for the API when no GC pass has counted it
-    /// yet (right after the start).
+    /// Counts the NAT tables in one read-only walk each: for the API when no GC pass has counted
+    /// them yet (right after the start).
     public func summarize() throws -> NATSummary {
-        var v4 = NATTableSummary(family: .ipv4, map: nat.name)
-        try nat.forEachBatch(count: 4096, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
-            for (key, value) in zip(keys, values) { v4.add(key, value) }
+        NATSummary(tables: [try summarize(v4, masq_nat_key_v4.self), try summarize(v6, masq_nat_key_v6.self)], asOf: Date())
+    }
+
+    private func summarize<Key: NATKey & BitwiseCopyable>(_ nat: BPFMap, _: Key.Type) throws -> NATTableSummary
+        where Key.Value: BitwiseCopyable
+    {
+        var summary = NATTableSummary(family: Key.family, map: nat.name)
+        try nat.forEachBatch(count: 4096, key: Key.self, value: Key.Value.self) { keys, values in
+            for (key, value) in zip(keys, values) { summary.add(key, value) }
             return true
         }
-        return NATSummary(tables: [v4], asOf: Date())
+        return summary
     }
 }

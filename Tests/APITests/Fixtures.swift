@@ -139,13 +139,20 @@ final class LiveAPI: @unchecked Sendable {
     // MARK: NAT table fixtures
 
     /// Writes `count` masqueraded TCP flows (both entries of each pair) straight into masq_nat_v4:
-    /// pod 10.244.1.x:port -> 100.0.0.2:8080 translated to 100.0.0.1:(32768+i).
-    func fillFlows(_ count: Int, dport: UInt16 = 8080, proto: UInt8 = 6) async throws {
-        let nat = try await datapath.map(MASQ_MAP_NAT_V4)
-        try Self.fill(nat, count: count, dport: dport, proto: proto)
+    /// pod 10.244.1.x:port -> 100.0.0.2:8080 translated to 100.0.0.1:(32768+i). IPv6: the same
+    /// flows in masq_nat_v6, each address inside fd00::/96 (`v6`).
+    func fillFlows(_ count: Int, dport: UInt16 = 8080, proto: UInt8 = 6, family: NATFamily = .ipv4) async throws {
+        let nat = try await datapath.map(family == .ipv6 ? MASQ_MAP_NAT_V6 : MASQ_MAP_NAT_V4)
+        try Self.fill(nat, count: count, dport: dport, proto: proto, family: family)
     }
 
-    static func fill(_ nat: BPFMap, count: Int, dport: UInt16 = 8080, proto: UInt8 = 6, first: Int = 0) throws {
+    /// An IPv4 fixture address's IPv6 twin: fd00::/96 and the 32 bits (100.0.0.2 is fd00::6400:2).
+    static func v6(_ networkOrder: UInt32) -> IPv6Address {
+        IPv6Address(bytes: [0xfd, 0] + [UInt8](repeating: 0, count: 10) + withUnsafeBytes(of: networkOrder) { Array($0) })
+    }
+
+    static func fill(_ nat: BPFMap, count: Int, dport: UInt16 = 8080, proto: UInt8 = 6, first: Int = 0,
+                     family: NATFamily = .ipv4) throws {
         let now = NATEntries.bootTimeNow()
         for i in first..<first + count {
             let pod = IPv4Address(hostOrder: IPv4Address("10.244.0.0")!.hostOrder | UInt32(i / 30000) << 8 | UInt32(1 + i % 250))
@@ -179,9 +186,28 @@ final class LiveAPI: @unchecked Sendable {
             back.to_addr = egress.saddr
             back.to_port = egress.sport
             back.seen = UInt8(MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY)
-            try nat.update(ingress, back)
-            try nat.update(egress, out)
+            switch family {
+            case .ipv4:
+                try nat.update(ingress, back)
+                try nat.update(egress, out)
+            case .ipv6:
+                try nat.update(Self.v6(ingress), Self.v6(back))
+                try nat.update(Self.v6(egress), Self.v6(out))
+            }
         }
+    }
+
+    /// An IPv4 fixture key's IPv6 twin (ICMP echo becomes ICMPv6 echo).
+    static func v6(_ key: masq_nat_key_v4) -> masq_nat_key_v6 {
+        masq_nat_key_v6(saddr: masq_addr_v6(v6(key.saddr)), daddr: masq_addr_v6(v6(key.daddr)), sport: key.sport, dport: key.dport,
+                        proto: key.proto == 1 ? 58 : key.proto, dir: key.dir, pad: 0)
+    }
+
+    /// An IPv4 fixture entry's IPv6 twin (the flow state as it is; ct.to_addr unused, zero).
+    static func v6(_ value: masq_nat_entry_v4) -> masq_nat_entry_v6 {
+        var ct = value
+        ct.to_addr = 0
+        return masq_nat_entry_v6(to_addr: masq_addr_v6(v6(value.to_addr)), ct: ct)
     }
 }
 

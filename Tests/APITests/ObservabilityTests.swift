@@ -127,7 +127,10 @@ struct FigureLiveTests {
     static func fill(_ api: LiveAPI) async throws -> UInt64 {
         let cpus = UInt64(libbpf_num_possible_cpus())
         let stats = try await api.datapath.map(MASQ_MAP_STATS)
-        for stat in DatapathStat.all { try setPerCPU(stats, stat.index, 100 + UInt64(stat.index)) }
+        for stat in DatapathStat.all {
+            try setPerCPU(stats, stat.index(.ipv4), 100 + UInt64(stat.index))
+            try setPerCPU(stats, stat.index(.ipv6), 1000 + UInt64(stat.index))
+        }
         try setPerCPU(try await api.datapath.map(MASQ_MAP_DROPS), DROP_FRAG_NOT_FOUND.rawValue, 9)
         let hist = try await api.datapath.map(MASQ_MAP_ALLOC_HIST)
         for (bucket, count) in [(0, 100), (1, 20), (5, 3), (Int(MASQ_ALLOC_HIST_BUCKETS) - 1, 1)] as [(Int, UInt64)] {
@@ -187,10 +190,20 @@ struct FigureLiveTests {
             let lines = Set(text.split(separator: "\n").map(String.init))
             func has(_ line: String) { #expect(lines.contains(line), "missing: \(line)") }
 
+            // Each counter a series per family, under its name of old (IPv4 and IPv6 slots apart);
+            // a family-less one (events lost) one series, its unused IPv6 slot not read.
+            #expect(DatapathStat.all.filter { !$0.perFamily }.map(\.cName) == ["MASQ_STAT_EVENTS_LOST"])
             for stat in DatapathStat.all {
                 has("# HELP \(stat.metricName) \(stat.help)")
                 has("# TYPE \(stat.metricName) counter")
-                has("\(stat.metricName) \((100 + UInt64(stat.index)) * cpus)")
+                if stat.perFamily {
+                    has(#"\#(stat.metricName){family="ipv4"} \#((100 + UInt64(stat.index)) * cpus)"#)
+                    has(#"\#(stat.metricName){family="ipv6"} \#((1000 + UInt64(stat.index)) * cpus)"#)
+                    #expect(!lines.contains { $0.hasPrefix(stat.metricName + " ") }, "\(stat.metricName) without a family")
+                } else {
+                    has("\(stat.metricName) \((100 + UInt64(stat.index)) * cpus)")
+                    #expect(!lines.contains { $0.hasPrefix(stat.metricName + "{") }, "\(stat.metricName) with a family")
+                }
             }
             for reason in DropReason.all {
                 has(#"masq_drops_total{reason="\#(reason.label)"} \#(reason.code == DROP_FRAG_NOT_FOUND.rawValue ? 9 * cpus : 0)"#)
@@ -241,10 +254,20 @@ struct FigureLiveTests {
             #expect(problems.isEmpty, "\(problems)")
             let status = try api.decode(StatusResponse.self, result)
 
+            // counters: both families together; countersByFamily: each apart.
             let c = status.counters
-            func stat(_ s: masq_stat) -> UInt64 { (100 + UInt64(s.rawValue)) * cpus }
-            #expect(c.values == Dictionary(uniqueKeysWithValues: DatapathStat.all.map { ($0.statusKey, stat(masq_stat($0.index))) }))
+            func v4(_ s: masq_stat) -> UInt64 { (100 + UInt64(s.rawValue)) * cpus }
+            func v6(_ s: masq_stat) -> UInt64 { (1000 + UInt64(s.rawValue)) * cpus }
+            func stat(_ s: masq_stat) -> UInt64 { v4(s) + v6(s) }
+            let perFamily = DatapathStat.all.filter(\.perFamily)
+            #expect(c.values == Dictionary(uniqueKeysWithValues: DatapathStat.all.map {
+                ($0.statusKey, $0.perFamily ? stat(masq_stat($0.index)) : v4(masq_stat($0.index)))
+            }))
             #expect(c["icmpErrorsTranslated"] == stat(MASQ_STAT_ICMP_ERRORS) && c["snatPackets"] == stat(MASQ_STAT_SNAT_PACKETS))
+            #expect(c["eventsLost"] == v4(MASQ_STAT_EVENTS_LOST))
+            let byFamily = status.countersByFamily
+            #expect(byFamily.ipv4.values == Dictionary(uniqueKeysWithValues: perFamily.map { ($0.statusKey, v4(masq_stat($0.index))) }))
+            #expect(byFamily.ipv6.values == Dictionary(uniqueKeysWithValues: perFamily.map { ($0.statusKey, v6(masq_stat($0.index))) }))
             #expect(status.drops.first { $0.reason == "frag_not_found" }?.count == 9 * cpus)
 
             let a = status.allocation
@@ -292,7 +315,7 @@ struct FigureLiveTests {
     /// The masq_nat_v4 entry of status's tables.
     static func natTable(_ api: LiveAPI) async throws -> StatusResponse.Table {
         let status = try api.decode(StatusResponse.self, try await api.get("/v1/status"))
-        #expect(status.tables.filter { $0.name != MASQ_MAP_NAT_V4 }.allSatisfy { $0.asOf == nil && $0.ageSeconds == nil },
+        #expect(status.tables.filter { ![MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6].contains($0.name) }.allSatisfy { $0.asOf == nil && $0.ageSeconds == nil },
                 "the small maps are counted per request")
         return try #require(status.tables.first { $0.name == MASQ_MAP_NAT_V4 })
     }
@@ -305,8 +328,10 @@ struct FigureLiveTests {
     @Test("status and /metrics serve the NAT table's figures as last counted, with their age, not a walk per request")
     func natSummary() async throws {
         try await LiveAPI.with { api in
-            // No GC pass yet: the first request counts the table once.
+            // No GC pass yet: the first request counts the tables once, both families.
             try await api.fillFlows(10)
+            try await api.fillFlows(4, family: .ipv6)
+            try await api.fillFlows(3, dport: 0, proto: 1, family: .ipv6)
             let first = try await Self.natTable(api)
             #expect(first.entries == 20 && first.maxEntries == 262_144)
             let counted = try #require(first.asOf)
@@ -320,6 +345,15 @@ struct FigureLiveTests {
             #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv4",proto="tcp",kind="masquerade"}"#) == 10)
             #expect(Self.sample(metrics, #"masq_map_entries{map="masq_nat_v4"}"#) == 20)
             #expect(Self.sample(metrics, #"masq_nat_count_age_seconds{family="ipv4"}"#) != nil)
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv6",proto="tcp",kind="masquerade"}"#) == 4)
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv6",proto="icmpv6",kind="masquerade"}"#) == 3)
+            #expect(Self.sample(metrics, #"masq_nat_flows{family="ipv6",proto="icmp",kind="masquerade"}"#) == nil)
+            #expect(Self.sample(metrics, #"masq_map_entries{map="masq_nat_v6"}"#) == 14)
+            #expect(Self.sample(metrics, #"masq_nat_count_age_seconds{family="ipv6"}"#) != nil)
+            let status = try api.decode(StatusResponse.self, try await api.get("/v1/status"))
+            #expect(status.tables.first { $0.name == MASQ_MAP_NAT_V6 }?.entries == 14)
+            let client = try await run([try builtBinary("masq-client"), "status", "--socket", api.socketPath])
+            #expect(client.stdout.contains("NAT table:      IPv4 20/262144 entries (0.0%), IPv6 14/"), "\(client.stdout)")
 
             // A GC pass's summary replaces it, and its age is reported.
             var report = ConntrackSweeper.Report()

@@ -271,12 +271,12 @@ _Static_assert(sizeof(struct masq_nat_entry_v6) == 72, "masq_nat_entry_v6 size")
 	X(ALLOC_SCANS, "allocationScans", "masq_nat_allocation_scans_total", "Allocations whose random probes all hit used ports, so they scanned the whole snat-port-range.") \
 	X(REVERSE_RESTORED, "reverseRestored", "masq_nat_reverse_restored_total", "INGRESS halves of live flows re-created by the datapath after a flush or GC race deleted them.") \
 	X(ICMP_ERRORS, "icmpErrorsTranslated", "masq_icmp_errors_translated_total", "ICMP errors (destination unreachable, time exceeded) translated per RFC 5508, either direction.") \
-	X(FRAG_TRACKED, "fragmentsTracked", "masq_fragments_tracked_total", "First IPv4 fragments whose ports were remembered for the later fragments.") \
-	X(FRAG_MATCHED, "fragmentsMatched", "masq_fragments_matched_total", "Later IPv4 fragments translated with their first fragment's ports.") \
+	X(FRAG_TRACKED, "fragmentsTracked", "masq_fragments_tracked_total", "First fragments (IPv4, or IPv6 with a fragment header) whose ports were remembered for the later fragments.") \
+	X(FRAG_MATCHED, "fragmentsMatched", "masq_fragments_matched_total", "Later fragments translated with their first fragment's ports.") \
 	X(ALLOC_FULL_HINT, "allocationFullHintFailures", "masq_nat_allocation_full_hint_failures_total", "Failed allocations answered by a recent full-scan mark of their tuple, without scanning again.") \
 	X(TABLE_FULL, "tableFull", "masq_nat_table_full_total", "New flows the full NAT table refused (pod flows are nat_table_full drops); each wakes the GC.") \
 	X(HOST_UNTRACKED, "hostUntracked", "masq_host_untracked_packets_total", "Node packets passed untracked because the NAT table was full and their tuple was free.") \
-	X(EVENTS_LOST, "eventsLost", "masq_datapath_events_lost_total", "Datapath events (GET /v1/events) lost because masqd fell behind reading the masq_events ring; counted at the IPv4 index only.") \
+	X(EVENTS_LOST, "eventsLost", "masq_datapath_events_lost_total", "Datapath events (GET /v1/events) lost because masqd fell behind reading the masq_events ring (no family: MASQ_STAT_FAMILY_LESS).") \
 	/* one line a counter, each ending in a backslash; the blank line below ends the list */
 
 enum masq_stat {
@@ -287,6 +287,9 @@ enum masq_stat {
 };
 
 #define MASQ_STAT_V6(stat)          (MASQ_STAT_MAX + (stat))
+/* Counters of no family's packets (masqd's reading of masq_events): counted at MASQ_STAT_x only,
+ * their V6 slot stays zero; status and /metrics report them without a family. */
+#define MASQ_STAT_FAMILY_LESS(stat) ((stat) == MASQ_STAT_EVENTS_LOST)
 #define MASQ_STAT_ENTRIES           (2 * MASQ_STAT_MAX)
 
 /* ---- masq_alloc_hist: per-CPU histogram of port allocations by candidates tried. ----

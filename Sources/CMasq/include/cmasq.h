@@ -20,6 +20,7 @@ struct masq_stat_info {
 	const char *key;
 	const char *metric;
 	const char *help;
+	int per_family;    /* counted apart for IPv4 and IPv6 (not MASQ_STAT_FAMILY_LESS) */
 };
 
 /* Counter `index` (below MASQ_STAT_MAX) of MASQ_STAT_LIST. */
