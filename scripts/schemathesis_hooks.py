@@ -10,6 +10,7 @@ Only valid (positive) cases are adjusted; invalid ones go out as generated.
 """
 import ipaddress
 import os
+import re
 
 import schemathesis
 from hypothesis import strategies as st
@@ -65,6 +66,10 @@ def _end_event_stream(case):
     if not isinstance(case.query, dict):
         case.query = {}
     timeout = case.query.get("timeout")
+    # masqd reads the text: a negative case may carry a valid timeout as a string ("86399"),
+    # which streams as long as an integer one would.
+    if isinstance(timeout, str) and re.fullmatch(r"[+-]?[0-9]+", timeout):
+        timeout = int(timeout)
     valid = isinstance(timeout, int) and not isinstance(timeout, bool) and 1 <= timeout <= 86400
     if timeout is None or valid:
         case.query["timeout"] = 1
