@@ -1,7 +1,8 @@
 """schemathesis hooks for docs/api/openapi.yaml (scripts/checks.sh loads them through
 SCHEMATHESIS_HOOKS). They teach schemathesis the constraints the document states in words
 because a JSON Schema cannot say them:
-  - format `cidr`: a CIDR whose host bits are zero (10.244.0.0/16, fd00::/64);
+  - format `cidr`: a CIDR whose host bits are zero (10.244.0.0/16, fd00::/64), and a valid src
+    or dst is an address or such a CIDR (fuzzing may draw any string for a format);
   - /v1/explain: dst is of the same family as src, and device names a device in masqd's network
     namespace (MASQ_CHECK_DEVICES, comma-separated);
   - /v1/events streams until the client goes: every case gets timeout=1 unless its timeout is
@@ -40,6 +41,14 @@ def _family(text):
         return None
 
 
+def _address_or_cidr(text):
+    try:
+        ipaddress.ip_network(text, strict=True)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
 @schemathesis.hook
 def filter_case(context, case):
     if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
@@ -56,6 +65,12 @@ def map_case(context, case):
         _end_event_stream(case)
     if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
         return case
+    if case.operation.path != "/v1/explain" and isinstance(case.query, dict):
+        # Formats are annotations to the validator: fuzzing may draw any string for a valid
+        # src or dst, which masqd rightly refuses.
+        for key in ("src", "dst"):
+            if key in case.query and not _address_or_cidr(case.query[key]):
+                case.query[key] = "10.0.0.0/8" if sum(str(case.query[key]).encode()) % 2 else "fd00::/64"
     if case.operation.path == "/v1/explain" and isinstance(case.query, dict) and "device" in case.query:
         name = str(case.query["device"])
         case.query["device"] = DEVICES[sum(name.encode()) % len(DEVICES)]
