@@ -76,6 +76,11 @@ struct DualStackE2ETests {
                 let route = try await sandbox.sh(routeGet).stdout
                 #expect(route.contains("mtu 1280"), "the pod's route cache did not learn the MTU: \(route)\n\(sandbox.masqdLog)")
                 #expect(udp.succeeded && answerAddress(udp) == Sandbox.nodeIPv6, "the fragmented datagram: \(udp)\n\(sandbox.masqdLog)")
+                // The datapath counted it as an IPv6 error it translated.
+                let status = try await sandbox.masqClient(["status", "-o", "json"])
+                let json = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+                let v6 = (json?["countersByFamily"] as? [String: Any])?["ipv6"] as? [String: Any]
+                #expect((v6?["icmpErrorsTranslated"] as? Int ?? 0) >= 1, "no IPv6 ICMP error counted: \(status)")
             }
         }
     }
