@@ -33,11 +33,19 @@ extension MasqClient.Conntrack {
             if let limit, limit < 1 { throw ValidationError("--limit: must be 1 or more") }
         }
 
-        /// Fixed widths (IPv4 endpoints fit) so rows print as they arrive; the narrow table fits
-        /// in 100 columns.
-        static let narrow = Columns(widths: [6, 21, 21, 21, 11, 7])
+        /// Fixed widths, one set a family, so rows print as they arrive: every endpoint of the
+        /// family fits ("255.255.255.255:65535", "[ffff:...:ffff]:65535"). masqd streams the
+        /// IPv4 flows first, then the IPv6 ones, which get their own header. The narrow IPv4 table
+        /// fits in 100 columns.
+        static func narrow(_ family: IPFamily) -> Columns {
+            let endpoint = family == .ipv6 ? 47 : 21
+            return Columns(widths: [6, endpoint, endpoint, endpoint, 11, 7])
+        }
         static let narrowHeader = ["PROTO", "SOURCE", "DESTINATION", "SNAT", "STATE", "EXPIRES"]
-        static let wide = Columns(widths: [6, 10, 45, 45, 11, 7, 8, 13])
+        static func wide(_ family: IPFamily) -> Columns {
+            let tuple = family == .ipv6 ? 98 : 46
+            return Columns(widths: [6, 10, tuple, tuple, 11, 7, 8, 13])
+        }
         static let wideHeader = ["PROTO", "KIND", "ORIGINAL", "TRANSLATED", "STATE", "AGE", "EXPIRES", "PACKETS O/R", "DEVICE"]
 
         static func narrowRow(_ entry: ConntrackEntry) -> [String] {
@@ -64,21 +72,30 @@ extension MasqClient.Conntrack {
             if let limit { query.append(("limit", String(limit))) }
             let format = global.output
             let wide = format == .wide
-            let (columns, row) = wide ? (Self.wide, Self.wideRow) : (Self.narrow, Self.narrowRow)
+            let (columns, header, row) = wide ? (Self.wide, Self.wideHeader, Self.wideRow) : (Self.narrow, Self.narrowHeader, Self.narrowRow)
             try await reportingErrors {
                 let decoder = APIJSON.decoder()
-                if !format.isDocument && !table.noHeaders {
-                    print(columns.line(wide ? Self.wideHeader : Self.narrowHeader))
-                }
+                let headers = !format.isDocument && !table.noHeaders
+                // The family whose widths the rows take, set by the first row: IPv4's until an
+                // IPv6 flow comes, which starts the IPv6 part under a header of its own.
+                var family: IPFamily?
                 var count = 0
                 try await global.client.streamLines(.conntrackList, query: query) { line in
                     count += 1
                     switch format {
                     case .json: printRaw(line)
                     case .yaml: print("---\n" + (try YAMLDocument(json: line).text), terminator: "")
-                    case .text, .wide: print(columns.line(row(try decoder.decode(ConntrackEntry.self, from: line))))
+                    case .text, .wide:
+                        let entry = try decoder.decode(ConntrackEntry.self, from: line)
+                        let widths: IPFamily = entry.family == .ipv6 || family == .ipv6 ? .ipv6 : .ipv4
+                        if widths != family {
+                            if headers { print((family == nil ? "" : "\n") + columns(widths).line(header)) }
+                            family = widths
+                        }
+                        print(columns(widths).line(row(entry)))
                     }
                 }
+                if headers && family == nil { print(columns(.ipv4).line(header)) }
                 if !format.isDocument && !table.noHeaders { printError("\(count) flow\(count == 1 ? "" : "s")") }
             }
         }

@@ -107,12 +107,14 @@ struct APIHandlers: Sendable {
             throw APIError.badRequest("limit: at most \(ConntrackPaging.maxPageSize) entries a JSON page; send Accept: application/x-ndjson to stream more")
         }
         let reader = try await datapath.natFlowReader()
-        let entryFilter = filter.natEntryFilter
+        let tupleFilter = filter.flowTupleFilter, families = filter.natFamilies
         var entries: [ConntrackEntry] = []
         var names = DeviceNames()
         var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         while let cursor = next, entries.count < limit {
-            let batch = try await BlockingPool.shared.run { [batchSize] in try reader.flows(from: cursor, count: batchSize, filter: entryFilter) }
+            let batch = try await BlockingPool.shared.run { [batchSize] in
+                try reader.flows(from: cursor, count: batchSize, families: families, filter: tupleFilter)
+            }
             let now = NATEntries.bootTimeNow()
             let room = limit - entries.count
             for flow in batch.flows.prefix(room) {
@@ -133,19 +135,21 @@ struct APIHandlers: Sendable {
     /// memory stays bounded by about two batches whatever the table's size and the client's pace.
     func conntrackStream(filter: ConntrackFilter, paging: ConntrackPaging, to writer: ResponseBodyWriter) async throws {
         let reader = try await datapath.natFlowReader()
-        let entryFilter = filter.natEntryFilter
+        let tupleFilter = filter.flowTupleFilter, families = filter.natFamilies
         let start: ConntrackCursor = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         var remaining = paging.limit ?? Int.max
         guard remaining > 0 else { return }
         var pending: Task<StreamChunk, Error>? = Task { [remaining] in
-            try await streamChunk(reader, from: start, limit: remaining, filter: entryFilter)
+            try await streamChunk(reader, from: start, limit: remaining, families: families, filter: tupleFilter)
         }
         defer { pending?.cancel() }
         while let current = pending {
             let chunk = try await current.value
             remaining -= chunk.flows
             pending = remaining > 0 ? chunk.next.map { next in
-                Task { [remaining] in try await streamChunk(reader, from: next, limit: remaining, filter: entryFilter) }
+                Task { [remaining] in
+                    try await streamChunk(reader, from: next, limit: remaining, families: families, filter: tupleFilter)
+                }
             } : nil
             if chunk.lines.readableBytes > 0 { try await writer.write(chunk.lines) }
         }
@@ -160,7 +164,7 @@ struct APIHandlers: Sendable {
 
     /// Reads and encodes one batch of at most `limit` flows from `position`, on a thread of its own.
     private func streamChunk(_ reader: NATFlowReader, from position: ConntrackCursor, limit: Int,
-                             filter: NATEntryFilter?) async throws -> StreamChunk {
+                             families: Set<NATFamily>, filter: FlowTupleFilter?) async throws -> StreamChunk {
         let lifetimes = self.lifetimes
         return try await BlockingPool.shared.run {
             var out = ByteBufferAllocator().buffer(capacity: Self.streamBatchSize * 160)
@@ -168,7 +172,7 @@ struct APIHandlers: Sendable {
             var names = DeviceNames()
             var flows = 0
             let now = NATEntries.bootTimeNow()
-            let next = try reader.forEachFlow(from: position, count: Self.streamBatchSize, filter: filter) { flow in
+            let next = try reader.forEachFlow(from: position, count: Self.streamBatchSize, families: families, filter: filter) { flow in
                 encoder.write(NATEntries.entry(flow, now: now, lifetimes: lifetimes, deviceName: names[flow.egress.ifindex]),
                               to: &out)
                 flows += 1
@@ -178,16 +182,19 @@ struct APIHandlers: Sendable {
         }
     }
 
+    /// Deletes the matching flows of each table that can hold them, both entries of each pair.
     func conntrackFlush(filter: ConntrackFilter) async throws -> ConntrackDeleteResponse {
         var deleted = 0
-        var token: UInt32? = nil
-        repeat {
-            let batch = try await datapath.natDelete(from: token, count: batchSize * 4, filter: filter.natEntryFilter,
-                                                     reporting: events.hasSubscribers)
-            deleted += batch.deleted
-            events.publish(batch.events)
-            token = batch.next
-        } while token != nil
+        for family in NATFamily.allCases where filter.natFamilies.contains(family) {
+            var token: UInt32? = nil
+            repeat {
+                let batch = try await datapath.natDelete(family, from: token, count: batchSize * 4, filter: filter.flowTupleFilter,
+                                                         reporting: events.hasSubscribers)
+                deleted += batch.deleted
+                events.publish(batch.events)
+                token = batch.next
+            } while token != nil
+        }
         return ConntrackDeleteResponse(deleted: deleted)
     }
 

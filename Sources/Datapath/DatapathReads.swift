@@ -40,13 +40,6 @@ public struct DatapathView: Sendable, Equatable {
     public init() {}
 }
 
-/// One batch of the NAT table: entries from `masq_nat_v4` and the token that continues after it.
-public struct NATBatch: Sendable {
-    public var entries: [(key: masq_nat_key_v4, value: masq_nat_entry_v4)]
-    /// The token of the next batch; nil when the table is done.
-    public var next: UInt32?
-}
-
 /// A datapath map's fill level.
 public struct MapFill: Sendable, Equatable {
     public var name: String
@@ -162,13 +155,6 @@ extension Datapath {
     public func nonMasqueradeCIDRs() throws -> [IPPrefix] {
         try object.prefixes(MASQ_MAP_NONMASQ_V4, as: masq_lpm_v4.self)
             + object.prefixes(MASQ_MAP_NONMASQ_V6, as: masq_lpm_v6.self)
-    }
-
-    /// One NAT table batch from `token` (nil: the start).
-    public func natBatch(from token: UInt32?, count: Int) throws -> NATBatch {
-        let batch = try map(MASQ_MAP_NAT_V4).lookupBatch(
-            from: token, count: count, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
-        return NATBatch(entries: batch.entries, next: batch.next)
     }
 
     /// The entries under `keys` (nil where there is none).

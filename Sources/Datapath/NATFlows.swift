@@ -2,34 +2,65 @@
 import CMasq
 import NetworkTypes
 
-/// Where a walk of the NAT table continues: the batch token its batch started from (nil: the
-/// start of the table) and how many entries of that batch were already consumed. Walking a live
-/// table is best effort: flows created or removed meanwhile may be missed or, when a bucket
-/// changes, repeated.
+/// Where a walk of the NAT tables continues: the table (IPv4's is walked first, then IPv6's),
+/// the batch token its batch started from (nil: the start of the table) and how many entries
+/// of that batch were already consumed. Walking a live table is best effort: flows created or
+/// removed meanwhile may be missed or, when a bucket changes, repeated.
 public struct NATTablePosition: Equatable, Sendable {
+    public var family: NATFamily
     public var token: UInt32?
     public var skip: Int
 
-    public static let start = NATTablePosition(token: nil, skip: 0)
+    public static let start = NATTablePosition(family: .ipv4, token: nil, skip: 0)
 
-    public init(token: UInt32?, skip: Int) {
+    public init(family: NATFamily = .ipv4, token: UInt32?, skip: Int) {
+        self.family = family
         self.token = token
         self.skip = skip
     }
 }
 
-/// One flow as the NAT table holds it: its EGRESS entry and, for translated flows, the INGRESS
-/// entry of its replies.
+/// A flow's original tuple (as the pod sent it), either family: what filters look at. Ports
+/// host order; for ICMP echo the id is `sport` and `dport` is 0.
+public struct NATFlowTuple: Sendable, Equatable {
+    public var family: NATFamily
+    public var proto: UInt8
+    public var src: IPAddress
+    public var sport: UInt16
+    public var dst: IPAddress
+    public var dport: UInt16
+
+    public init(family: NATFamily, proto: UInt8, src: IPAddress, sport: UInt16, dst: IPAddress, dport: UInt16) {
+        self.family = family
+        self.proto = proto
+        self.src = src
+        self.sport = sport
+        self.dst = dst
+        self.dport = dport
+    }
+}
+
+/// One flow as a NAT table holds it, either family: its original tuple, the address it leaves
+/// with, and the flow state of its EGRESS entry and, for translated flows, of the INGRESS entry
+/// of its replies (an IPv6 entry's `ct`).
 public struct NATFlow: Sendable {
-    public var key: masq_nat_key_v4
+    public var tuple: NATFlowTuple
+    /// The EGRESS entry's to_addr: the SNAT address (an inbound flow's: the pod's own).
+    public var toAddress: IPAddress
     public var egress: masq_nat_entry_v4
     public var reply: masq_nat_entry_v4?
     /// The position right after this flow.
     public var after: NATTablePosition
-}
 
-/// Which entries of the NAT table a walk takes (key and value as the map holds them).
-public typealias NATEntryFilter = @Sendable (masq_nat_key_v4, masq_nat_entry_v4) -> Bool
+    public init(tuple: NATFlowTuple, toAddress: IPAddress, egress: masq_nat_entry_v4, reply: masq_nat_entry_v4?,
+                after: NATTablePosition) {
+        self.tuple = tuple
+        self.toAddress = toAddress
+        self.egress = egress
+        self.reply = reply
+        self.after = after
+    }
+}
 
 /// The pair arithmetic of masq_abi.h and the clock of the entries' timestamps.
 public enum NATEntries {
@@ -68,6 +99,13 @@ public enum NATEntries {
                 key.daddr, UInt16(bigEndian: key.dport))
     }
 
+    /// The original tuple of an entry of either direction, as filters and the API see it.
+    public static func tuple<Key: NATKey>(_ key: Key, _ value: Key.Value) -> NATFlowTuple {
+        let t = tuples(key, value)
+        return NATFlowTuple(family: Key.family, proto: key.proto, src: Key.ipAddress(t.src), sport: t.sport,
+                            dst: Key.ipAddress(t.dst), dport: t.dport)
+    }
+
     /// CLOCK_BOOTTIME in ns, the clock of the entries' timestamps.
     public static func bootTimeNow() -> UInt64 {
         var ts = timespec()
@@ -76,9 +114,9 @@ public enum NATEntries {
     }
 }
 
-/// Reads flows from the NAT table by its fd, off the Datapath actor (map fds stay valid while
-/// the Datapath lives): a listing of a large table is many syscalls, run by the caller on a
-/// thread of its own (`BlockingPool`).
+/// Reads flows from the NAT tables by their fds, off the Datapath actor (map fds stay valid
+/// while the Datapath lives): a listing of a large table is many syscalls, run by the caller on
+/// a thread of its own (`BlockingPool`).
 public struct NATFlowReader: Sendable {
     /// masq_nat_v4 and masq_nat_v6.
     let v4: BPFMap
@@ -89,62 +127,98 @@ public struct NATFlowReader: Sendable {
         self.v6 = v6
     }
 
-    /// Hands `body` each flow whose EGRESS entry `filter` takes, with its reply entry, in one
-    /// batch of about `count` table entries from `position`, until `body` returns false.
-    /// Returns where the next batch starts (nil: the table is done, or `body` stopped).
+    /// Hands `body` each flow of `families` whose EGRESS entry `filter` takes, with its reply
+    /// entry, in one batch of about `count` table entries from `position`, until `body` returns
+    /// false. Returns where the next batch starts: in the same table, or at the start of the
+    /// next one of `families` (IPv4, then IPv6) once a table is done; nil when all are done or
+    /// `body` stopped.
     @discardableResult
-    public func forEachFlow(from position: NATTablePosition, count: Int, filter: NATEntryFilter? = nil,
-                            _ body: (NATFlow) throws -> Bool) throws -> NATTablePosition? {
+    public func forEachFlow(from position: NATTablePosition, count: Int, families: Set<NATFamily> = Set(NATFamily.allCases),
+                            filter: FlowTupleFilter? = nil, _ body: (NATFlow) throws -> Bool) throws -> NATTablePosition? {
+        var position = position
+        if !families.contains(position.family) {
+            guard let next = Self.table(after: position.family, in: families) else { return nil }
+            position = NATTablePosition(family: next, token: nil, skip: 0)
+        }
+        let walked = position.family == .ipv6
+            ? try forEachFlow(v6, masq_nat_key_v6.self, from: position, count: count, filter: filter, body)
+            : try forEachFlow(v4, masq_nat_key_v4.self, from: position, count: count, filter: filter, body)
+        if walked.stopped { return nil }
+        if let token = walked.next { return NATTablePosition(family: position.family, token: token, skip: 0) }
+        return Self.table(after: position.family, in: families).map { NATTablePosition(family: $0, token: nil, skip: 0) }
+    }
+
+    /// The table walked after `family`'s, of those `families` names.
+    private static func table(after family: NATFamily, in families: Set<NATFamily>) -> NATFamily? {
+        NATFamily.allCases.drop { $0 != family }.dropFirst().first(where: families.contains)
+    }
+
+    /// One batch of one table: the token after it (nil: the table is done), and whether `body` stopped.
+    private func forEachFlow<Key: NATKey & BitwiseCopyable>(
+        _ nat: BPFMap, _: Key.Type, from position: NATTablePosition, count: Int, filter: FlowTupleFilter?,
+        _ body: (NATFlow) throws -> Bool
+    ) throws -> (next: UInt32?, stopped: Bool) where Key.Value: BitwiseCopyable {
         var next: UInt32?
         var stopped = false
-        let nat = v4
-        try nat.forEachBatch(from: position.token, count: count, key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self) { keys, values in
+        try nat.forEachBatch(from: position.token, count: count, key: Key.self, value: Key.Value.self) { keys, values in
             for i in position.skip..<max(position.skip, keys.count) {
                 let key = keys[i], value = values[i]
                 // A flow is listed once, from its EGRESS entry.
                 guard key.dir == UInt8(MASQ_DIR_EGRESS) else { continue }
-                if let filter, !filter(key, value) { continue }
-                let reply = try NATEntries.partner(key, value).flatMap { try nat.lookup($0, as: masq_nat_entry_v4.self) }
-                guard try body(NATFlow(key: key, egress: value, reply: reply,
-                                       after: NATTablePosition(token: position.token, skip: i + 1))) else {
+                let tuple = NATEntries.tuple(key, value)
+                if let filter, !filter(tuple.proto, tuple.src, tuple.sport, tuple.dst, tuple.dport) { continue }
+                let reply = try NATEntries.partner(key, value).flatMap { try nat.lookup($0, as: Key.Value.self) }
+                let flow = NATFlow(tuple: tuple, toAddress: Key.ipAddress(value.to), egress: value.ct, reply: reply?.ct,
+                                   after: NATTablePosition(family: Key.family, token: position.token, skip: i + 1))
+                guard try body(flow) else {
                     stopped = true
                     break
                 }
             }
             return false
         } next: { next = $0 }
-        return stopped ? nil : next.map { NATTablePosition(token: $0, skip: 0) }
+        return (next, stopped)
     }
 
     /// The flows of one batch (see `forEachFlow`) and where the next batch starts.
-    public func flows(from position: NATTablePosition, count: Int, filter: NATEntryFilter? = nil)
-        throws -> (flows: [NATFlow], next: NATTablePosition?)
-    {
+    public func flows(from position: NATTablePosition, count: Int, families: Set<NATFamily> = Set(NATFamily.allCases),
+                      filter: FlowTupleFilter? = nil) throws -> (flows: [NATFlow], next: NATTablePosition?) {
         var flows: [NATFlow] = []
-        let next = try forEachFlow(from: position, count: count, filter: filter) { flows.append($0); return true }
+        let next = try forEachFlow(from: position, count: count, families: families, filter: filter) { flows.append($0); return true }
         return (flows, next)
     }
 }
 
 extension Datapath {
-    /// A reader of the NAT table's flows, for use off the actor.
+    /// A reader of the NAT tables' flows, for use off the actor.
     public func natFlowReader() throws -> NATFlowReader {
         NATFlowReader(v4: try map(MASQ_MAP_NAT_V4), v6: try map(MASQ_MAP_NAT_V6))
     }
 
-    /// Deletes, in one batch of table entries from `token`, every flow with an entry `filter`
-    /// takes (both entries of its pair). Returns the flows deleted, a `.deleted` event for each
-    /// when `reporting`, and the next token (nil: done).
-    public func natDelete(from token: UInt32?, count: Int, filter: NATEntryFilter? = nil, reporting: Bool = false)
-        throws -> (deleted: Int, events: [NATEvent], next: UInt32?)
+    /// Deletes, in one batch of `family`'s table entries from `token`, every flow with an entry
+    /// `filter` takes (both entries of its pair). Returns the flows deleted, a `.deleted` event
+    /// for each when `reporting`, and the next token (nil: that table is done).
+    public func natDelete(_ family: NATFamily, from token: UInt32?, count: Int, filter: FlowTupleFilter? = nil,
+                          reporting: Bool = false) throws -> (deleted: Int, events: [NATEvent], next: UInt32?) {
+        family == .ipv6
+            ? try natDelete(masq_nat_key_v6.self, from: token, count: count, filter: filter, reporting: reporting)
+            : try natDelete(masq_nat_key_v4.self, from: token, count: count, filter: filter, reporting: reporting)
+    }
+
+    private func natDelete<Key: NATKey & BitwiseCopyable>(_: Key.Type, from token: UInt32?, count: Int, filter: FlowTupleFilter?,
+                                                          reporting: Bool) throws -> (deleted: Int, events: [NATEvent], next: UInt32?)
+        where Key.Value: BitwiseCopyable
     {
-        let batch = try natBatch(from: token, count: count)
-        let nat = try map(MASQ_MAP_NAT_V4)
+        let nat = try map(Key.natMap)
+        let batch = try nat.lookupBatch(from: token, count: count, key: Key.self, value: Key.Value.self)
         let now = NATEntries.bootTimeNow()
         var deleted = 0
         var events: [NATEvent] = []
         for (key, value) in batch.entries {
-            if let filter, !filter(key, value) { continue }
+            if let filter {
+                let t = NATEntries.tuple(key, value)
+                if !filter(t.proto, t.src, t.sport, t.dst, t.dport) { continue }
+            }
             // Either entry may come first; the pair counts once, when at least one was still there.
             let removed = try nat.delete(key)
             let partnerRemoved = try NATEntries.partner(key, value).map { try nat.delete($0) } ?? false

@@ -82,8 +82,8 @@ public struct PortHolder: Sendable, Equatable {
     }
 }
 
-/// Which flows port accounting counts, by protocol and original tuple (source, source port,
-/// destination, destination port).
+/// Which flows a walk of the NAT tables takes (port accounting, conntrack listings and
+/// deletes), by protocol and original tuple (source, source port, destination, destination port).
 public typealias FlowTupleFilter = @Sendable (UInt8, IPAddress, UInt16, IPAddress, UInt16) -> Bool
 
 /// Counts the ports each source holds towards each remote port, from the EGRESS entries of

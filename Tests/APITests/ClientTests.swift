@@ -232,6 +232,47 @@ struct ClientTests {
         }
     }
 
+    @Test("conntrack list with IPv6 flows: the IPv6 rows under a header of their own, aligned for IPv6 endpoints; filters and flush by family and IPv6 CIDR")
+    func ipv6Tables() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            try await api.fillFlows(3)
+            try await api.fillFlows(4, family: .ipv6)
+            let env = ["MASQ_SOCKET": api.socketPath]
+            // Both families: the IPv4 part first, in its narrow columns, then the IPv6 part.
+            let both = try await run([client, "conntrack", "list"], environment: env)
+            #expect(both.status == 0 && both.stderr == "7 flows\n", "\(both)")
+            let parts = both.stdout.components(separatedBy: "\n\n")
+            #expect(parts.count == 2, "\(both.stdout)")
+            for (part, family) in zip(parts, ["10.244.", "[fd00::af4:"]) {
+                let rows = part.split(separator: "\n")
+                let header = String(try #require(rows.first))
+                #expect(header.split(separator: " ") == ["PROTO", "SOURCE", "DESTINATION", "SNAT", "STATE", "EXPIRES"])
+                // Aligned: each column starts where its header does, on every row.
+                let starts = ["SOURCE", "DESTINATION", "SNAT", "STATE"].map { header.range(of: $0)!.lowerBound.utf16Offset(in: header) }
+                for row in rows.dropFirst() {
+                    let cells = row.split(separator: " ")
+                    #expect(cells.count == 6 && cells[1].hasPrefix(family), "\(row)")
+                    for (start, cell) in zip(starts, cells[1...4]) {
+                        #expect(String(row).dropFirst(start).hasPrefix(cell), "\(row): \(cell) not at column \(start)")
+                    }
+                }
+            }
+            #expect(parts[0].split(separator: "\n").allSatisfy { $0.count <= 100 }, "\(parts[0])")
+            #expect(parts[1].contains("[fd00::6400:2]:8080  ") && parts[1].contains("[fd00::6400:1]:"), "\(parts[1])")
+
+            let v6 = try await run([client, "conntrack", "list", "--family", "ipv6", "--src", "fd00::af4:0/112", "--no-headers"], environment: env)
+            #expect(v6.status == 0 && v6.stdout.split(separator: "\n").count == 4, "\(v6)")
+            let wide = try await run([client, "conntrack", "list", "-o", "wide", "--dst", "fd00::6400:2"], environment: env)
+            #expect(wide.stdout.split(separator: "\n").count == 5 && wide.stdout.contains("[fd00::af4:1]:10000 -> [fd00::6400:2]:8080"), "\(wide.stdout)")
+
+            let flush = try await run([client, "conntrack", "flush", "--family", "ipv6"], environment: env)
+            #expect(flush.stdout == "Deleted 4 flows.\n", "\(flush)")
+            let left = try await run([client, "conntrack", "list", "--no-headers"], environment: env)
+            #expect(left.stdout.split(separator: "\n").count == 3 && !left.stdout.contains("fd00"), "\(left.stdout)")
+        }
+    }
+
     @Test("conntrack flush needs a filter or --all, not both")
     func flush() async throws {
         let client = try builtBinary("masq-client")

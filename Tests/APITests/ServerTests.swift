@@ -166,6 +166,74 @@ struct ServerTests {
         }
     }
 
+    @Test("IPv6 flows are listed, paged, streamed and deleted beside IPv4 ones: family=ipv6, IPv6 addresses and CIDRs, both entries of a pair")
+    func conntrackIPv6() async throws {
+        try await LiveAPI.with { api in
+            try await api.fillFlows(1_200)
+            try await api.fillFlows(1_300, family: .ipv6)
+            try await api.fillFlows(20, dport: 0, proto: 1, family: .ipv6)
+            let snat6 = IPAddress.v6(LiveAPI.v6(IPv4Address(LiveAPI.snatAddress)!.networkOrder))
+            let remote6 = LiveAPI.v6(IPv4Address("100.0.0.2")!.networkOrder)
+
+            // Pages walk masq_nat_v4, then masq_nat_v6: every flow exactly once.
+            var seen = Set<String>()
+            var cursor: String? = nil
+            var pages = 0, families = Set<IPFamily>()
+            repeat {
+                let page = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?limit=900" + (cursor.map { "&cursor=\($0)" } ?? "")))
+                for e in page.entries { seen.insert("\(e.proto) \(e.original.src) \(e.original.sport)") }
+                families.formUnion(page.entries.map(\.family))
+                cursor = page.nextCursor
+                pages += 1
+            } while cursor != nil && pages < 20
+            #expect(seen.count == 2_520 && families == [.ipv4, .ipv6])
+
+            // family=ipv6: only IPv6 flows, streamed, each line the encoder's JSON of itself.
+            let stream = try await call(api, "/v1/conntrack?family=ipv6", accept: MediaType.ndjson)
+            let lines = stream.body.split(separator: UInt8(ascii: "\n"))
+            #expect(lines.count == 1_320)
+            let entries = try lines.map { try APIJSON.decoder().decode(ConntrackEntry.self, from: Data($0)) }
+            #expect(entries.allSatisfy { $0.family == .ipv6 && $0.translated.src == snat6 && $0.original.dst == .v6(remote6) })
+            #expect(entries.filter { $0.proto == .icmpv6 }.count == 20)
+            let tcp = try #require(entries.first { $0.proto == .tcp })
+            #expect(tcp.state == .established && tcp.replyCounters != nil && tcp.device == "lo")
+            let encoder = APIJSON.encoder()
+            #expect(try entries.map { try encoder.encode($0) }.elementsEqual(lines.map { Data($0) }))
+
+            // IPv6 CIDRs and addresses filter; an IPv4 prefix finds no IPv6 flow, and the reverse.
+            func count(_ query: String) async throws -> Int {
+                try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?limit=10000&" + query)).entries.count
+            }
+            #expect(try await count("src=fd00::af4:0/112&proto=icmpv6") == 20)
+            #expect(try await count("dst=\(remote6)&proto=tcp") == 1_300)
+            #expect(try await count("src=fd00::af4:1&sport=10000&proto=tcp") == 1)
+            #expect(try await count("src=10.244.0.0/16") == 1_200)
+            #expect(try await count("family=ipv4&dst=fd00::/8") == 0)
+            #expect(try await count("family=ipv6&src=10.244.0.0/16") == 0)
+            // A page of the IPv6 table hands out an IPv6 cursor; the stream goes on from it.
+            let page = try api.decode(ConntrackPage.self, try await call(api, "/v1/conntrack?family=ipv6&limit=300"))
+            let next = try #require(page.nextCursor)
+            #expect(next.hasPrefix("6b"))
+            let rest = try await call(api, "/v1/conntrack?family=ipv6&cursor=\(next)", accept: MediaType.ndjson)
+            #expect(page.entries.count + rest.body.split(separator: UInt8(ascii: "\n")).count == 1_320)
+
+            // DELETE: both entries of each IPv6 pair, the IPv4 table untouched.
+            let v4 = try await api.datapath.map(MASQ_MAP_NAT_V4), v6 = try await api.datapath.map(MASQ_MAP_NAT_V6)
+            let echo = try api.decode(ConntrackDeleteResponse.self,
+                                      try await call(api, "/v1/conntrack?family=ipv6&proto=icmpv6", method: "DELETE"))
+            #expect(echo.deleted == 20)
+            #expect(try v6.keys(as: masq_nat_key_v6.self).count == 2_600)
+            let one = try api.decode(ConntrackDeleteResponse.self,
+                                     try await call(api, "/v1/conntrack?src=fd00::af4:1/128&sport=10000", method: "DELETE"))
+            #expect(one.deleted == 1)
+            #expect(try v6.keys(as: masq_nat_key_v6.self).count == 2_598)
+            let all6 = try api.decode(ConntrackDeleteResponse.self, try await call(api, "/v1/conntrack?family=ipv6", method: "DELETE"))
+            #expect(all6.deleted == 1_299)
+            #expect(try v6.keys(as: masq_nat_key_v6.self).isEmpty)
+            #expect(try v4.keys(as: masq_nat_key_v4.self).count == 2_400)
+        }
+    }
+
     @Test("a filtered DELETE removes exactly the matching flows, both entries of each pair")
     func deleteFiltered() async throws {
         try await LiveAPI.with { api in

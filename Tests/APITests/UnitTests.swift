@@ -117,6 +117,45 @@ struct ConntrackEntryTests {
         return v
     }
 
+    /// The flow a walk makes of an EGRESS entry (and its reply's entry).
+    static func flow<Key: NATKey>(_ key: Key, _ value: Key.Value, reply: masq_nat_entry_v4? = nil) -> NATFlow {
+        NATFlow(tuple: NATEntries.tuple(key, value), toAddress: Key.ipAddress(value.to), egress: value.ct, reply: reply, after: .start)
+    }
+
+    @Test("an IPv6 flow is reported as the IPv4 one is, with its family and addresses")
+    func ipv6Entry() throws {
+        let k4 = Self.key("10.244.1.2", 40000, "100.0.0.2", 8080)
+        let v4 = Self.value("100.0.0.1", 32768)
+        let k6 = LiveAPI.v6(k4), v6 = LiveAPI.v6(v4)
+        let entry = NATEntries.entry(Self.flow(k6, v6), now: 0, lifetimes: .default, deviceName: "ext0")
+        #expect(entry.family == .ipv6 && entry.proto == .tcp && entry.kind == .masquerade)
+        #expect(entry.original == FlowTuple(src: IPAddress("fd00::af4:102")!, sport: 40000, dst: IPAddress("fd00::6400:2")!, dport: 8080))
+        #expect(entry.translated == FlowTuple(src: IPAddress("fd00::6400:1")!, sport: 32768, dst: IPAddress("fd00::6400:2")!, dport: 8080))
+        let ingress = try #require(NATEntries.partner(k6, v6))
+        #expect(NATEntries.tuple(ingress, LiveAPI.v6(Self.value("10.244.1.2", 40000))) == NATEntries.tuple(k6, v6))
+        // An IPv4 entry with the same fields is the same flow but for the family.
+        var same = NATEntries.entry(Self.flow(k4, v4), now: 0, lifetimes: .default, deviceName: "ext0")
+        same.family = .ipv6
+        same.original = entry.original
+        same.translated = entry.translated
+        #expect(same == entry)
+    }
+
+    @Test("the NAT tables a filter can match in: its family, and that of its src and dst prefixes")
+    func filterFamilies() throws {
+        func families(_ f: ConntrackFilter) -> Set<NATFamily> { f.natFamilies }
+        #expect(families(ConntrackFilter()) == [.ipv4, .ipv6])
+        #expect(families(ConntrackFilter(family: .ipv6)) == [.ipv6])
+        #expect(families(ConntrackFilter(src: try IPPrefix("fd00::/64"))) == [.ipv6])
+        #expect(families(ConntrackFilter(dst: try IPPrefix("10.0.0.1"))) == [.ipv4])
+        #expect(families(ConntrackFilter(family: .ipv4, src: try IPPrefix("fd00::/64"))).isEmpty)
+        #expect(families(ConntrackFilter(src: try IPPrefix("10.0.0.0/8"), dst: try IPPrefix("fd00::1"))).isEmpty)
+        let filter = try #require(ConntrackFilter(proto: .icmpv6, src: try IPPrefix("fd00::af4:0/112")).flowTupleFilter)
+        #expect(filter(58, IPAddress("fd00::af4:102")!, 7, IPAddress("fd00::6400:2")!, 0))
+        #expect(!filter(58, IPAddress("fd00::af5:102")!, 7, IPAddress("fd00::6400:2")!, 0))
+        #expect(!filter(1, IPAddress("fd00::af4:102")!, 7, IPAddress("fd00::6400:2")!, 0))
+    }
+
     @Test("an EGRESS entry and its INGRESS partner name each other, for TCP and for ICMP echo")
     func partners() throws {
         let egress = Self.key("10.244.1.2", 40000, "100.0.0.2", 8080)
@@ -127,8 +166,9 @@ struct ConntrackEntryTests {
         #expect(ingress.dir == UInt8(MASQ_DIR_INGRESS))
         let back = try #require(NATEntries.partner(ingress, Self.value("10.244.1.2", 40000)))
         #expect(back.saddr == egress.saddr && back.sport == egress.sport && back.dport == egress.dport && back.dir == egress.dir)
-        #expect(NATEntries.original(ingress, Self.value("10.244.1.2", 40000))
-                == NATEntries.original(egress, value))
+        #expect(NATEntries.tuple(ingress, Self.value("10.244.1.2", 40000)) == NATEntries.tuple(egress, value))
+        #expect(NATEntries.tuple(egress, value) == NATFlowTuple(family: .ipv4, proto: 6, src: IPAddress("10.244.1.2")!, sport: 40000,
+                                                              dst: IPAddress("100.0.0.2")!, dport: 8080))
 
         // ICMP echo: the id is sport in EGRESS keys and dport in INGRESS keys.
         let echo = Self.key("10.244.1.2", 77, "100.0.0.2", 0, proto: 1)
@@ -141,8 +181,7 @@ struct ConntrackEntryTests {
         let k = Self.key("10.244.1.2", 80, "100.0.0.2", 50000)
         let v = Self.value("10.244.1.2", 80, flags: MASQ_NAT_F_INBOUND)
         #expect(NATEntries.partner(k, v) == nil)
-        let entry = NATEntries.entry(NATFlow(key: k, egress: v, reply: nil, after: .start), now: 0,
-                                     lifetimes: .default, deviceName: "ext0")
+        let entry = NATEntries.entry(Self.flow(k, v), now: 0, lifetimes: .default, deviceName: "ext0")
         #expect(entry.kind == ConntrackEntry.Kind.inbound && entry.translated == entry.original)
     }
 
@@ -157,8 +196,7 @@ struct ConntrackEntryTests {
         reply.seen = UInt8(MASQ_SEEN_SYNACK | MASQ_SEEN_REPLY)
         reply.last_seen = 6_000_000_000
         reply.packets = 3
-        let entry = NATEntries.entry(NATFlow(key: Self.key("10.244.1.2", 40000, "100.0.0.2", 8080), egress: v,
-                                             reply: reply, after: .start),
+        let entry = NATEntries.entry(Self.flow(Self.key("10.244.1.2", 40000, "100.0.0.2", 8080), v, reply: reply),
                                      now: 16_000_000_000, lifetimes: .default, deviceName: nil)
         #expect(entry.state == .established)
         #expect(entry.ageSeconds == 15)
@@ -206,9 +244,13 @@ struct ConntrackEntryTests {
 
     @Test("cursors round-trip and a foreign cursor is a 400")
     func cursors() throws {
-        for cursor in [ConntrackCursor.start, ConntrackCursor(token: 1234, skip: 7)] {
+        for cursor in [ConntrackCursor.start, ConntrackCursor(token: 1234, skip: 7), ConntrackCursor(family: .ipv6, token: nil, skip: 3),
+                       ConntrackCursor(family: .ipv6, token: 99, skip: 0)] {
             #expect(try ConntrackCursor(cursor.text) == cursor)
         }
+        #expect(ConntrackCursor(family: .ipv6, token: 99, skip: 2).text == "6b99.2")
+        #expect(throws: APIError.self) { try ConntrackCursor("6") }
+        #expect(throws: APIError.self) { try ConntrackCursor("4b1.2") }
         #expect(throws: APIError.self) { try ConntrackCursor("abc") }
         #expect(throws: APIError.self) { try ConntrackCursor("b12.-1") }
     }

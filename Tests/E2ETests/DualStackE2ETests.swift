@@ -1,3 +1,4 @@
+import API
 import Foundation
 import TestSupport
 import Testing
@@ -56,6 +57,71 @@ struct DualStackE2ETests {
 
             let seen = sandbox.serverObservations
             #expect(!seen.contains { $0.contains("fd00:10:244:") || $0.contains("10.244.1.") }, "the outside saw a pod address: \(seen)")
+        }
+    }
+
+    @Test("IPv6 flows in the conntrack API: listed with family=ipv6 and an IPv6 CIDR as the outside saw them, deleted with their reply entry (the next datagram makes a new translated flow), flushed by family; /metrics counts them under family=\"ipv6\"")
+    func conntrackIPv6() async throws {
+        try await Sandbox.with(dualStack: true) { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: .tcx)
+            let pod = sandbox.pods[0], podIP = try #require(IPAddress(Sandbox.podIPv6s[0]))
+            let udp6 = ["udp", "--dst", "\(Self.outside6):\(Sandbox.udpPort)", "--sport", "41000"]
+            let first = try await sandbox.probe(pod, udp6)
+            let udp4 = try await sandbox.probe(pod, ["udp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.udpPort)", "--sport", "41000"])
+            #expect(first.succeeded && udp4.succeeded, "\(first)\n\(udp4)\n\(sandbox.masqdLog)")
+
+            func flows(_ args: [String]) async throws -> [ConntrackEntry] {
+                let list = try await sandbox.masqClient(["conntrack", "list", "-o", "json"] + args)
+                #expect(list.succeeded, "\(list)")
+                return try list.stdout.split(separator: "\n").map { try APIJSON.decoder().decode(ConntrackEntry.self, from: Data($0.utf8)) }
+            }
+            func ours(_ entries: [ConntrackEntry]) -> ConntrackEntry? {
+                entries.first { $0.proto == .udp && $0.original.src == podIP && $0.original.sport == 41000 }
+            }
+            // Listed with family=ipv6 and the pods' IPv6 CIDR: IPv6 flows only, translated as the outside saw it.
+            let listed = try await flows(["--family", "ipv6", "--src", Sandbox.podCIDRv6])
+            #expect(!listed.isEmpty && listed.allSatisfy { $0.family == .ipv6 }, "\(listed)")
+            let flow = try #require(ours(listed), "no UDP flow from [\(podIP)]:41000 in \(listed)")
+            #expect("[\(flow.translated.src)]:\(flow.translated.sport)" == answer(first), "API \(flow.translated), server saw \(answer(first))")
+            #expect(flow.kind == .masquerade && flow.device == Sandbox.device && flow.replyCounters != nil)
+            let table = try await sandbox.masqClient(["conntrack", "list", "--family", "ipv6"])
+            #expect(table.stdout.contains("[\(podIP)]:41000") && table.stdout.contains("[\(Sandbox.outsideIPv6)]:\(Sandbox.udpPort)"), "\(table.stdout)")
+
+            // /metrics: the IPv6 packets under family="ipv6", the IPv4 ones apart.
+            let metrics = try await sandbox.metrics()
+            for name in ["masq_snat_packets_total", "masq_revsnat_packets_total", "masq_nat_allocations_total"] {
+                #expect((metric(metrics, name + #"{family="ipv6"}"#) ?? 0) >= 1, "\(name) ipv6:\n\(metrics)")
+                #expect((metric(metrics, name + #"{family="ipv4"}"#) ?? 0) >= 1, "\(name) ipv4:\n\(metrics)")
+            }
+
+            // DELETE of the IPv6 flow takes both of its entries; the IPv4 flow of the same port stays.
+            func natV6Entries() async throws -> Int {
+                let dump = try await sandbox.sh(["bpftool", "-j", "map", "dump", "pinned", sandbox.bpffsRoot + "/masq_nat_v6"])
+                return (try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [Any])?.count ?? -1
+            }
+            let before = try await natV6Entries()
+            let deleted = try await sandbox.masqClient(["conntrack", "flush", "--src", podIP.description, "--sport", "41000", "--proto", "udp", "-o", "json"])
+            #expect(deleted.stdout.contains(#""deleted":1"#), "\(deleted)")
+            #expect(try await natV6Entries() == before - 2)
+            #expect(ours(try await flows(["--family", "ipv6"])) == nil)
+            #expect(try await flows(["--family", "ipv4", "--sport", "41000"]).count == 1)
+
+            // The next datagram makes a new translated flow, which the outside host sees.
+            let deletedAt = Date()
+            let again = try await sandbox.probe(pod, udp6)
+            #expect(again.succeeded && answerAddress(again) == Sandbox.nodeIPv6, "\(again)\n\(sandbox.masqdLog)")
+            #expect(sandbox.serverObservations.contains("udp " + answer(again)), "\(sandbox.serverObservations)")
+            let renewed = try #require(ours(try await flows(["--family", "ipv6", "--dst", Sandbox.outsideIPv6])))
+            #expect(renewed.ageSeconds <= Date().timeIntervalSince(deletedAt) + 1, "\(renewed)")
+            #expect("[\(renewed.translated.src)]:\(renewed.translated.sport)" == answer(again))
+
+            // Flush by family: no IPv6 flow is left, the IPv4 ones are.
+            let flush = try await sandbox.masqClient(["conntrack", "flush", "--family", "ipv6", "-o", "json"])
+            #expect(flush.succeeded && !flush.stdout.contains(#""deleted":0"#), "\(flush)")
+            #expect(try await flows(["--family", "ipv6"]).isEmpty)
+            #expect(try await natV6Entries() == 0)
+            #expect(!(try await flows(["--family", "ipv4"])).isEmpty)
         }
     }
 
