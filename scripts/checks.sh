@@ -6,6 +6,8 @@
 #                           127.0.0.1 by socat) get the answers it documents, valid ones are
 #                           accepted and invalid ones refused
 #   kubernetes-validate     deploy/kubernetes/*.yaml against the Kubernetes schemas, --strict
+#   promtool                deploy/prometheus/masq-rules.yaml: check rules, and test rules with
+#                           its test cases (masq-rules.test.yaml)
 #   systemd-analyze         contrib/systemd/masqd.service's exposure is under 5.0, and
 #   systemd-sysusers        contrib/systemd/masq.sysusers creates the socket's group
 # Installs its tools itself (pinned, PyPI ones in .build/checks-venv), each step bounded in time.
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 require_root
 ensure_swift
 ensure_packages
+ensure_promtool
 
 # Pinned: a new release of a checker must not turn CI red on its own.
 PIP_PINS=(openapi-spec-validator==0.9.0 schemathesis==4.32.5 kubernetes-validate==1.37.0)
@@ -52,6 +55,12 @@ check_openapi() {
 check_kubernetes() {
     step "kubernetes-validate --strict deploy/kubernetes"
     timeout 120 "$VENV/bin/kubernetes-validate" --strict deploy/kubernetes/*.yaml || failed "kubernetes-validate"
+}
+
+check_prometheus() {
+    step "promtool check rules and test rules deploy/prometheus"
+    timeout 60 promtool check rules deploy/prometheus/masq-rules.yaml || failed "promtool check rules"
+    (cd deploy/prometheus && timeout 60 promtool test rules masq-rules.test.yaml) || failed "promtool test rules"
 }
 
 check_systemd() {
@@ -131,6 +140,7 @@ check_schemathesis() {
 ensure_tools
 check_openapi
 check_kubernetes
+check_prometheus
 check_systemd
 check_schemathesis
 

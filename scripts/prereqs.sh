@@ -43,8 +43,9 @@ ensure_packages() {
     fi
 }
 
-# promtool (the metrics test runs `promtool check metrics` on a live /metrics): taken out of
-# Debian's prometheus package rather than installing it, which would set up a Prometheus server.
+# promtool (the metrics test runs `promtool check metrics` on a live /metrics; checks.sh checks
+# and tests deploy/prometheus/masq-rules.yaml): taken out of Debian's prometheus package rather
+# than installing it, which would set up a Prometheus server.
 ensure_promtool() {
     command -v promtool >/dev/null 2>&1 && return
     step "installing promtool from Debian's prometheus package"

@@ -112,6 +112,27 @@ struct MetricsLiveTests {
             #expect(check.status == 0 && check.stdout.isEmpty && check.stderr.isEmpty, "\(check.stdout)\(check.stderr)")
         }
     }
+
+    @Test("every masqd metric deploy/prometheus/masq-rules.yaml alerts on is one /metrics exports")
+    func alertingRulesUseExportedMetrics() async throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("deploy/prometheus/masq-rules.yaml").path
+        let rules = try String(contentsOfFile: path, encoding: .utf8)
+        // The metric names in the expressions (label values, in quotes, name maps, not metrics).
+        var used = Set<String>()
+        for line in rules.split(separator: "\n") where line.trimmingCharacters(in: .whitespaces).hasPrefix("expr:") {
+            let unquoted = line.split(separator: "\"", omittingEmptySubsequences: false).enumerated()
+                .filter { $0.offset % 2 == 0 }.map(\.element).joined(separator: " ")
+            for match in unquoted.matches(of: /masq_[a-z0-9_]+/) { used.insert(String(match.output)) }
+        }
+        #expect(used.count >= 8, "\(used.sorted())")
+        try await LiveAPI.with { api in
+            let text = try await api.get("/metrics", accept: "text/plain").text
+            for name in used.sorted() {
+                #expect(text.contains("# TYPE \(name) "), "the rules use \(name), which /metrics does not export")
+            }
+        }
+    }
 }
 
 @Suite("metrics listener of a real masqd", .serialized)
