@@ -13,6 +13,7 @@ struct EventTests {
     }
 
     private func address(_ ip: PacketIPv4) -> IPAddress { .v4(IPv4Address(networkOrder: ip.raw)) }
+    private func address(_ ip: PacketIPv6) -> IPAddress { .v6(IPv6Address(bytes: ip.bytes)) }
 
     @Test("with events on, a new flow reports its original tuple, the source it leaves with and its port choice")
     func newFlowIsReported() throws {
@@ -76,5 +77,49 @@ struct EventTests {
         let kept = try events(dp)
         #expect(abs(kept.count - capacity) <= 1, "the ring held \(kept.count) of about \(capacity)")
         #expect(kept.allSatisfy { $0.kind == .dropped(DropReason(DROP_NO_SNAT_ADDRESS), egress: true) })
+    }
+
+    @Test("an IPv6 flow reports its original tuple and translation; an inbound one its own tuple; later packets nothing")
+    func newIPv6FlowIsReported() throws {
+        let dp = try TestDatapath.dualStack(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_IPV6_MASQ | MASQ_CFG_EVENTS)
+        _ = try dp.run(.egress, ipv6Frame(src: Net6.pod1, dst: Net6.server, .udp(sport: 40000, dport: 53)))
+        _ = try dp.run(.egress, ipv6Frame(src: Net6.pod1, dst: Net6.server, .udp(sport: 40000, dport: 53)))
+        _ = try dp.run(.ingress, ipv6Frame(src: Net6.server, dst: Net6.pod2, .tcp(sport: 5555, dport: 80)))
+
+        let reported = try events(dp)
+        try #require(reported.count == 2, "\(reported)")
+        let new = reported[0]
+        #expect(new.kind == .created(keptPort: true, candidates: 1) && new.flow == .masquerade && new.proto == .udp)
+        #expect(new.src == address(Net6.pod1) && new.sport == 40000 && new.dst == address(Net6.server) && new.dport == 53)
+        #expect(new.translatedSrc == address(Net6.snat) && new.translatedSport == 40000)
+        #expect(new.ifindex == Net.testIfindex)
+        let inbound = reported[1]
+        #expect(inbound.kind == .created(keptPort: true, candidates: 0) && inbound.flow == .inbound && inbound.proto == .tcp)
+        #expect(inbound.src == address(Net6.pod2) && inbound.sport == 80 && inbound.dst == address(Net6.server) && inbound.dport == 5555)
+        #expect(inbound.translatedSrc == nil)
+    }
+
+    @Test("an exhausted IPv6 port range reports the failed allocation, then the drop with the packet's IPv6 tuple")
+    func ipv6ExhaustionIsReported() throws {
+        let dp = try TestDatapath.standard(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_IPV6_MASQ | MASQ_CFG_EVENTS,
+                                           portMin: 40000, portMax: 40000)
+        try dp.addDeviceV6(snat: Net6.snat)
+        try dp.addPodCIDRV6(Net6.podCIDR.0, Net6.podCIDR.1)
+        _ = try dp.run(.egress, ipv6Frame(src: Net6.pod1, dst: Net6.server, .tcp(sport: 40000, dport: 443)))
+        let out = try dp.run(.egress, ipv6Frame(src: Net6.pod2, dst: Net6.server, .tcp(sport: 40000, dport: 443)))
+        #expect(out.verdict == TC.shot)
+
+        let reported = try events(dp)
+        try #require(reported.count == 3, "\(reported)")
+        #expect(reported[0].kind == .created(keptPort: true, candidates: 1) && reported[0].src == address(Net6.pod1))
+        guard case .allocationFailed(DropReason(DROP_NAT_PORTS_EXHAUSTED), let candidates) = reported[1].kind else {
+            Issue.record("expected an allocation failure, got \(reported[1])")
+            return
+        }
+        #expect(candidates > 1)
+        #expect(reported[1].src == address(Net6.pod2) && reported[1].dst == address(Net6.server) && reported[1].translatedSrc == nil)
+        #expect(reported[2].kind == .dropped(DropReason(DROP_NAT_PORTS_EXHAUSTED), egress: true))
+        #expect(reported[2].src == address(Net6.pod2) && reported[2].dst == address(Net6.server))
+        #expect(reported[2].proto == .tcp && reported[2].sport == 40000 && reported[2].dport == 443)
     }
 }

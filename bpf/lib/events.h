@@ -2,8 +2,8 @@
 /* events.h: the datapath's reports to masqd through masq_events (struct masq_event, masq_abi.h):
  * a flow created, an allocation that failed, a packet dropped.
  *
- * API: masq_event_flow_new_v4, masq_event_alloc_fail_v4 (nat.h), masq_event_drop (the entry
- * programs). Each costs one flag test while nobody listens (MASQ_CFG_EVENTS, set by masqd while
+ * API: masq_event_flow_new_v4 / _v6, masq_event_alloc_fail_v4 / _v6 (nat.h, nat6.h),
+ * masq_event_drop (the entry programs). Each costs one flag test while nobody listens (MASQ_CFG_EVENTS, set by masqd while
  * GET /v1/events has a subscriber) and never holds a packet up: a record is reserved in place,
  * submitted without waking masqd (it polls), and an event that finds the ring full is counted
  * (MASQ_STAT_EVENTS_LOST) and dropped. */
@@ -13,6 +13,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 
 #include "maps.h"
 #include "stats.h"
@@ -21,7 +22,8 @@
  * next poll: it is falling behind, and a wakeup (an irq_work) is cheaper than a lost event. */
 #define MASQ_EVENTS_WAKEUP_BYTES (MASQ_EVENTS_RING_BYTES / 4)
 
-#define MASQ_AF_INET 2 /* AF_INET, the family field of struct masq_event */
+#define MASQ_AF_INET  2  /* AF_INET, the family field of struct masq_event */
+#define MASQ_AF_INET6 10 /* AF_INET6 */
 
 static __always_inline bool masq_events_on(const struct masq_config *cfg)
 {
@@ -64,6 +66,35 @@ static __always_inline void __masq_event_tuple_v4(struct masq_event *ev,
 	ev->dport = tuple->dport;
 }
 
+/* The original tuple of an IPv6 flow (its EGRESS key) into ev. */
+static __always_inline void __masq_event_tuple_v6(struct masq_event *ev,
+						  const struct masq_nat_key_v6 *tuple)
+{
+	ev->family = MASQ_AF_INET6;
+	ev->proto = tuple->proto;
+	__builtin_memcpy(ev->saddr, &tuple->saddr, 16);
+	__builtin_memcpy(ev->daddr, &tuple->daddr, 16);
+	ev->sport = tuple->sport;
+	ev->dport = tuple->dport;
+}
+
+/* What a new flow's record holds besides its tuple and translated address, from the flow
+ * state ct of its EGRESS entry (either family's). */
+static __always_inline void __masq_event_flow(struct masq_event *ev,
+					      const struct masq_nat_entry_v4 *ct,
+					      bool kept, __u32 tries)
+{
+	ev->ifindex = ct->ifindex;
+	ev->tries = tries;
+	ev->to_port = ct->to_port;
+	if (kept)
+		ev->flags |= MASQ_EV_F_KEPT_PORT;
+	if (ct->flags & MASQ_NAT_F_HOST)
+		ev->flags |= MASQ_EV_F_HOST;
+	if (ct->flags & MASQ_NAT_F_INBOUND)
+		ev->flags |= MASQ_EV_F_INBOUND;
+}
+
 /* masq_event_flow_new_v4: the flow `tuple` (its EGRESS key) was created with the EGRESS entry
  * *state after trying `tries` port candidates. */
 static __always_inline void masq_event_flow_new_v4(const struct masq_config *cfg,
@@ -79,17 +110,39 @@ static __always_inline void masq_event_flow_new_v4(const struct masq_config *cfg
 	if (!ev)
 		return;
 	__masq_event_tuple_v4(ev, tuple);
-	ev->ifindex = state->ifindex;
-	ev->tries = tries;
+	__masq_event_flow(ev, state, kept, tries);
 	__builtin_memcpy(ev->to_addr, &state->to_addr, 4);
-	ev->to_port = state->to_port;
-	if (kept)
-		ev->flags |= MASQ_EV_F_KEPT_PORT;
-	if (state->flags & MASQ_NAT_F_HOST)
-		ev->flags |= MASQ_EV_F_HOST;
-	if (state->flags & MASQ_NAT_F_INBOUND)
-		ev->flags |= MASQ_EV_F_INBOUND;
 	__masq_event_submit(ev);
+}
+
+/* masq_event_flow_new_v6: masq_event_flow_new_v4 for an IPv6 flow. */
+static __always_inline void masq_event_flow_new_v6(const struct masq_config *cfg,
+						   const struct masq_nat_key_v6 *tuple,
+						   const struct masq_nat_entry_v6 *state,
+						   bool kept, __u32 tries)
+{
+	struct masq_event *ev;
+
+	if (!masq_events_on(cfg))
+		return;
+	ev = __masq_event_reserve(MASQ_EV_FLOW_NEW);
+	if (!ev)
+		return;
+	__masq_event_tuple_v6(ev, tuple);
+	__masq_event_flow(ev, &state->ct, kept, tries);
+	__builtin_memcpy(ev->to_addr, &state->to_addr, 16);
+	__masq_event_submit(ev);
+}
+
+/* What a failed allocation's record holds besides its tuple. */
+static __always_inline void __masq_event_alloc_fail(struct masq_event *ev, __u32 ifindex,
+						    __u32 reason, __u32 tries, __u8 flags)
+{
+	ev->ifindex = ifindex;
+	ev->reason = reason;
+	ev->tries = tries;
+	if (flags & MASQ_NAT_F_HOST)
+		ev->flags |= MASQ_EV_F_HOST;
 }
 
 /* masq_event_alloc_fail_v4: the new flow `tuple` (its EGRESS key, leaving by ifindex) got no
@@ -106,36 +159,72 @@ static __always_inline void masq_event_alloc_fail_v4(const struct masq_config *c
 	if (!ev)
 		return;
 	__masq_event_tuple_v4(ev, tuple);
-	ev->ifindex = ifindex;
-	ev->reason = reason;
-	ev->tries = tries;
-	if (flags & MASQ_NAT_F_HOST)
-		ev->flags |= MASQ_EV_F_HOST;
+	__masq_event_alloc_fail(ev, ifindex, reason, tries, flags);
 	__masq_event_submit(ev);
+}
+
+/* masq_event_alloc_fail_v6: masq_event_alloc_fail_v4 for an IPv6 flow. */
+static __always_inline void masq_event_alloc_fail_v6(const struct masq_config *cfg,
+						     const struct masq_nat_key_v6 *tuple,
+						     __u32 ifindex, __u32 reason, __u32 tries, __u8 flags)
+{
+	struct masq_event *ev;
+
+	if (!masq_events_on(cfg))
+		return;
+	ev = __masq_event_reserve(MASQ_EV_ALLOC_FAIL);
+	if (!ev)
+		return;
+	__masq_event_tuple_v6(ev, tuple);
+	__masq_event_alloc_fail(ev, ifindex, reason, tries, flags);
+	__masq_event_submit(ev);
+}
+
+/* The packet's ports into ev when it is TCP or UDP with its header at l4_off. */
+static __always_inline void __masq_event_ports(struct __sk_buff *skb, __u32 l4_off,
+					       struct masq_event *ev)
+{
+	if (ev->proto != IPPROTO_TCP && ev->proto != IPPROTO_UDP)
+		return;
+	/* sport and dport lie next to each other, as in the header; zeroed if cut short. */
+	bpf_skb_load_bytes(skb, l4_off, &ev->sport, 2 * sizeof(__be16));
 }
 
 /* The addresses and, for TCP and UDP with a header in this packet, the ports of the IPv4
  * packet at l3_off into ev: best effort, since the packet may be the malformed one it was
- * dropped for (then proto stays 0). */
+ * dropped for (then proto stays 0). Read straight into the record: the entry programs' stack
+ * has no room for a header copy. */
 static __always_inline void __masq_event_packet_v4(struct __sk_buff *skb, __u32 l3_off,
 						   struct masq_event *ev)
 {
-	__be16 ports[2];
-	struct iphdr ip;
+	__u8 vihl;
+	__be16 frag;
 
 	ev->family = MASQ_AF_INET;
-	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5)
+	if (bpf_skb_load_bytes(skb, l3_off, &vihl, 1) < 0 || (vihl >> 4) != 4 || (vihl & 0xf) < 5 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct iphdr, frag_off), &frag, sizeof(frag)) < 0 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct iphdr, saddr), ev->saddr, 4) < 0 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct iphdr, daddr), ev->daddr, 4) < 0 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct iphdr, protocol), &ev->proto, 1) < 0)
 		return;
-	ev->proto = ip.protocol;
-	__builtin_memcpy(ev->saddr, &ip.saddr, 4);
-	__builtin_memcpy(ev->daddr, &ip.daddr, 4);
-	if ((ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP) ||
-	    (bpf_ntohs(ip.frag_off) & IPV4_FRAG_OFFSET))
+	if (!(bpf_ntohs(frag) & IPV4_FRAG_OFFSET))
+		__masq_event_ports(skb, l3_off + (vihl & 0xf) * 4, ev);
+}
+
+/* The same for an IPv6 packet; extension headers are not walked here, so behind one proto is
+ * that header's number and the ports stay 0. */
+static __always_inline void __masq_event_packet_v6(struct __sk_buff *skb, __u32 l3_off,
+						   struct masq_event *ev)
+{
+	__u8 version;
+
+	ev->family = MASQ_AF_INET6;
+	if (bpf_skb_load_bytes(skb, l3_off, &version, 1) < 0 || (version >> 4) != 6 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct ipv6hdr, saddr), ev->saddr, 16) < 0 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct ipv6hdr, daddr), ev->daddr, 16) < 0 ||
+	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct ipv6hdr, nexthdr), &ev->proto, 1) < 0)
 		return;
-	if (bpf_skb_load_bytes(skb, l3_off + ip.ihl * 4, ports, sizeof(ports)) < 0)
-		return;
-	ev->sport = ports[0];
-	ev->dport = ports[1];
+	__masq_event_ports(skb, l3_off + sizeof(struct ipv6hdr), ev);
 }
 
 /* masq_event_drop: the entry program drops skb for `reason` (a DROP_*). The tuple is read
@@ -159,7 +248,8 @@ static __always_inline void masq_event_drop(struct __sk_buff *skb, const struct 
 		ev->flags |= MASQ_EV_F_EGRESS;
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		__masq_event_packet_v4(skb, dev->l2_hdr_len, ev);
-	/* IPv6: __masq_event_packet_v6, with the IPv6 datapath. */
+	else
+		__masq_event_packet_v6(skb, dev->l2_hdr_len, ev);
 	__masq_event_submit(ev);
 }
 

@@ -246,8 +246,11 @@ static __always_inline int snat_v6_new_mapping(const struct masq_nat_key_v6 *tup
 	a->sport = tuple->sport;
 	a->flags = flags;
 	ret = snat_alloc_port(cfg, now);
-	if (ret != MASQ_OK)
+	if (ret != MASQ_OK) {
+		if (IS_ERR(ret))
+			masq_event_alloc_fail_v6(cfg, tuple, ifindex, -ret, a->tries, flags);
 		return ret;
+	}
 
 	/* The reverse value is written; its place becomes the forward one. */
 	ct_entry_init6(&a->v6.rval, to_addr, a->port, flags, ifindex, now);
@@ -258,12 +261,16 @@ static __always_inline int snat_v6_new_mapping(const struct masq_nat_key_v6 *tup
 		if (a->created && !(*state && ipv6_addr_equal(&(*state)->to_addr, to_addr) &&
 				    (*state)->ct.to_port == a->port))
 			bpf_map_delete_elem(&masq_nat_v6, &a->v6.rkey);
-		return snat_alloc_insert_failed(*state != NULL, err, 6);
+		ret = snat_alloc_insert_failed(*state != NULL, err, 6);
+		if (IS_ERR(ret))
+			masq_event_alloc_fail_v6(cfg, tuple, ifindex, -ret, a->tries, flags);
+		return ret;
 	}
 	*state = ct_lookup6(tuple);
 	if (!*state)
-		return -DROP_NAT_INSERT_FAILED;
+		return -DROP_NAT_INSERT_FAILED; /* deleted at once (a flush) */
 	snat_alloc_done(a, 6);
+	masq_event_flow_new_v6(cfg, tuple, *state, /*kept=*/(*state)->ct.to_port == tuple->sport, a->tries);
 	return MASQ_OK;
 }
 
@@ -693,9 +700,10 @@ static __always_inline int snat_v6_rev_nat_track_inbound(struct __sk_buff *skb,
 		       ct_now());
 	ct_inbound_entry_init(&entry.ct, tuple.proto, &l4);
 	err = bpf_map_update_elem(&masq_nat_v6, &key, &entry, BPF_NOEXIST);
-	if (err == 0)
+	if (err == 0) {
 		stat_inc(MASQ_STAT_V6(MASQ_STAT_INBOUND_FLOWS));
-	else if (err == -E2BIG || err == -ENOMEM)
+		masq_event_flow_new_v6(cfg, &key, &entry, /*kept=*/true, /*tries=*/0);
+	} else if (err == -E2BIG || err == -ENOMEM)
 		stat_inc(MASQ_STAT_V6(MASQ_STAT_TABLE_FULL));
 	return NAT_PUNT_TO_STACK;
 }
