@@ -4,6 +4,9 @@
 //
 //     MASQ_BENCH=1 swift test --filter DatapathBenchmarks
 //
+// (newFlowEventsCost: the new-flow path with flow events on and off; EventsBenchmarks in
+// E2ETests measures their delivery.)
+//
 // and MASQ_BENCH_OBJECT=/path/masq.o to measure another build of bpf/ the same way.
 
 import CMasq
@@ -101,5 +104,36 @@ struct DatapathBenchmarks {
             #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 8000)
             #expect(try dp.stat(MASQ_STAT_ALLOC_KEPT_PORT) == 4000)
         }
+    }
+
+    @Test("new flows with events on (a subscriber reading) and off: ns per first packet")
+    func newFlowEventsCost() throws {
+        // Two nodes alike but for MASQ_CFG_EVENTS, measured flow by flow in turn so that both
+        // see the same load; the ring is drained between batches (untimed), as masqd's reader does.
+        var nodes: [(name: String, dp: TestDatapath)] = []
+        for (name, flags) in [("events off", MASQ_CFG_IPV4_MASQ), ("events on", MASQ_CFG_IPV4_MASQ | MASQ_CFG_EVENTS)] {
+            let dp = try TestDatapath(natEntries: 65536)
+            try dp.setConfig(flags: flags)
+            try dp.addDevice(snat: Net.snat)
+            try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
+            nodes.append((name, dp))
+        }
+        let reader = try NATEventReader(map: try nodes[1].dp.object.map(MASQ_MAP_EVENTS))
+        var delivered = 0
+        var costs = Array(repeating: [Double](), count: nodes.count)
+        for port in UInt16(40000)..<44000 {
+            for (i, node) in nodes.enumerated() {
+                let (out, ns) = try node.dp.runTimed(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: port, dport: 53)))
+                #expect(out.parsed.src == Net.snat)
+                costs[i].append(Double(ns))
+            }
+            if port % 500 == 499 { delivered += try reader.poll(timeoutMilliseconds: 0).events.count }
+        }
+        delivered += try reader.poll(timeoutMilliseconds: 0).events.count
+        for (i, node) in nodes.enumerated() {
+            print("datapath cost per packet: new UDP flow, \(node.name): \(median(costs[i])) ns, median of 4000")
+        }
+        let lost = try nodes[1].dp.stat(MASQ_STAT_EVENTS_LOST)
+        #expect(delivered == 4000 && lost == 0, "\(delivered) events read, \(lost) lost")
     }
 }
