@@ -9,8 +9,9 @@
 # MASQ_BENCH_FLOWS is set.
 #
 # Options: --flows N (default 1000000), --clients C (default 50), --rounds R (requests per
-# concurrent client, default 4), --masqd PATH (measure that binary, e.g. an older build; default:
-# this tree's, built with -c release).
+# concurrent client, default 4), --family ipv4|ipv6 (the table filled, default ipv4; ipv6 writes
+# the flows one entry at a time), --masqd PATH (measure that binary, e.g. an older build;
+# default: this tree's, built with -c release).
 set -euo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")/.."
@@ -19,17 +20,20 @@ cd "$(dirname "$0")/.."
 flows=1000000
 clients=50
 rounds=4
+family=ipv4
 masqd=
 while [ $# -gt 0 ]; do
     case $1 in
         --flows) flows=$2; shift 2 ;;
         --clients) clients=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
+        --family) family=$2; shift 2 ;;
         --masqd) masqd=$(cd "$caller_dir" && realpath -m -- "$2"); shift 2 ;;
-        *) die "unknown option $1 (options: --flows N, --clients C, --rounds R, --masqd PATH)" ;;
+        *) die "unknown option $1 (options: --flows N, --clients C, --rounds R, --family ipv4|ipv6, --masqd PATH)" ;;
     esac
 done
 case "$flows$clients$rounds" in *[!0-9]*) die "--flows, --clients and --rounds take whole numbers" ;; esac
+case "$family" in ipv4|ipv6) ;; *) die "--family takes ipv4 or ipv6" ;; esac
 
 require_root
 ensure_packages curl
@@ -44,6 +48,6 @@ fi
 step "building the tests (swift build --build-tests)"
 swift build --build-tests
 step "measuring $flows flows with $masqd"
-MASQ_BENCH_FLOWS=$flows MASQ_BENCH_CLIENTS=$clients MASQ_BENCH_ROUNDS=$rounds MASQD_BIN=$masqd \
+MASQ_BENCH_FLOWS=$flows MASQ_BENCH_CLIENTS=$clients MASQ_BENCH_ROUNDS=$rounds MASQ_BENCH_FAMILY=$family MASQD_BIN=$masqd \
     swift test --skip-build --filter ControlAPIBenchmark 2>&1 | grep -v '^\[' | grep -vE '^(Test Suite|Test Case|◇|↳ ///)'
 cat /tmp/masq-control-api-benchmark.txt

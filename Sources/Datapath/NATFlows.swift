@@ -45,7 +45,7 @@ public struct NATFlowTuple: Sendable, Equatable {
 /// of its replies (an IPv6 entry's `ct`).
 public struct NATFlow: Sendable {
     public var tuple: NATFlowTuple
-    /// The EGRESS entry's to_addr: the SNAT address (an inbound flow's: the pod's own).
+    /// The EGRESS entry's to_addr: the SNAT address (an inbound flow is not translated).
     public var toAddress: IPAddress
     public var egress: masq_nat_entry_v4
     public var reply: masq_nat_entry_v4?

@@ -24,6 +24,8 @@ struct ControlAPIBenchmark {
         let flows = Int(Self.environment["MASQ_BENCH_FLOWS"] ?? "") ?? 500_000
         let clients = Int(Self.environment["MASQ_BENCH_CLIENTS"] ?? "") ?? 50
         let rounds = Int(Self.environment["MASQ_BENCH_ROUNDS"] ?? "") ?? 4
+        // ipv6: the flows go to masq_nat_v6 (LiveAPI's IPv6 twins, written one entry at a time).
+        let family = NATFamily(rawValue: Self.environment["MASQ_BENCH_FAMILY"] ?? "") ?? .ipv4
         let masqd = try Self.environment["MASQD_BIN"] ?? builtBinary("masqd")
         var capacity = 1024
         while capacity < 2 * flows { capacity *= 2 }
@@ -34,13 +36,18 @@ struct ControlAPIBenchmark {
             ]))
             try await sandbox.waitHealthy()
             let pid = daemonPID(process)
-            var lines = ["masqd \(masqd), \(flows) flows (\(2 * flows) entries, nat-max-entries \(capacity)), "
+            var lines = ["masqd \(masqd), \(flows) \(family) flows (\(2 * flows) entries, nat-max-entries \(capacity)), "
                          + "\(clients) concurrent clients x \(rounds) requests; VmHWM at start \(memory(of: pid).peak) KiB"]
 
-            let fd = bpf_obj_get(sandbox.bpffs + "/" + MASQ_MAP_NAT_V4)
+            let name = family == .ipv6 ? MASQ_MAP_NAT_V6 : MASQ_MAP_NAT_V4
+            let fd = bpf_obj_get(sandbox.bpffs + "/" + name)
             #expect(fd >= 0)
             defer { close(fd) }
-            try GCScaleTests.fill(BPFMap(name: MASQ_MAP_NAT_V4, fd: fd, maxEntries: 0), flows: flows, closedEvery: nil)
+            if family == .ipv6 {
+                try LiveAPI.fill(BPFMap(name: name, fd: fd, maxEntries: 0), count: flows, family: .ipv6)
+            } else {
+                try GCScaleTests.fill(BPFMap(name: name, fd: fd, maxEntries: 0), flows: flows, closedEvery: nil)
+            }
             let filled = Date()
             // A GC pass that started after the fill: the figures status serves come from one.
             let deadline = ContinuousClock.now + .seconds(300)

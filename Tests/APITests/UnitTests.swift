@@ -242,6 +242,32 @@ struct ConntrackEntryTests {
         }
     }
 
+    @Test("the stream writes IPv6 addresses as inet_ntop does: zero runs, ties, leading and trailing runs, dotted forms, random ones")
+    func ndjsonIPv6Addresses() throws {
+        var generator = SystemRandomNumberGenerator()
+        var texts = ["::", "::1", "fd00::", "fd00::1", "1:0:0:2::3", "1::2:0:0:3", "1:0:1:0:1:0:1:0", "2001:db8::ff00:42:8329",
+                     "::ffff:10.0.0.1", "::10.0.0.1", "::ffff:0:a00:1", "0:0:0:0:1::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                     "fd00:10:244:1::10", "fe80::1", "1:2:3:4:5:6:7:0", "0:1:2:3:4:5:6:7", "1:2:3:0:0:6:7:8"]
+        // Random groups, each zero half the time: every shape of run.
+        for _ in 0..<2000 {
+            texts.append((0..<8).map { _ in Bool.random(using: &generator) ? "0" : String(UInt16.random(in: 1...0xffff, using: &generator), radix: 16) }
+                .joined(separator: ":"))
+        }
+        var ndjson = ConntrackNDJSON()
+        for text in texts {
+            let address = try #require(IPAddress(text))
+            let entry = ConntrackEntry(family: .ipv6, proto: .udp, kind: .masquerade,
+                                       original: FlowTuple(src: address, sport: 1, dst: address, dport: 2),
+                                       translated: FlowTuple(src: address, sport: 3, dst: address, dport: 2), state: .replied,
+                                       ageSeconds: 1, expiresInSeconds: 2, originalCounters: FlowCounters(packets: 1, bytes: 2),
+                                       replyCounters: nil, device: nil, ifindex: 1)
+            var buffer = ByteBuffer()
+            ndjson.write(entry, to: &buffer)
+            #expect(String(buffer: buffer).contains(#""src":"\#(address.description)""#), "\(text): \(String(buffer: buffer))")
+            #expect(String(buffer: buffer) == String(decoding: try APIJSON.encoder().encode(entry), as: UTF8.self) + "\n")
+        }
+    }
+
     @Test("cursors round-trip and a foreign cursor is a 400")
     func cursors() throws {
         for cursor in [ConntrackCursor.start, ConntrackCursor(token: 1234, skip: 7), ConntrackCursor(family: .ipv6, token: nil, skip: 3),
