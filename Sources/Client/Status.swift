@@ -73,7 +73,11 @@ extension MasqClient.Status {
             let family = table.name.hasSuffix("v6") ? "IPv6" : "IPv4"
             return "\(family) \(table.entries)/\(table.maxEntries) entries (\(String(format: "%.1f", percent))%)"
         }
-        if !nat.isEmpty { lines.append(labelled("NAT table", nat.joined(separator: ", "))) }
+        if !nat.isEmpty {
+            // The counts come from the conntrack GC's last pass, not from this request.
+            let age = status.tables.first { $0.name.hasPrefix("masq_nat_v") }?.ageSeconds
+            lines.append(labelled("NAT table", nat.joined(separator: ", ") + (age.map { ", as of \(duration($0)) ago" } ?? "")))
+        }
         func c(_ key: String) -> UInt64 { status.counters[key] ?? 0 }
         lines.append(labelled("Allocations", "\(c("allocations")) (\(c("allocationsKeptPort")) kept their port, \(c("allocationRetries")) retries, \(c("allocationScans")) full scans, \(c("allocationFailures")) failed)"))
         lines += allocationLines(status.allocation)
