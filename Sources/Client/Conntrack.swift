@@ -15,10 +15,10 @@ extension MasqClient.Conntrack {
         static let configuration = CommandConfiguration(
             abstract: "List tracked flows (streamed as masqd reads them).",
             discussion: """
-                The table shows the original source and destination and the address and port the flow \\
-                leaves with (SNAT); -o wide adds the kind, age, packet counts and device. -o json \\
-                prints NDJSON: one flow a line, each line a ConntrackEntry as GET /v1/conntrack \\
-                streams it with Accept: application/x-ndjson (not the API's paged JSON document). \\
+                The table shows the original source and destination and the address and port the flow \
+                leaves with (SNAT); -o wide adds the kind, age, packet counts and device. -o json \
+                prints NDJSON: one flow a line, each line a ConntrackEntry as GET /v1/conntrack \
+                streams it with Accept: application/x-ndjson (not the API's paged JSON document). \
                 -o yaml prints the same flows as a YAML stream, one document a flow.
                 """)
 

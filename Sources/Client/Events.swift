@@ -7,12 +7,12 @@ extension MasqClient.Conntrack {
         static let configuration = CommandConfiguration(
             abstract: "Print flow events as they happen, like conntrack -E.",
             discussion: """
-                One line an event: [NEW] a flow was created (original tuple => the source it leaves \\
-                with), [DESTROY] it expired or was deleted, [REPAIR] the GC removed a lone half of \\
-                one, [FAIL] a new flow got no port or no table room, [DROP] the datapath dropped a \\
-                packet for a NAT reason. Filters apply to the original tuple (a drop's: the packet's \\
-                own). Runs until interrupted (or --limit, --timeout). When this client reads slower than events \\
-                come, masqd drops some and says how many; they are reported on stderr. -o json prints \\
+                One line an event: [NEW] a flow was created (original tuple => the source it leaves \
+                with), [DESTROY] it expired or was deleted, [REPAIR] the GC removed a lone half of \
+                one, [FAIL] a new flow got no port or no table room, [DROP] the datapath dropped a \
+                packet for a NAT reason. Filters apply to the original tuple (a drop's: the packet's \
+                own). Runs until interrupted (or --limit, --timeout). When this client reads slower than events \
+                come, masqd drops some and says how many; they are reported on stderr. -o json prints \
                 the raw NDJSON lines of GET /v1/events (lost and heartbeat lines included).
                 """)
 

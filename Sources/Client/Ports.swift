@@ -7,11 +7,11 @@ extension MasqClient {
         static let configuration = CommandConfiguration(
             abstract: "Who holds the SNAT ports: each source's ports towards each remote, most first.",
             discussion: """
-                Every translated flow holds one port of its destination's (SNAT address, remote, \\
-                remote port, protocol) tuple, and each tuple has the ports of snat-port-range. A row is \\
-                one source (a pod, or the node for its own flows) towards one remote port: the ports it \\
-                holds there and their share of the range (100% would leave no port for anyone else \\
-                towards that destination). Filters apply to the flows' original tuple. -o json and \\
+                Every translated flow holds one port of its destination's (SNAT address, remote, \
+                remote port, protocol) tuple, and each tuple has the ports of snat-port-range. A row is \
+                one source (a pod, or the node for its own flows) towards one remote port: the ports it \
+                holds there and their share of the range (100% would leave no port for anyone else \
+                towards that destination). Filters apply to the flows' original tuple. -o json and \
                 -o yaml print GET /v1/ports as it came.
                 """)
 

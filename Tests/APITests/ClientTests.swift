@@ -61,6 +61,32 @@ struct ClientTests {
         }
     }
 
+    @Test("every command's help is prose: no line of it ends with a stray backslash")
+    func helpTexts() async throws {
+        let client = try builtBinary("masq-client")
+        // Walks the command tree as `--help` lists it (SUBCOMMANDS: two-space indented names).
+        var pending: [[String]] = [[]]
+        var seen = 0
+        while let path = pending.popLast() {
+            let help = try await run([client] + path + ["--help"])
+            #expect(help.status == 0, "\(path): \(help)")
+            seen += 1
+            for line in help.stdout.split(separator: "\n") where line.hasSuffix("\\") {
+                Issue.record("masq-client \(path.joined(separator: " ")) --help: \"\(line)\"")
+            }
+            // The section's own lines only (it ends at the first blank line), two levels deep.
+            guard path.count < 2, let start = help.stdout.range(of: "SUBCOMMANDS:\n") else { continue }
+            for line in help.stdout[start.upperBound...].split(separator: "\n", omittingEmptySubsequences: false) {
+                if line.isEmpty { break }
+                guard line.hasPrefix("  "), !line.hasPrefix("   "),
+                      let name = line.split(separator: " ").first.map(String.init),
+                      name != "help", name.allSatisfy({ $0.isLowercase || $0 == "-" }) else { continue }
+                pending.append(path + [name])
+            }
+        }
+        #expect(seen >= 8, "walked only \(seen) commands")
+    }
+
     @Test("status names each device's family it does not masquerade, and why")
     func missingFamily() async throws {
         let client = try builtBinary("masq-client")
