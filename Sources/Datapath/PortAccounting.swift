@@ -22,15 +22,13 @@ public struct PortUseTally<Tuple: BitwiseCopyable> {
 
     public mutating func add(_ key: Tuple) {
         let id = NATKeyID(key)
-        if counts[id] != nil {
-            counts[id]!.count += 1
+        if let index = counts.index(forKey: id) {
+            counts.values[index].count += 1
         } else if counts.count < capacity {
             counts[id] = (key, 1)
         } else {
             exact = false
-            for (other, entry) in counts {
-                if entry.count <= 1 { counts[other] = nil } else { counts[other]!.count -= 1 }
-            }
+            counts = counts.compactMapValues { $0.count > 1 ? ($0.key, $0.count - 1) : nil }
         }
     }
 
