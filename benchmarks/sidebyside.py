@@ -8,11 +8,18 @@
   iperf    tcp | udp --delivered N   reads `iperf3 -J` on stdin; prints the TCP bits/s at the
            receiver, or N (the packets the outside device received during the test) per second
            of the test
+  progstats --ids ID,.. -- COMMAND...   runs COMMAND with the kernel's BPF run-time statistics on
+           (BPF_ENABLE_STATS, only while this process holds the fd) and prints, for each program
+           id, "NAME NS_PER_RUN RUNS" over the command
   summary  --baseline MODE --modes A,B,..   reads "mode metric rep value" lines on stdin; prints
-           the medians and their ratios to the baseline as a markdown table
+           the medians and their ratios to the baseline as a markdown table, then the median
+           of the per-repetition ratios
 """
 import argparse
+import ctypes
 import json
+import os
+import subprocess
 import select
 import socket
 import statistics
@@ -100,13 +107,13 @@ def cmd_summary(args):
     for line in sys.stdin:
         fields = line.split()
         if len(fields) == 4:
-            mode, metric, _, value = fields
-            samples.setdefault((mode, metric), []).append(float(value))
+            mode, metric, rep, value = fields
+            samples.setdefault((mode, metric), {})[rep] = float(value)
     modes = args.modes.split(",")
     print("| metric | " + " | ".join(modes) + " |")
     print("|---" * (len(modes) + 1) + "|")
     for metric, title, fmt in METRICS:
-        medians = {m: statistics.median(samples[(m, metric)]) for m in modes if (m, metric) in samples}
+        medians = {m: statistics.median(samples[(m, metric)].values()) for m in modes if (m, metric) in samples}
         base = medians.get(args.baseline)
         cells = []
         for m in modes:
@@ -117,6 +124,55 @@ def cmd_summary(args):
             else:
                 cells.append(fmt(medians[m]))
         print("| %s | %s |" % (title, " | ".join(cells)))
+    # The machine drifts over minutes; a mode's sample divided by the baseline's of the same
+    # repetition (measured seconds apart) cancels most of that drift.
+    print()
+    print("Paired: the median of each repetition's ratio to %s (lowest-highest):" % args.baseline)
+    print()
+    print("| metric | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    for metric, title, _ in METRICS:
+        base = samples.get((args.baseline, metric), {})
+        cells = []
+        for m in modes:
+            ratios = [v / base[rep] for rep, v in samples.get((m, metric), {}).items() if base.get(rep)]
+            cells.append("%.2f (%.2f-%.2f)" % (statistics.median(ratios), min(ratios), max(ratios))
+                         if ratios else "-")
+        print("| %s | %s |" % (title, " | ".join(cells)))
+    return 0
+
+
+SYS_BPF = 321            # x86_64
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
+
+
+def prog_stats(prog_id):
+    out = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)], check=True,
+                         capture_output=True, text=True, timeout=10).stdout
+    info = json.loads(out)
+    return info["name"], info.get("run_time_ns", 0), info.get("run_cnt", 0)
+
+
+def cmd_progstats(args):
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(BPF_STATS_RUN_TIME.to_bytes(4, "little"), 128)
+    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, attr, 128)
+    if fd < 0:
+        print("BPF_ENABLE_STATS: %s" % os.strerror(ctypes.get_errno()), file=sys.stderr)
+        return 1
+    try:
+        ids = [int(i) for i in args.ids.split(",")]
+        before = {i: prog_stats(i) for i in ids}
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=args.timeout)
+        for i in ids:
+            name, ns, runs = prog_stats(i)
+            runs -= before[i][2]
+            ns -= before[i][1]
+            print("%s %.0f %d" % (name, ns / runs if runs else 0, runs))
+    finally:
+        os.close(fd)
     return 0
 
 
@@ -132,11 +188,16 @@ def main():
     p = sub.add_parser("iperf")
     p.add_argument("kind", choices=["tcp", "udp"])
     p.add_argument("--delivered", type=int, default=0)
+    p = sub.add_parser("progstats")
+    p.add_argument("--ids", required=True)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("command", nargs=argparse.REMAINDER)
     p = sub.add_parser("summary")
     p.add_argument("--baseline", required=True)
     p.add_argument("--modes", required=True)
     args = parser.parse_args()
-    return {"serve": cmd_serve, "crr": cmd_crr, "iperf": cmd_iperf, "summary": cmd_summary}[args.cmd](args)
+    return {"serve": cmd_serve, "crr": cmd_crr, "iperf": cmd_iperf, "progstats": cmd_progstats,
+            "summary": cmd_summary}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@
 #   masq      masqd from this tree (--pod-cidrs 10.244.1.0/24 --devices ext0)
 # In the three NAT modes the outside host has no route to the pods: replies arrive only translated.
 #
+# With masq among the modes, one more UDP run measures masq's programs alone (the kernel's BPF
+# run-time statistics, on only while that run lasts).
+#
 # Options: --quick (1 repetition of 2 s: a smoke check), --reps N (default 5), --seconds S (per
 # measurement, default 5), --release (build masqd with -c release), --masqd PATH (use that binary,
 # no build), --modes LIST (a comma-separated subset, default plain,iptables,nftables,masq; plain
@@ -62,6 +65,15 @@ if wants_masq && [ -z "$masqd" ]; then
     masqd=$(swift build "${build_flags[@]}" --show-bin-path)/masqd
 fi
 ! wants_masq || [ -x "$masqd" ] || die "$masqd is not an executable"
+
+# Clients on one CPU and servers on another: left to the scheduler, the sender and the
+# receiver sometimes share a CPU and sometimes not, which moved single samples by 1.5x. The
+# sender's CPU also runs the whole forwarding path (veth hands packets to the backlog of the CPU
+# that sends them), so the figure is that CPU's per-packet work.
+client_cpu=() server_cpu=() iperf_affinity=()
+if [ "$(nproc)" -ge 2 ]; then
+    client_cpu=(taskset -c 0) server_cpu=(taskset -c 1) iperf_affinity=(-A 0,1)
+fi
 
 P=masqbench-$$-
 RUN=/run/masqbench-$$
@@ -144,8 +156,8 @@ EOF
             ;;
     esac
 
-    start_in "$out" "$RUN/$mode-iperf3.log" iperf3 -s -B 100.0.0.2 -p 5201
-    start_in "$out" "$RUN/$mode-crr.log" python3 "$helper" serve --port 7000
+    start_in "$out" "$RUN/$mode-iperf3.log" "${server_cpu[@]}" iperf3 -s -B 100.0.0.2 -p 5201
+    start_in "$out" "$RUN/$mode-crr.log" "${server_cpu[@]}" python3 "$helper" serve --port 7000
     start_in "$out" "$RUN/$mode-probe.log" python3 -u "$netprobe" serve --bind 100.0.0.2 --tcp 8080 --udp 8081 \
         --ready "$RUN/$mode-probe.ready" --lifetime 1800
 }
@@ -173,17 +185,20 @@ rx_packets() { ip -n "$1" -s -j link show eth0 | python3 -c 'import json, sys; p
 measure() {
     local mode=$1 pod=$P$1-pod limit=$((seconds + 20)) out before
     case $2 in
-        tcp) nx "$pod" timeout $limit iperf3 -c 100.0.0.2 -p 5201 -t "$seconds" -J | python3 "$helper" iperf tcp ;;
+        tcp) nx "$pod" timeout $limit iperf3 "${iperf_affinity[@]}" -c 100.0.0.2 -p 5201 -t "$seconds" -J |
+                 python3 "$helper" iperf tcp ;;
         udp)
             # Counted where the packets arrive (the outside device), not by the iperf3 server:
             # a single receiving thread reads fewer 64-byte datagrams per second than the
             # sender's forwarding path delivers, and would measure itself instead of the NAT.
             before=$(rx_packets "$P$1-out")
-            out=$(nx "$pod" timeout $limit iperf3 -c 100.0.0.2 -p 5201 -u -l 64 -b 0 -t "$seconds" -J)
+            out=$(nx "$pod" timeout $limit iperf3 "${iperf_affinity[@]}" -c 100.0.0.2 -p 5201 -u -l 64 -b 0 \
+                -t "$seconds" -J)
             python3 "$helper" iperf udp --delivered $(($(rx_packets "$P$1-out") - before)) <<<"$out"
             ;;
         crr)
-            out=$(nx "$pod" timeout $limit python3 "$helper" crr --dst 100.0.0.2:7000 --seconds "$seconds")
+            out=$(nx "$pod" timeout $limit "${client_cpu[@]}" python3 "$helper" crr --dst 100.0.0.2:7000 \
+                --seconds "$seconds")
             set -- $out
             [ $# -eq 3 ] || return 1
             [ "$3" -le $(($2 / 100)) ] || echo "   warning: $mode: $3 of $(($2 + $3)) connections failed" >&2
@@ -224,6 +239,23 @@ for rep in $(seq "$reps"); do
         done
     done
 done
+
+if wants_masq; then
+    # What masq's programs themselves cost a packet of this traffic (not a figure the ratios use:
+    # with statistics on, every BPF program run also reads the clock twice).
+    step "masq's programs under one more UDP run of ${seconds} s (kernel BPF run-time statistics)"
+    # masqd pins a tcx link per device and direction under its bpffs root.
+    ids=$(for link in "$BPFFS"/links/*; do bpftool -j link show pinned "$link"; echo; done | python3 -c '
+import json, sys
+print(",".join(str(json.loads(line)["prog_id"]) for line in sys.stdin if line.strip()))')
+    [ -n "$ids" ] || die "no tcx link pinned under $BPFFS/links"
+    python3 "$helper" progstats --ids "$ids" --timeout $((seconds + 20)) -- \
+        nsenter --net="/run/netns/${P}masq-pod" "${client_cpu[@]}" \
+        iperf3 "${iperf_affinity[@]}" -c 100.0.0.2 -p 5201 -u -l 64 -b 0 -t "$seconds" |
+        while read -r name ns runs; do
+            printf '   %-12s %5s ns a run over %s runs\n' "$name" "$ns" "$runs"
+        done
+fi
 
 step "checking again that each mode translates"
 check_translation

@@ -9,6 +9,7 @@
 //
 // and MASQ_BENCH_OBJECT=/path/masq.o to measure another build of bpf/ the same way.
 
+import CLibbpf
 import CMasq
 import Foundation
 import Testing
@@ -35,6 +36,19 @@ struct DatapathBenchmarks {
         }
     }
 
+    /// A tc program that returns at once (TC_ACT_UNSPEC): what BPF_PROG_TEST_RUN's duration
+    /// holds besides the program (a clock read, the program's entry and exit). On this VM it
+    /// moves with the machine's slow and fast spells as masq's paths do.
+    private func harnessFloorProgram() throws -> Int32 {
+        var insns = [
+            bpf_insn(code: UInt8(BPF_ALU64 | BPF_MOV | BPF_K), dst_reg: 0, src_reg: 0, off: 0, imm: -1),
+            bpf_insn(code: UInt8(BPF_JMP | BPF_EXIT), dst_reg: 0, src_reg: 0, off: 0, imm: 0),
+        ]
+        let fd = bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, "masq_floor", "GPL", &insns, insns.count, nil)
+        if fd < 0 { throw BPFError("load", "the harness floor program", errno: -fd) }
+        return fd
+    }
+
     private func median(_ values: [Double]) -> Int {
         let sorted = values.sorted()
         return Int(sorted[sorted.count / 2])
@@ -57,6 +71,8 @@ struct DatapathBenchmarks {
             ("egress, pod to pod (excluded)", .egress, podToPod),
         ]
         let nodes = try nodes()
+        let floorFD = try harnessFloorProgram()
+        defer { close(floorFD) }
         for (_, dp) in nodes {
             // Each measured packet is on the path it is named for.
             #expect(try dp.run(.egress, tcpOut).parsed.src == Net.snat)
@@ -70,7 +86,9 @@ struct DatapathBenchmarks {
         }
         for (path, hook, frame) in paths {
             var means = Array(repeating: [Double](), count: nodes.count)
+            var floor = [Double]()
             for _ in 0..<9 {
+                floor.append(try TestDatapath.averageCost(programFD: floorFD, frame, runs: 4000))
                 for (i, node) in nodes.enumerated() {
                     means[i].append(try node.dp.averageCost(hook, frame, runs: 4000))
                 }
@@ -78,6 +96,7 @@ struct DatapathBenchmarks {
             for (i, node) in nodes.enumerated() {
                 print("datapath cost per packet: \(path): \(median(means[i])) ns [\(node.name)]")
             }
+            print("datapath cost per packet: \(path): harness floor in the same batches \(median(floor)) ns")
         }
         for (_, dp) in nodes {
             #expect(try dp.droppedTotal() == 0)

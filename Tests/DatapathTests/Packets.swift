@@ -349,10 +349,15 @@ final class TestDatapath {
     /// runs. Each run starts from the original bytes (BPF_PROG_TEST_RUN's `repeat` would feed
     /// the program its own rewritten packet), so a translated flow stays on its usual path.
     func averageCost(_ hook: Hook, _ frame: [UInt8], runs: Int) throws -> Double {
+        try Self.averageCost(programFD: hook == .egress ? egressFD : ingressFD, frame, runs: runs)
+    }
+
+    /// averageCost(_:_:runs:) for any tc program: the benchmarks time a trivial one beside
+    /// masq's, to show what the harness itself costs.
+    static func averageCost(programFD fd: Int32, _ frame: [UInt8], runs: Int) throws -> Double {
         var out = [UInt8](repeating: 0, count: frame.count + 256)
         var verdict: UInt32 = 0
         var total: UInt64 = 0
-        let fd = hook == .egress ? egressFD : ingressFD
         for _ in 0..<runs {
             var outLen = UInt32(out.count)
             var duration: UInt32 = 0
@@ -362,7 +367,7 @@ final class TestDatapath {
                                        nil, 0, &verdict, 1, &duration)
                 }
             }
-            if err != 0 { throw BPFError("test run", "program \(hook)", errno: -err) }
+            if err != 0 { throw BPFError("test run", "program fd \(fd)", errno: -err) }
             total += UInt64(duration)
         }
         return Double(total) / Double(runs)

@@ -52,7 +52,7 @@ static __always_inline int ct_extract_ports(struct __sk_buff *skb, __u8 proto, _
 	switch (proto) {
 	case IPPROTO_TCP:
 		if (l4_rel + TCP_HDR_MIN_LEN > l3_len ||
-		    bpf_skb_load_bytes(skb, l4_off, &tcp, sizeof(tcp)) < 0)
+		    skb_load(skb, l4_off, &tcp) < 0)
 			return -DROP_INVALID_L4;
 		*sport = tcp.source;
 		*dport = tcp.dest;
@@ -61,7 +61,7 @@ static __always_inline int ct_extract_ports(struct __sk_buff *skb, __u8 proto, _
 		return MASQ_OK;
 	case IPPROTO_UDP:
 		if (l4_rel + UDP_HDR_LEN > l3_len ||
-		    bpf_skb_load_bytes(skb, l4_off, &udp, sizeof(udp)) < 0)
+		    skb_load(skb, l4_off, &udp) < 0)
 			return -DROP_INVALID_L4;
 		*sport = udp.source;
 		*dport = udp.dest;

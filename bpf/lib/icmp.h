@@ -29,7 +29,7 @@ static __always_inline int icmp_v4_load_echo(struct __sk_buff *skb, const struct
 	struct icmp_echo_hdr hdr;
 
 	if (!ipv4_has_l4(pkt, ICMP_ECHO_HDR_LEN) ||
-	    bpf_skb_load_bytes(skb, pkt->l4_off, &hdr, ICMP_ECHO_HDR_LEN) < 0)
+	    skb_load(skb, pkt->l4_off, &hdr) < 0)
 		return -DROP_INVALID_L4;
 
 	switch (hdr.type) {

@@ -10,6 +10,7 @@
 
 #include "consts.h"
 #include "drop_reasons.h"
+#include "skb.h"
 
 /* What the NAT steps need of one IPv4 packet, read once. */
 struct ipv4_pkt {
@@ -21,7 +22,8 @@ struct ipv4_pkt {
 	__u16 frag;            /* flags and fragment offset, host order */
 	__be16 id;             /* identification, network order (fragments of one datagram share it) */
 	__u8 proto;            /* IPPROTO_* */
-	__u8 pad[3];
+	__u8 pad;
+	__sum16 check;         /* the header checksum as read (csum_v4_addr_rewrite) */
 };
 
 /* ipv4_load: reads the IPv4 header at l3_off into *pkt and checks it: version 4, ihl >= 5
@@ -33,7 +35,7 @@ static __always_inline int ipv4_load(struct __sk_buff *skb, __u32 l3_off, struct
 	__u32 hdr_len, tot_len, avail;
 	struct iphdr ip;
 
-	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)) < 0)
+	if (skb_load(skb, l3_off, &ip) < 0)
 		return -DROP_INVALID_IPV4;
 	if (ip.version != 4 || ip.ihl < 5)
 		return -DROP_INVALID_IPV4;
@@ -54,6 +56,8 @@ static __always_inline int ipv4_load(struct __sk_buff *skb, __u32 l3_off, struct
 	pkt->frag = bpf_ntohs(ip.frag_off);
 	pkt->id = ip.id;
 	pkt->proto = ip.protocol;
+	pkt->pad = 0;
+	pkt->check = ip.check;
 	return MASQ_OK;
 }
 

@@ -13,6 +13,7 @@
 #include "masq_abi.h"
 #include "consts.h"
 #include "drop_reasons.h"
+#include "skb.h"
 
 #define IPV6_HDR_LEN            40     /* bytes, the fixed header */
 #define IPV6_OFF_SADDR          8
@@ -25,6 +26,15 @@
  * Real chains hold two or three; a longer one is refused where it would need translating
  * (DROP_IPV6_EXT_CHAIN), never guessed at. */
 #define IPV6_MAX_EXT_HDRS       8
+
+/* The first 8 bytes of an extension header: the fragment header whole, the start of the
+ * others (hdr_len: their length in 8-byte units, not counting the first 8). */
+struct ipv6_ext_hdr {
+	__u8 nexthdr;
+	__u8 hdr_len;
+	__be16 frag_off;       /* fragment header: offset and M flag */
+	__be32 frag_id;        /* fragment header: identification */
+};
 
 /* What the NAT steps need of one IPv6 packet, read once. */
 struct ipv6_pkt {
@@ -48,7 +58,7 @@ struct ipv6_pkt {
 static __always_inline int __ipv6_walk_ext(struct __sk_buff *skb, struct ipv6_pkt *pkt, __u8 nexthdr)
 {
 	__u32 off = pkt->l3_off + IPV6_HDR_LEN, end = pkt->l3_off + pkt->l3_len;
-	__u8 hdr[IPV6_FRAG_HDR_LEN];
+	struct ipv6_ext_hdr hdr;
 	int i;
 
 	/* One round more than headers walked: the last only finds the upper layer. */
@@ -67,22 +77,22 @@ static __always_inline int __ipv6_walk_ext(struct __sk_buff *skb, struct ipv6_pk
 		}
 		if (i == IPV6_MAX_EXT_HDRS)
 			break;
-		if (off + IPV6_FRAG_HDR_LEN > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		if (off + IPV6_FRAG_HDR_LEN > end || skb_load(skb, off, &hdr) < 0)
 			return -DROP_INVALID_IPV6;
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			pkt->has_frag = 1;
-			pkt->frag = bpf_ntohs(*(__be16 *)&hdr[2]);
-			pkt->frag_id = *(__be32 *)&hdr[4];
+			pkt->frag = bpf_ntohs(hdr.frag_off);
+			pkt->frag_id = hdr.frag_id;
 			off += IPV6_FRAG_HDR_LEN;
 			if (pkt->frag & IPV6_FRAG_OFFSET) {
 				pkt->l4_off = off;
-				pkt->proto = hdr[0];
+				pkt->proto = hdr.nexthdr;
 				return MASQ_OK;
 			}
 		} else {
-			off += ((__u32)hdr[1] + 1) * 8;
+			off += ((__u32)hdr.hdr_len + 1) * 8;
 		}
-		nexthdr = hdr[0];
+		nexthdr = hdr.nexthdr;
 	}
 	return -DROP_IPV6_EXT_CHAIN;
 }
@@ -97,7 +107,7 @@ static __always_inline int ipv6_load(struct __sk_buff *skb, __u32 l3_off, struct
 	struct ipv6hdr ip6;
 
 	__builtin_memset(pkt, 0, sizeof(*pkt));
-	if (bpf_skb_load_bytes(skb, l3_off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+	if (skb_load(skb, l3_off, &ip6) < 0 || ip6.version != 6)
 		return -DROP_INVALID_IPV6;
 	__builtin_memcpy(&pkt->saddr, &ip6.saddr, sizeof(pkt->saddr));
 	__builtin_memcpy(&pkt->daddr, &ip6.daddr, sizeof(pkt->daddr));

@@ -570,11 +570,9 @@ static __always_inline int __snat_v4_rewrite(struct __sk_buff *skb, const struct
 	int ret;
 
 	if (old_addr != new_addr) {
-		ret = csum_v4_addr_replace(skb, pkt, old_addr, new_addr);
+		ret = csum_v4_addr_rewrite(skb, pkt, addr_off, old_addr, new_addr);
 		if (ret != MASQ_OK)
 			return ret;
-		if (bpf_skb_store_bytes(skb, pkt->l3_off + addr_off, &new_addr, sizeof(new_addr), 0) < 0)
-			return -DROP_WRITE_FAILED;
 	}
 	/* A later fragment has no L4 header: its first fragment carried the port change. */
 	if (old_port != new_port && !ipv4_is_non_first_fragment(pkt)) {
@@ -693,11 +691,9 @@ static __always_inline int __snat_v4_icmp_error_rewrite(struct __sk_buff *skb, c
 
 	/* The outer header: ICMP has no pseudo header, so only the IPv4 checksum changes. */
 	if (outer_old != new_addr) {
-		ret = csum_v4_addr_replace(skb, pkt, outer_old, new_addr);
+		ret = csum_v4_addr_rewrite(skb, pkt, outer_off, outer_old, new_addr);
 		if (ret != MASQ_OK)
 			return ret;
-		if (bpf_skb_store_bytes(skb, pkt->l3_off + outer_off, &new_addr, sizeof(new_addr), 0) < 0)
-			return -DROP_WRITE_FAILED;
 	}
 	/* The quoted address, and the quoted IPv4 and TCP/UDP checksums that cover it. */
 	if (inner_old != new_addr) {

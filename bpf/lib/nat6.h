@@ -285,18 +285,13 @@ static __always_inline int __snat_v6_rewrite(struct __sk_buff *skb, const struct
 					     __u32 port_off, __be16 old_port, __be16 new_port)
 {
 	bool l4 = !ipv6_is_non_first_fragment(pkt);
-	__s64 diff;
 	int ret;
 
 	if (!ipv6_addr_equal(old_addr, new_addr)) {
-		if (l4) {
-			diff = bpf_csum_diff((__be32 *)old_addr->w, sizeof(*old_addr), (__be32 *)new_addr->w,
-					     sizeof(*new_addr), 0);
-			if (diff < 0 ||
-			    bpf_l4_csum_replace(skb, pkt->l4_off + csum_l4_offset(pkt->proto), 0, diff,
-						csum_l4_flags(pkt->proto) | BPF_F_PSEUDO_HDR) < 0)
-				return -DROP_CSUM_L4;
-		}
+		if (l4 && bpf_l4_csum_replace(skb, pkt->l4_off + csum_l4_offset(pkt->proto), 0,
+					      csum_diff_v6(old_addr, new_addr),
+					      csum_l4_flags(pkt->proto) | BPF_F_PSEUDO_HDR) < 0)
+			return -DROP_CSUM_L4;
 		if (bpf_skb_store_bytes(skb, pkt->l3_off + addr_off, new_addr, sizeof(*new_addr), 0) < 0)
 			return -DROP_WRITE_FAILED;
 	}
@@ -364,7 +359,7 @@ static __always_inline int __snat_v6_icmp_error_rewrite(struct __sk_buff *skb, c
 							__u32 port_off, __be16 old_port, __be16 new_port)
 {
 	__sum16 l4_csum = err->l4.csum;
-	__s64 diff;
+	__u32 diff;
 	int ret;
 
 	/* The outer address, with the ICMPv6 checksum through its pseudo header: the packet's
@@ -374,13 +369,10 @@ static __always_inline int __snat_v6_icmp_error_rewrite(struct __sk_buff *skb, c
 		return ret;
 	/* The quoted address: words of the ICMPv6 message, and of the quoted L4 pseudo header. */
 	if (!ipv6_addr_equal(inner_old, new_addr)) {
-		diff = bpf_csum_diff((__be32 *)inner_old->w, sizeof(*inner_old), (__be32 *)new_addr->w,
-				     sizeof(*new_addr), 0);
-		if (diff < 0)
-			return -DROP_CSUM_L4;
+		diff = csum_diff_v6(inner_old, new_addr);
 		if (err->l4.has_csum)
-			l4_csum = csum_value_replace_diff(l4_csum, (__u32)diff);
-		ret = csum_icmp_replace(skb, pkt->l4_off, 0, (__u32)diff, 0);
+			l4_csum = csum_value_replace_diff(l4_csum, diff);
+		ret = csum_icmp_replace(skb, pkt->l4_off, 0, diff, 0);
 		if (ret != MASQ_OK)
 			return ret;
 		if (bpf_skb_store_bytes(skb, err->inner_l3_off + inner_off, new_addr, sizeof(*new_addr), 0) < 0)
