@@ -67,6 +67,16 @@ struct ControlAPIBenchmark {
                 lines.append("\(uri): alone p50 \(Self.ms(alone.seconds, 0.5)) p99 \(Self.ms(alone.seconds, 0.99))"
                              + " (\(alone.failed) failed); \(clients) clients p50 \(Self.ms(loaded.seconds, 0.5))"
                              + " p99 \(Self.ms(loaded.seconds, 0.99)) (\(loaded.failed) failed)")
+                // The same from a light client process (benchmarks/httpload.py): the clients above
+                // are this debug test process, which shares the two CPUs with masqd.
+                for (n, r) in [(1, 20), (clients, rounds)] {
+                    let load = try await run(["/usr/bin/env", "python3", Self.httpload, "--socket", sandbox.socketPath,
+                                              "--uri", uri, "--clients", String(n), "--rounds", String(r)],
+                                             timeout: .seconds(600))
+                    #expect(load.status == 0, "\(load.stderr)")
+                    lines.append("\(uri): \(n) httpload.py client(s) x \(r): "
+                                 + load.stdout.trimmingCharacters(in: .whitespacesAndNewlines) + " (ms)")
+                }
             }
 
             let before = memory(of: pid)
@@ -108,6 +118,10 @@ struct ControlAPIBenchmark {
             return await group.reduce(into: ([], 0)) { $0.seconds += $1.seconds; $0.failed += $1.failed }
         }
     }
+
+    /// benchmarks/httpload.py, found from this file's place in the repository.
+    static let httpload = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("benchmarks/httpload.py").path
 
     /// The `q` quantile (nearest rank) in milliseconds.
     static func ms(_ values: [Double], _ q: Double) -> String {
