@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* skb.h: reading headers out of the skb. Headers nearly always lie in its linear data, where
- * the program reads them directly: no helper call, which on the established path was a third of
- * the program's cost. A header in paged fragments (a driver that splits them) is copied out by
- * bpf_skb_load_bytes, as every header was before.
+ * the program reads them directly, without a helper call (two of them on every established
+ * packet before). A header in paged fragments (a driver that splits them) is copied out by
+ * bpf_skb_load_bytes.
  *
  * Writes stay with the helpers (bpf_skb_store_bytes, bpf_l3/l4_csum_replace): a program that
  * writes packet data directly gets a verifier prologue that un-clones every cloned skb it sees,
