@@ -110,9 +110,10 @@ def cmd_summary(args):
             mode, metric, rep, value = fields
             samples.setdefault((mode, metric), {})[rep] = float(value)
     modes = args.modes.split(",")
+    measured = [m for m in METRICS if any(metric == m[0] for _, metric in samples)]
     print("| metric | " + " | ".join(modes) + " |")
     print("|---" * (len(modes) + 1) + "|")
-    for metric, title, fmt in METRICS:
+    for metric, title, fmt in measured:
         medians = {m: statistics.median(samples[(m, metric)].values()) for m in modes if (m, metric) in samples}
         base = medians.get(args.baseline)
         cells = []
@@ -131,7 +132,7 @@ def cmd_summary(args):
     print()
     print("| metric | " + " | ".join(modes) + " |")
     print("|---" * (len(modes) + 1) + "|")
-    for metric, title, _ in METRICS:
+    for metric, title, _ in measured:
         base = samples.get((args.baseline, metric), {})
         cells = []
         for m in modes:

@@ -8,6 +8,8 @@
 #
 # Modes (one sandbox each, all alive at once; the NAT is configured in the node namespace only):
 #   plain     routing, no NAT; the outside host has a route back to the pod CIDR
+#   control   a second plain sandbox, only when asked for: its ratio to plain is what the
+#             method cannot tell apart from noise on this machine
 #   iptables  -t nat POSTROUTING -s 10.244.1.0/24 -o ext0 -j MASQUERADE ($IPTABLES, default
 #             iptables-legacy: the x_tables path, not nft underneath)
 #   nftables  a nat postrouting chain: ip saddr 10.244.1.0/24 oifname ext0 masquerade
@@ -19,8 +21,9 @@
 #
 # Options: --quick (1 repetition of 2 s: a smoke check), --reps N (default 5), --seconds S (per
 # measurement, default 5), --release (build masqd with -c release), --masqd PATH (use that binary,
-# no build), --modes LIST (a comma-separated subset, default plain,iptables,nftables,masq; plain
-# is the baseline and always runs). Everything it creates (namespaces masqbench-<pid>-*,
+# no build), --modes LIST (a comma-separated subset of plain,control,iptables,nftables,masq,
+# default all but control; plain is the baseline and always runs), --metrics LIST (a subset of
+# tcp,udp,crr, default all). Everything it creates (namespaces masqbench-<pid>-*,
 # /run/masqbench-<pid>, processes) is removed on every exit path; it never touches the host's
 # devices or netfilter rules.
 set -euo pipefail
@@ -33,6 +36,7 @@ seconds=5
 build_flags=()
 masqd=
 modes=(plain iptables nftables masq)
+metrics=(tcp udp crr)
 IPTABLES=${IPTABLES:-iptables-legacy}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -42,14 +46,19 @@ while [ $# -gt 0 ]; do
         --release) build_flags=(-c release); shift ;;
         --masqd) masqd=$(cd "$caller_dir" && realpath -m -- "$2"); shift 2 ;;
         --modes) IFS=, read -ra modes <<<"plain,${2//plain/}"; shift 2 ;;
-        *) die "unknown option $1 (options: --quick, --reps N, --seconds S, --release, --masqd PATH, --modes LIST)" ;;
+        --metrics) IFS=, read -ra metrics <<<"$2"; shift 2 ;;
+        *) die "unknown option $1 (options: --quick, --reps N, --seconds S, --release, --masqd PATH, --modes LIST, --metrics LIST)" ;;
     esac
 done
 case "$reps$seconds" in *[!0-9]*) die "--reps and --seconds take whole numbers" ;; esac
 [ "$reps" -ge 1 ] && [ "$seconds" -ge 1 ] || die "--reps and --seconds must be at least 1"
 modes=($(printf '%s\n' "${modes[@]}" | awk 'NF && !seen[$0]++'))
 for mode in "${modes[@]}"; do
-    case $mode in plain|iptables|nftables|masq) ;; *) die "unknown mode $mode" ;; esac
+    case $mode in plain|control|iptables|nftables|masq) ;; *) die "unknown mode $mode" ;; esac
+done
+[ ${#metrics[@]} -gt 0 ] || die "--metrics needs at least one of tcp, udp, crr"
+for metric in "${metrics[@]}"; do
+    case $metric in tcp|udp|crr) ;; *) die "unknown metric $metric (tcp, udp, crr)" ;; esac
 done
 wants_masq() { case " ${modes[*]} " in *" masq "*) return 0 ;; esac; return 1; }
 
@@ -134,7 +143,7 @@ build_sandbox() {
     wire "$node" ext0 100.0.0.1/24 "$out" 100.0.0.2/24
 
     case $mode in
-        plain) ip -n "$out" route add 10.244.1.0/24 via 100.0.0.1 ;;
+        plain|control) ip -n "$out" route add 10.244.1.0/24 via 100.0.0.1 ;;
         iptables) nx "$node" "$IPTABLES" -t nat -A POSTROUTING -s 10.244.1.0/24 -o ext0 -j MASQUERADE ;;
         nftables)
             nx "$node" nft -f - <<'EOF'
@@ -167,7 +176,7 @@ check_translation() {
     local mode want seen kind port failures=0
     for mode in "${modes[@]}"; do
         want=100.0.0.1
-        [ "$mode" = plain ] && want=10.244.1.2
+        case $mode in plain|control) want=10.244.1.2 ;; esac
         for kind in tcp udp; do
             port=8080
             [ $kind = udp ] && port=8081
@@ -226,7 +235,6 @@ step "checking that each mode translates"
 check_translation
 
 step "measuring: $reps repetition(s), ${seconds} s per measurement, modes interleaved"
-metrics=(tcp udp crr)
 results=$RUN/results
 for rep in $(seq "$reps"); do
     for metric in "${metrics[@]}"; do
