@@ -11,7 +11,8 @@ struct DropReasonTests {
         let reasons = DropReason.all
         #expect(reasons.count == Int(masq_drop_reason_count()) && reasons.count >= 11)
         #expect(DropReason(DROP_NAT_TABLE_FULL).code == 138 && DropReason(DROP_NAT_TABLE_FULL).label == "nat_table_full")
-        #expect(DropReason(DROP_CSUM_L3).label == "csum_l3")
+        #expect(DropReason(DROP_CSUM_L4).label == "csum_l4")
+        #expect(!reasons.contains { $0.code == 134 }, "134 (csum_l3) is retired")
         #expect(Set(reasons.map(\.code)).count == reasons.count)
     }
 

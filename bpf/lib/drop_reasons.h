@@ -7,6 +7,9 @@
  * numbers. Rules: numbers never change and a retired one is never reused; 130 <= n < 256, so that a negative return never collides with a TC_ACT_* code and
  * the reason is a valid masq_drops index (MASQ_DROPS_MAX_ENTRIES). The summary is one
  * sentence for status output.
+ *
+ * Retired: 134 (csum_l3, the IPv4 header checksum update failed): the checksum is computed by
+ * the program and written with the address in one store, which fails as write_failed.
  */
 #ifndef MASQ_DROP_REASONS_H
 #define MASQ_DROP_REASONS_H
@@ -16,7 +19,6 @@
 	X(INVALID_L4, 131, "The TCP, UDP or ICMP header was cut short on a packet that needed translating.") \
 	X(NAT_PORTS_EXHAUSTED, 132, "No source port was free for the SNAT address, remote address, remote port and protocol.") \
 	X(NAT_INSERT_FAILED, 133, "The NAT table refused a new mapping.") \
-	X(CSUM_L3, 134, "Updating the IPv4 header checksum failed.") \
 	X(CSUM_L4, 135, "Updating the TCP, UDP or ICMP checksum failed.") \
 	X(WRITE_FAILED, 136, "Writing a rewritten address or port into the packet failed.") \
 	X(FRAG_NOT_FOUND, 137, "A later IPv4 fragment arrived before its datagram's first fragment, so its ports were unknown.") \
