@@ -107,7 +107,9 @@ final class LiveAPI: @unchecked Sendable {
             live.metricsServer = Task { try await listener.run() }
         }
         defer { live.metricsServer?.cancel() }
-        let deadline = ContinuousClock.now + .seconds(30)
+        // Generous: early in a full run the cooperative threads can be busy for over a minute
+        // with the datapath suites' synchronous program loads (BlockingTests says more).
+        let deadline = ContinuousClock.now + .seconds(180)
         while !(serving.isServing || (!attached && FileManager.default.fileExists(atPath: live.socketPath)))
                 || (metrics != nil && !metricsServing.isServing) {
             guard ContinuousClock.now < deadline else { throw TestFailure("the API server did not start") }

@@ -4,12 +4,15 @@ import Dispatch
 import Synchronization
 import Testing
 
+// The time limits catch a hang, not slowness: at the start of a full run the datapath suites
+// load their BPF programs synchronously on the two cooperative threads, and the other suites wait
+// for a thread for up to a minute and a half on a 2-core machine.
 @Suite("Blocking pool and poll loops")
 struct BlockingTests {
     struct Failure: Error {}
 
     @Test("a job runs while more long-lived jobs than cores hold threads; results and errors come back",
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(5)))
     func poolGrows() async throws {
         let pool = BlockingPool(name: "test-blocking", idleTimeout: .seconds(1))
         let release = DispatchSemaphore(value: 0)
@@ -28,7 +31,7 @@ struct BlockingTests {
         #expect(sums == (0..<20).reduce(0, +))
     }
 
-    @Test("a poll loop wakes on a readable descriptor, and stop() returns after it ended", .timeLimit(.minutes(1)))
+    @Test("a poll loop wakes on a readable descriptor, and stop() returns after it ended", .timeLimit(.minutes(5)))
     func pollLoop() async throws {
         var ends: [Int32] = [-1, -1]
         #expect(pipe(&ends) == 0)

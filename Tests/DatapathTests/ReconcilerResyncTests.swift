@@ -24,7 +24,7 @@ struct ReconcilerResyncTests {
     }
 
     @Test("a node IP deleted from masq_nodes_v4 behind masqd's back is restored by the next resync",
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(5)))
     func driftHeals() async throws {
         let root = "/sys/fs/bpf/masq-test-\(getpid())-resync"
         try? Datapath.uninstall(root: root, logger: logger)
