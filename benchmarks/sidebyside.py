@@ -143,7 +143,7 @@ def cmd_summary(args):
     return 0
 
 
-SYS_BPF = 321            # x86_64
+SYS_BPF = {"x86_64": 321, "aarch64": 280}  # bpf(2) by architecture
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 
@@ -156,9 +156,13 @@ def prog_stats(prog_id):
 
 
 def cmd_progstats(args):
+    number = SYS_BPF.get(os.uname().machine)
+    if number is None:
+        print("bpf(2): syscall number unknown on %s" % os.uname().machine, file=sys.stderr)
+        return 1
     libc = ctypes.CDLL(None, use_errno=True)
     attr = ctypes.create_string_buffer(BPF_STATS_RUN_TIME.to_bytes(4, "little"), 128)
-    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, attr, 128)
+    fd = libc.syscall(number, BPF_ENABLE_STATS, attr, 128)
     if fd < 0:
         print("BPF_ENABLE_STATS: %s" % os.strerror(ctypes.get_errno()), file=sys.stderr)
         return 1

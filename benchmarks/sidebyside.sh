@@ -56,6 +56,7 @@ modes=($(printf '%s\n' "${modes[@]}" | awk 'NF && !seen[$0]++'))
 for mode in "${modes[@]}"; do
     case $mode in plain|control|iptables|nftables|masq) ;; *) die "unknown mode $mode" ;; esac
 done
+metrics=($(printf '%s\n' "${metrics[@]}" | awk 'NF && !seen[$0]++'))
 [ ${#metrics[@]} -gt 0 ] || die "--metrics needs at least one of tcp, udp, crr"
 for metric in "${metrics[@]}"; do
     case $metric in tcp|udp|crr) ;; *) die "unknown metric $metric (tcp, udp, crr)" ;; esac
