@@ -129,6 +129,7 @@ let package = Package(
             dependencies: [
                 "API", "Daemon", "Datapath", "Netlink", "ControlServer", "MasqdCLI", "CMasq", "CLibbpf", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),

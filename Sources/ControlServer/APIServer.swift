@@ -155,6 +155,7 @@ struct APIServer: Service, CustomStringConvertible {
                     withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
                     withDecoderLimitConfiguration: decoderLimits)
                 try pipeline.addHandler(HTTPProtocolErrorResponder())
+                try pipeline.addHandler(RequestDeadline(timeout: limits.requestTimeout))
                 let connection = try Connection(wrappingChannelSynchronously: channel,
                                                 configuration: .init(isOutboundHalfClosureEnabled: true))
                 accepted.add(connection)
@@ -205,11 +206,10 @@ struct APIServer: Service, CustomStringConvertible {
         var logger = self.logger
         logger[metadataKey: "peer.uid"] = "\(peer.uid)"
         logger[metadataKey: "peer.pid"] = "\(peer.pid)"
-        // Armed while the connection owes a request (and while it drains after the last answer).
-        let deadline = RequestDeadline(channel: connection.channel,
-                                       timeout: healthOnly ? limits.reserveRequestTimeout : limits.requestTimeout)
-        deadline.arm()
-        defer { deadline.disarm() }
+        if healthOnly {
+            connection.channel.triggerUserOutboundEvent(RequestDeadline.Restart(timeout: limits.reserveRequestTimeout),
+                                                        promise: nil)
+        }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var head: HTTPRequestHead?
@@ -246,7 +246,6 @@ struct APIServer: Service, CustomStringConvertible {
                     guard case .end = part, let h = head else { continue }
                     head = nil
                     bodyBytes = 0
-                    deadline.disarm()
                     let request = APIRequest(method: h.method.rawValue, uri: h.uri,
                                              accept: h.headers.first(name: "accept"), peer: peer)
                     let response = healthOnly && router.match(method: request.method, path: request.path) != .found(.healthz)
@@ -258,7 +257,6 @@ struct APIServer: Service, CustomStringConvertible {
                         outbound.finish()
                         closing = true
                     }
-                    deadline.arm()
                 }
             }
         } catch {
@@ -370,26 +368,88 @@ final class ConnectionLimiter: Sendable {
     }
 }
 
-/// Closes a connection that has not sent a whole request within its timeout. Armed while a
-/// request is owed, disarmed while one is being answered; bytes arriving do not restart it.
-final class RequestDeadline: Sendable {
-    private let channel: Channel
-    private let timeout: TimeAmount
-    private let scheduled = Mutex<Scheduled<Void>?>(nil)
+/// Closes a connection that has not sent a whole request within its timeout, counted from
+/// when it may send one (accepted, or its last answer written) and not restarted by each byte.
+/// It runs on the event loop, where the request's parts arrive: a request that came in time is
+/// answered however long its connection's task waits to run on a busy machine. Disarmed while
+/// requests are being answered; armed again, and never disarmed, once the output is shut (the
+/// connection only drains then).
+final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
-    init(channel: Channel, timeout: TimeAmount) {
-        self.channel = channel
+    /// Restarts the deadline with another timeout (the health reserve's shorter one).
+    struct Restart: Sendable {
+        var timeout: TimeAmount
+    }
+
+    private var timeout: TimeAmount
+    private var scheduled: Scheduled<Void>?
+    /// Requests received whole and not yet answered (a client may pipeline).
+    private var unanswered = 0
+    private var draining = false
+
+    init(timeout: TimeAmount) {
         self.timeout = timeout
     }
 
-    func arm() {
-        let channel = self.channel
-        let task = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
-        scheduled.withLock { $0?.cancel(); $0 = task }
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
     }
 
-    func disarm() {
-        scheduled.withLock { $0?.cancel(); $0 = nil }
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        disarm()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .end = unwrapInboundIn(data), !draining {
+            unanswered += 1
+            disarm()
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            unanswered = max(unanswered - 1, 0)
+            if unanswered == 0 { arm(context) }
+        }
+        context.write(data, promise: promise)
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .output {
+            draining = true
+            arm(context)
+        }
+        context.close(mode: mode, promise: promise)
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard let restart = event as? Restart else {
+            return context.triggerUserOutboundEvent(event, promise: promise)
+        }
+        timeout = restart.timeout
+        if scheduled != nil { arm(context) }
+        promise?.succeed()
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        let channel = context.channel
+        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    private func disarm() {
+        scheduled?.cancel()
+        scheduled = nil
     }
 }
 
