@@ -8,9 +8,11 @@
   iperf    tcp | udp --delivered N   reads `iperf3 -J` on stdin; prints the TCP bits/s at the
            receiver, or N (the packets the outside device received during the test) per second
            of the test
-  progstats --ids ID,.. -- COMMAND...   runs COMMAND with the kernel's BPF run-time statistics on
-           (BPF_ENABLE_STATS, only while this process holds the fd) and prints, for each program
-           id, "NAME NS_PER_RUN RUNS" over the command
+  progstats --ids ID,.. [--timeout S]   turns the kernel's BPF run-time statistics on
+           (BPF_ENABLE_STATS, only while this process holds the fd), prints "ready", and waits
+           for a line on stdin (or S seconds); then prints, for each program id, "NAME
+           NS_PER_RUN RUNS" over that time, and "share PERCENT": the programs' run time as a
+           share of all CPUs' time meanwhile
   summary  --baseline MODE --modes A,B,..   reads "mode metric rep value" lines on stdin; prints
            the medians and their ratios to the baseline as a markdown table, then the median
            of the per-repetition ratios
@@ -169,13 +171,18 @@ def cmd_progstats(args):
     try:
         ids = [int(i) for i in args.ids.split(",")]
         before = {i: prog_stats(i) for i in ids}
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=args.timeout)
+        start = time.monotonic_ns()
+        print("ready", flush=True)
+        select.select([sys.stdin], [], [], args.timeout)
+        wall = time.monotonic_ns() - start
+        total = 0
         for i in ids:
             name, ns, runs = prog_stats(i)
             runs -= before[i][2]
             ns -= before[i][1]
+            total += ns
             print("%s %.0f %d" % (name, ns / runs if runs else 0, runs))
+        print("share %.2f" % (100.0 * total / (wall * (os.cpu_count() or 1))), flush=True)
     finally:
         os.close(fd)
     return 0
@@ -196,7 +203,6 @@ def main():
     p = sub.add_parser("progstats")
     p.add_argument("--ids", required=True)
     p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("command", nargs=argparse.REMAINDER)
     p = sub.add_parser("summary")
     p.add_argument("--baseline", required=True)
     p.add_argument("--modes", required=True)

@@ -250,9 +250,11 @@ for rep in $(seq "$reps"); do
 done
 
 if wants_masq; then
-    # What masq's programs themselves cost a packet of this traffic (not a figure the ratios use:
-    # with statistics on, every BPF program run also reads the clock twice).
-    step "masq's programs under one more UDP run of ${seconds} s (kernel BPF run-time statistics)"
+    # What masq's programs themselves cost under each load: per run, and as a share of the
+    # machine's CPU time. The share bounds what any datapath could win back: a free one would
+    # leave only plain routing's work. Not a figure the ratios use: with statistics on, every
+    # BPF program run also reads the clock twice, so both figures are a little high.
+    step "masq's programs under one more run of each metric (kernel BPF run-time statistics)"
     # masqd pins a tcx link per device and direction under its bpffs root (none in tc mode).
     # A figure that cannot be taken is reported, not fatal: the summary still follows.
     ids=$(for link in "$BPFFS"/links/*; do
@@ -260,17 +262,32 @@ if wants_masq; then
           done | python3 -c '
 import json, sys
 print(",".join(str(json.loads(line)["prog_id"]) for line in sys.stdin if line.strip()))') || ids=
-    if [ -z "$ids" ]; then
-        echo "   not measured: no tcx link pinned under $BPFFS/links"
-    elif ! stats=$(python3 "$helper" progstats --ids "$ids" --timeout $((seconds + 20)) -- \
-            nsenter --net="/run/netns/${P}masq-pod" "${client_cpu[@]}" \
-            iperf3 "${iperf_affinity[@]}" -c 100.0.0.2 -p 5201 -u -l 64 -b 0 -t "$seconds"); then
-        echo "   not measured: progstats failed"
-    else
-        while read -r name ns runs; do
-            printf '   %-12s %5s ns a run over %s runs\n' "$name" "$ns" "$runs"
-        done <<<"$stats"
-    fi
+    [ -n "$ids" ] || echo "   not measured: no tcx link pinned under $BPFFS/links"
+    for metric in "${metrics[@]}"; do
+        [ -n "$ids" ] || break
+        coproc STATS { python3 "$helper" progstats --ids "$ids" --timeout $((seconds + 60)); }
+        # Copies: bash drops the coproc's own descriptors once it has ended.
+        stats_pid=$STATS_PID
+        exec {from_stats}<&"${STATS[0]}" {to_stats}>&"${STATS[1]}"
+        if ! read -r -t 10 ready <&"$from_stats" || [ "$ready" != ready ]; then
+            echo "   not measured: progstats did not start"
+            exec {from_stats}<&- {to_stats}>&-
+            wait "$stats_pid" 2>/dev/null || true
+            break
+        fi
+        value=$(measure masq "$metric") || value="failed"
+        echo >&"$to_stats"
+        printf '   %-4s masq %s with statistics on\n' "$metric" "$value"
+        while read -r -t 10 name ns runs <&"$from_stats"; do
+            if [ "$name" = share ]; then
+                printf '        %s%% of the %d CPUs'"'"' time in masq'"'"'s programs\n' "$ns" "$(nproc)"
+            else
+                printf '        %-12s %5s ns a run over %s runs\n' "$name" "$ns" "$runs"
+            fi
+        done
+        exec {from_stats}<&- {to_stats}>&-
+        wait "$stats_pid" 2>/dev/null || echo "   progstats failed"
+    done
 fi
 
 step "checking again that each mode translates"
