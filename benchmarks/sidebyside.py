@@ -12,7 +12,7 @@
            (BPF_ENABLE_STATS, only while this process holds the fd), prints "ready", and waits
            for a line on stdin (or S seconds); then prints, for each program id, "NAME
            NS_PER_RUN RUNS" over that time, and "share PERCENT": the programs' run time as a
-           share of all CPUs' time meanwhile
+           share of one CPU's time meanwhile
   summary  --baseline MODE --modes A,B,..   reads "mode metric rep value" lines on stdin; prints
            the medians and their ratios to the baseline as a markdown table, then the median
            of the per-repetition ratios
@@ -182,7 +182,7 @@ def cmd_progstats(args):
             ns -= before[i][1]
             total += ns
             print("%s %.0f %d" % (name, ns / runs if runs else 0, runs))
-        print("share %.2f" % (100.0 * total / (wall * (os.cpu_count() or 1))), flush=True)
+        print("share %.2f" % (100.0 * total / wall), flush=True)
     finally:
         os.close(fd)
     return 0

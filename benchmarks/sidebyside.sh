@@ -250,9 +250,9 @@ for rep in $(seq "$reps"); do
 done
 
 if wants_masq; then
-    # What masq's programs themselves cost under each load: per run, and as a share of the
-    # machine's CPU time. The share bounds what any datapath could win back: a free one would
-    # leave only plain routing's work. Not a figure the ratios use: with statistics on, every
+    # What masq's programs themselves cost under each load: per run, and as a share of one
+    # CPU's time. Against the CPU the load is bound by, the share bounds what any datapath
+    # could win back: a free one would leave only plain routing's work. Not a figure the ratios use: with statistics on, every
     # BPF program run also reads the clock twice, so both figures are a little high.
     step "masq's programs under one more run of each metric (kernel BPF run-time statistics)"
     # masqd pins a tcx link per device and direction under its bpffs root (none in tc mode).
@@ -280,7 +280,7 @@ print(",".join(str(json.loads(line)["prog_id"]) for line in sys.stdin if line.st
         printf '   %-4s masq %s with statistics on\n' "$metric" "$value"
         while read -r -t 10 name ns runs <&"$from_stats"; do
             if [ "$name" = share ]; then
-                printf '        %s%% of the %d CPUs'"'"' time in masq'"'"'s programs\n' "$ns" "$(nproc)"
+                printf '        %s%% of one CPU'"'"'s time in masq'"'"'s programs (the machine has %d)\n' "$ns" "$(nproc)"
             else
                 printf '        %-12s %5s ns a run over %s runs\n' "$name" "$ns" "$runs"
             fi
