@@ -191,6 +191,7 @@ struct APIHandlers: Sendable {
                 let batch = try await datapath.natDelete(family, from: token, count: batchSize * 4, filter: filter.flowTupleFilter,
                                                          reporting: events.hasSubscribers)
                 deleted += batch.deleted
+                status.update { $0.natSummary?.subtract(batch.removed) }
                 events.publish(batch.events)
                 token = batch.next
             } while token != nil
@@ -281,14 +282,14 @@ struct APIHandlers: Sendable {
             }
         }
         out.family("masq_nat_flows", .gauge,
-                   help: "Tracked flows in the NAT table, by family, protocol and kind, as the last conntrack GC pass left them (see masq_nat_count_age_seconds).",
+                   help: "Tracked flows in the NAT table, by family, protocol and kind, as the last conntrack GC pass counted them, less those deleted through the API since (see masq_nat_count_age_seconds).",
                    flowSamples)
         out.family("masq_nat_count_age_seconds", .gauge,
                    help: "Age of the NAT table figures (masq_nat_flows, masq_map_entries of the NAT tables): they are counted by the conntrack GC's passes, not per scrape.",
                    summary.tables.map { (["family": $0.family.rawValue], Date().timeIntervalSince(summary.asOf)) })
 
         let tables = try await datapath.tableFill(nat: summary)
-        out.family("masq_map_entries", .gauge, help: "Entries in each datapath map (the NAT tables as the last conntrack GC pass counted them).",
+        out.family("masq_map_entries", .gauge, help: "Entries in each datapath map (the NAT tables as the last conntrack GC pass counted them, less those deleted through the API since).",
                    tables.map { (["map": $0.name], Double($0.entries)) })
         out.family("masq_map_max_entries", .gauge, help: "Capacity of each datapath map.",
                    tables.map { (["map": $0.name], Double($0.maxEntries)) })
@@ -331,8 +332,9 @@ struct APIHandlers: Sendable {
         return out.text
     }
 
-    /// The NAT tables' entries and flows as the last GC pass counted them. Before the first pass
-    /// (right after the start) one walk counts them, kept until a pass replaces it.
+    /// The NAT tables' entries and flows as the last GC pass counted them (less what the API
+    /// deleted since: `conntrackFlush`). Before the first pass (right after the start) one walk
+    /// counts them, kept until a pass replaces it.
     func natSummary() async throws -> NATSummary {
         if let summary = status.snapshot.natSummary { return summary }
         let reader = try await datapath.natFlowReader()

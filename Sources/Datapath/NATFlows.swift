@@ -196,23 +196,25 @@ extension Datapath {
     }
 
     /// Deletes, in one batch of `family`'s table entries from `token`, every flow with an entry
-    /// `filter` takes (both entries of its pair). Returns the flows deleted, a `.deleted` event
-    /// for each when `reporting`, and the next token (nil: that table is done).
+    /// `filter` takes (both entries of its pair). Returns the flows deleted, the entries and
+    /// flows removed as a summary counts them, a `.deleted` event for each when `reporting`, and
+    /// the next token (nil: that table is done).
     public func natDelete(_ family: NATFamily, from token: UInt32?, count: Int, filter: FlowTupleFilter? = nil,
-                          reporting: Bool = false) throws -> (deleted: Int, events: [NATEvent], next: UInt32?) {
+                          reporting: Bool = false) throws -> (deleted: Int, removed: NATTableSummary, events: [NATEvent], next: UInt32?) {
         family == .ipv6
             ? try natDelete(masq_nat_key_v6.self, from: token, count: count, filter: filter, reporting: reporting)
             : try natDelete(masq_nat_key_v4.self, from: token, count: count, filter: filter, reporting: reporting)
     }
 
     private func natDelete<Key: NATKey & BitwiseCopyable>(_: Key.Type, from token: UInt32?, count: Int, filter: FlowTupleFilter?,
-                                                          reporting: Bool) throws -> (deleted: Int, events: [NATEvent], next: UInt32?)
+                                                          reporting: Bool) throws -> (deleted: Int, removed: NATTableSummary, events: [NATEvent], next: UInt32?)
         where Key.Value: BitwiseCopyable
     {
         let nat = try map(Key.natMap)
         let batch = try nat.lookupBatch(from: token, count: count, key: Key.self, value: Key.Value.self)
         let now = NATEntries.bootTimeNow()
         var deleted = 0
+        var removedEntries = NATTableSummary(family: Key.family, map: Key.natMap)
         var events: [NATEvent] = []
         for (key, value) in batch.entries {
             if let filter {
@@ -224,10 +226,12 @@ extension Datapath {
             let partnerRemoved = try NATEntries.partner(key, value).map { try nat.delete($0) } ?? false
             if removed || partnerRemoved {
                 deleted += 1
+                removedEntries.add(key, value, entries: (removed ? 1 : 0) + (partnerRemoved ? 1 : 0),
+                                   egress: key.dir == UInt8(MASQ_DIR_EGRESS) ? removed : partnerRemoved)
                 if reporting { events.append(NATEvent(.deleted, key: key, value: value, time: now)) }
             }
         }
-        return (deleted, events, batch.next)
+        return (deleted, removedEntries, events, batch.next)
     }
 }
 

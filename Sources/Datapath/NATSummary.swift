@@ -54,6 +54,15 @@ public struct NATTableSummary: Sendable, Equatable {
             flows[FlowClass(proto: key.proto, kind: NATFlowKind(flags: value.ct.flags)), default: 0] += 1
         }
     }
+
+    /// Counts `entries` entries of one flow (`key` and `value`, either of its pair: both hold its
+    /// flags); the flow itself when its EGRESS entry is among them.
+    mutating func add<Key: NATKey>(_ key: Key, _ value: Key.Value, entries: Int, egress: Bool) {
+        self.entries += entries
+        if egress {
+            flows[FlowClass(proto: key.proto, kind: NATFlowKind(flags: value.ct.flags)), default: 0] += 1
+        }
+    }
 }
 
 /// The NAT tables' summaries and when they were counted.
@@ -69,6 +78,17 @@ public struct NATSummary: Sendable, Equatable {
     }
 
     public subscript(map: String) -> NATTableSummary? { tables.first { $0.map == map } }
+
+    /// Takes entries and flows deleted since the count (through the API) off it, so that status
+    /// and /metrics do not report them until the next GC pass.
+    public mutating func subtract(_ deleted: NATTableSummary) {
+        guard let i = tables.firstIndex(where: { $0.map == deleted.map }) else { return }
+        tables[i].entries = max(tables[i].entries - deleted.entries, 0)
+        for (flowClass, count) in deleted.flows {
+            let left = (tables[i].flows[flowClass] ?? 0) - count
+            tables[i].flows[flowClass] = left > 0 ? left : nil
+        }
+    }
 }
 
 extension NATFlowReader {
