@@ -49,10 +49,7 @@ public struct NATTableSummary: Sendable, Equatable {
 
     /// Counts one entry the table keeps.
     public mutating func add<Key: NATKey>(_ key: Key, _ value: Key.Value) {
-        entries += 1
-        if key.dir == UInt8(MASQ_DIR_EGRESS) {
-            flows[FlowClass(proto: key.proto, kind: NATFlowKind(flags: value.ct.flags)), default: 0] += 1
-        }
+        add(key, value, entries: 1, egress: key.dir == UInt8(MASQ_DIR_EGRESS))
     }
 
     /// Counts `entries` entries of one flow (`key` and `value`, either of its pair: both hold its
