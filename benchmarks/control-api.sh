@@ -45,9 +45,13 @@ if [ -z "$masqd" ]; then
     masqd=$PWD/.build/release/masqd
 fi
 [ -x "$masqd" ] || die "no masqd at $masqd"
+step "building masq-client (swift build -c release)"
+swift build -c release --product masq-client
+client=$PWD/.build/release/masq-client
 step "building the tests (swift build --build-tests)"
 swift build --build-tests
 step "measuring $flows flows with $masqd"
 MASQ_BENCH_FLOWS=$flows MASQ_BENCH_CLIENTS=$clients MASQ_BENCH_ROUNDS=$rounds MASQ_BENCH_FAMILY=$family MASQD_BIN=$masqd \
+    MASQ_CLIENT_BIN=$client \
     swift test --skip-build --filter ControlAPIBenchmark 2>&1 | grep -v '^\[' | grep -vE '^(Test Suite|Test Case|◇|↳ ///)'
 cat /tmp/masq-control-api-benchmark.txt

@@ -11,9 +11,10 @@ extension LiveAPITests {
 /// The control API of a real masqd over a large NAT table (benchmarks/control-api.sh runs it; it
 /// runs only when MASQ_BENCH_FLOWS is set, never in CI). The table is filled as GCScaleTests
 /// fills it, with every flow established; then, once a GC pass has read the filled table:
-/// /v1/status and /metrics latency alone and under concurrent clients, and an NDJSON dump of
-/// every flow with masqd's peak RSS. Prints the figures and writes them to
-/// /tmp/masq-control-api-benchmark.txt. It measures; it asserts only that the answers are whole.
+/// /v1/status and /metrics latency alone and under concurrent clients, an NDJSON dump of every
+/// flow with masqd's peak RSS, and masq-client's conntrack list of every flow. Prints the
+/// figures and writes them to /tmp/masq-control-api-benchmark.txt. It measures; it asserts only
+/// that the answers are whole.
 @Suite("control API benchmark", .serialized,
        .enabled(if: ProcessInfo.processInfo.environment["MASQ_BENCH_FLOWS"] != nil))
 struct ControlAPIBenchmark {
@@ -89,6 +90,15 @@ struct ControlAPIBenchmark {
             let after = memory(of: pid)
             lines.append("NDJSON dump of every flow: \(took) (\(curl.stdout) bytes); masqd VmHWM before \(before.peak) KiB, "
                          + "after \(after.peak) KiB (RSS now \(after.current) KiB)")
+            // What a user types: the table and the JSON document of every flow (to /dev/null).
+            let client = try Self.environment["MASQ_CLIENT_BIN"] ?? builtBinary("masq-client")
+            for args in [["conntrack", "list"], ["conntrack", "list", "-o", "json"]] {
+                let start = ContinuousClock.now
+                let listed = try await run(["/bin/sh", "-c", #"exec "$0" "$@" >/dev/null"#, client] + args
+                                           + ["--socket", sandbox.socketPath], timeout: .seconds(600))
+                #expect(listed.status == 0, "\(listed.stderr)")
+                lines.append("masq-client \(args.joined(separator: " ")) (\(client)): \(ContinuousClock.now - start)")
+            }
             let report = lines.joined(separator: "\n")
             print(report)
             try? report.write(toFile: "/tmp/masq-control-api-benchmark.txt", atomically: true, encoding: .utf8)
