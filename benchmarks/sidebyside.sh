@@ -252,8 +252,9 @@ done
 if wants_masq; then
     # What masq's programs themselves cost under each load: per run, and as a share of one
     # CPU's time. Against the CPU the load is bound by, the share bounds what any datapath
-    # could win back: a free one would leave only plain routing's work. Not a figure the ratios use: with statistics on, every
-    # BPF program run also reads the clock twice, so both figures are a little high.
+    # could win back: a free one would leave only plain routing's work. Not a figure the ratios
+    # use: with statistics on, every BPF program run also reads the clock twice, so both
+    # figures are a little high.
     step "masq's programs under one more run of each metric (kernel BPF run-time statistics)"
     # masqd pins a tcx link per device and direction under its bpffs root (none in tc mode).
     # A figure that cannot be taken is reported, not fatal: the summary still follows.

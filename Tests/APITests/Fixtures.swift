@@ -107,8 +107,8 @@ final class LiveAPI: @unchecked Sendable {
             live.metricsServer = Task { try await listener.run() }
         }
         defer { live.metricsServer?.cancel() }
-        // Generous: early in a full run the cooperative threads can be busy for over a minute
-        // with the datapath suites' synchronous program loads (BlockingTests says more).
+        // Generous: a full run shares two cores between the end-to-end suites' daemons and the
+        // BPF program tests' process (BlockingTests says more).
         let deadline = ContinuousClock.now + .seconds(180)
         while !(serving.isServing || (!attached && FileManager.default.fileExists(atPath: live.socketPath)))
                 || (metrics != nil && !metricsServing.isServing) {

@@ -4,9 +4,10 @@ import Dispatch
 import Synchronization
 import Testing
 
-// The time limits catch a hang, not slowness: at the start of a full run the datapath suites
-// load their BPF programs synchronously on the two cooperative threads, and the other suites wait
-// for a thread for up to a minute and a half on a 2-core machine.
+// The time limits catch a hang, not slowness. When the BPF program tests shared this process, their
+// synchronous loads held both cooperative threads for up to a minute and a half, and these tests
+// took 56-85 s; scripts/test.sh now runs them in a process of their own, but a full run still
+// shares two cores with the end-to-end suites' daemons.
 @Suite("Blocking pool and poll loops")
 struct BlockingTests {
     struct Failure: Error {}
