@@ -191,6 +191,10 @@ struct AbuseTests {
         limits.maxConnections = 40
         limits.healthReserve = 8
         limits.reserveRequestTimeout = .seconds(1)
+        // The 40 full connections stay silent: on a loaded machine the test outlasts the default
+        // 10 s request deadline, which would close them and free places.
+        limits.requestTimeout = .seconds(300)
+        limits.idleTimeout = .seconds(300)
         try await LiveAPI.with(limits: limits) { api in
             var held: [RawSocket] = []
             for _ in 0..<60 { held.append(try RawSocket(path: api.socketPath)) }
