@@ -20,6 +20,7 @@
 import argparse
 import ctypes
 import json
+import math
 import os
 import subprocess
 import select
@@ -142,7 +143,33 @@ def cmd_summary(args):
             cells.append("%.2f (%.2f-%.2f)" % (statistics.median(ratios), min(ratios), max(ratios))
                          if ratios else "-")
         print("| %s | %s |" % (title, " | ".join(cells)))
+    # Single pairs spread widely on a VM; how far the typical ratio can be trusted is the
+    # confidence interval of their mean (on log ratios, so 0.5 and 2 weigh alike).
+    print()
+    print("Paired, geometric mean with its 95% confidence interval (needs 3 repetitions or more):")
+    print()
+    print("| metric | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    for metric, title, _ in measured:
+        base = samples.get((args.baseline, metric), {})
+        cells = []
+        for m in modes:
+            logs = [math.log(v / base[rep]) for rep, v in samples.get((m, metric), {}).items()
+                    if base.get(rep) and v > 0]
+            if len(logs) < 3:
+                cells.append("-")
+                continue
+            mean = statistics.fmean(logs)
+            half = T95.get(len(logs) - 1, 1.96) * statistics.stdev(logs) / math.sqrt(len(logs))
+            cells.append("%.3f (%.3f-%.3f)" % (math.exp(mean), math.exp(mean - half), math.exp(mean + half)))
+        print("| %s | %s |" % (title, " | ".join(cells)))
     return 0
+
+
+# Student's t, two-sided 95%, by degrees of freedom (1.96 beyond the table).
+T95 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 14: 2.145, 16: 2.120, 19: 2.093, 24: 2.064, 29: 2.045, 39: 2.023, 59: 2.001}
+T95.update({df: T95[max(k for k in T95 if k <= df)] for df in range(2, 60)})
 
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}  # bpf(2) by architecture

@@ -10,6 +10,8 @@
 #   plain     routing, no NAT; the outside host has a route back to the pod CIDR
 #   control   a second plain sandbox, only when asked for: its ratio to plain is what the
 #             method cannot tell apart from noise on this machine
+#   noop      plain routing plus a BPF program at masq's hook (tc egress on ext0) that returns
+#             at once, only when asked for: what any datapath there pays before its first line
 #   iptables  -t nat POSTROUTING -s 10.244.1.0/24 -o ext0 -j MASQUERADE ($IPTABLES, default
 #             iptables-legacy: the x_tables path, not nft underneath)
 #   nftables  a nat postrouting chain: ip saddr 10.244.1.0/24 oifname ext0 masquerade
@@ -19,10 +21,10 @@
 # With masq among the modes, one more UDP run measures masq's programs alone (the kernel's BPF
 # run-time statistics, on only while that run lasts).
 #
-# Options: --quick (1 repetition of 2 s: a smoke check), --reps N (default 5), --seconds S (per
-# measurement, default 5), --release (build masqd with -c release), --masqd PATH (use that binary,
-# no build), --modes LIST (a comma-separated subset of plain,control,iptables,nftables,masq,
-# default all but control; plain is the baseline and always runs), --metrics LIST (a subset of
+# Options: --quick (1 repetition of 2 s: a smoke check), --reps N (default 20), --seconds S (per
+# measurement, default 2), --release (build masqd with -c release), --masqd PATH (use that binary,
+# no build), --modes LIST (a comma-separated subset of plain,control,noop,iptables,nftables,
+# masq, default all but control and noop; plain is the baseline and always runs), --metrics LIST (a subset of
 # tcp,udp,crr, default all). Everything it creates (namespaces masqbench-<pid>-*,
 # /run/masqbench-<pid>, processes) is removed on every exit path; it never touches the host's
 # devices or netfilter rules.
@@ -31,8 +33,11 @@ caller_dir=$PWD
 cd "$(dirname "$0")/.."
 . scripts/prereqs.sh
 
-reps=5
-seconds=5
+# Many short repetitions rather than a few long ones: on a VM the forwarding rate of one setup
+# swings by 1.5x from one second to the next, and a pair of samples taken seconds apart cancels
+# the slow part of that; the confidence interval then narrows with the number of pairs.
+reps=20
+seconds=2
 build_flags=()
 masqd=
 modes=(plain iptables nftables masq)
@@ -54,7 +59,7 @@ case "$reps$seconds" in *[!0-9]*) die "--reps and --seconds take whole numbers" 
 [ "$reps" -ge 1 ] && [ "$seconds" -ge 1 ] || die "--reps and --seconds must be at least 1"
 modes=($(printf '%s\n' "${modes[@]}" | awk 'NF && !seen[$0]++'))
 for mode in "${modes[@]}"; do
-    case $mode in plain|control|iptables|nftables|masq) ;; *) die "unknown mode $mode" ;; esac
+    case $mode in plain|control|noop|iptables|nftables|masq) ;; *) die "unknown mode $mode" ;; esac
 done
 metrics=($(printf '%s\n' "${metrics[@]}" | awk 'NF && !seen[$0]++'))
 [ ${#metrics[@]} -gt 0 ] || die "--metrics needs at least one of tcp, udp, crr"
@@ -75,6 +80,7 @@ if wants_masq && [ -z "$masqd" ]; then
     masqd=$(swift build "${build_flags[@]}" --show-bin-path)/masqd
 fi
 ! wants_masq || [ -x "$masqd" ] || die "$masqd is not an executable"
+case " ${modes[*]} " in *" noop "*) ensure_swift ;; esac
 
 # Clients on one CPU and servers on another: left to the scheduler, the sender and the
 # receiver sometimes share a CPU and sometimes not, which moved single samples by 1.5x. The
@@ -145,6 +151,16 @@ build_sandbox() {
 
     case $mode in
         plain|control) ip -n "$out" route add 10.244.1.0/24 via 100.0.0.1 ;;
+        noop)
+            ip -n "$out" route add 10.244.1.0/24 via 100.0.0.1
+            printf '%s\n' '#include <linux/bpf.h>' '#include <linux/pkt_cls.h>' \
+                '__attribute__((section("tc"), used)) int noop_egress(struct __sk_buff *skb) { return TC_ACT_OK; }' \
+                'char _license[] __attribute__((section("license"), used)) = "GPL";' >"$RUN/noop.c"
+            "$(dirname "$(command -v swift)")/clang" -O2 -target bpf -I"/usr/include/$(gcc -dumpmachine)" \
+                -c "$RUN/noop.c" -o "$RUN/noop.o"
+            nx "$node" tc qdisc add dev ext0 clsact
+            nx "$node" tc filter add dev ext0 egress bpf direct-action obj "$RUN/noop.o" sec tc
+            ;;
         iptables) nx "$node" "$IPTABLES" -t nat -A POSTROUTING -s 10.244.1.0/24 -o ext0 -j MASQUERADE ;;
         nftables)
             nx "$node" nft -f - <<'EOF'
@@ -177,7 +193,7 @@ check_translation() {
     local mode want seen kind port failures=0
     for mode in "${modes[@]}"; do
         want=100.0.0.1
-        case $mode in plain|control) want=10.244.1.2 ;; esac
+        case $mode in plain|control|noop) want=10.244.1.2 ;; esac
         for kind in tcp udp; do
             port=8080
             [ $kind = udp ] && port=8081
