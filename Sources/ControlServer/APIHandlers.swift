@@ -188,10 +188,11 @@ struct APIHandlers: Sendable {
         for family in NATFamily.allCases where filter.natFamilies.contains(family) {
             var token: UInt32? = nil
             repeat {
+                let started = Date()
                 let batch = try await datapath.natDelete(family, from: token, count: batchSize * 4, filter: filter.flowTupleFilter,
                                                          reporting: events.hasSubscribers)
                 deleted += batch.deleted
-                status.update { $0.natSummary?.subtract(batch.removed) }
+                status.update { $0.natSummary?.subtract(batch.removed, deletionStart: started) }
                 events.publish(batch.events)
                 token = batch.next
             } while token != nil

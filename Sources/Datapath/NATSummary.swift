@@ -77,9 +77,12 @@ public struct NATSummary: Sendable, Equatable {
     public subscript(map: String) -> NATTableSummary? { tables.first { $0.map == map } }
 
     /// Takes entries and flows deleted since the count (through the API) off it, so that status
-    /// and /metrics do not report them until the next GC pass.
-    public mutating func subtract(_ deleted: NATTableSummary) {
-        guard let i = tables.firstIndex(where: { $0.map == deleted.map }) else { return }
+    /// and /metrics do not report them until the next GC pass. `deletionStart`: when the delete
+    /// that removed them began. A summary recorded after that came from a walk that may have
+    /// run beside the delete and never seen those entries: it is left as it is, since taking
+    /// them off again would undercount until the next pass.
+    public mutating func subtract(_ deleted: NATTableSummary, deletionStart: Date) {
+        guard asOf <= deletionStart, let i = tables.firstIndex(where: { $0.map == deleted.map }) else { return }
         tables[i].entries = max(tables[i].entries - deleted.entries, 0)
         for (flowClass, count) in deleted.flows {
             let left = (tables[i].flows[flowClass] ?? 0) - count
