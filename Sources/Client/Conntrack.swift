@@ -86,7 +86,7 @@ extension MasqClient.Conntrack {
                     case .json: printRaw(line)
                     case .yaml: print("---\n" + (try YAMLDocument(json: line).text), terminator: "")
                     case .text, .wide:
-                        let entry = try decoder.decode(ConntrackEntry.self, from: line)
+                        let entry = try ConntrackEntry(ndjsonLine: line, decoder: decoder)
                         let widths: IPFamily = entry.family == .ipv6 || family == .ipv6 ? .ipv6 : .ipv4
                         if widths != family {
                             if headers { print((family == nil ? "" : "\n") + columns(widths).line(header)) }

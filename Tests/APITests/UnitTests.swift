@@ -1,4 +1,4 @@
-import API
+@testable import API
 import CMasq
 @testable import ControlServer
 @testable import Daemon
@@ -208,23 +208,23 @@ struct ConntrackEntryTests {
         #expect(FlowLifetimes.default.lifetime(proto: .tcp, state: .closeWait) == 60)
     }
 
-    @Test("the stream's hand-written NDJSON line is byte for byte the API encoder's JSON of the entry")
-    func ndjsonMatchesEncoder() throws {
+    /// Entries with every kind of value the stream writes: odd doubles, extreme counters and
+    /// ports, both families, device names that need escapes, absent optionals.
+    static func sampleEntries() -> [ConntrackEntry] {
         var generator = SystemRandomNumberGenerator()
         let doubles: [Double] = [0, 1, 15, 0.5, 1e-9, 0.1 + 0.2, 21_599.999999999, 123_456.789, 3e15, 1e16, 7.2e-5,
                                  Double(UInt32.max) + 0.25]
             + (0..<200).map { _ in Double.random(in: 0..<100_000, using: &generator) }
             + (0..<50).map { _ in Double(UInt64.random(in: 0...40_000_000_000_000, using: &generator)) / 1e9 }
-        let devices: [String?] = [nil, "eth0", "ext0.100", "we\"ird\\name", "tab\there", "ctl\u{1}\u{1f}", "ünï/cødé", "new\nline"]
+        let devices: [String?] = [nil, "eth0", "ext0.100", "we\"ird\\name", "tab\there", "ctl\u{1}\u{1f}", "ünï/cødé", "new\nline",
+                                  "emoji🙂"]
         let addresses: [IPAddress] = [IPAddress("0.0.0.0")!, IPAddress("10.244.1.2")!, IPAddress("255.255.255.255")!,
                                       IPAddress("100.0.0.1")!, IPAddress("fd00::1")!, IPAddress("2001:db8::ff00:42:8329")!]
-        let encoder = APIJSON.encoder()
-        var ndjson = ConntrackNDJSON()
-        for i in 0..<doubles.count {
+        return doubles.indices.map { i in
             func pick<T>(_ values: [T], _ salt: Int) -> T { values[(i * 7 + salt) % values.count] }
             let counters = FlowCounters(packets: pick([0, 1, 9, 10, 99, 1_000_000, UInt64.max], 1),
                                         bytes: pick([0, 60, 1500, UInt64.max / 3, 12_345_678_901], 2))
-            let entry = ConntrackEntry(
+            return ConntrackEntry(
                 family: pick([.ipv4, .ipv6], 3), proto: pick([.tcp, .udp, .icmp, .icmpv6], 4),
                 kind: pick([.masquerade, .host, .inbound], 5),
                 original: FlowTuple(src: pick(addresses, 6), sport: pick([0, 1, 80, 40000, 65535], 7),
@@ -235,10 +235,62 @@ struct ConntrackEntryTests {
                 expiresInSeconds: pick(doubles, 15), originalCounters: counters,
                 replyCounters: i % 3 == 0 ? nil : FlowCounters(packets: UInt64(i), bytes: UInt64(i) * 1000),
                 device: pick(devices, 16), ifindex: pick([0, 1, 7, 4_294_967_295], 17))
+        }
+    }
+
+    @Test("the stream's hand-written NDJSON line is byte for byte the API encoder's JSON of the entry")
+    func ndjsonMatchesEncoder() throws {
+        let encoder = APIJSON.encoder()
+        var ndjson = ConntrackNDJSON()
+        for entry in Self.sampleEntries() {
             var buffer = ByteBuffer()
             ndjson.write(entry, to: &buffer)
             let expected = String(decoding: try encoder.encode(entry), as: UTF8.self) + "\n"
             #expect(String(buffer: buffer) == expected)
+        }
+    }
+
+    @Test("the client's line reader reads every line the stream and the encoder write, as JSONDecoder does, without it")
+    func lineReaderMatchesDecoder() throws {
+        let encoder = APIJSON.encoder(pretty: true), decoder = APIJSON.decoder()
+        var ndjson = ConntrackNDJSON()
+        for entry in Self.sampleEntries() {
+            var buffer = ByteBuffer()
+            ndjson.write(entry, to: &buffer)
+            let line = Data(buffer.readableBytesView.dropLast())
+            // The fast reader itself, not its fallback; and equal to the fallback's result.
+            #expect(line.withUnsafeBytes { ConntrackLineReader.entry($0) } == entry, "\(String(decoding: line, as: UTF8.self))")
+            #expect(try ConntrackEntry(ndjsonLine: line, decoder: decoder) == decoder.decode(ConntrackEntry.self, from: line))
+            // Whitespace between every token: still JSON, still read.
+            let pretty = try encoder.encode(entry)
+            #expect(pretty.withUnsafeBytes { ConntrackLineReader.entry($0) } == entry)
+        }
+    }
+
+    @Test("the line reader skips unknown keys and reads escapes and null; what it does not take, JSONDecoder decides")
+    func lineReaderEdges() throws {
+        let decoder = APIJSON.decoder()
+        func fast(_ text: String) -> ConntrackEntry? { Data(text.utf8).withUnsafeBytes { ConntrackLineReader.entry($0) } }
+        let tuple = #"{"dport":443,"dst":"1.2.3.4","sport":5,"src":"10.0.0.1"}"#
+        let base = #""ageSeconds":1.5,"expiresInSeconds":2e1,"family":"ipv4","ifindex":3,"kind":"masquerade","original":\#(tuple),"originalCounters":{"bytes":2,"packets":1},"protocol":"tcp","state":"established","translated":\#(tuple)"#
+        let plain = try #require(fast("{\(base)}"))
+        #expect(plain.expiresInSeconds == 20 && plain.device == nil && plain.replyCounters == nil)
+        // Keys a newer daemon may add, of every type, nested; null optionals; a newer enum value.
+        let extended = #"{"new":{"a":[1,-2.5e-3,true,false,null,"x\"y",{"b":[]}],"c":{}},\#(base),"device":null,"replyCounters":null,"zone":[ ]}"#
+        #expect(fast(extended) == plain)
+        var future = try #require(fast("{\(base),\"state\":\"sleeping\"}"))
+        #expect(future.state == .unknown)
+        future = try #require(fast(#"{\#(base),"device":"a\"b\\c\/d\u00e9\ud83d\ude42\n"}"#))
+        #expect(future.device == "a\"b\\c/dé🙂\n")
+        // Not taken by the reader: JSONDecoder decides (and words the errors).
+        for text in ["{\(base),\"ifindex\":-1}", "{\(base),\"ifindex\":4294967296}", "{\(base),\"ifindex\":1.0}",
+                     "{\(base),\"ifindex\":01}", #"{\#(base),"device":"\ud800"}"#, "{\(base),\"ageSeconds\":1e999}",
+                     "{\(base.replacingOccurrences(of: #""kind":"masquerade","#, with: ""))}",
+                     "{\(base.replacingOccurrences(of: "1.2.3.4", with: "1.2.3"))}", "{\(base)} x", "{\(base),}"] {
+            #expect(fast(text) == nil, "\(text)")
+            let viaInit = Result { try ConntrackEntry(ndjsonLine: Data(text.utf8), decoder: decoder) }
+            let viaDecoder = Result { try decoder.decode(ConntrackEntry.self, from: Data(text.utf8)) }
+            #expect((try? viaInit.get()) == (try? viaDecoder.get()), "\(text)")
         }
     }
 
