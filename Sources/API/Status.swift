@@ -81,6 +81,35 @@ public struct StatusResponse: Codable, Sendable, Equatable {
         self.conntrackGC = conntrackGC
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case version, startedAt, uptimeSeconds, health, ready, attachMode, masquerading, devices, skippedDevices
+        case reconcile, ipMasqAgent, configReloads, tables, drops, counters, countersByFamily, allocation, conntrackGC
+    }
+
+    /// Parts added after the first release may be missing from an older masqd's answer: they
+    /// read as empty (health as Unknown), so a newer client still shows the rest.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        version = try c.decode(String.self, forKey: .version)
+        startedAt = try c.decode(Date.self, forKey: .startedAt)
+        uptimeSeconds = try c.decode(Double.self, forKey: .uptimeSeconds)
+        health = try c.decodeIfPresent(HealthResponse.self, forKey: .health) ?? HealthResponse(state: .unknown)
+        ready = try c.decode(Bool.self, forKey: .ready)
+        attachMode = try c.decodeIfPresent(String.self, forKey: .attachMode)
+        masquerading = try c.decode(Masquerading.self, forKey: .masquerading)
+        devices = try c.decode([Device].self, forKey: .devices)
+        skippedDevices = try c.decode([SkippedDevice].self, forKey: .skippedDevices)
+        reconcile = try c.decode(Reconcile.self, forKey: .reconcile)
+        ipMasqAgent = try c.decode(IPMasqAgent.self, forKey: .ipMasqAgent)
+        configReloads = try c.decodeIfPresent(ConfigReloads.self, forKey: .configReloads) ?? .init()
+        tables = try c.decode([Table].self, forKey: .tables)
+        drops = try c.decode([Drop].self, forKey: .drops)
+        counters = try c.decode(Counters.self, forKey: .counters)
+        countersByFamily = try c.decodeIfPresent(CountersByFamily.self, forKey: .countersByFamily) ?? .init()
+        allocation = try c.decodeIfPresent(Allocation.self, forKey: .allocation) ?? .init()
+        conntrackGC = try c.decodeIfPresent(ConntrackGC.self, forKey: .conntrackGC) ?? .init()
+    }
+
     /// The masquerading summary, shaped like Cilium's status model.
     public struct Masquerading: Codable, Sendable, Equatable {
         public var enabled: Bool
@@ -167,6 +196,20 @@ public struct StatusResponse: Codable, Sendable, Equatable {
             self.lastError = lastError
             self.failingSince = failingSince
             self.consecutiveFailures = consecutiveFailures
+        }
+
+        private enum CodingKeys: String, CodingKey {
+            case generation, lastAppliedAt, lastError, failingSince, consecutiveFailures
+        }
+
+        /// An older masqd does not send `consecutiveFailures`: read as 0.
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            generation = try c.decode(Int.self, forKey: .generation)
+            lastAppliedAt = try c.decodeIfPresent(Date.self, forKey: .lastAppliedAt)
+            lastError = try c.decodeIfPresent(String.self, forKey: .lastError)
+            failingSince = try c.decodeIfPresent(Date.self, forKey: .failingSince)
+            consecutiveFailures = try c.decodeIfPresent(Int.self, forKey: .consecutiveFailures) ?? 0
         }
     }
 

@@ -10,6 +10,47 @@ import Testing
 
 @Suite("API contract")
 struct ContractTests {
+    @Test("a status without the parts added since the first release (an older masqd's) decodes, those parts empty")
+    func olderStatusDecodes() throws {
+        let status = StatusResponse(
+            version: "0.1.0", startedAt: Date(timeIntervalSince1970: 1_800_000_000), uptimeSeconds: 5,
+            health: HealthResponse(state: .warning, message: "reconcile failed"), ready: true, attachMode: "tcx",
+            masquerading: .init(enabled: true, ipMasqAgent: true, devices: ["eth0"],
+                                enabledProtocols: .init(ipv4: true, ipv6: false), snatExclusionCIDRv4: "10.0.0.0/8",
+                                snatExclusionCIDRv6: nil),
+            devices: [.init(name: "eth0", ifindex: 2, snatIPv4: IPAddress("192.0.2.1"), snatIPv6: nil)],
+            skippedDevices: [], reconcile: .init(generation: 3, lastAppliedAt: nil, lastError: "x",
+                                                 failingSince: Date(timeIntervalSince1970: 1_800_000_001), consecutiveFailures: 2),
+            ipMasqAgent: .init(enabled: true, path: "/etc/config/ip-masq-agent", generation: 1, lastLoadAt: nil, lastError: nil),
+            configReloads: .init(daemon: .init(ok: 1)), tables: [.init(name: "masq_nat_v4", entries: 2, maxEntries: 8)],
+            drops: [.init(reason: "invalid_ipv4", code: 130, summary: "s", count: 1)],
+            counters: .init(values: ["snatPackets": 4]), countersByFamily: .init(ipv4: .init(values: ["snatPackets": 4])),
+            allocation: .init(total: 9))
+        let data = try APIJSON.encoder().encode(status)
+        #expect(try APIJSON.decoder().decode(StatusResponse.self, from: data) == status)
+
+        var object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        for key in ["health", "configReloads", "countersByFamily", "allocation", "conntrackGC"] { object[key] = nil }
+        var reconcile = try #require(object["reconcile"] as? [String: Any])
+        reconcile["consecutiveFailures"] = nil
+        reconcile["failingSince"] = nil
+        object["reconcile"] = reconcile
+        let older = try APIJSON.decoder().decode(StatusResponse.self, from: try JSONSerialization.data(withJSONObject: object))
+        var expected = status
+        expected.health = HealthResponse(state: .unknown)
+        expected.configReloads = .init()
+        expected.countersByFamily = .init()
+        expected.allocation = .init()
+        expected.reconcile.failingSince = nil
+        expected.reconcile.consecutiveFailures = 0
+        #expect(older == expected)
+        // What every release sent stays required.
+        object["devices"] = nil
+        #expect(throws: DecodingError.self) {
+            try APIJSON.decoder().decode(StatusResponse.self, from: try JSONSerialization.data(withJSONObject: object))
+        }
+    }
+
     @Test("query parameters are percent-decoded and unknown or repeated ones are a 400 naming them")
     func queryParameters() throws {
         let q = try QueryParameters("src=10.0.0.0%2F8&dport=80", allowed: ["src", "dport"])
