@@ -145,10 +145,14 @@ struct ConfigTests {
         #expect(c.conntrackGCInterval == .milliseconds(500))
         #expect(try config(flags: ["--pod-cidrs", "10.0.0.0/8"]).conntrackLifetimes == .default)
         let found = problems(flags: ["--pod-cidrs", "10.0.0.0/8", "--conntrack-icmp-timeout", "soon",
-                                     "--conntrack-tcp-closing-timeout", "0s", "--conntrack-udp-replied-timeout", "5x"])
+                                     "--conntrack-tcp-closing-timeout", "0s", "--conntrack-udp-replied-timeout", "5x",
+                                     "--conntrack-udp-timeout", "1500ms"])
         #expect(found.contains("conntrack-icmp-timeout: 'soon' is not a duration (e.g. 30s, 5m, 6h, 1h30m, or seconds)"))
         #expect(found.contains { $0.hasPrefix("conntrack-tcp-closing-timeout: '0s' is out of range") })
         #expect(found.contains { $0.hasPrefix("conntrack-udp-replied-timeout: '5x'") })
+        // Shorter than the datapath's once-a-second refresh can tell from a live flow.
+        #expect(found.contains { $0.hasPrefix("conntrack-udp-timeout: '1500ms' is too short: a flow lifetime is at least 2s") })
+        #expect(try config(flags: ["--pod-cidrs", "10.0.0.0/8", "--conntrack-tcp-closing-timeout", "2"]).conntrackLifetimes.tcpClosing == 2)
     }
 
     @Test("pod-cidrs is required")

@@ -98,7 +98,7 @@ struct DatapathE2ETests {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
             try await sandbox.startMasqd(mode: .tcx, overrides: [
-                "--snat-port-range": "40000-40001", "--conntrack-tcp-closing-timeout": "1s",
+                "--snat-port-range": "40000-40001", "--conntrack-tcp-closing-timeout": "2s",
                 "--conntrack-gc-interval": "1s",
             ])
             let pod = sandbox.pods[0]
@@ -110,7 +110,7 @@ struct DatapathE2ETests {
                 #expect(r.succeeded && r.stdout.contains("\(Sandbox.nodeIP):4000"), "\(r)\n\(sandbox.masqdLog)")
             }
             // Both connections are closed (FIN both ways); their pairs hold both ports until
-            // the GC expires them, a closing lifetime (1 s) after their last packet.
+            // the GC expires them, a closing lifetime (2 s, the shortest allowed) after their last packet.
             try await sandbox.waitUntilAsync("the GC empties the NAT table", timeout: .seconds(15)) {
                 try await sandbox.natEntryCount() == 0
             }

@@ -51,7 +51,7 @@ extension ConfigKey {
         typealias C = DaemonConfig
         let key = self
         func lifetime(_ path: WritableKeyPath<C, Double> & Sendable) -> ConfigBinding {
-            .field(key, path, .restartOnly, parse: C.seconds, show: ConfigValue.seconds)
+            .field(key, path, .restartOnly, parse: C.lifetime, show: ConfigValue.seconds)
         }
         switch self {
         case .enableIPv4Masquerade: return .field(key, \C.enableIPv4Masquerade, .live, parse: C.bool, show: ConfigValue.bool)

@@ -188,6 +188,19 @@ public struct DaemonConfig: Equatable, Sendable {
         return total
     }
 
+    /// A flow lifetime (the `conntrack-*-timeout` keys). The datapath stores a busy flow's
+    /// last packet time once a second (MASQ_CT_REFRESH_NS), so it trails the flow by up to a
+    /// second; a lifetime shorter than twice that could expire a flow that is still sending.
+    static func lifetime(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Double {
+        let value = try seconds(key, raw)
+        guard value >= minimumLifetime else {
+            throw ConfigError(key, "'\(try scalar(key, raw))' is too short: a flow lifetime is at least \(Int(minimumLifetime))s (the datapath refreshes a busy flow's last-seen time once a second)")
+        }
+        return value
+    }
+
+    static let minimumLifetime = 2.0
+
     static func choice<T: CaseIterable & RawRepresentable>(
         _ key: ConfigKey, _ raw: RawSetting, _ type: T.Type
     ) throws(ConfigError) -> T where T.RawValue == String {
