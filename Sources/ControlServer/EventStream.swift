@@ -35,17 +35,23 @@ extension APIHandlers {
             defer { group.cancelAll() }
             // Heartbeats queue behind events; one is written only after a quiet interval.
             var lastWrite = ContinuousClock.now
-            for await item in subscription.items {
-                let line: FlowEvent
-                switch item {
-                case .event(let event): line = Self.flowEvent(event, names: &names)
-                case .lost(let count): line = FlowEvent(type: .lost, time: Date(), count: count)
-                case .heartbeat:
-                    guard ContinuousClock.now - lastWrite >= Self.eventHeartbeat else { continue }
-                    line = FlowEvent(type: .heartbeat, time: Date())
+            // Whatever waits is written in one go: a write per line held delivery to a few
+            // thousand events a second.
+            for await batch in subscription.batches {
+                var buffer = ByteBuffer()
+                for item in batch {
+                    let line: FlowEvent
+                    switch item {
+                    case .event(let event): line = Self.flowEvent(event, names: &names)
+                    case .lost(let count): line = FlowEvent(type: .lost, time: Date(), count: count)
+                    case .heartbeat:
+                        guard buffer.readableBytes == 0, ContinuousClock.now - lastWrite >= Self.eventHeartbeat else { continue }
+                        line = FlowEvent(type: .heartbeat, time: Date())
+                    }
+                    buffer.writeBytes(try encoder.encode(line))
+                    buffer.writeInteger(UInt8(ascii: "\n"))
                 }
-                var buffer = ByteBuffer(bytes: try encoder.encode(line))
-                buffer.writeInteger(UInt8(ascii: "\n"))
+                guard buffer.readableBytes > 0 else { continue }
                 try await writer.write(buffer)
                 lastWrite = ContinuousClock.now
             }

@@ -11,12 +11,10 @@ struct EventHubTests {
                  translatedSrc: .v4(IPv4Address(192, 0, 2, 10)), translatedSport: sport, ifindex: 2)
     }
 
-    /// Reads the next `n` items (they are there already).
-    private func take(_ n: Int, from subscription: EventHub.Subscription) async -> [EventHub.Item] {
-        var items: [EventHub.Item] = []
-        var iterator = subscription.items.makeAsyncIterator()
-        while items.count < n, let item = await iterator.next() { items.append(item) }
-        return items
+    /// Reads what is waiting, one batch (it is there already).
+    private func take(from subscription: EventHub.Subscription) async -> [EventHub.Item] {
+        var iterator = subscription.batches.makeAsyncIterator()
+        return await iterator.next() ?? []
     }
 
     @Test("every subscriber gets the events its filter takes, in order")
@@ -25,8 +23,8 @@ struct EventHubTests {
         let all = hub.subscribe { _ in true }
         let tcp = hub.subscribe { $0.proto == .tcp }
         hub.publish([event(sport: 1), event(sport: 2, proto: .tcp), event(sport: 3)])
-        #expect(await take(3, from: all) == [.event(event(sport: 1)), .event(event(sport: 2, proto: .tcp)), .event(event(sport: 3))])
-        #expect(await take(1, from: tcp) == [.event(event(sport: 2, proto: .tcp))])
+        #expect(await take(from: all) == [.event(event(sport: 1)), .event(event(sport: 2, proto: .tcp)), .event(event(sport: 3))])
+        #expect(await take(from: tcp) == [.event(event(sport: 2, proto: .tcp))])
     }
 
     @Test("a subscriber whose buffer is full loses the newest events, and is told how many where they went missing")
@@ -35,9 +33,33 @@ struct EventHubTests {
         let slow = hub.subscribe(capacity: 4) { _ in true }
         hub.publish((1...10).map { event(sport: $0) })
         #expect(hub.lost == 6)
-        #expect(await take(4, from: slow) == (1...4).map { .event(event(sport: $0)) })
+        #expect(await take(from: slow) == (1...4).map { .event(event(sport: $0)) })
         hub.publish([event(sport: 11)])
-        #expect(await take(2, from: slow) == [.lost(6), .event(event(sport: 11))])
+        #expect(await take(from: slow) == [.lost(6), .event(event(sport: 11))])
+    }
+
+    @Test("a reader takes everything waiting in one batch, waits for more, and ends after cancel once drained")
+    func batchesDrainThenWait() async {
+        let hub = EventHub()
+        let subscription = hub.subscribe { _ in true }
+        var batches = subscription.batches.makeAsyncIterator()
+        hub.publish((1...3).map { event(sport: $0) })
+        hub.publish([event(sport: 4)])
+        #expect(await batches.next() == (1...4).map { .event(event(sport: $0)) })
+        // Nothing waiting: a reader waits until the next publish wakes it.
+        let waiter = Task {
+            var batches = subscription.batches.makeAsyncIterator()
+            return await batches.next()
+        }
+        try? await Task.sleep(for: .milliseconds(50))
+        hub.publish([event(sport: 5)])
+        #expect(await waiter.value == [.event(event(sport: 5))])
+        // Cancelled with items waiting: they come first, then the end.
+        hub.publish([event(sport: 6)])
+        subscription.heartbeat()
+        subscription.cancel()
+        #expect(await batches.next() == [.event(event(sport: 6)), .heartbeat])
+        #expect(await batches.next() == nil)
     }
 
     @Test("the datapath is asked to report while anyone listens, and no longer once the last subscriber is gone")

@@ -20,9 +20,7 @@ public final class EventHub: Sendable {
 
     private struct Subscriber {
         let filter: @Sendable (NATEvent) -> Bool
-        let continuation: AsyncStream<Item>.Continuation
-        /// Events dropped since the last `.lost` that found room.
-        var pendingLost = 0
+        let mailbox: Mailbox
     }
 
     private struct State {
@@ -55,17 +53,15 @@ public final class EventHub: Sendable {
     /// value lives (or until `cancel`).
     public func subscribe(capacity: Int = EventHub.defaultCapacity,
                           filter: @escaping @Sendable (NATEvent) -> Bool) -> Subscription {
-        // Oldest kept: what is dropped is the newest, so the stream stays in order with a gap.
-        let (stream, continuation) = AsyncStream.makeStream(of: Item.self, bufferingPolicy: .bufferingOldest(max(capacity, 2)))
+        let mailbox = Mailbox(capacity: max(capacity, 2))
         let (id, first) = state.withLock { s in
             s.nextID += 1
-            s.subscribers[s.nextID] = Subscriber(filter: filter, continuation: continuation)
+            s.subscribers[s.nextID] = Subscriber(filter: filter, mailbox: mailbox)
             return (s.nextID, s.subscribers.count == 1)
         }
         count.add(1, ordering: .relaxed)
         if first { activitySink.yield(true) }
-        continuation.onTermination = { [weak self] _ in self?.unsubscribe(id) }
-        return Subscription(hub: self, id: id, items: stream, continuation: continuation)
+        return Subscription(hub: self, id: id, mailbox: mailbox)
     }
 
     fileprivate func unsubscribe(_ id: UInt64) {
@@ -78,64 +74,135 @@ public final class EventHub: Sendable {
         if last { activitySink.yield(false) }
     }
 
-    /// Hands `events` to every subscriber whose filter takes them, in order.
+    /// Hands `events` to every subscriber whose filter takes them, in order. Each subscriber
+    /// is woken once for the lot, after the hub's lock is released.
     public func publish(_ events: [NATEvent]) {
         guard hasSubscribers, !events.isEmpty else { return }
         var lostNow = 0
-        state.withLock { s in
-            for id in s.subscribers.keys {
-                guard var sub = s.subscribers[id] else { continue }
+        let woken: [Mailbox] = state.withLock { s in
+            s.subscribers.values.compactMap { sub in
+                var offered = false
                 for event in events where sub.filter(event) {
-                    if sub.pendingLost > 0 {
-                        guard Self.enqueued(sub.continuation.yield(.lost(sub.pendingLost))) else {
-                            sub.pendingLost += 1
-                            lostNow += 1
-                            continue
-                        }
-                        sub.pendingLost = 0
-                    }
-                    if !Self.enqueued(sub.continuation.yield(.event(event))) {
-                        sub.pendingLost += 1
-                        lostNow += 1
-                    }
+                    offered = true
+                    if !sub.mailbox.offer(.event(event)) { lostNow += 1 }
                 }
-                s.subscribers[id] = sub
+                return offered ? sub.mailbox : nil
             }
         }
+        for mailbox in woken { mailbox.wake() }
         if lostNow > 0 { lostTotal.add(lostNow, ordering: .relaxed) }
     }
 
-    private static func enqueued(_ result: AsyncStream<Item>.Continuation.YieldResult) -> Bool {
-        if case .enqueued = result { return true }
-        return false
+    /// One subscriber's bounded buffer, shared by the hub (which fills it) and the
+    /// subscription (which drains it), and the doorbell that wakes the reader.
+    fileprivate final class Mailbox: Sendable {
+        private struct Buffer {
+            var items: [Item] = []
+            /// Events dropped since the last `.lost` that found room.
+            var pendingLost = 0
+        }
+
+        private let capacity: Int
+        private let buffer = Mutex(Buffer())
+        /// Rung when items arrive (the newest ring only), finished when the stream ends.
+        fileprivate let doorbell: AsyncStream<Void>
+        private let bell: AsyncStream<Void>.Continuation
+
+        init(capacity: Int) {
+            self.capacity = capacity
+            (doorbell, bell) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        }
+
+        /// Adds an item if the buffer has room, after a `.lost` for what went missing before;
+        /// else counts it lost (an event) or drops it (a heartbeat: events are there). Oldest
+        /// kept: what is dropped is the newest, so the stream stays in order with a gap.
+        func offer(_ item: Item) -> Bool {
+            buffer.withLock { b in
+                if b.pendingLost > 0 {
+                    guard b.items.count < capacity else {
+                        if case .event = item { b.pendingLost += 1 }
+                        return false
+                    }
+                    b.items.append(.lost(b.pendingLost))
+                    b.pendingLost = 0
+                }
+                guard b.items.count < capacity else {
+                    if case .event = item { b.pendingLost += 1 }
+                    return false
+                }
+                b.items.append(item)
+                return true
+            }
+        }
+
+        func wake() {
+            bell.yield()
+        }
+
+        func finish() {
+            bell.finish()
+        }
+
+        func takeAll() -> [Item] {
+            buffer.withLock { b in
+                defer { b.items.removeAll(keepingCapacity: true) }
+                return b.items
+            }
+        }
     }
 
     /// One subscriber's stream. Unsubscribes when it goes away.
     public final class Subscription: Sendable {
         private let hub: EventHub
         private let id: UInt64
-        public let items: AsyncStream<Item>
-        private let continuation: AsyncStream<Item>.Continuation
+        fileprivate let mailbox: Mailbox
 
-        fileprivate init(hub: EventHub, id: UInt64, items: AsyncStream<Item>, continuation: AsyncStream<Item>.Continuation) {
+        fileprivate init(hub: EventHub, id: UInt64, mailbox: Mailbox) {
             self.hub = hub
             self.id = id
-            self.items = items
-            self.continuation = continuation
+            self.mailbox = mailbox
+        }
+
+        /// Everything waiting, each time something comes: a reader that fell behind takes what
+        /// piled up in one go (and writes it in one go). Ends after `cancel`, once drained.
+        public var batches: Batches { Batches(subscription: self) }
+
+        public struct Batches: AsyncSequence, Sendable {
+            fileprivate let subscription: Subscription
+
+            public struct AsyncIterator: AsyncIteratorProtocol {
+                fileprivate let subscription: Subscription
+                fileprivate var doorbell: AsyncStream<Void>.Iterator
+
+                public mutating func next() async -> [Item]? {
+                    while true {
+                        let waiting = subscription.mailbox.takeAll()
+                        if !waiting.isEmpty { return waiting }
+                        guard await doorbell.next() != nil else {
+                            let rest = subscription.mailbox.takeAll()
+                            return rest.isEmpty ? nil : rest
+                        }
+                    }
+                }
+            }
+
+            public func makeAsyncIterator() -> AsyncIterator {
+                AsyncIterator(subscription: subscription, doorbell: subscription.mailbox.doorbell.makeAsyncIterator())
+            }
         }
 
         /// Puts a `.heartbeat` in the stream (unless its buffer is full, when events are there).
         public func heartbeat() {
-            continuation.yield(.heartbeat)
+            if mailbox.offer(.heartbeat) { mailbox.wake() }
         }
 
-        /// Ends the stream: a reader waiting on it gets nil.
+        /// Ends the stream: a reader gets what is waiting, then nil.
         public func cancel() {
-            continuation.finish()
+            mailbox.finish()
         }
 
         deinit {
-            continuation.finish()
+            mailbox.finish()
             hub.unsubscribe(id)
         }
     }
