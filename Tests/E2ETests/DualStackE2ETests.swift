@@ -151,6 +151,39 @@ struct DualStackE2ETests {
         }
     }
 
+    @Test("a pod's own port unreachable about a masqueraded flow's late answer leaves translated, outer and quoted packet: the outside socket reads it as refused",
+          arguments: [IPFamily.ipv4, .ipv6])
+    func podErrorEgress(family: IPFamily) async throws {
+        try await Sandbox.with(dualStack: true) { sandbox in
+            try await sandbox.startMasqd(mode: .tcx)
+            let v6 = family == .ipv6
+            let outside = v6 ? Sandbox.outsideIPv6 : Sandbox.outsideIP
+            let port = 8090
+            let ready = "\(sandbox.dir)/late.ready"
+            // Answers 2 s late on a socket connected to the node's address and port.
+            let replier = try sandbox.spawn("late", sandbox.netprobe(sandbox.outside, [
+                "latereply", "--bind", outside, "--port", "\(port)", "--delay", "2", "--ready", ready,
+            ]))
+            try await sandbox.waitUntil("the late replier listens", timeout: .seconds(15)) {
+                FileManager.default.fileExists(atPath: ready)
+            }
+            // The pod waits 1 s for an answer and closes its socket, so the late answer finds
+            // its port closed and the pod's kernel sends a port unreachable about it.
+            let dst = v6 ? "[\(outside)]:\(port)" : "\(outside):\(port)"
+            let probe = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", dst, "--tries", "1"])
+            #expect(!probe.succeeded, "the answer came in time: \(probe)")
+            try await sandbox.waitUntil("the late replier is done", timeout: .seconds(15)) { !replier.isRunning }
+            let seen = sandbox.output("late")
+            let node = v6 ? "[\(Sandbox.nodeIPv6)]" : Sandbox.nodeIP
+            #expect(seen.contains("from \(node):"), "the datagram came from: \(seen)")
+            #expect(seen.contains("refused"), "the outside socket got no error for its answer: \(seen)\n\(sandbox.masqdLog)")
+            let status = try await sandbox.masqClient(["status", "-o", "json"])
+            let json = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+            let counters = (json?["countersByFamily"] as? [String: Any])?[family.rawValue] as? [String: Any]
+            #expect((counters?["icmpErrorsTranslated"] as? Int ?? 0) >= 1, "no \(family.rawValue) ICMP error counted: \(status)")
+        }
+    }
+
     @Test("neighbour discovery and link-local traffic pass untouched (explain says so); the ip-masq-agent defaults list fe80::/10")
     func linkLocal() async throws {
         try await Sandbox.with(dualStack: true) { sandbox in

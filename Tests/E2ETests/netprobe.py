@@ -284,6 +284,34 @@ def cmd_ping(args):
     return 0 if replies else 1
 
 
+def cmd_latereply(args):
+    """Answers the first datagram late, on a socket connected to its sender, and reports whether
+    the kernel then took an ICMP port unreachable for it: a connected UDP socket reads one as
+    ECONNREFUSED, and only when the error quotes this very socket's tuple (so the NAT in between
+    translated the quoted packet, not only the error's outer header)."""
+    s = socket.socket(family(args.bind), socket.SOCK_DGRAM)
+    s.bind((args.bind, args.port))
+    write_ready(args.ready)
+    s.settimeout(args.lifetime)
+    _, peer = s.recvfrom(65535)
+    say("from " + peer_text(peer))
+    s.connect(peer)
+    time.sleep(args.delay)
+    s.send(b"late\n")
+    s.settimeout(3.0)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        try:
+            s.recv(65535)
+        except ConnectionRefusedError:
+            say("refused")
+            return 0
+        except socket.timeout:
+            break
+    say("no error")
+    return 1
+
+
 def cmd_halfclose(args):
     s = client_socket(socket.SOCK_STREAM, args.sport, args.dst)
     try:
@@ -582,6 +610,12 @@ def main():
     p.add_argument("--token", default="masq")
     p.add_argument("--count", type=int, default=3)
     p.add_argument("--ident", type=int, default=0)
+    p = sub.add_parser("latereply")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--delay", type=float, default=2.0)
+    p.add_argument("--ready")
+    p.add_argument("--lifetime", type=float, default=60.0)
     p = sub.add_parser("halfclose")
     p.add_argument("--dst", required=True)
     p.add_argument("--sport", type=int, default=0)
@@ -617,7 +651,7 @@ def main():
     p.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args()
     handler = {"serve": cmd_serve, "tcp": cmd_tcp, "udp": cmd_udp, "ping": cmd_ping,
-               "halfclose": cmd_halfclose, "flood": cmd_flood, "session": cmd_session,
+               "halfclose": cmd_halfclose, "latereply": cmd_latereply, "flood": cmd_flood, "session": cmd_session,
                "progquery": cmd_progquery, "passprog": cmd_passprog, "nattable": cmd_nattable,
                "tunrelay": cmd_tunrelay, "sniff": cmd_sniff, "churn": cmd_churn}[args.cmd]
     try:
