@@ -79,6 +79,31 @@ struct EventTests {
         #expect(kept.allSatisfy { $0.kind == .dropped(DropReason(DROP_NO_SNAT_ADDRESS), egress: true) })
     }
 
+    @Test("an IPv6 drop behind extension headers reports the transport protocol and ports beneath them; behind a later fragment, its protocol only")
+    func ipv6DropWalksExtensionHeaders() throws {
+        // Pod CIDRs but no IPv6 address on the device: every pod packet is a no_snat_address drop.
+        let dp = try TestDatapath.standard(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_IPV6_MASQ | MASQ_CFG_EVENTS)
+        try dp.addPodCIDRV6(Net6.podCIDR.0, Net6.podCIDR.1)
+        let chains: [[IPv6Ext]] = [[], [.hopByHop], [.hopByHop, .destOptions, .routing],
+                                   [.destOptions, .fragment(offset: 0, more: true, id: 7)]]
+        for ext in chains {
+            let frame = ipv6Frame(src: Net6.pod1, dst: Net6.server, .udp(sport: 40000, dport: 53), ext: ext)
+            #expect(try dp.run(.egress, frame).verdict == TC.shot, "\(ext)")
+            let reported = try events(dp)
+            try #require(reported.count == 1, "\(ext): \(reported)")
+            #expect(reported[0].kind == .dropped(DropReason(DROP_NO_SNAT_ADDRESS), egress: true), "\(ext)")
+            #expect(reported[0].proto == .udp && reported[0].sport == 40000 && reported[0].dport == 53, "\(ext): \(reported[0])")
+            #expect(reported[0].src == address(Net6.pod1) && reported[0].dst == address(Net6.server))
+        }
+        // A later fragment carries no ports: what follows its header is payload.
+        let later = ipv6Frame(src: Net6.pod1, dst: Net6.server, proto: 17, body: [0x9c, 0x40, 0, 53, 0, 0, 0, 0],
+                              ext: [.hopByHop, .fragment(offset: 8, more: false, id: 7)])
+        #expect(try dp.run(.egress, later).verdict == TC.shot)
+        let reported = try events(dp)
+        try #require(reported.count == 1, "\(reported)")
+        #expect(reported[0].proto == .udp && reported[0].sport == 0 && reported[0].dport == 0, "\(reported[0])")
+    }
+
     @Test("an IPv6 flow reports its original tuple and translation; an inbound one its own tuple; later packets nothing")
     func newIPv6FlowIsReported() throws {
         let dp = try TestDatapath.dualStack(flags: MASQ_CFG_IPV4_MASQ | MASQ_CFG_IPV6_MASQ | MASQ_CFG_EVENTS)

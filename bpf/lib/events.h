@@ -16,6 +16,7 @@
 #include <linux/ipv6.h>
 
 #include "maps.h"
+#include "ipv6.h"
 #include "stats.h"
 
 /* Bytes waiting in the ring above which a record wakes masqd at once instead of waiting for its
@@ -211,12 +212,18 @@ static __always_inline void __masq_event_packet_v4(struct __sk_buff *skb, __u32 
 		__masq_event_ports(skb, l3_off + (vihl & 0xf) * 4, ev);
 }
 
-/* The same for an IPv6 packet; extension headers are not walked here, so behind one proto is
- * that header's number and the ports stay 0. */
+/* The same for an IPv6 packet, past its extension headers as __ipv6_walk_ext follows them (at
+ * most IPV6_MAX_EXT_HDRS): proto is the upper layer's, and the ports are read beneath it. Behind
+ * a later fragment proto is the fragment header's next header and the ports stay 0; a chain
+ * cut short or too long leaves proto at the header where the walk stopped. One 8-byte header
+ * on the stack, not a struct ipv6_pkt: the entry programs have no room for that. */
 static __always_inline void __masq_event_packet_v6(struct __sk_buff *skb, __u32 l3_off,
 						   struct masq_event *ev)
 {
+	__u32 off = l3_off + sizeof(struct ipv6hdr);
+	struct ipv6_ext_hdr hdr;
 	__u8 version;
+	int i;
 
 	ev->family = MASQ_AF_INET6;
 	if (bpf_skb_load_bytes(skb, l3_off, &version, 1) < 0 || (version >> 4) != 6 ||
@@ -224,7 +231,24 @@ static __always_inline void __masq_event_packet_v6(struct __sk_buff *skb, __u32 
 	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct ipv6hdr, daddr), ev->daddr, 16) < 0 ||
 	    bpf_skb_load_bytes(skb, l3_off + __builtin_offsetof(struct ipv6hdr, nexthdr), &ev->proto, 1) < 0)
 		return;
-	__masq_event_ports(skb, l3_off + sizeof(struct ipv6hdr), ev);
+#pragma unroll
+	for (i = 0; i < IPV6_MAX_EXT_HDRS; i++) {
+		if (ev->proto != IPPROTO_HOPOPTS && ev->proto != IPPROTO_ROUTING &&
+		    ev->proto != IPPROTO_DSTOPTS && ev->proto != IPPROTO_FRAGMENT)
+			break;
+		if (skb_load(skb, off, &hdr) < 0)
+			return;
+		if (ev->proto == IPPROTO_FRAGMENT) {
+			ev->proto = hdr.nexthdr;
+			if (bpf_ntohs(hdr.frag_off) & IPV6_FRAG_OFFSET)
+				return;
+			off += IPV6_FRAG_HDR_LEN;
+		} else {
+			ev->proto = hdr.nexthdr;
+			off += ((__u32)hdr.hdr_len + 1) * 8;
+		}
+	}
+	__masq_event_ports(skb, off, ev);
 }
 
 /* masq_event_drop: the entry program drops skb for `reason` (a DROP_*). The tuple is read
