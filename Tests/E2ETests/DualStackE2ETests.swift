@@ -160,9 +160,10 @@ struct DualStackE2ETests {
             let outside = v6 ? Sandbox.outsideIPv6 : Sandbox.outsideIP
             let port = 8090
             let ready = "\(sandbox.dir)/late.ready"
-            // Answers 2 s late on a socket connected to the node's address and port.
+            // Answers 4 s late on a socket connected to the node's address and port: 3 s after
+            // the pod gave up, time enough for it to close its socket on a loaded machine.
             let replier = try sandbox.spawn("late", sandbox.netprobe(sandbox.outside, [
-                "latereply", "--bind", outside, "--port", "\(port)", "--delay", "2", "--ready", ready,
+                "latereply", "--bind", outside, "--port", "\(port)", "--delay", "4", "--ready", ready,
             ]))
             try await sandbox.waitUntil("the late replier listens", timeout: .seconds(15)) {
                 FileManager.default.fileExists(atPath: ready)
@@ -172,7 +173,7 @@ struct DualStackE2ETests {
             let dst = v6 ? "[\(outside)]:\(port)" : "\(outside):\(port)"
             let probe = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", dst, "--tries", "1"])
             #expect(!probe.succeeded, "the answer came in time: \(probe)")
-            try await sandbox.waitUntil("the late replier is done", timeout: .seconds(15)) { !replier.isRunning }
+            try await sandbox.waitUntil("the late replier is done", timeout: .seconds(20)) { !replier.isRunning }
             let seen = sandbox.output("late")
             let node = v6 ? "[\(Sandbox.nodeIPv6)]" : Sandbox.nodeIP
             #expect(seen.contains("from \(node):"), "the datagram came from: \(seen)")
