@@ -114,55 +114,51 @@ def cmd_summary(args):
             samples.setdefault((mode, metric), {})[rep] = float(value)
     modes = args.modes.split(",")
     measured = [m for m in METRICS if any(metric == m[0] for _, metric in samples)]
-    print("| metric | " + " | ".join(modes) + " |")
-    print("|---" * (len(modes) + 1) + "|")
-    for metric, title, fmt in measured:
-        medians = {m: statistics.median(samples[(m, metric)].values()) for m in modes if (m, metric) in samples}
-        base = medians.get(args.baseline)
-        cells = []
-        for m in modes:
-            if m not in medians:
-                cells.append("-")
-            elif base:
-                cells.append("%.2f (%s)" % (medians[m] / base, fmt(medians[m])))
-            else:
-                cells.append(fmt(medians[m]))
-        print("| %s | %s |" % (title, " | ".join(cells)))
+
+    def table(cell):
+        """One row per metric, one cell per mode (`cell(mode, metric, fmt)`)."""
+        print("| metric | " + " | ".join(modes) + " |")
+        print("|---" * (len(modes) + 1) + "|")
+        for metric, title, fmt in measured:
+            print("| %s | %s |" % (title, " | ".join(cell(m, metric, fmt) for m in modes)))
+
+    def paired(m, metric):
+        """Each repetition's sample of mode m over the baseline's sample of the same repetition."""
+        base = samples.get((args.baseline, metric), {})
+        return [v / base[rep] for rep, v in samples.get((m, metric), {}).items() if base.get(rep)]
+
+    def median_cell(m, metric, fmt):
+        if (m, metric) not in samples:
+            return "-"
+        value = statistics.median(samples[(m, metric)].values())
+        base = samples.get((args.baseline, metric))
+        return "%.2f (%s)" % (value / statistics.median(base.values()), fmt(value)) if base else fmt(value)
+
+    def paired_median_cell(m, metric, _):
+        ratios = paired(m, metric)
+        return "%.2f (%.2f-%.2f)" % (statistics.median(ratios), min(ratios), max(ratios)) if ratios else "-"
+
+    def paired_interval_cell(m, metric, _):
+        logs = [math.log(r) for r in paired(m, metric) if r > 0]
+        if len(logs) < 3:
+            return "-"
+        mean = statistics.fmean(logs)
+        half = T95.get(len(logs) - 1, 1.96) * statistics.stdev(logs) / math.sqrt(len(logs))
+        return "%.3f (%.3f-%.3f)" % (math.exp(mean), math.exp(mean - half), math.exp(mean + half))
+
+    table(median_cell)
     # The machine drifts over minutes; a mode's sample divided by the baseline's of the same
     # repetition (measured seconds apart) cancels most of that drift.
     print()
     print("Paired: the median of each repetition's ratio to %s (lowest-highest):" % args.baseline)
     print()
-    print("| metric | " + " | ".join(modes) + " |")
-    print("|---" * (len(modes) + 1) + "|")
-    for metric, title, _ in measured:
-        base = samples.get((args.baseline, metric), {})
-        cells = []
-        for m in modes:
-            ratios = [v / base[rep] for rep, v in samples.get((m, metric), {}).items() if base.get(rep)]
-            cells.append("%.2f (%.2f-%.2f)" % (statistics.median(ratios), min(ratios), max(ratios))
-                         if ratios else "-")
-        print("| %s | %s |" % (title, " | ".join(cells)))
+    table(paired_median_cell)
     # Single pairs spread widely on a VM; how far the typical ratio can be trusted is the
     # confidence interval of their mean (on log ratios, so 0.5 and 2 weigh alike).
     print()
     print("Paired, geometric mean with its 95% confidence interval (needs 3 repetitions or more):")
     print()
-    print("| metric | " + " | ".join(modes) + " |")
-    print("|---" * (len(modes) + 1) + "|")
-    for metric, title, _ in measured:
-        base = samples.get((args.baseline, metric), {})
-        cells = []
-        for m in modes:
-            logs = [math.log(v / base[rep]) for rep, v in samples.get((m, metric), {}).items()
-                    if base.get(rep) and v > 0]
-            if len(logs) < 3:
-                cells.append("-")
-                continue
-            mean = statistics.fmean(logs)
-            half = T95.get(len(logs) - 1, 1.96) * statistics.stdev(logs) / math.sqrt(len(logs))
-            cells.append("%.3f (%.3f-%.3f)" % (math.exp(mean), math.exp(mean - half), math.exp(mean + half)))
-        print("| %s | %s |" % (title, " | ".join(cells)))
+    table(paired_interval_cell)
     return 0
 
 

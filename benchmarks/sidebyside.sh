@@ -156,7 +156,7 @@ build_sandbox() {
             printf '%s\n' '#include <linux/bpf.h>' '#include <linux/pkt_cls.h>' \
                 '__attribute__((section("tc"), used)) int noop_egress(struct __sk_buff *skb) { return TC_ACT_OK; }' \
                 'char _license[] __attribute__((section("license"), used)) = "GPL";' >"$RUN/noop.c"
-            "$(dirname "$(command -v swift)")/clang" -O2 -target bpf -I"/usr/include/$(gcc -dumpmachine)" \
+            "$(dirname "$(command -v swift)")/clang" -O2 -target bpf -I"/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)" \
                 -c "$RUN/noop.c" -o "$RUN/noop.o"
             nx "$node" tc qdisc add dev ext0 clsact
             nx "$node" tc filter add dev ext0 egress bpf direct-action obj "$RUN/noop.o" sec tc

@@ -118,15 +118,11 @@ public final class EventHub: Sendable {
         /// kept: what is dropped is the newest, so the stream stays in order with a gap.
         func offer(_ item: Item) -> Bool {
             buffer.withLock { b in
-                if b.pendingLost > 0 {
-                    guard b.items.count < capacity else {
-                        if case .event = item { b.pendingLost += 1 }
-                        return false
-                    }
+                if b.pendingLost > 0, b.items.count < capacity {
                     b.items.append(.lost(b.pendingLost))
                     b.pendingLost = 0
                 }
-                guard b.items.count < capacity else {
+                guard b.pendingLost == 0, b.items.count < capacity else {
                     if case .event = item { b.pendingLost += 1 }
                     return false
                 }
