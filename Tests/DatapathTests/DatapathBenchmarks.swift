@@ -19,7 +19,7 @@ import Testing
 struct DatapathBenchmarks {
     /// The objects under test: the embedded one ("this tree") and, with MASQ_BENCH_OBJECT, that
     /// build too ("other"), measured batch by batch in turn so that both see the same load.
-    private func nodes() throws -> [(name: String, dp: TestDatapath)] {
+    private func nodes(natEntries: UInt32 = 65536) throws -> [(name: String, dp: TestDatapath)] {
         var objects: [(String, [UInt8])] = [("this tree", EmbeddedDatapath.bytes)]
         if let path = ProcessInfo.processInfo.environment["MASQ_BENCH_OBJECT"] {
             guard let bytes = FileManager.default.contents(atPath: path) else {
@@ -28,7 +28,7 @@ struct DatapathBenchmarks {
             objects.append(("other (\(path))", [UInt8](bytes)))
         }
         return try objects.map { name, bytes in
-            let dp = try TestDatapath(natEntries: 65536, bytes: bytes)
+            let dp = try TestDatapath(natEntries: natEntries, bytes: bytes)
             try dp.setConfig()
             try dp.addDevice(snat: Net.snat)
             try dp.addPodCIDR(Net.podCIDR.0, Net.podCIDR.1)
@@ -122,6 +122,96 @@ struct DatapathBenchmarks {
         for (_, dp) in nodes {
             #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == 8000)
             #expect(try dp.stat(MASQ_STAT_ALLOC_KEPT_PORT) == 4000)
+        }
+    }
+
+    /// One packet of a TCP connection as connectionCost replays it: its hook, flags, and
+    /// sequence and acknowledgment numbers relative to the sender's and the peer's initial ones.
+    private struct ConnectionStep {
+        let name: String
+        let hook: TestDatapath.Hook
+        let flags: UInt8
+        let seq: UInt32
+        let ack: UInt32
+        var payload = 0
+    }
+
+    /// The connections/s load of benchmarks/sidebyside.sh, packet by packet: the client's SYN,
+    /// ACK, request, FIN and last ACK leave through the device (egress), the server's SYN-ACK,
+    /// ACK, reply and FIN come back (ingress).
+    private static let connectionSteps = [
+        ConnectionStep(name: "SYN", hook: .egress, flags: TCPFlag.syn, seq: 0, ack: 0),
+        ConnectionStep(name: "SYN-ACK", hook: .ingress, flags: TCPFlag.syn | TCPFlag.ack, seq: 0, ack: 1),
+        ConnectionStep(name: "ACK", hook: .egress, flags: TCPFlag.ack, seq: 1, ack: 1),
+        ConnectionStep(name: "request", hook: .egress, flags: TCPFlag.ack | TCPFlag.psh, seq: 1, ack: 1, payload: 4),
+        ConnectionStep(name: "ACK of request", hook: .ingress, flags: TCPFlag.ack, seq: 1, ack: 5),
+        ConnectionStep(name: "reply", hook: .ingress, flags: TCPFlag.ack | TCPFlag.psh, seq: 1, ack: 5, payload: 4),
+        ConnectionStep(name: "FIN", hook: .egress, flags: TCPFlag.fin | TCPFlag.ack, seq: 5, ack: 5),
+        ConnectionStep(name: "FIN-ACK", hook: .ingress, flags: TCPFlag.fin | TCPFlag.ack, seq: 5, ack: 6),
+        ConnectionStep(name: "last ACK", hook: .egress, flags: TCPFlag.ack, seq: 6, ack: 6),
+    ]
+
+    private func environmentInt(_ name: String, default value: Int) -> Int {
+        ProcessInfo.processInfo.environment[name].flatMap { Int($0) } ?? value
+    }
+
+    /// Whole connections as the side-by-side run makes them. Its client cycles through the even
+    /// ephemeral ports (Linux's connect() takes those), so each SYN re-opens the closed pair its
+    /// port left one round before, in a table of the run's size (28k entries), and finds its
+    /// two entries as cold as a round of other connections leaves them. MASQ_BENCH_PORTS (default
+    /// 14116) and MASQ_BENCH_ROUNDS (default 4, the first one only creating the pairs) change
+    /// that: a single port keeps its entries hot.
+    @Test("connections: ns per packet of a whole TCP connection, SYN to last ACK, ports re-used")
+    func connectionCost() throws {
+        let nodes = try nodes(natEntries: 524_288)
+        let ports = (0..<environmentInt("MASQ_BENCH_PORTS", default: 14116)).map { UInt16(32768 + 2 * $0) }
+        let rounds = environmentInt("MASQ_BENCH_ROUNDS", default: 4)
+        let steps = Self.connectionSteps
+        let floorFD = try harnessFloorProgram()
+        defer { close(floorFD) }
+        var costs = Array(repeating: Array(repeating: [Double](), count: steps.count), count: nodes.count)
+        var totals = Array(repeating: [Double](), count: nodes.count)
+        for round in 0..<rounds {
+            for port in ports {
+                // Fresh initial sequence numbers each round: a re-used port is a new connection.
+                let client = UInt32(port) &* 7919 &+ UInt32(round) &* 1_000_003
+                let server = client &* 31 &+ 17
+                for (i, node) in nodes.enumerated() {
+                    var total = 0.0
+                    for (s, step) in steps.enumerated() {
+                        let payload = Array(repeating: UInt8(0x61), count: step.payload)
+                        let frame = step.hook == .egress
+                            ? ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: port, dport: 7000, flags: step.flags,
+                                        seq: client &+ step.seq, ack: step.ack == 0 ? 0 : server &+ step.ack), payload: payload)
+                            : ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 7000, dport: port, flags: step.flags,
+                                        seq: server &+ step.seq, ack: client &+ step.ack), payload: payload)
+                        let (out, ns) = try node.dp.runTimed(step.hook, frame)
+                        let translated = step.hook == .egress ? out.parsed.src == Net.snat : out.parsed.dst == Net.pod1
+                        #expect(translated, "\(step.name), port \(port)")
+                        if round > 0 { costs[i][s].append(Double(ns)) }
+                        total += Double(ns)
+                    }
+                    if round > 0 { totals[i].append(total) }
+                }
+            }
+        }
+        var floor = [Double]()
+        // After the connections, not between them: 4000 runs of another program leave masq's
+        // code and data cold.
+        for _ in 0..<9 {
+            floor.append(try TestDatapath.averageCost(programFD: floorFD, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 1, dport: 7000)), runs: 4000))
+        }
+        for (i, node) in nodes.enumerated() {
+            for (s, step) in steps.enumerated() {
+                print("datapath cost per packet: connection, \(step.name) (\(step.hook)): median \(median(costs[i][s])) ns [\(node.name)]")
+            }
+            let mean = totals[i].reduce(0, +) / Double(totals[i].count)
+            print("datapath cost per connection: median \(median(totals[i])) ns, mean \(Int(mean)) ns over \(totals[i].count) connections [\(node.name)]")
+        }
+        print("datapath cost per packet: harness floor \(median(floor)) ns")
+        for (_, dp) in nodes {
+            #expect(try dp.droppedTotal() == 0)
+            #expect(try dp.stat(MASQ_STAT_ALLOC_OK) == UInt64(ports.count), "round 0 creates each pair, later rounds re-open it")
         }
     }
 

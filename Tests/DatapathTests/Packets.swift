@@ -54,6 +54,7 @@ enum TCPFlag {
     static let fin: UInt8 = 0x01
     static let syn: UInt8 = 0x02
     static let rst: UInt8 = 0x04
+    static let psh: UInt8 = 0x08
     static let ack: UInt8 = 0x10
 }
 
