@@ -17,7 +17,7 @@ extension APIHandlers {
         let subscription = events.subscribe { event in
             query.matches(type: event.type, family: event.family, proto: event.proto, original: event.original)
         }
-        let encoder = APIJSON.encoder()
+        var ndjson = EventNDJSON()
         var names = DeviceNames()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -48,8 +48,7 @@ extension APIHandlers {
                         guard buffer.readableBytes == 0, ContinuousClock.now - lastWrite >= Self.eventHeartbeat else { continue }
                         line = FlowEvent(type: .heartbeat, time: Date())
                     }
-                    buffer.writeBytes(try encoder.encode(line))
-                    buffer.writeInteger(UInt8(ascii: "\n"))
+                    ndjson.write(line, to: &buffer)
                 }
                 guard buffer.readableBytes > 0 else { continue }
                 try await writer.write(buffer)

@@ -291,6 +291,38 @@ struct ConntrackEntryTests {
         }
     }
 
+    @Test("an event's hand-written NDJSON line is byte for byte the API encoder's JSON of it")
+    func eventNDJSONMatchesEncoder() throws {
+        var generator = SystemRandomNumberGenerator()
+        let entries = Self.sampleEntries()
+        // Dates: whole and fractional seconds (the encoder writes whole ones), day, month and
+        // leap-year edges, the writer's range ends and beyond them (the encoder's own text).
+        let times: [Date?] = [nil, Date(), Date(timeIntervalSince1970: 0), Date(timeIntervalSince1970: 0.999_999),
+                              Date(timeIntervalSince1970: 951_782_399.5), Date(timeIntervalSince1970: 951_868_800),
+                              Date(timeIntervalSince1970: 1_798_761_599.999), Date(timeIntervalSince1970: 4_107_542_400),
+                              Date(timeIntervalSince1970: 253_402_300_799.9), Date(timeIntervalSince1970: 253_402_300_800),
+                              Date(timeIntervalSince1970: -1), Date(timeIntervalSince1970: -86_400 * 365.25 * 100)]
+            + (0..<300).map { _ in Date(timeIntervalSince1970: Double.random(in: 0..<4_102_444_800, using: &generator)) }
+        let encoder = APIJSON.encoder()
+        var ndjson = EventNDJSON()
+        for (i, time) in times.enumerated() {
+            func pick<T>(_ values: [T], _ salt: Int) -> T { values[(i * 5 + salt) % values.count] }
+            let entry = entries[i % entries.count]
+            let event = FlowEvent(
+                type: pick(FlowEvent.EventType.allCases, 1), time: time, family: pick([nil, .ipv4, .ipv6], 2),
+                proto: pick([nil, .tcp, .udp, .icmp, .icmpv6], 3), kind: pick([nil, .masquerade, .host, .inbound], 4),
+                original: pick([nil, entry.original], 5), translated: pick([nil, entry.translated], 6),
+                device: pick([nil, entry.device], 7), ifindex: pick([nil, 0, 3, UInt32.max], 8),
+                keptPort: pick([nil, true, false], 9), candidates: pick([nil, 0, 1, 16, Int.max], 10),
+                reason: pick([nil, "nat_ports_exhausted", "we\"ird"], 11), direction: pick([nil, .egress, .ingress], 12),
+                state: pick([nil] + FlowState.allCases, 13), count: pick([nil, 0, 1, 1024, -5, Int.min], 14))
+            var buffer = ByteBuffer()
+            ndjson.write(event, to: &buffer)
+            let expected = String(decoding: try encoder.encode(event), as: UTF8.self) + "\n"
+            #expect(String(buffer: buffer) == expected)
+        }
+    }
+
     @Test("the client's line reader reads every line the stream and the encoder write, as JSONDecoder does, without it")
     func lineReaderMatchesDecoder() throws {
         let encoder = APIJSON.encoder(pretty: true), decoder = APIJSON.decoder()
