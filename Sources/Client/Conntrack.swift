@@ -80,10 +80,12 @@ extension MasqClient.Conntrack {
                 // IPv6 flow comes, which starts the IPv6 part under a header of its own.
                 var family: IPFamily?
                 var count = 0
+                // -o json: the lines as they came, a write a chunk (tables go through print's buffer).
+                var output = StreamOutput()
                 try await global.client.streamLines(.conntrackList, query: query) { line in
                     count += 1
                     switch format {
-                    case .json: printRaw(line)
+                    case .json: output.raw(line)
                     case .yaml: print("---\n" + (try YAMLDocument(json: line).text), terminator: "")
                     case .text, .wide:
                         let entry = try ConntrackEntry(ndjsonLine: line, decoder: decoder)
@@ -94,6 +96,8 @@ extension MasqClient.Conntrack {
                         }
                         print(columns(widths).line(row(entry)))
                     }
+                } chunkEnd: {
+                    output.flush()
                 }
                 if headers && family == nil { print(columns(.ipv4).line(header)) }
                 if !format.isDocument && !table.noHeaders { printError("\(count) flow\(count == 1 ? "" : "s")") }

@@ -52,18 +52,23 @@ extension MasqClient.Conntrack {
             try await reportingErrors {
                 let decoder = APIJSON.decoder()
                 var count = 0
+                var output = StreamOutput()
+                defer { output.flush() }
                 do {
                     try await global.client.streamLines(.events, query: query) { line in
-                        let event = try decoder.decode(FlowEvent.self, from: line)
+                        let event = try FlowEvent(ndjsonLine: line, decoder: decoder)
                         if json {
-                            printRaw(line)
+                            output.raw(line)
                         } else if let text = Self.line(event) {
-                            printLine(text)
+                            output.line(text)
                         } else if event.type == .lost {
+                            output.flush() // the lines before the gap first
                             printError("masq-client: \(event.count ?? 0) events lost (this client read too slowly)")
                         }
                         if event.type != .lost && event.type != .heartbeat { count += 1 }
                         if let limit, count >= limit { throw LimitReached() }
+                    } chunkEnd: {
+                        output.flush()
                     }
                 } catch is LimitReached {
                     return

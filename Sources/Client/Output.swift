@@ -16,15 +16,35 @@ func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
-/// Writes one line to stdout at once (unbuffered: a stream's lines reach a pipe as they come).
-func printLine(_ text: String) {
-    FileHandle.standardOutput.write(Data((text + "\n").utf8))
-}
-
 /// Writes raw API bytes (the `-o json` output) to stdout, ending with a newline.
 func printRaw(_ data: Data) {
-    FileHandle.standardOutput.write(data)
-    if data.last != UInt8(ascii: "\n") { FileHandle.standardOutput.write(Data("\n".utf8)) }
+    var output = StreamOutput()
+    output.raw(data)
+    output.flush()
+}
+
+/// A stream's stdout lines, gathered while one chunk of the answer is read and written in one
+/// go when it ends (`flush`): the lines reach a pipe as they arrive, at one write a chunk. A
+/// write a line held `conntrack events` to a few thousand events a second.
+struct StreamOutput {
+    private var pending = Data()
+
+    mutating func line(_ text: String) {
+        pending.append(contentsOf: text.utf8)
+        pending.append(UInt8(ascii: "\n"))
+    }
+
+    /// Raw API bytes (the `-o json` output), ending with a newline.
+    mutating func raw(_ data: Data) {
+        pending.append(data)
+        if data.last != UInt8(ascii: "\n") { pending.append(UInt8(ascii: "\n")) }
+    }
+
+    mutating func flush() {
+        guard !pending.isEmpty else { return }
+        FileHandle.standardOutput.write(pending)
+        pending.removeAll(keepingCapacity: true)
+    }
 }
 
 /// Columns padded to fixed widths; the last column is not padded.

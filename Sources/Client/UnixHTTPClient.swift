@@ -55,8 +55,10 @@ struct UnixHTTPClient: Sendable {
     }
 
     /// Streams an NDJSON endpoint, calling `line` for each line as it arrives (never buffering
-    /// more than one partial line). Throws if the stream is cut before its end.
-    func streamLines(_ route: Route, query: [(String, String)] = [], _ line: (Data) throws -> Void) async throws {
+    /// more than one partial line) and `chunkEnd` once the lines of a chunk are read, and at the
+    /// end. Throws if the stream is cut before its end.
+    func streamLines(_ route: Route, query: [(String, String)] = [], _ line: (Data) throws -> Void,
+                     chunkEnd: () throws -> Void = {}) async throws {
         // The start of a line cut by the chunk's end.
         var pending = Data()
         try await exchange(route, query: query, accept: MediaType.ndjson) { chunk in
@@ -74,8 +76,10 @@ struct UnixHTTPClient: Sendable {
                 }
                 pending.append(contentsOf: bytes[start...])
             }
+            try chunkEnd()
         }
         if !pending.isEmpty { try line(pending) }
+        try chunkEnd()
     }
 
     /// One request: connects, sends, hands each body chunk of a 2xx (or `alsoAccepting`) answer to

@@ -291,24 +291,22 @@ struct ConntrackEntryTests {
         }
     }
 
-    @Test("an event's hand-written NDJSON line is byte for byte the API encoder's JSON of it")
-    func eventNDJSONMatchesEncoder() throws {
+    /// Events of every type, optional fields on and off, both families, escaped names; dates
+    /// whole and fractional (the encoder writes whole seconds), at day, month and leap-year
+    /// edges, at the hand-written line's range ends and beyond them (the encoder's own text).
+    static func sampleEvents() -> [FlowEvent] {
         var generator = SystemRandomNumberGenerator()
-        let entries = Self.sampleEntries()
-        // Dates: whole and fractional seconds (the encoder writes whole ones), day, month and
-        // leap-year edges, the writer's range ends and beyond them (the encoder's own text).
+        let entries = sampleEntries()
         let times: [Date?] = [nil, Date(), Date(timeIntervalSince1970: 0), Date(timeIntervalSince1970: 0.999_999),
                               Date(timeIntervalSince1970: 951_782_399.5), Date(timeIntervalSince1970: 951_868_800),
                               Date(timeIntervalSince1970: 1_798_761_599.999), Date(timeIntervalSince1970: 4_107_542_400),
                               Date(timeIntervalSince1970: 253_402_300_799.9), Date(timeIntervalSince1970: 253_402_300_800),
                               Date(timeIntervalSince1970: -1), Date(timeIntervalSince1970: -86_400 * 365.25 * 100)]
             + (0..<300).map { _ in Date(timeIntervalSince1970: Double.random(in: 0..<4_102_444_800, using: &generator)) }
-        let encoder = APIJSON.encoder()
-        var ndjson = EventNDJSON()
-        for (i, time) in times.enumerated() {
+        return times.enumerated().map { i, time in
             func pick<T>(_ values: [T], _ salt: Int) -> T { values[(i * 5 + salt) % values.count] }
             let entry = entries[i % entries.count]
-            let event = FlowEvent(
+            return FlowEvent(
                 type: pick(FlowEvent.EventType.allCases, 1), time: time, family: pick([nil, .ipv4, .ipv6], 2),
                 proto: pick([nil, .tcp, .udp, .icmp, .icmpv6], 3), kind: pick([nil, .masquerade, .host, .inbound], 4),
                 original: pick([nil, entry.original], 5), translated: pick([nil, entry.translated], 6),
@@ -316,10 +314,57 @@ struct ConntrackEntryTests {
                 keptPort: pick([nil, true, false], 9), candidates: pick([nil, 0, 1, 16, Int.max], 10),
                 reason: pick([nil, "nat_ports_exhausted", "we\"ird"], 11), direction: pick([nil, .egress, .ingress], 12),
                 state: pick([nil] + FlowState.allCases, 13), count: pick([nil, 0, 1, 1024, -5, Int.min], 14))
+        }
+    }
+
+    @Test("an event's hand-written NDJSON line is byte for byte the API encoder's JSON of it")
+    func eventNDJSONMatchesEncoder() throws {
+        let encoder = APIJSON.encoder()
+        var ndjson = EventNDJSON()
+        for event in Self.sampleEvents() {
             var buffer = ByteBuffer()
             ndjson.write(event, to: &buffer)
             let expected = String(decoding: try encoder.encode(event), as: UTF8.self) + "\n"
             #expect(String(buffer: buffer) == expected)
+        }
+    }
+
+    @Test("the client reads each event line as JSONDecoder does, without it for every date the stream spells")
+    func eventLineReaderMatchesDecoder() throws {
+        let decoder = APIJSON.decoder(), pretty = APIJSON.encoder(pretty: true)
+        var ndjson = EventNDJSON()
+        for event in Self.sampleEvents() {
+            var buffer = ByteBuffer()
+            ndjson.write(event, to: &buffer)
+            let line = Data(buffer.readableBytesView.dropLast())
+            let expected = try decoder.decode(FlowEvent.self, from: line)
+            let fast = line.withUnsafeBytes { JSONLineReader.read($0) { $0.event() } }
+            // The reader's own result, unless the date is one the stream does not spell by hand.
+            if let time = event.time, time.timeIntervalSince1970 < 0 || time.timeIntervalSince1970 >= 253_402_300_800 {
+                #expect(fast == nil)
+            } else {
+                #expect(fast == expected, "\(String(decoding: line, as: UTF8.self))")
+            }
+            #expect(try FlowEvent(ndjsonLine: line, decoder: decoder) == expected)
+            let spaced = try pretty.encode(event)
+            #expect(try FlowEvent(ndjsonLine: spaced, decoder: decoder) == decoder.decode(FlowEvent.self, from: spaced))
+        }
+        let tuple = #"{"dport":443,"dst":"1.2.3.4","sport":5,"src":"10.0.0.1"}"#
+        let base = #""original":\#(tuple),"time":"2026-12-02T04:09:34Z","type":"new""#
+        func fast(_ text: String) -> FlowEvent? { Data(text.utf8).withUnsafeBytes { JSONLineReader.read($0) { $0.event() } } }
+        // null for an absent value, unknown keys of any type, a type added later.
+        #expect(fast(#"{\#(base),"device":null,"keptPort":null,"zone":{"a":[1,true]}}"#) == fast("{\(base)}"))
+        #expect(fast(#"{"type":"renamed"}"#)?.type == .unknown)
+        // Not taken by the reader: JSONDecoder decides.
+        for text in [#"{"original":\#(tuple),"time":"2026-12-02T04:09:34+00:00","type":"new"}"#,
+                     #"{"time":"2026-12-02T04:09:34.5Z","type":"new"}"#, #"{"time":"2026-02-30T00:00:00Z","type":"new"}"#,
+                     #"{"time":"1969-12-31T23:59:59Z","type":"new"}"#, #"{"count":1.5,"type":"lost"}"#,
+                     #"{"count":9223372036854775808,"type":"lost"}"#, #"{"keptPort":1,"type":"new"}"#, #"{"time":null}"#,
+                     "{\(base)} x"] {
+            #expect(fast(text) == nil, "\(text)")
+            let viaInit = Result { try FlowEvent(ndjsonLine: Data(text.utf8), decoder: decoder) }
+            let viaDecoder = Result { try decoder.decode(FlowEvent.self, from: Data(text.utf8)) }
+            #expect((try? viaInit.get()) == (try? viaDecoder.get()), "\(text)")
         }
     }
 
@@ -332,18 +377,18 @@ struct ConntrackEntryTests {
             ndjson.write(entry, to: &buffer)
             let line = Data(buffer.readableBytesView.dropLast())
             // The fast reader itself, not its fallback; and equal to the fallback's result.
-            #expect(line.withUnsafeBytes { ConntrackLineReader.entry($0) } == entry, "\(String(decoding: line, as: UTF8.self))")
+            #expect(line.withUnsafeBytes { JSONLineReader.read($0) { $0.entry() } } == entry, "\(String(decoding: line, as: UTF8.self))")
             #expect(try ConntrackEntry(ndjsonLine: line, decoder: decoder) == decoder.decode(ConntrackEntry.self, from: line))
             // Whitespace between every token: still JSON, still read.
             let pretty = try encoder.encode(entry)
-            #expect(pretty.withUnsafeBytes { ConntrackLineReader.entry($0) } == entry)
+            #expect(pretty.withUnsafeBytes { JSONLineReader.read($0) { $0.entry() } } == entry)
         }
     }
 
     @Test("the line reader skips unknown keys and reads escapes and null; what it does not take, JSONDecoder decides")
     func lineReaderEdges() throws {
         let decoder = APIJSON.decoder()
-        func fast(_ text: String) -> ConntrackEntry? { Data(text.utf8).withUnsafeBytes { ConntrackLineReader.entry($0) } }
+        func fast(_ text: String) -> ConntrackEntry? { Data(text.utf8).withUnsafeBytes { JSONLineReader.read($0) { $0.entry() } } }
         let tuple = #"{"dport":443,"dst":"1.2.3.4","sport":5,"src":"10.0.0.1"}"#
         let base = #""ageSeconds":1.5,"expiresInSeconds":2e1,"family":"ipv4","ifindex":3,"kind":"masquerade","original":\#(tuple),"originalCounters":{"bytes":2,"packets":1},"protocol":"tcp","state":"established","translated":\#(tuple)"#
         let plain = try #require(fast("{\(base)}"))

@@ -1,44 +1,57 @@
 import Foundation
 import NetworkTypes
 
+// The NDJSON streams' lines read in one pass. Foundation's JSONDecoder takes about 25 us a
+// conntrack line and 10-20 us an event (generic metadata lookups, retain/release, a dictionary
+// per object): most of what `masq-client conntrack list` spends on a large table, and what held
+// `masq-client conntrack events` to a few thousand events a second. A line is read here instead:
+// any key order, whitespace, escapes, null for an absent value, unknown keys skipped. A line
+// this reader does not take (a key missing, a value of another type or out of range, JSON it
+// cannot read) goes to `decoder`, which decides as before and words the error.
+
 extension ConntrackEntry {
-    /// One line of the conntrack NDJSON stream (`GET /v1/conntrack`). Foundation's JSONDecoder
-    /// takes about 25 us a line (generic metadata lookups, retain/release, a dictionary per
-    /// object), which is most of what `masq-client conntrack list` spends on a large table. The
-    /// line is read here in one pass instead: any key order, whitespace, escapes, unknown keys
-    /// skipped. A line this reader does not take (a key missing, a value of another type or out
-    /// of range, JSON it cannot read) goes to `decoder`, which decides as before and words the
-    /// error.
+    /// One line of `GET /v1/conntrack`'s NDJSON.
     public init(ndjsonLine line: Data, decoder: JSONDecoder) throws {
-        if let entry = line.withUnsafeBytes({ ConntrackLineReader.entry($0) }) {
-            self = entry
-        } else {
-            self = try decoder.decode(ConntrackEntry.self, from: line)
-        }
+        self = try JSONLineReader.read(line, decoder: decoder) { $0.entry() }
     }
 }
 
-/// A single-pass reader of a `ConntrackEntry`'s JSON. Every method returns nil where the input
+extension FlowEvent {
+    /// One line of `GET /v1/events`.
+    public init(ndjsonLine line: Data, decoder: JSONDecoder) throws {
+        self = try JSONLineReader.read(line, decoder: decoder) { $0.event() }
+    }
+}
+
+/// A single-pass reader of the API's JSON objects. Every method returns nil where the input
 /// leaves the shape it reads, and the caller then falls back to JSONDecoder.
-struct ConntrackLineReader {
+struct JSONLineReader {
     private let bytes: UnsafeRawBufferPointer
     private var i = 0
 
     /// Nesting of unknown values skipped, beyond which the line is left to JSONDecoder.
     private static let maxDepth = 32
 
-    static func entry(_ bytes: UnsafeRawBufferPointer) -> ConntrackEntry? {
-        var reader = ConntrackLineReader(bytes: bytes)
-        guard let entry = reader.entry() else { return nil }
+    /// The value `body` reads from line, else JSONDecoder's.
+    static func read<T: Decodable>(_ line: Data, decoder: JSONDecoder, _ body: (inout JSONLineReader) -> T?) throws -> T {
+        if let value = line.withUnsafeBytes({ read($0, body) }) { return value }
+        return try decoder.decode(T.self, from: line)
+    }
+
+    /// The value `body` reads when nothing but whitespace follows it; nil when the reader does
+    /// not take the line.
+    static func read<T>(_ bytes: UnsafeRawBufferPointer, _ body: (inout JSONLineReader) -> T?) -> T? {
+        var reader = JSONLineReader(bytes: bytes)
+        guard let value = body(&reader) else { return nil }
         reader.skipSpace()
-        return reader.i == bytes.count ? entry : nil
+        return reader.i == bytes.count ? value : nil
     }
 
     private init(bytes: UnsafeRawBufferPointer) {
         self.bytes = bytes
     }
 
-    private mutating func entry() -> ConntrackEntry? {
+    mutating func entry() -> ConntrackEntry? {
         var family: IPFamily?, proto: L4Protocol?, kind: ConntrackEntry.Kind?, state: FlowState?
         var original: FlowTuple?, translated: FlowTuple?
         var originalCounters: FlowCounters?, replyCounters: FlowCounters?
@@ -74,6 +87,40 @@ struct ConntrackLineReader {
                               ifindex: ifindex)
     }
 
+    mutating func event() -> FlowEvent? {
+        var event = FlowEvent(type: .unknown)
+        var type: FlowEvent.EventType?
+        // An optional member: null is absent, as for JSONDecoder's decodeIfPresent.
+        func optional<T>(_ reader: inout JSONLineReader, _ value: inout T?, _ read: (inout JSONLineReader) -> T?) -> Bool {
+            if reader.null() { value = nil; return true }
+            value = read(&reader)
+            return value != nil
+        }
+        let read = object { reader, key in
+            switch key {
+            case "type": type = reader.string().map { FlowEvent.EventType(rawValue: $0) ?? .unknown }; return type != nil
+            case "time": return optional(&reader, &event.time) { $0.iso8601() }
+            case "family": return optional(&reader, &event.family) { $0.string().map { IPFamily(rawValue: $0) ?? .unknown } }
+            case "protocol": return optional(&reader, &event.proto) { $0.string().map { L4Protocol(rawValue: $0) ?? .unknown } }
+            case "kind": return optional(&reader, &event.kind) { $0.string().map { ConntrackEntry.Kind(rawValue: $0) ?? .unknown } }
+            case "original": return optional(&reader, &event.original) { $0.tuple() }
+            case "translated": return optional(&reader, &event.translated) { $0.tuple() }
+            case "device": return optional(&reader, &event.device) { $0.string() }
+            case "ifindex": return optional(&reader, &event.ifindex) { $0.unsigned(max: UInt64(UInt32.max)).map(UInt32.init) }
+            case "keptPort": return optional(&reader, &event.keptPort) { $0.bool() }
+            case "candidates": return optional(&reader, &event.candidates) { $0.integer() }
+            case "reason": return optional(&reader, &event.reason) { $0.string() }
+            case "direction": return optional(&reader, &event.direction) { $0.string().map { FlowEvent.Direction(rawValue: $0) ?? .unknown } }
+            case "state": return optional(&reader, &event.state) { $0.string().map { FlowState(rawValue: $0) ?? .unknown } }
+            case "count": return optional(&reader, &event.count) { $0.integer() }
+            default: return reader.skipValue(depth: 0)
+            }
+        }
+        guard read, let type else { return nil }
+        event.type = type
+        return event
+    }
+
     private mutating func tuple() -> FlowTuple? {
         var src: IPAddress?, dst: IPAddress?, sport: UInt16?, dport: UInt16?
         let read = object { reader, key in
@@ -104,7 +151,7 @@ struct ConntrackLineReader {
 
     /// Reads an object, calling `member` with each key, positioned at its value, which `member`
     /// reads (or skips); a value it could not read ends the object as unread.
-    private mutating func object(_ member: (inout ConntrackLineReader, String) -> Bool) -> Bool {
+    private mutating func object(_ member: (inout JSONLineReader, String) -> Bool) -> Bool {
         guard take(UInt8(ascii: "{")) else { return false }
         if take(UInt8(ascii: "}")) { return true }
         repeat {
@@ -238,6 +285,64 @@ struct ConntrackLineReader {
             || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
     }
 
+    private mutating func bool() -> Bool? {
+        if literal("true") { return true }
+        return literal("false") ? false : nil
+    }
+
+    /// A whole number with an optional minus sign, within Int's range.
+    private mutating func integer() -> Int? {
+        skipSpace()
+        let negative = i < bytes.count && bytes[i] == UInt8(ascii: "-")
+        if negative { i += 1 }
+        guard let magnitude = unsigned(max: negative ? UInt64(Int.max) + 1 : UInt64(Int.max)) else { return nil }
+        return negative ? Int(truncatingIfNeeded: 0 &- magnitude) : Int(magnitude)
+    }
+
+    /// A date as the encoder's `.iso8601` strategy writes it, "2026-12-02T03:54:33Z", from 1970
+    /// to 9999; any other spelling (an offset, fractions) or year is left to JSONDecoder.
+    private mutating func iso8601() -> Date? {
+        skipSpace()
+        let start = i
+        guard exactly(UInt8(ascii: "\"")), let year = digits(4), exactly(UInt8(ascii: "-")), let month = digits(2),
+              exactly(UInt8(ascii: "-")), let day = digits(2), exactly(UInt8(ascii: "T")), let hour = digits(2),
+              exactly(UInt8(ascii: ":")), let minute = digits(2), exactly(UInt8(ascii: ":")), let second = digits(2),
+              exactly(UInt8(ascii: "Z")), exactly(UInt8(ascii: "\""))
+        else {
+            i = start
+            return nil
+        }
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+        let monthDays = month == 2 ? (leap ? 29 : 28) : (month == 4 || month == 6 || month == 9 || month == 11 ? 30 : 31)
+        guard year >= 1970, (1...12).contains(month), (1...monthDays).contains(day), hour < 24, minute < 60, second < 60
+        else { return nil }
+        // Days since 1970-01-01 from the civil date (proleptic Gregorian, eras of 400 years).
+        let y = month <= 2 ? year - 1 : year
+        let era = y / 400, yearOfEra = y % 400
+        let dayOfYear = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
+        let days = era * 146_097 + yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear - 719_468
+        return Date(timeIntervalSince1970: Double(days * 86_400 + hour * 3600 + minute * 60 + second))
+    }
+
+    /// Takes `byte` if it comes next (no whitespace before it: inside a token).
+    private mutating func exactly(_ byte: UInt8) -> Bool {
+        guard i < bytes.count, bytes[i] == byte else { return false }
+        i += 1
+        return true
+    }
+
+    /// Exactly `count` decimal digits.
+    private mutating func digits(_ count: Int) -> Int? {
+        guard bytes.count - i >= count else { return nil }
+        var value = 0
+        for _ in 0..<count {
+            guard bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(bytes[i] - UInt8(ascii: "0"))
+            i += 1
+        }
+        return value
+    }
+
     /// A JSON number, converted as the standard library converts its text.
     private mutating func double() -> Double? {
         guard let range = number() else { return nil }
@@ -250,7 +355,7 @@ struct ConntrackLineReader {
     private mutating func number() -> Range<Int>? {
         skipSpace()
         let start = i
-        func digits(_ reader: inout ConntrackLineReader) -> Int {
+        func digits(_ reader: inout JSONLineReader) -> Int {
             let from = reader.i
             while reader.i < reader.bytes.count, reader.bytes[reader.i] >= UInt8(ascii: "0"),
                   reader.bytes[reader.i] <= UInt8(ascii: "9") { reader.i += 1 }
