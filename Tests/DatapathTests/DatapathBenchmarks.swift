@@ -60,6 +60,9 @@ struct DatapathBenchmarks {
         let tcpIn = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40000, flags: TCPFlag.ack))
         let udpOut = ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: 40001, dport: 53))
         let udpIn = ipv4Frame(src: Net.server, dst: Net.snat, .udp(sport: 53, dport: 40001))
+        // A half-closed flow: the pod sent its FIN, the server acknowledged it and goes on sending.
+        let halfOut = ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40002, dport: 443, flags: TCPFlag.ack, seq: 101, ack: 1))
+        let halfIn = ipv4Frame(src: Net.server, dst: Net.snat, .tcp(sport: 443, dport: 40002, flags: TCPFlag.ack | TCPFlag.psh, seq: 1, ack: 101))
         let notPod = ipv4Frame(src: Net.notPod, dst: Net.server, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
         let podToPod = ipv4Frame(src: Net.pod1, dst: Net.pod2, .tcp(sport: 40000, dport: 443, flags: TCPFlag.ack))
         let paths: [(String, TestDatapath.Hook, [UInt8])] = [
@@ -67,6 +70,8 @@ struct DatapathBenchmarks {
             ("established TCP, ingress reverse SNAT", .ingress, tcpIn),
             ("established UDP, egress SNAT", .egress, udpOut),
             ("established UDP, ingress reverse SNAT", .ingress, udpIn),
+            ("half-closed TCP (close-wait), egress SNAT", .egress, halfOut),
+            ("half-closed TCP (close-wait), ingress reverse SNAT", .ingress, halfIn),
             ("egress, source not a pod", .egress, notPod),
             ("egress, pod to pod (excluded)", .egress, podToPod),
         ]
@@ -79,6 +84,12 @@ struct DatapathBenchmarks {
             #expect(try dp.run(.ingress, tcpIn).parsed.dst == Net.pod1)
             #expect(try dp.run(.egress, udpOut).parsed.src == Net.snat)
             #expect(try dp.run(.ingress, udpIn).parsed.dst == Net.pod1)
+            _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40002, dport: 443, flags: TCPFlag.ack, seq: 99, ack: 1)))
+            _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .tcp(sport: 40002, dport: 443, flags: TCPFlag.fin | TCPFlag.ack, seq: 100, ack: 1)))
+            #expect(try dp.run(.ingress, halfIn).parsed.dst == Net.pod1)
+            #expect(try dp.run(.egress, halfOut).parsed.src == Net.snat)
+            let half = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 40002, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))
+            #expect(half.tcp_state == UInt8(MASQ_TCP_CLOSE_WAIT))
             #expect(try dp.run(.egress, notPod).frame == notPod)
             #expect(try dp.run(.egress, podToPod).frame == podToPod)
             let tcp = try #require(try dp.entry(natKey(Net.pod1, Net.server, sport: 40000, dport: 443, proto: Proto.tcp, dir: MASQ_DIR_EGRESS)))

@@ -380,13 +380,17 @@ static __always_inline bool ct_tcp_pair4(struct masq_nat_entry_v4 *self, struct 
 }
 
 /* ct_tcp_pair_needs_peer4: whether a segment may move the state (and so needs the other
- * entry of its pair): a SYN, FIN or RST, or any segment before established or after a FIN.
- * Established flows' plain segments, nearly all of them, skip the second lookup. */
+ * entry of its pair): a SYN, FIN or RST, or a plain segment where ct_tcp_next4 moves on one:
+ * before established (the handshake, a pickup) and in FIN_WAIT (the answer after a FIN).
+ * Plain segments of established, half-closed (CLOSE_WAIT) and closing flows change nothing
+ * and skip the second lookup. */
 static __always_inline bool ct_tcp_pair_needs_peer4(const struct masq_nat_entry_v4 *self,
 						    const struct ct_l4_info *l4)
 {
-	return (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) ||
-	       self->tcp_state != MASQ_TCP_ESTABLISHED;
+	if (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST))
+		return true;
+	return self->tcp_state != MASQ_TCP_ESTABLISHED && self->tcp_state != MASQ_TCP_CLOSE_WAIT &&
+	       self->tcp_state != MASQ_TCP_CLOSING;
 }
 
 /* ct_tcp_inbound4: the same for a MASQ_NAT_F_INBOUND entry, which stands for both sides: the
