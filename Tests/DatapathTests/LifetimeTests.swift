@@ -62,13 +62,19 @@ struct LifetimeTests {
         #expect(try state(dp, proto: Proto.tcp) == (.closing, 10))
     }
 
-    @Test("TCP: a RST within its sender's window closes; a stray one far outside does not")
+    @Test("TCP: a RST within its sender's window closes, and late segments or FINs do not re-open it; a stray RST far outside does not close")
     func tcpReset() throws {
         let dp = try TestDatapath.standard()
         try handshake(dp)
         try back(dp, TCPFlag.rst, seq: 9001 &+ 0x4000_0000)
         #expect(try state(dp, proto: Proto.tcp) == (.established, 21_600), "an out-of-window RST is ignored")
         try back(dp, TCPFlag.rst, seq: 9001)
+        #expect(try state(dp, proto: Proto.tcp) == (.closing, 10))
+        try out(dp, TCPFlag.ack, seq: 1005, ack: 9001)
+        #expect(try state(dp, proto: Proto.tcp) == (.closing, 10), "a segment in flight stays closing")
+        try out(dp, TCPFlag.fin | TCPFlag.ack, seq: 1005, ack: 9001)
+        #expect(try state(dp, proto: Proto.tcp) == (.closing, 10), "a late FIN does not make it fin-wait again")
+        try back(dp, TCPFlag.fin | TCPFlag.ack, seq: 9001, ack: 1006)
         #expect(try state(dp, proto: Proto.tcp) == (.closing, 10))
     }
 

@@ -342,8 +342,10 @@ static __always_inline __u8 ct_tcp_next4(__u8 state, __u8 flags, __u8 self_seen,
 	if (state == MASQ_TCP_SYN_RECV && (flags & TCP_FLAG_ACK) && !(self_seen & MASQ_SEEN_SYNACK))
 		state = MASQ_TCP_ESTABLISHED;
 	if (flags & TCP_FLAG_FIN) {
-		if (peer_seen & MASQ_SEEN_FIN)
-			return MASQ_TCP_CLOSING; /* both sides have closed */
+		/* Both sides have closed; or a RST ended the connection already, and a late FIN
+		 * does not re-open it (netfilter's CLOSE stays CLOSE). */
+		if ((peer_seen & MASQ_SEEN_FIN) || state == MASQ_TCP_CLOSING)
+			return MASQ_TCP_CLOSING;
 		return state == MASQ_TCP_SYN_SENT ? state : MASQ_TCP_FIN_WAIT;
 	}
 	/* The side that has not closed answered after the other's FIN: it acknowledged it. */
