@@ -62,6 +62,30 @@ struct EventHubTests {
         #expect(await batches.next() == nil)
     }
 
+    @Test("masqd's own events wait for the datapath's next read, so a flow's new comes before its deletion; without a reader they go at once")
+    func ownEventsAfterDatapathRead() async {
+        let hub = EventHub()
+        let all = hub.subscribe { _ in true }
+        let deleted = NATEvent(kind: .deleted, time: 0, proto: .udp, flow: .masquerade, src: .v4(IPv4Address(10, 0, 1, 5)),
+                               sport: 1, dst: .v4(IPv4Address(192, 0, 2, 1)), dport: 53, translatedSrc: nil,
+                               translatedSport: 1, ifindex: 2)
+        // A read under way when masqd deletes the flow: its new may be written after the read
+        // took the ring, so the deletion waits for the read after it.
+        hub.datapathRead {
+            hub.publish([deleted])
+            return []
+        }
+        hub.datapathRead { [event(sport: 1)] }
+        #expect(await take(from: all) == [.event(event(sport: 1)), .event(deleted)])
+        // The reader gone: what it held goes, and later events go at once.
+        hub.datapathRead { [] }
+        hub.publish([deleted])
+        hub.datapathReaderStopped()
+        #expect(await take(from: all) == [.event(deleted)])
+        hub.publish([deleted])
+        #expect(await take(from: all) == [.event(deleted)])
+    }
+
     @Test("the datapath is asked to report while anyone listens, and no longer once the last subscriber is gone")
     func activityFollowsSubscribers() async {
         let hub = EventHub()

@@ -61,6 +61,24 @@ struct EventsE2ETests {
             }
             #expect(text.stdout.hasPrefix("[NEW] udp \(Sandbox.podIPs[0]):41002 -> \(server):\(Sandbox.udpPort) => \(Sandbox.nodeIP):41002"),
                     "\(text)")
+
+            // A flow deleted right after it was created: its new (from the datapath's ring,
+            // read every 100 ms) still comes before its deletion (masqd's own event).
+            for sport in 41010..<41016 {
+                _ = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", "\(server):\(Sandbox.udpPort)", "--sport", "\(sport)"])
+                let flushed = try await sandbox.masqClient(["conntrack", "flush", "--src", Sandbox.podIPs[0], "--sport", "\(sport)"])
+                #expect(flushed.succeeded, "\(flushed)")
+            }
+            try await sandbox.waitUntil("the subscriber sees the six deletions", timeout: .seconds(5)) {
+                sandbox.events("events-all").filter { $0.type == "deleted" && $0.original?.contains(":4101") == true }.count == 6
+            }
+            let stream = sandbox.events("events-all")
+            for sport in 41010..<41016 {
+                let flow = "\(Sandbox.podIPs[0]):\(sport) -> \(server):\(Sandbox.udpPort)"
+                let created = stream.firstIndex { $0.type == "new" && $0.original == flow }
+                let deletedAt = stream.firstIndex { $0.type == "deleted" && $0.original == flow }
+                #expect(created != nil && deletedAt != nil && created! < deletedAt!, "\(flow): new at \(String(describing: created)), deleted at \(String(describing: deletedAt))")
+            }
         }
     }
 

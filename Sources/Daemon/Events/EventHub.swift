@@ -5,6 +5,11 @@ import Synchronization
 /// buffer of its own: a subscriber that reads slower than events come loses the ones its buffer
 /// has no room for, counted and told in its stream at the place they went missing, and masqd's
 /// memory stays bounded whatever the subscribers do. Publishing never waits for a subscriber.
+///
+/// Two sources, one order: the datapath's events come through a ring that its reader reads
+/// every 100 ms (`datapathRead`); masqd's own (the GC's, the API's deletions: `publish`) are
+/// held until the reader's next read, so that a flow's `new`, written to the ring before masqd
+/// deleted it, is never told after its `deleted`.
 public final class EventHub: Sendable {
     /// What a subscriber reads.
     public enum Item: Sendable, Equatable {
@@ -26,6 +31,11 @@ public final class EventHub: Sendable {
     private struct State {
         var subscribers: [UInt64: Subscriber] = [:]
         var nextID: UInt64 = 0
+        /// The datapath's reads begun so far, while a reader is attached; nil without one.
+        var readsBegun: UInt64?
+        /// masqd's own events waiting for the read that begins after them: the reads begun
+        /// when they were published, and the events.
+        var held: [(after: UInt64, events: [NATEvent])] = []
     }
 
     private let state = Mutex(State())
@@ -74,23 +84,69 @@ public final class EventHub: Sendable {
         if last { activitySink.yield(false) }
     }
 
-    /// Hands `events` to every subscriber whose filter takes them, in order. Each subscriber
-    /// is woken once for the lot, after the hub's lock is released.
+    /// masqd's own events (the GC's, the API's): handed to every subscriber whose filter takes
+    /// them, in order, after whatever the datapath wrote to its ring before now, that is after
+    /// the reader's next read; at once without a reader. Each subscriber is woken once for the
+    /// lot, after the hub's lock is released.
     public func publish(_ events: [NATEvent]) {
         guard hasSubscribers, !events.isEmpty else { return }
-        var lostNow = 0
-        let woken: [Mailbox] = state.withLock { s in
-            s.subscribers.values.compactMap { sub in
-                var offered = false
-                for event in events where sub.filter(event) {
-                    offered = true
-                    if !sub.mailbox.offer(.event(event)) { lostNow += 1 }
-                }
-                return offered ? sub.mailbox : nil
-            }
+        let woken = state.withLock { s -> [(Mailbox, lost: Int)] in
+            guard let begun = s.readsBegun else { return Self.offer(events, in: &s) }
+            s.held.append((begun, events))
+            return []
         }
-        for mailbox in woken { mailbox.wake() }
-        if lostNow > 0 { lostTotal.add(lostNow, ordering: .relaxed) }
+        wake(woken)
+    }
+
+    /// One read of the datapath's ring by its reader: `read` returns the events it took, which
+    /// are published, then masqd's own events held for a read begun after them.
+    public func datapathRead(_ read: () throws -> [NATEvent]) rethrows {
+        let number = state.withLock { s in
+            let number = (s.readsBegun ?? 0) + 1
+            s.readsBegun = number
+            return number
+        }
+        let events = try read()
+        let woken = state.withLock { s in
+            var ready = events
+            while let first = s.held.first, first.after < number {
+                ready += first.events
+                s.held.removeFirst()
+            }
+            return ready.isEmpty || s.subscribers.isEmpty ? [] : Self.offer(ready, in: &s)
+        }
+        wake(woken)
+    }
+
+    /// The datapath's reader stopped: what it held is told now, and from now on at once.
+    public func datapathReaderStopped() {
+        let woken = state.withLock { s in
+            let held = s.held.flatMap(\.events)
+            s.held.removeAll()
+            s.readsBegun = nil
+            return Self.offer(held, in: &s)
+        }
+        wake(woken)
+    }
+
+    /// Offers events to each subscriber whose filter takes them (under the hub's lock): the
+    /// mailboxes to wake, each with the events it had no room for.
+    private static func offer(_ events: [NATEvent], in s: inout State) -> [(Mailbox, lost: Int)] {
+        s.subscribers.values.compactMap { sub in
+            var offered = false, lost = 0
+            for event in events where sub.filter(event) {
+                offered = true
+                if !sub.mailbox.offer(.event(event)) { lost += 1 }
+            }
+            return offered ? (sub.mailbox, lost) : nil
+        }
+    }
+
+    /// Wakes the mailboxes an offer filled, after the hub's lock is released, and counts losses.
+    private func wake(_ woken: [(Mailbox, lost: Int)]) {
+        let lost = woken.reduce(0) { $0 + $1.lost }
+        for (mailbox, _) in woken { mailbox.wake() }
+        if lost > 0 { lostTotal.add(lost, ordering: .relaxed) }
     }
 
     /// One subscriber's bounded buffer, shared by the hub (which fills it) and the

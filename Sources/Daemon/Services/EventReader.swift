@@ -62,12 +62,15 @@ struct EventReader: Service {
             logger.error("Cannot read the datapath's events; GET /v1/events shows masqd's own only", metadata: ["error": "\(error)"])
             return
         }
+        defer { hub.datapathReaderStopped() }
         while !stop.isSet {
             do {
-                let polled = try reader.poll(timeoutMilliseconds: pollInterval)
-                hub.publish(polled.events)
-                if polled.unknown > 0 {
-                    logger.debug("Datapath events of an unknown type skipped", metadata: ["events.skipped": "\(polled.unknown)"])
+                try hub.datapathRead {
+                    let polled = try reader.poll(timeoutMilliseconds: pollInterval)
+                    if polled.unknown > 0 {
+                        logger.debug("Datapath events of an unknown type skipped", metadata: ["events.skipped": "\(polled.unknown)"])
+                    }
+                    return polled.events
                 }
             } catch {
                 logger.warning("Reading the datapath's events failed", metadata: ["error": "\(error)"])
