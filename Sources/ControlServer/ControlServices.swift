@@ -1,5 +1,6 @@
 import Daemon
 import Datapath
+import Foundation
 import Logging
 import ServiceLifecycle
 
@@ -7,6 +8,14 @@ import ServiceLifecycle
 /// notifier, in that order, for the end of the service list: they read what the services
 /// before them maintain, and stop before them.
 public enum ControlServices {
+    /// Stops a second masqd before it starts over a running one, which it would leave without
+    /// its control socket (each removes its socket file when it exits): unless systemd passes
+    /// the socket, nothing may be answering at `socket-path` yet.
+    public static func checkSocketPath(_ config: DaemonConfig) throws {
+        guard ProcessInfo.processInfo.environment["LISTEN_FDS"] == nil, ControlSocket.isServing(config.socketPath) else { return }
+        throw ControlSocketError("socket-path \(config.socketPath): another masqd is serving there; stop it first, or give this one another socket-path")
+    }
+
     public static func make(datapath: Datapath, status: DaemonStatus, events: EventHub, config: DaemonConfig,
                             logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         let serving = ServingState()

@@ -41,6 +41,26 @@ enum ControlSocket: Sendable, Equatable {
         return .inherited(fd: chosen.fd, path: boundPath(of: chosen.fd))
     }
 
+    /// Whether something accepts connections on the Unix socket at `path` (a stale socket file
+    /// refuses them).
+    static func isServing(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let fits = withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            guard bytes.count < raw.count else { return false }
+            raw.copyBytes(from: bytes)
+            return true
+        }
+        guard fits else { return false }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+    }
+
     /// The path a Unix socket is bound to (for logs and status).
     static func boundPath(of fd: Int32) -> String? {
         var address = sockaddr_un()
@@ -55,19 +75,6 @@ enum ControlSocket: Sendable, Equatable {
         return path.isEmpty ? nil : path
     }
 
-    /// The gid of a group given by name or number.
-    static func groupID(_ group: String) throws(ControlSocketError) -> gid_t {
-        if let gid = gid_t(group) { return gid }
-        var entry = group_struct()
-        var result: UnsafeMutablePointer<group_struct>?
-        var buffer = [CChar](repeating: 0, count: 16_384)
-        let err = getgrnam_r(group, &entry, &buffer, buffer.count, &result)
-        guard err == 0, result != nil else {
-            throw ControlSocketError("socket-group: no group '\(group)' on this system")
-        }
-        return entry.gr_gid
-    }
-
     /// Prepares a freshly bound socket file: mode 0660, group `group`, then moves it to `path`.
     /// Binding happens at a temporary name first, so the socket appears at its real path only
     /// with its final mode and group.
@@ -76,7 +83,10 @@ enum ControlSocket: Sendable, Equatable {
             throw ControlSocketError("socket-path \(path): chmod 0660 failed: \(String(cString: strerror(errno)))")
         }
         if let group {
-            let gid = try groupID(group)
+            // Checked when the config was read; the group may have gone since.
+            guard let gid = DaemonConfig.groupID(group) else {
+                throw ControlSocketError("socket-group: no group '\(group)' on this system")
+            }
             if chown(temporary, uid_t.max, gid) != 0 {
                 throw ControlSocketError("socket-group \(group): chown of \(path) failed: \(String(cString: strerror(errno)))")
             }
@@ -98,8 +108,6 @@ enum ControlSocket: Sendable, Equatable {
         }
     }
 }
-
-typealias group_struct = Glibc.group
 
 struct ControlSocketError: Error, CustomStringConvertible {
     var description: String

@@ -2,6 +2,15 @@
 import CMasq
 import Foundation
 
+/// Another process (a running masqd) holds the bpffs root.
+public struct RootInUse: Error, CustomStringConvertible {
+    public var root: String
+
+    public var description: String {
+        "bpffs-root \(root): another masqd is running on these pinned maps; stop it first (systemctl stop masqd), or give this one another bpffs-root"
+    }
+}
+
 /// The bpffs that holds masq's pins (`bpffs-root`).
 enum BPFFS {
     static let magic: Int = 0xcafe_4a11
@@ -37,6 +46,35 @@ enum BPFFS {
         }
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         return mounted
+    }
+
+    /// `root` held by this process: an exclusive flock on the directory, released when the
+    /// process ends however it ends.
+    final class Lock: Sendable {
+        private let fd: Int32
+
+        fileprivate init(fd: Int32) {
+            self.fd = fd
+        }
+
+        deinit {
+            close(fd)
+        }
+    }
+
+    /// Takes `root` (which must exist) for this process, or throws `RootInUse` when another
+    /// holds it: a second masqd on the same pins would rewrite the first one's maps under its
+    /// running programs.
+    static func lock(root: String) throws -> Lock {
+        let fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw BPFError("open", root, errno: errno) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let err = errno
+            close(fd)
+            if err == EWOULDBLOCK { throw RootInUse(root: root) }
+            throw BPFError("lock", root, errno: err)
+        }
+        return Lock(fd: fd)
     }
 
     /// The bpffs masqd mounted itself for `root` (where `prepare` would have), if it did.

@@ -34,19 +34,23 @@ public actor Datapath {
     private var written: masq_config?
     /// Whether the datapath reports to masq_events (`setEventsEnabled`).
     var eventsEnabled = false
+    /// The bpffs root held for this process (`exclusive`).
+    private let rootLock: BPFFS.Lock?
 
     /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
     /// pinned under `root` by an earlier run so that established flows keep their state (a NAT
     /// table that has to be recreated, for another size or layout, has its flows carried over),
     /// sizes the NAT table to `natMaxEntries`, and resolves the attach mode. Nothing is attached
-    /// until `apply(_:)`.
+    /// until `apply(_:)`. `exclusive` (the daemon): holds `root` while this process lives, and
+    /// throws `RootInUse`, before touching a pin, when another process holds it.
     public init(root: String, natMaxEntries: UInt32, attachMode: AttachMode,
-                objectBytes: [UInt8]? = nil, logger: Logger) throws {
+                objectBytes: [UInt8]? = nil, exclusive: Bool = false, logger: Logger) throws {
         self.root = root
         self.logger = logger
         if let mountPoint = try BPFFS.prepare(root: root) {
             logger.notice("Mounted bpffs", metadata: ["bpffs.mount": "\(mountPoint)"])
         }
+        rootLock = exclusive ? try BPFFS.lock(root: root) : nil
         setLibbpfLogger(logger)
         object = try BPFObject(
             bytes: objectBytes ?? EmbeddedDatapath.bytes,

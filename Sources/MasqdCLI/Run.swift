@@ -112,6 +112,7 @@ extension MasqdCommand {
             let logger = makeLogger(level: config.logLevel)
             Self.raiseFileLimit()
             do {
+                try ControlServices.checkSocketPath(config)
                 try await MasqDaemon.run(
                     config: config, objectBytes: objectBytes, logger: logger,
                     reloadConfig: { [file = self.config, flags = flagSettings()] () throws(ConfigErrors) in

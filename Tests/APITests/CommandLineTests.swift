@@ -37,6 +37,33 @@ struct UninstallTests {
         return mounts.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first == Substring(path) }
     }
 
+    @Test("a second masqd on a running one's bpffs root or socket stops with one error, touching neither; the first goes on serving")
+    func secondInstanceStops() async throws {
+        let masqd = try builtBinary("masqd")
+        try await DaemonSandbox.with { sandbox in
+            try await sandbox.addDevice()
+            let first = try sandbox.start([masqd, "run"] + sandbox.masqdFlags())
+            try await sandbox.waitHealthy()
+            let other = sandbox.dir + "/other"
+            try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+            for (flags, expected) in [([String](), "socket-path \(sandbox.socketPath): another masqd is serving there"),
+                                      (["--socket-path", other + "/masqd.sock"], "bpffs-root \(sandbox.bpffs): another masqd is running on these pinned maps"),
+                                      (["--bpffs-root", other + "/bpffs"], "socket-path \(sandbox.socketPath): another masqd is serving there")] {
+                // Different flags first: the second daemon's own config must not reach the maps.
+                let second = try await run(["/usr/bin/timeout", "60", "/usr/bin/nsenter", "--net=/run/netns/\(sandbox.name)", masqd, "run"]
+                                           + sandbox.masqdFlags(["--snat-port-range", "50000-50100"] + flags))
+                #expect(second.status == 1, "\(flags): \(second.stderr)")
+                #expect(second.stderr.contains(expected), "\(flags): \(second.stderr)")
+                #expect(!second.stderr.contains("masqd ready"), "\(flags): \(second.stderr)")
+            }
+            #expect(first.isRunning)
+            let health = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/healthz", timeout: .seconds(20))
+            #expect(health.status == 200)
+            let config = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/config", timeout: .seconds(20))
+            #expect(config.text.contains("32768-65535") && !config.text.contains("50000-50100"), "\(config.text)")
+        }
+    }
+
     @Test("uninstall unmounts the bpffs masqd mounted itself, and leaves one it found mounted")
     func unmountsOwnBPFFS() async throws {
         let masqd = try builtBinary("masqd")

@@ -37,13 +37,16 @@ struct ConfigTests {
         #expect(c.podCIDRs.map(\.description) == ["10.244.0.0/16"])
     }
 
-    @Test("an empty socket-group in the file means unset, not a group named \"\"")
-    func emptySocketGroup() throws {
+    @Test("socket-group: empty in the file means unset; a group this system lacks is a config error, a number any gid")
+    func socketGroup() throws {
         for line in ["socket-group:", "socket-group: \"\"", "socket-group: null"] {
             let c = try config(file: "pod-cidrs: [10.244.0.0/16]\n\(line)\n")
             #expect(c.socketGroup == nil, "\(line)")
         }
-        #expect(try config(file: "pod-cidrs: [10.244.0.0/16]\nsocket-group: masq\n").socketGroup == "masq")
+        #expect(try config(file: "pod-cidrs: [10.244.0.0/16]\nsocket-group: root\n").socketGroup == "root")
+        #expect(try config(flags: ["--pod-cidrs", "10.0.0.0/8", "--socket-group", "64999"]).socketGroup == "64999")
+        #expect(problems(flags: ["--pod-cidrs", "10.0.0.0/8", "--socket-group", "no-such-group-masq"])
+            == ["socket-group: no group 'no-such-group-masq' on this system"])
     }
 
     @Test("every config key has a masqd run flag of the same name")
@@ -54,7 +57,7 @@ struct ConfigTests {
             .podCIDRs: "10.244.0.0/16", .devices: "eth0", .enableIPMasqAgent: "true",
             .ipMasqAgentConfigPath: "/tmp/agent",
             .clusterNodeIPs: "10.1.0.1", .snatPortRange: "40000-50000", .natMaxEntries: "65536",
-            .socketPath: "/tmp/masq.sock", .socketGroup: "masq", .prometheusServeAddr: ":9962", .bpffsRoot: "/sys/fs/bpf/x",
+            .socketPath: "/tmp/masq.sock", .socketGroup: "root", .prometheusServeAddr: ":9962", .bpffsRoot: "/sys/fs/bpf/x",
             .logLevel: "debug", .attachMode: "tc",
             .conntrackTCPSynTimeout: "30s", .conntrackTCPEstablishedTimeout: "1h30m",
             .conntrackTCPFinWaitTimeout: "90s", .conntrackTCPCloseWaitTimeout: "45s",

@@ -69,7 +69,7 @@ extension ConfigKey {
             return .field(key, \C.snatPortRange, .live, parse: C.portRange) { .text("\($0.lowerBound)-\($0.upperBound)") }
         case .natMaxEntries: return .field(key, \C.natMaxEntries, .restartOnly, parse: C.natEntries) { .integer(Int($0)) }
         case .socketPath: return .field(key, \C.socketPath, .restartOnly, parse: C.path, show: text)
-        case .socketGroup: return .field(key, \C.socketGroup, .restartOnly, parse: C.optionalScalar, show: text)
+        case .socketGroup: return .field(key, \C.socketGroup, .restartOnly, parse: C.group, show: text)
         case .prometheusServeAddr: return .field(key, \C.prometheusServeAddr, .restartOnly, parse: C.serveAddress, show: text)
         case .bpffsRoot: return .field(key, \C.bpffsRoot, .restartOnly, parse: C.path, show: text)
         case .logLevel:

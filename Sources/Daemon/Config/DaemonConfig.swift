@@ -1,6 +1,7 @@
 import API
 import Datapath
 import Foundation
+import Glibc
 import Logging
 import NetworkTypes
 
@@ -83,6 +84,24 @@ public struct DaemonConfig: Equatable, Sendable {
     static func optionalScalar(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String? {
         let text = try scalar(key, raw)
         return text.isEmpty ? nil : text
+    }
+
+    /// A group given by name or number (the control socket's), checked when the config is read:
+    /// a typo stops masqd before it attaches anything.
+    static func group(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> String? {
+        guard let text = try optionalScalar(key, raw) else { return nil }
+        guard groupID(text) != nil else { throw ConfigError(key, "no group '\(text)' on this system") }
+        return text
+    }
+
+    /// The gid of a group given by name or number; nil when the system has no group of that name.
+    public static func groupID(_ group: String) -> gid_t? {
+        if let gid = gid_t(group) { return gid }
+        var entry = Glibc.group()
+        var result: UnsafeMutablePointer<Glibc.group>?
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        guard getgrnam_r(group, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        return entry.gr_gid
     }
 
     static func bool(_ key: ConfigKey, _ raw: RawSetting) throws(ConfigError) -> Bool {
@@ -214,9 +233,9 @@ public struct DaemonConfig: Equatable, Sendable {
 
 extension Datapath {
     /// Loads the datapath as `config` sizes and roots it (see `init(root:natMaxEntries:...)`).
-    public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, logger: Logger) throws {
+    public init(config: DaemonConfig, objectBytes: [UInt8]? = nil, exclusive: Bool = false, logger: Logger) throws {
         try self.init(root: config.bpffsRoot, natMaxEntries: config.natMaxEntries, attachMode: config.attachMode,
-                      objectBytes: objectBytes, logger: logger)
+                      objectBytes: objectBytes, exclusive: exclusive, logger: logger)
     }
 }
 

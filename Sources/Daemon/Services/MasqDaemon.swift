@@ -14,7 +14,8 @@ public enum MasqDaemon {
     public static func run(config: DaemonConfig, objectBytes: [UInt8]?, logger: Logger,
                            reloadConfig: @escaping @Sendable () throws(ConfigErrors) -> DaemonConfig,
                            control: ControlServices) async throws {
-        let datapath = try Datapath(config: config, objectBytes: objectBytes, logger: logger)
+        // One daemon per pinned state: a second one stops here, before it touches a map.
+        let datapath = try Datapath(config: config, objectBytes: objectBytes, exclusive: true, logger: logger)
         let status = DaemonStatus()
         let events = EventHub()
         let (changes, changeSink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
