@@ -36,8 +36,8 @@ extension NATEntries {
         let idle = seconds(now, since: lastSeen)
         return ConntrackEntry(
             family: IPFamily(flow.tuple.family), proto: proto, kind: kind, original: original, translated: translated, state: state,
-            ageSeconds: seconds(now, since: egress.created),
-            expiresInSeconds: max(0, lifetimes.lifetime(proto: proto, state: state) - idle),
+            ageSeconds: milliseconds(seconds(now, since: egress.created)),
+            expiresInSeconds: milliseconds(max(0, lifetimes.lifetime(proto: proto, state: state) - idle)),
             originalCounters: FlowCounters(packets: egress.packets, bytes: egress.bytes),
             replyCounters: flow.reply.map { FlowCounters(packets: $0.packets, bytes: $0.bytes) },
             device: deviceName, ifindex: egress.ifindex)
@@ -45,6 +45,11 @@ extension NATEntries {
 
     static func seconds(_ now: UInt64, since then: UInt64) -> Double {
         now > then ? Double(now - then) / 1e9 : 0
+    }
+
+    /// Seconds to the millisecond, as people read them: 66.127, not 66.12650411999999.
+    static func milliseconds(_ seconds: Double) -> Double {
+        (seconds * 1000).rounded() / 1000
     }
 }
 

@@ -227,7 +227,7 @@ struct ConntrackEntryTests {
     }
 
     @Test("state, age and expiry come from the TCP state, the seen flags and CLOCK_BOOTTIME stamps")
-    func stateAndExpiry() {
+    func stateAndExpiry() throws {
         var v = Self.value("100.0.0.1", 40000)
         v.created = 1_000_000_000
         v.last_seen = 5_000_000_000
@@ -243,6 +243,11 @@ struct ConntrackEntryTests {
         #expect(entry.ageSeconds == 15)
         #expect(entry.expiresInSeconds == FlowLifetimes.default.tcpEstablished - 10)
         #expect(entry.replyCounters?.packets == 3)
+        // To the millisecond: no binary-fraction tails in the JSON.
+        let odd = NATEntries.entry(Self.flow(Self.key("10.244.1.2", 40000, "100.0.0.2", 8080), v, reply: reply),
+                                   now: 16_123_456_789, lifetimes: .default, deviceName: nil)
+        #expect(odd.ageSeconds == 15.123 && odd.expiresInSeconds == FlowLifetimes.default.tcpEstablished - 10.123)
+        #expect(String(decoding: try APIJSON.encoder().encode(odd), as: UTF8.self).contains(#""ageSeconds":15.123,"#))
         #expect(FlowLifetimes.state(proto: .udp, tcpState: 0, seen: 0) == .unreplied)
         #expect(FlowLifetimes.state(proto: .udp, tcpState: 0, seen: UInt8(MASQ_SEEN_REPLY)) == .replied)
         #expect(FlowLifetimes.state(proto: .tcp, tcpState: UInt8(MASQ_TCP_FIN_WAIT), seen: UInt8(MASQ_SEEN_FIN)) == .finWait)

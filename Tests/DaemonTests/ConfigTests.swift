@@ -172,6 +172,9 @@ struct ConfigTests {
                 "\(syntax)")
         #expect(problems(file: "- a\n- b\n") == ["config file test.yaml: expected a mapping of config keys"])
         #expect(problems(file: "pod-cidrs: {a: b}\n").first?.contains("expected a value or a list") == true)
+        // YAML keys are unique: a second one would silently win.
+        #expect(problems(file: "pod-cidrs: [10.0.0.0/8]\nlog-level: debug\npod-cidrs: [10.1.0.0/16]\n")
+            == ["pod-cidrs: config file test.yaml (line 3): given twice (first on line 1)"])
     }
 
     @Test("port ranges and prefixes parse at their edges")

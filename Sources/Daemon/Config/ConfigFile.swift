@@ -31,12 +31,20 @@ public enum ConfigFile {
         }
         var result: [ConfigKey: RawSetting] = [:]
         var errors: [ConfigError] = []
+        /// Where each key was first given: YAML keys are unique, and a second one would
+        /// silently win over the first.
+        var given: [ConfigKey: Int?] = [:]
         for (keyNode, value) in mapping {
             let line = keyNode.mark.map { " (line \($0.line))" } ?? ""
             guard let name = keyNode.string, let key = ConfigKey(rawValue: name) else {
                 errors.append(ConfigError(nil, "config file \(path)\(line): unknown key '\(keyNode.string ?? "?")'"))
                 continue
             }
+            if let first = given[key] {
+                errors.append(ConfigError(key, "config file \(path)\(line): given twice\(first.map { " (first on line \($0))" } ?? "")"))
+                continue
+            }
+            given[key] = keyNode.mark?.line
             switch value {
             case .scalar(let scalar):
                 // A YAML null (`devices:` with nothing after it) is an empty list or unset value.
