@@ -68,7 +68,7 @@ public actor Datapath {
                 logger.log(level: carried.lost == 0 ? .notice : .warning,
                            "NAT table recreated (size or layout changed); flows carried over, those that fit",
                            metadata: ["map.name": "\(name)", "nat.copied": "\(carried.copied)",
-                                      "nat.lost": "\(carried.lost)"])
+                                      "nat.lost": "\(carried.lost)", "nat.lone_halves_dropped": "\(carried.loneHalves)"])
             } catch {
                 logger.warning("NAT table recreated; its flows could not be carried over",
                                metadata: ["map.name": "\(name)", "error": "\(error)"])

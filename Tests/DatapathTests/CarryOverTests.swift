@@ -64,20 +64,34 @@ struct CarryOverTests {
         }
     }
 
-    @Test("a smaller table keeps what fits and counts the rest")
+    @Test("a smaller table keeps the whole flows that fit, never one half of a flow, and leaves lone halves behind")
     func smallerTable() throws {
         let old = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil, maxEntries: [MASQ_MAP_NAT_V4: 256])
         let oldNAT = try old.map(MASQ_MAP_NAT_V4)
         for i in UInt16(0)..<100 {
             try writePair(oldNAT, sport: 1000 + i, port: 50000 + i, tcpState: MASQ_TCP_ESTABLISHED)
         }
-        let new = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil, maxEntries: [MASQ_MAP_NAT_V4: 64])
-        let oldFD = dup(oldNAT.fd)
-        let replaced = ReplacedMap(name: MASQ_MAP_NAT_V4, fd: oldFD, keySize: 16,
-                                   valueSize: UInt32(MemoryLayout<masq_nat_entry_v4>.size), maxEntries: 256)
-        let report = try NATCarryOver.run(from: replaced, to: try new.map(MASQ_MAP_NAT_V4), batchSize: 32)
-
-        #expect(report.copied == 64 && report.lost == 136)
+        // A reply entry whose flow's egress entry is gone.
+        var lone = masq_nat_entry_v4()
+        lone.to_addr = Net.pod1.raw
+        lone.to_port = be16(999)
+        try oldNAT.update(natKey(Net.server, Net.snat, sport: 443, dport: 59999, proto: Proto.tcp, dir: MASQ_DIR_INGRESS), lone)
+        // An odd size: the last flow that would go in has room for one half only.
+        for size in [UInt32(64), 63] {
+            let new = try BPFObject(bytes: EmbeddedDatapath.bytes, pinRoot: nil, maxEntries: [MASQ_MAP_NAT_V4: size])
+            let replaced = ReplacedMap(name: MASQ_MAP_NAT_V4, fd: dup(oldNAT.fd), keySize: 16,
+                                       valueSize: UInt32(MemoryLayout<masq_nat_entry_v4>.size), maxEntries: 256)
+            let newNAT = try new.map(MASQ_MAP_NAT_V4)
+            let report = try NATCarryOver.run(from: replaced, to: newNAT, batchSize: 32)
+            let copied = Int(size / 2 * 2)
+            #expect(report.copied == copied && report.lost == 200 - copied && report.loneHalves == 1, "\(size): \(report)")
+            let entries = try newNAT.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self)
+            #expect(entries.count == copied)
+            for (key, value) in entries {
+                let other = try #require(NATEntries.partner(key, value))
+                #expect(try newNAT.lookup(other, as: masq_nat_entry_v4.self) != nil, "\(size): a half without its flow's other half")
+            }
+        }
     }
 
     @Test("a table of the layout before tcp_state is carried over with each TCP flow's state from its seen bits")
