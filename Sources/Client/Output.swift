@@ -42,7 +42,15 @@ struct StreamOutput {
 
     mutating func flush() {
         guard !pending.isEmpty else { return }
-        FileHandle.standardOutput.write(pending)
+        do {
+            try FileHandle.standardOutput.write(contentsOf: pending)
+        } catch {
+            // The reader went away (`| head`): end quietly, as a program SIGPIPE kills does
+            // (the client ignores SIGPIPE for its socket, so the write fails instead).
+            signal(SIGPIPE, SIG_DFL)
+            raise(SIGPIPE)
+            exit(141)
+        }
         pending.removeAll(keepingCapacity: true)
     }
 }
