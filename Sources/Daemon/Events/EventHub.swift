@@ -195,9 +195,15 @@ public final class EventHub: Sendable {
             bell.finish()
         }
 
+        /// Everything waiting, ending with a `.lost` for events dropped since: a reader learns
+        /// of a gap when it catches up, not only when a later event finds room.
         func takeAll() -> [Item] {
             buffer.withLock { b in
                 defer { b.items.removeAll(keepingCapacity: true) }
+                if b.pendingLost > 0 {
+                    b.items.append(.lost(b.pendingLost))
+                    b.pendingLost = 0
+                }
                 return b.items
             }
         }
