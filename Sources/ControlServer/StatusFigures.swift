@@ -14,7 +14,7 @@ import Foundation
 let saturationTop = 10
 
 enum StatusFigures {
-    /// masq_alloc_hist (per bucket, not cumulative) and masq_sat_v4's most saturated tuples.
+    /// masq_alloc_hist (per bucket, not cumulative) and the most saturated tuples of both families.
     static func allocation(histogram: [UInt64], saturation: [PortSaturation]) -> StatusResponse.Allocation {
         let bounds = Datapath.allocationHistogramBounds
         let buckets = histogram.enumerated().map { b, count in
@@ -23,7 +23,7 @@ enum StatusFigures {
         }
         let tuples = saturation.map {
             StatusResponse.TupleSaturation(
-                snat: .v4($0.snat), remote: .v4($0.remote), remotePort: $0.remotePort, proto: $0.proto,
+                snat: $0.snat, remote: $0.remote, remotePort: $0.remotePort, proto: $0.proto,
                 estimatedUse: $0.estimatedUse, allocations: $0.allocations, failures: $0.failures, scans: $0.scans,
                 lastTries: $0.lastTries, maxTries: $0.maxTries)
         }
@@ -100,7 +100,7 @@ extension PrometheusText {
                help: "Share of snat-port-range held by the busiest source (pod or node) towards one remote address, port and protocol, counted by the last conntrack GC pass (0 before the first); which one it is: GET /v1/ports.",
                rangeSize > 0 ? holder / Double(rangeSize) : 0)
         single("masq_nat_tuple_port_saturation_estimate_max_ratio", .gauge,
-               help: "The highest share of snat-port-range in use of any tuple as the datapath estimates it (random probes that hit a used port over probes, masq_sat_v4).",
+               help: "The highest share of snat-port-range in use of any tuple as the datapath estimates it (random probes that hit a used port over probes, masq_sat_v4 and masq_sat_v6).",
                saturation.compactMap(\.estimatedUse).max() ?? 0)
     }
 

@@ -2,12 +2,13 @@ import CMasq
 import NetworkTypes
 
 // Port allocation figures the datapath keeps, read back for status and /metrics:
-// masq_alloc_hist (allocations by candidates tried) and masq_sat_v4 (per-tuple saturation).
+// masq_alloc_hist (allocations by candidates tried) and masq_sat_v4 / masq_sat_v6 (per-tuple
+// saturation).
 
-/// One tuple's port saturation as the datapath measured it (masq_sat_v4).
+/// One tuple's port saturation as the datapath measured it (masq_sat_v4, masq_sat_v6).
 public struct PortSaturation: Sendable, Equatable {
-    public var snat: IPv4Address
-    public var remote: IPv4Address
+    public var snat: IPAddress
+    public var remote: IPAddress
     public var remotePort: UInt16
     public var proto: L4Protocol
     /// Allocations that went past the original port, and how many of them failed.
@@ -39,17 +40,25 @@ extension Datapath {
         (0..<Int(MASQ_ALLOC_HIST_BUCKETS)).map { 1 << $0 }
     }
 
-    /// The `top` most saturated tuples of masq_sat_v4, by estimated use, then failures.
+    /// The `top` most saturated tuples of both families, by estimated use, then failures.
     public func portSaturation(top: Int = 10) throws -> [PortSaturation] {
-        // In batches: the map holds up to MASQ_SAT_MAX_ENTRIES tuples, read on every status and scrape.
+        // In batches: each map holds up to MASQ_SAT_MAX_ENTRIES tuples, read on every status and scrape.
         var all: [PortSaturation] = []
+        func add(_ snat: IPAddress, _ remote: IPAddress, _ port: UInt16, _ proto: UInt8, _ v: masq_sat_entry_v4) {
+            all.append(PortSaturation(
+                snat: snat, remote: remote, remotePort: UInt16(bigEndian: port), proto: L4Protocol(number: proto),
+                allocations: v.allocs, failures: v.fails, probes: v.probes, taken: v.taken, scans: v.scans,
+                lastTries: v.last_tries, maxTries: v.max_tries))
+        }
         try map(MASQ_MAP_SAT_V4).forEachBatch(count: 1024, key: masq_sat_key_v4.self, value: masq_sat_entry_v4.self) { keys, values in
             for (key, v) in zip(keys, values) {
-                all.append(PortSaturation(
-                    snat: IPv4Address(networkOrder: key.snat), remote: IPv4Address(networkOrder: key.remote),
-                    remotePort: UInt16(bigEndian: key.remote_port), proto: L4Protocol(number: key.proto),
-                    allocations: v.allocs, failures: v.fails, probes: v.probes, taken: v.taken, scans: v.scans,
-                    lastTries: v.last_tries, maxTries: v.max_tries))
+                add(.v4(IPv4Address(networkOrder: key.snat)), .v4(IPv4Address(networkOrder: key.remote)), key.remote_port, key.proto, v)
+            }
+            return true
+        }
+        try map(MASQ_MAP_SAT_V6).forEachBatch(count: 1024, key: masq_sat_key_v6.self, value: masq_sat_entry_v4.self) { keys, values in
+            for (key, v) in zip(keys, values) {
+                add(.v6(IPv6Address(key.snat)), .v6(IPv6Address(key.remote)), key.remote_port, key.proto, v)
             }
             return true
         }

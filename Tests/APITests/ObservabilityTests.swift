@@ -243,6 +243,29 @@ struct FigureLiveTests {
         }
     }
 
+    @Test("/v1/status lists the saturated tuples of both families together, IPv6 ones with their addresses")
+    func saturationBothFamilies() async throws {
+        try await LiveAPI.with { api in
+            _ = try await Self.fill(api)
+            var v = masq_sat_entry_v4()
+            v.allocs = 290
+            v.fails = 290
+            v.probes = 100
+            v.taken = 95
+            var key = masq_sat_key_v6()
+            key.snat = masq_addr_v6(IPv6Address("2001:db8::1")!)
+            key.remote = masq_addr_v6(IPv6Address("2001:db8::2")!)
+            key.remote_port = UInt16(7000).bigEndian
+            key.proto = 6
+            try await api.datapath.map(MASQ_MAP_SAT_V6).update(key, v)
+            let status = try api.decode(StatusResponse.self, try await api.get("/v1/status"))
+            let top = try #require(status.allocation.saturatedTuples.first)
+            #expect(top.snat == IPAddress("2001:db8::1") && top.remote == IPAddress("2001:db8::2") && top.remotePort == 7000)
+            #expect(top.estimatedUse == 0.95 && top.failures == 290)
+            #expect(status.allocation.saturatedTuples.count == 10)
+        }
+    }
+
     @Test("/v1/status carries the counters, tries histogram, saturated tuples, GC state and reloads, as openapi.yaml says")
     func status() async throws {
         try await LiveAPI.with { api in
