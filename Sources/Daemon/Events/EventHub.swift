@@ -99,23 +99,27 @@ public final class EventHub: Sendable {
     }
 
     /// One read of the datapath's ring by its reader: `read` returns the events it took, which
-    /// are published, then masqd's own events held for a read begun after them.
+    /// are published, then masqd's own events held for a read begun after them (also when the
+    /// read fails: what it would have brought stays in the ring for the next one).
     public func datapathRead(_ read: () throws -> [NATEvent]) rethrows {
         let number = state.withLock { s in
             let number = (s.readsBegun ?? 0) + 1
             s.readsBegun = number
             return number
         }
-        let events = try read()
-        let woken = state.withLock { s in
-            var ready = events
-            while let first = s.held.first, first.after < number {
-                ready += first.events
-                s.held.removeFirst()
+        var events: [NATEvent] = []
+        defer {
+            let woken = state.withLock { s in
+                var ready = events
+                while let first = s.held.first, first.after < number {
+                    ready += first.events
+                    s.held.removeFirst()
+                }
+                return ready.isEmpty || s.subscribers.isEmpty ? [] : Self.offer(ready, in: &s)
             }
-            return ready.isEmpty || s.subscribers.isEmpty ? [] : Self.offer(ready, in: &s)
+            wake(woken)
         }
-        wake(woken)
+        events = try read()
     }
 
     /// The datapath's reader stopped: what it held is told now, and from now on at once.
