@@ -112,11 +112,15 @@ struct APIHandlers: Sendable {
         var names = DeviceNames()
         var next: ConntrackCursor? = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) } ?? .start
         while let cursor = next, entries.count < limit {
+            let room = limit - entries.count
+            // A batch of at most `room` table entries holds at most `room` flows, so the page
+            // ends where a batch does and its cursor is a bucket token: flows deleted meanwhile
+            // cannot shift it (a cursor inside a batch counts entries, and would skip flows
+            // after deletions). Only a bucket larger than the batch still cuts one.
             let batch = try await BlockingPool.shared.run { [batchSize] in
-                try reader.flows(from: cursor, count: batchSize, families: families, filter: tupleFilter)
+                try reader.flows(from: cursor, count: min(batchSize, room), families: families, filter: tupleFilter)
             }
             let now = NATEntries.bootTimeNow()
-            let room = limit - entries.count
             for flow in batch.flows.prefix(room) {
                 entries.append(NATEntries.entry(flow, now: now, lifetimes: lifetimes, deviceName: names[flow.egress.ifindex]))
             }

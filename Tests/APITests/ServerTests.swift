@@ -99,6 +99,31 @@ struct ServerTests {
         }
     }
 
+    @Test("paging sees every flow that lives through it, while other flows are deleted between pages")
+    func pagingWhileDeleting() async throws {
+        try await LiveAPI.with { api in
+            try await api.fillFlows(2_500)
+            try await api.fillFlows(2_000, dport: 53, proto: 17)
+            var seen = Set<String>()
+            var cursor: String? = nil
+            var pages = 0
+            repeat {
+                let uri = "/v1/conntrack?proto=tcp&limit=100" + (cursor.map { "&cursor=\($0)" } ?? "")
+                let page = try api.decode(ConntrackPage.self, try await call(api, uri))
+                for e in page.entries { seen.insert("\(e.original.src):\(e.original.sport)") }
+                cursor = page.nextCursor
+                // 250 UDP flows gone before the next page.
+                if pages < 8 {
+                    let deleted = try await TestHTTP.request(socketPath: api.socketPath, method: .DELETE,
+                                                             uri: "/v1/conntrack?proto=udp&sport=\(10_000 + pages)")
+                    #expect(deleted.status == 200, "\(deleted.text)")
+                }
+                pages += 1
+            } while cursor != nil && pages < 200
+            #expect(seen.count == 2_500)
+        }
+    }
+
     @Test("conntrack lists flows with their translation, pages with a cursor, streams NDJSON and filters")
     func conntrack() async throws {
         try await LiveAPI.with { api in
