@@ -1,6 +1,6 @@
+import CSystemd
 import Daemon
 import Datapath
-import Foundation
 import Logging
 import ServiceLifecycle
 
@@ -10,9 +10,10 @@ import ServiceLifecycle
 public enum ControlServices {
     /// Stops a second masqd before it starts over a running one, which it would leave without
     /// its control socket (each removes its socket file when it exits): unless systemd passes
-    /// the socket, nothing may be answering at `socket-path` yet.
+    /// the socket (read as `ControlSocket.resolve` reads it, LISTEN_PID included, and left for
+    /// it), nothing may be answering at `socket-path` yet.
     public static func checkSocketPath(_ config: DaemonConfig) throws {
-        guard ProcessInfo.processInfo.environment["LISTEN_FDS"] == nil, ControlSocket.isServing(config.socketPath) else { return }
+        guard sd_listen_fds(0) <= 0, ControlSocket.isServing(config.socketPath) else { return }
         throw ControlSocketError("socket-path \(config.socketPath): another masqd is serving there; stop it first, or give this one another socket-path")
     }
 

@@ -198,9 +198,7 @@ public actor Datapath {
             cfg.native_v6_len = UInt32(native.length)
         }
         try object.map(MASQ_MAP_CONFIG).update(UInt32(0), cfg)
-        let changed = written.map { old in
-            !withUnsafeBytes(of: old) { a in withUnsafeBytes(of: cfg) { a.elementsEqual($0) } }
-        } ?? true
+        let changed = written.map { !bytesEqual($0, cfg) } ?? true
         written = cfg
         return changed
     }
@@ -331,6 +329,12 @@ protocol LPMKey {
     /// The key of `prefix`, a prefix of the key's family.
     init(_ prefix: IPPrefix)
     var prefix: IPPrefix { get }
+}
+
+/// Whether two values of a C struct (a map key or value) hold the same bytes: the imported
+/// structs are not Equatable.
+func bytesEqual<T: BitwiseCopyable>(_ a: T, _ b: T) -> Bool {
+    withUnsafeBytes(of: a) { x in withUnsafeBytes(of: b) { y in x.elementsEqual(y) } }
 }
 
 extension IPv6Address {

@@ -81,7 +81,7 @@ enum NATCarryOver {
             func half(_ other: K?, of key: K) -> K.Value? {
                 guard let other, let raw = try? old.lookup(other, as: V.self) else { return nil }
                 let entry = convert(other, raw)
-                return NATEntries.partner(other, entry).map { Self.same($0, key) } == true ? entry : nil
+                return NATEntries.partner(other, entry).map { bytesEqual($0, key) } == true ? entry : nil
             }
             for (key, raw) in batch.entries {
                 let entry = convert(key, raw)
@@ -117,10 +117,6 @@ enum NATCarryOver {
             token = batch.next
         } while token != nil
         return report
-    }
-
-    private static func same<K: BitwiseCopyable>(_ a: K, _ b: K) -> Bool {
-        withUnsafeBytes(of: a) { x in withUnsafeBytes(of: b) { y in x.elementsEqual(y) } }
     }
 
     /// A v1 value in today's layout: the same first 48 bytes, the rest zero.
