@@ -123,7 +123,7 @@ let package = Package(
         // Compiles bpf/*.c for the bpf target and embeds the object in Datapath.
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
         .testTarget(name: "DaemonTests", dependencies: ["API", "Blocking", "Daemon", "Datapath", "Netlink", "NetworkTypes", "MasqdCLI"]),
-        .testTarget(name: "DatapathTests", dependencies: ["API", "ControlServer", "Datapath", "Daemon", "Netlink", "NetworkTypes", "CMasq", "CLibbpf"]),
+        .testTarget(name: "DatapathTests", dependencies: ["API", "Blocking", "ControlServer", "Datapath", "Daemon", "Netlink", "NetworkTypes", "CMasq", "CLibbpf"]),
         .testTarget(
             name: "APITests",
             dependencies: [

@@ -1,3 +1,4 @@
+import Foundation
 import NetworkTypes
 import Testing
 @testable import Daemon
@@ -88,6 +89,35 @@ struct EventHubTests {
         #expect(await take(from: all) == [.event(deleted)])
         hub.publish([deleted])
         #expect(await take(from: all) == [.event(deleted)])
+    }
+
+    @Test("a burst larger than a buffer (a GC pass's) is paced: a subscriber that keeps reading gets all of it, one that takes nothing is left behind and told what it lost")
+    func pacedBurst() async {
+        let hub = EventHub()
+        let reading = hub.subscribe { _ in true }
+        let stalled = hub.subscribe { _ in true }
+        let burst = (1...5000).map { event(sport: UInt16($0)) }
+        let reader = Task {
+            var got: [EventHub.Item] = []
+            for await batch in reading.batches { got += batch }
+            return got
+        }
+        // publishPaced blocks its thread while it waits, as the GC's blocking-pool thread does.
+        // Patient enough for a reader starved by the tests running beside this one.
+        let pacing = await withCheckedContinuation { (done: CheckedContinuation<EventHub.Pacing, Never>) in
+            Thread {
+                var pacing = EventHub.Pacing(patience: .seconds(5), budget: .seconds(60))
+                hub.publishPaced(burst, pacing: &pacing)
+                done.resume(returning: pacing)
+            }.start()
+        }
+        reading.cancel()
+        #expect(await reader.value == burst.map { .event($0) })
+        #expect(pacing.subscribersLeftBehind == 1)
+        // Two chunks of half a buffer fit before it was left behind.
+        let kept = EventHub.defaultCapacity
+        #expect(await take(from: stalled) == burst.prefix(kept).map { .event($0) } + [.lost(burst.count - kept)])
+        #expect(hub.lost == burst.count - kept)
     }
 
     @Test("the datapath is asked to report while anyone listens, and no longer once the last subscriber is gone")

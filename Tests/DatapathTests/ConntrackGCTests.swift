@@ -1,6 +1,7 @@
 // The conntrack GC's pass (ConntrackSweeper) on a loaded datapath's own NAT table: expiry by
 // state, both halves together, lone halves removed, ports freed, batches; and its interval.
 
+import Blocking
 import CMasq
 import NetworkTypes
 @testable import Daemon
@@ -48,6 +49,39 @@ struct ConntrackGCTests {
         let left = try dp.entries().map { $0.0 }
         #expect(left.count == 2)
         #expect(left.allSatisfy { $0.sport == be16(40000) || $0.dport == be16(40000) })
+    }
+
+    @Test("a pass that expires more flows than a subscriber's buffer holds tells a reading subscriber of every one")
+    func expiryBurstReachesSubscriber() async throws {
+        let dp = try TestDatapath.standard()
+        let flows = 2000 // about two buffers, in a table of 4096 entries
+        for port in 0..<flows {
+            _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(20000 + port), dport: 53)))
+        }
+        let hub = EventHub()
+        let subscription = hub.subscribe { _ in true }
+        let reader = Task {
+            var expired = 0, lost = 0
+            for await batch in subscription.batches {
+                for item in batch {
+                    switch item {
+                    case .event(let event): if case .expired = event.kind { expired += 1 }
+                    case .lost(let n): lost += n
+                    case .heartbeat: break
+                    }
+                }
+            }
+            return (expired, lost)
+        }
+        var sweeper = ConntrackSweeper(nat: dp.nat, lifetimes: .default, events: hub)
+        // Patient enough for a reader starved by the tests running beside this one.
+        sweeper.eventPacing = EventHub.Pacing(patience: .seconds(30), budget: .seconds(60))
+        let pass = sweeper
+        let report = try await BlockingPool.shared.run { try pass.sweep(now: later(600)) }
+        subscription.cancel()
+        #expect(report.expiredFlows == flows)
+        let (expired, lost) = await reader.value
+        #expect(expired == flows && lost == 0, "\(expired) expired events, \(lost) lost")
     }
 
     @Test("each state expires after its own lifetime", arguments: [

@@ -1,4 +1,5 @@
 import Datapath
+@preconcurrency import Glibc
 import Synchronization
 
 /// Fans flow events out to any number of subscribers (`GET /v1/events`), each with a bounded
@@ -7,9 +8,10 @@ import Synchronization
 /// memory stays bounded whatever the subscribers do. Publishing never waits for a subscriber.
 ///
 /// Two sources, one order: the datapath's events come through a ring that its reader reads
-/// every 100 ms (`datapathRead`); masqd's own (the GC's, the API's deletions: `publish`) are
-/// held until the reader's next read, so that a flow's `new`, written to the ring before masqd
-/// deleted it, is never told after its `deleted`.
+/// every 100 ms (`datapathRead`); masqd's deletions (`publish`) are held until the reader's
+/// next read, so that a flow's `new`, written to the ring before masqd deleted it, is never told
+/// after its `deleted`. The GC's events need no hold (`publishPaced`): a flow it expires was
+/// idle for its lifetime, seconds, so its `new` was read long before.
 public final class EventHub: Sendable {
     /// What a subscriber reads.
     public enum Item: Sendable, Equatable {
@@ -84,8 +86,7 @@ public final class EventHub: Sendable {
         if last { activitySink.yield(false) }
     }
 
-    /// masqd's own events (the GC's, the API's): handed to every subscriber whose filter takes
-    /// them, in order, after whatever the datapath wrote to its ring before now, that is after
+    /// masqd's deletions (the API's): handed to every subscriber whose filter takes them, in order, after whatever the datapath wrote to its ring before now, that is after
     /// the reader's next read; at once without a reader. Each subscriber is woken once for the
     /// lot, after the hub's lock is released.
     public func publish(_ events: [NATEvent]) {
@@ -120,6 +121,69 @@ public final class EventHub: Sendable {
             wake(woken)
         }
         events = try read()
+    }
+
+    /// A burst of events that need no hold (a GC pass's, which may expire tens of thousands of
+    /// flows at once), handed out in chunks of half a buffer, each once every subscriber has room
+    /// for it: a subscriber that keeps reading loses none of a burst larger than its buffer. Blocks
+    /// the calling thread while it waits (the GC runs on the blocking pool). A subscriber that
+    /// takes nothing for `pacing.patience` is no longer waited for, nor is anyone once the
+    /// waiting reached `pacing.budget`: those lose what their buffers cannot hold, as a slow
+    /// subscriber does, and the GC goes on.
+    public func publishPaced(_ events: [NATEvent], pacing: inout Pacing) {
+        guard hasSubscribers, !events.isEmpty else { return }
+        let chunk = Self.defaultCapacity / 2
+        var start = events.startIndex
+        while start < events.endIndex {
+            let end = min(start + chunk, events.endIndex)
+            waitForRoom(end - start, pacing: &pacing)
+            let woken = state.withLock { s in Self.offer(Array(events[start..<end]), in: &s) }
+            wake(woken)
+            start = end
+        }
+    }
+
+    /// How one burst (a GC pass) waits for subscribers: how long a subscriber may take nothing
+    /// before it is left behind, and how long the burst may wait in all.
+    public struct Pacing: Sendable {
+        public let patience: Duration
+        public let budget: Duration
+        fileprivate var waited = Duration.zero
+        fileprivate var leftBehind: Set<UInt64> = []
+
+        public init(patience: Duration = .seconds(1), budget: Duration = .seconds(5)) {
+            self.patience = patience
+            self.budget = budget
+        }
+
+        /// The subscribers this burst stopped waiting for.
+        public var subscribersLeftBehind: Int { leftBehind.count }
+    }
+
+    /// Waits until each subscriber still waited for has room for `room` more events.
+    private func waitForRoom(_ room: Int, pacing: inout Pacing) {
+        let clock = ContinuousClock()
+        // Per subscriber waited for: its fill when it last took something, and since when.
+        var progress: [UInt64: (waiting: Int, since: ContinuousClock.Instant)] = [:]
+        while pacing.waited < pacing.budget {
+            let full = state.withLock { s in
+                s.subscribers.compactMap { id, sub -> (UInt64, Int)? in
+                    let waiting = sub.mailbox.waiting
+                    return !pacing.leftBehind.contains(id) && waiting + room > sub.mailbox.capacity ? (id, waiting) : nil
+                }
+            }
+            if full.isEmpty { return }
+            let now = clock.now
+            for (id, waiting) in full {
+                if let last = progress[id], waiting >= last.waiting {
+                    if now - last.since >= pacing.patience { pacing.leftBehind.insert(id) }
+                } else {
+                    progress[id] = (waiting, now)
+                }
+            }
+            usleep(1000)
+            pacing.waited += clock.now - now
+        }
     }
 
     /// The datapath's reader stopped: what it held is told now, and from now on at once.
@@ -162,7 +226,7 @@ public final class EventHub: Sendable {
             var pendingLost = 0
         }
 
-        private let capacity: Int
+        let capacity: Int
         private let buffer = Mutex(Buffer())
         /// Rung when items arrive (the newest ring only), finished when the stream ends.
         fileprivate let doorbell: AsyncStream<Void>
@@ -194,6 +258,9 @@ public final class EventHub: Sendable {
         func wake() {
             bell.yield()
         }
+
+        /// Items waiting to be taken.
+        var waiting: Int { buffer.withLock { $0.items.count } }
 
         func finish() {
             bell.finish()

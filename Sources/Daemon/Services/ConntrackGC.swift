@@ -189,6 +189,8 @@ public struct ConntrackSweeper: Sendable {
     let events: EventHub?
     /// Entries read per BPF_MAP_LOOKUP_BATCH call.
     var batchSize = 4096
+    /// How a pass waits for event subscribers to take its expiries (`EventHub.publishPaced`).
+    var eventPacing = EventHub.Pacing()
     /// Tuples listed in a report's saturation, most used first.
     var saturationTop = 10
     /// Distinct (SNAT address, remote, remote port, protocol) tuples a pass counts exactly;
@@ -260,6 +262,7 @@ public struct ConntrackSweeper: Sendable {
         // Partners this batch deletes that it may still hold unread (bounded by the batch).
         var partnersDeleted = Set<NATKeyID>()
         var removed: [NATEvent] = []
+        var pacing = eventPacing
         try nat.forEachBatch(count: batchSize, key: Key.self, value: Key.Value.self) { keys, values in
             deleteEgress.removeAll(keepingCapacity: true)
             deleteIngress.removeAll(keepingCapacity: true)
@@ -299,7 +302,7 @@ public struct ConntrackSweeper: Sendable {
                 }
             }
             report.deletedEntries += try nat.deleteBatch(deleteEgress) + nat.deleteBatch(deleteIngress)
-            events?.publish(removed)
+            events?.publishPaced(removed, pacing: &pacing)
             return true
         }
 
