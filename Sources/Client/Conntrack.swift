@@ -6,7 +6,8 @@ extension MasqClient {
     struct Conntrack: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "The flows the datapath tracks, with their translation.",
-            subcommands: [List.self, Flush.self, Events.self])
+            subcommands: [List.self, Flush.self, Events.self],
+            defaultSubcommand: List.self)
     }
 }
 
@@ -26,7 +27,7 @@ extension MasqClient.Conntrack {
         @OptionGroup var table: TableOptions
         @OptionGroup var filters: ConntrackFilterOptions
 
-        @Option(help: "Stop after this many flows.")
+        @Option(parsing: .unconditional, help: "Stop after this many flows.")
         var limit: Int?
 
         func validate() throws {

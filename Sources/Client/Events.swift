@@ -24,10 +24,10 @@ extension MasqClient.Conntrack {
             valueName: "types"))
         var types: String?
 
-        @Option(help: "Stop after this many events.")
+        @Option(parsing: .unconditional, help: "Stop after this many events.")
         var limit: Int?
 
-        @Option(help: "Stop after this many seconds.")
+        @Option(parsing: .unconditional, help: "Stop after this many seconds.")
         var timeout: Int?
 
         func validate() throws {

@@ -17,10 +17,10 @@ extension MasqClient {
         @Option(help: "The protocol: tcp, udp, icmp or icmpv6.")
         var proto: ProtocolArgument = .tcp
 
-        @Option(help: "The source port (ICMP: the echo id).")
+        @Option(parsing: .unconditional, help: "The source port (ICMP: the echo id).")
         var sport: UInt16 = 0
 
-        @Option(help: "The destination port.")
+        @Option(parsing: .unconditional, help: "The destination port.")
         var dport: UInt16 = 0
 
         @Option(help: "The device the packet leaves through (default: masqd's route lookup).")

@@ -72,10 +72,10 @@ struct ConntrackFilterOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Only flows whose original destination is this address or inside this CIDR.", valueName: "address|cidr"))
     var dst: String?
 
-    @Option(help: "Only flows with this original source port (ICMP: the echo id).")
+    @Option(parsing: .unconditional, help: "Only flows with this original source port (ICMP: the echo id).")
     var sport: UInt16?
 
-    @Option(help: "Only flows with this original destination port.")
+    @Option(parsing: .unconditional, help: "Only flows with this original destination port.")
     var dport: UInt16?
 
     func validate() throws {

@@ -19,7 +19,7 @@ extension MasqClient {
         @OptionGroup var table: TableOptions
         @OptionGroup var filters: ConntrackFilterOptions
 
-        @Option(help: "List this many holders, the busiest first (1-\(PortsQuery.maxTop)).")
+        @Option(parsing: .unconditional, help: "List this many holders, the busiest first (1-\(PortsQuery.maxTop)).")
         var top = PortsQuery.defaultTop
 
         func validate() throws {
