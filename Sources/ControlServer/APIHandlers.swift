@@ -46,16 +46,18 @@ struct APIHandlers: Sendable {
                                          snatIPv4: device.snatV4.map(IPAddress.v4), snatIPv6: device.snatV6.map(IPAddress.v6),
                                          snatIPv4Missing: missing?.ipv4, snatIPv6Missing: missing?.ipv6)
         }.sorted { $0.name < $1.name }
-        // Exclusion 1: the native-routing CIDR, else the pod CIDRs.
-        func exclusion(_ native: IPPrefix?, _ pods: [IPPrefix]) -> String? {
-            native?.description ?? (pods.isEmpty ? nil : pods.map(\.description).joined(separator: ","))
+        // Exclusion 1: the native-routing CIDR, else the pod CIDRs; none for a family that is
+        // not masqueraded (Cilium leaves it out too).
+        func exclusion(_ enabled: Bool, _ native: IPPrefix?, _ pods: [IPPrefix]) -> String? {
+            guard enabled else { return nil }
+            return native?.description ?? (pods.isEmpty ? nil : pods.map(\.description).joined(separator: ","))
         }
         let masquerading = StatusResponse.Masquerading(
             enabled: view.ipv4Enabled || view.ipv6Enabled, ipMasqAgent: config.enableIPMasqAgent,
             devices: devices.map(\.name),
             enabledProtocols: .init(ipv4: view.ipv4Enabled, ipv6: view.ipv6Enabled),
-            snatExclusionCIDRv4: exclusion(view.nativeRoutingV4, view.podCIDRsV4),
-            snatExclusionCIDRv6: exclusion(view.nativeRoutingV6, view.podCIDRsV6))
+            snatExclusionCIDRv4: exclusion(view.ipv4Enabled, view.nativeRoutingV4, view.podCIDRsV4),
+            snatExclusionCIDRv6: exclusion(view.ipv6Enabled, view.nativeRoutingV6, view.podCIDRsV6))
         let drops = try await datapath.drops().map {
             StatusResponse.Drop(reason: $0.reason.label, code: Int($0.reason.code), summary: $0.reason.summary, count: $0.count)
         }

@@ -1,8 +1,10 @@
 @preconcurrency import Glibc
 import API
 import CMasq
+@testable import Daemon
 @testable import Datapath
 import Foundation
+import Netlink
 
 import Testing
 
@@ -45,6 +47,24 @@ struct ServerTests {
     func specCoversRoutes() {
         let routes = Set(Route.allCases.map { "\($0.method.rawValue) \($0.path)" })
         #expect(routes == spec.operations)
+    }
+
+    @Test("status names a family's exclusion CIDR only while that family is masqueraded")
+    func exclusionFollowsFamilies() async throws {
+        try await LiveAPI.with { api in
+            var config = api.config
+            config.podCIDRs.append(try IPPrefix("fd00:10:244::/48"))
+            for (v4, v6) in [(true, true), (false, true), (true, false)] {
+                config.enableIPv4Masquerade = v4
+                config.enableIPv6Masquerade = v6
+                try await api.datapath.apply(DesiredState(ReconcileInputs(
+                    config: config, network: NetworkSnapshot(links: [], defaultRouteDevices: []))))
+                let status = try api.decode(StatusResponse.self, try await call(api, "/v1/status")).masquerading
+                #expect(status.enabledProtocols.ipv4 == v4 && status.enabledProtocols.ipv6 == v6)
+                #expect(status.snatExclusionCIDRv4 == (v4 ? LiveAPI.podCIDR : nil), "IPv4 \(v4), IPv6 \(v6)")
+                #expect(status.snatExclusionCIDRv6 == (v6 ? "fd00:10:244::/48" : nil), "IPv4 \(v4), IPv6 \(v6)")
+            }
+        }
     }
 
     @Test("healthz, status, ipmasq, config, explain and metrics answer as the spec says")
