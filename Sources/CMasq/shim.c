@@ -55,6 +55,32 @@ int masq_tcx_supported(int prog_fd)
 	return err == ENODEV;
 }
 
+int masq_prog_id(int prog_fd, __u32 *id)
+{
+	struct bpf_prog_info info;
+	__u32 len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	if (bpf_obj_get_info_by_fd(prog_fd, &info, &len))
+		return -errno;
+	*id = info.id;
+	return 0;
+}
+
+int masq_tcx_attached(int ifindex, int ingress, __u32 prog_id)
+{
+	__u32 ids[64], count = 64, flags = 0;
+	__u32 i;
+
+	if (bpf_prog_query(ifindex, ingress ? MASQ_BPF_TCX_INGRESS : MASQ_BPF_TCX_EGRESS, 0, &flags,
+			   ids, &count))
+		return -errno;
+	for (i = 0; i < count; i++)
+		if (ids[i] == prog_id)
+			return 1;
+	return 0;
+}
+
 static void masq_tc_hook_init(struct bpf_tc_hook *hook, int ifindex, int ingress)
 {
 	memset(hook, 0, sizeof(*hook));

@@ -73,6 +73,25 @@ struct Attachments {
         }
     }
 
+    /// Whether the program `progID` runs at `direction` of `ifindex`, attached the way `mode`
+    /// attaches it: something else may have taken it off (a deleted clsact qdisc, a removed
+    /// link pin).
+    func isAttached(progID: UInt32, ifindex: UInt32, _ direction: HookDirection, mode: AttachKind) throws -> Bool {
+        switch mode {
+        case .tcx:
+            let found = masq_tcx_attached(Int32(ifindex), direction.isIngress, progID)
+            guard found >= 0 else { throw BPFError("query tcx \(direction.rawValue)", "ifindex \(ifindex)", errno: -found) }
+            return found == 1
+        case .tc:
+            var attached: UInt32 = 0
+            let err = masq_tc_query(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority, &attached)
+            guard err == 0 || err == -ENOENT || err == -EINVAL else {
+                throw BPFError("query tc \(direction.rawValue)", "ifindex \(ifindex)", errno: -err)
+            }
+            return err == 0 && attached == progID
+        }
+    }
+
     /// Takes masq's programs off `ifindex` in both directions, whichever way they were attached.
     /// Unpinning a tcx link with no other holder destroys it, which detaches it.
     func detachAll(ifindex: UInt32) {

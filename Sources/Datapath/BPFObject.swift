@@ -126,6 +126,56 @@ public final class BPFObject {
         }
         return bpf_program__fd(prog)
     }
+
+    /// The kernel's id of the program whose function is called `name`.
+    public func programID(_ name: String) throws -> UInt32 {
+        var id: UInt32 = 0
+        let err = masq_prog_id(try programFD(name), &id)
+        guard err == 0 else { throw BPFError("read the id of", "program \(name)", errno: -err) }
+        return id
+    }
+
+    /// The pin paths that no longer hold this object's map (removed behind the daemon's back):
+    /// a restart would start from empty maps.
+    public func missingPins() -> [String] {
+        pinnedMaps().filter { !Self.isPinned($0.fd, at: $0.path) }.map(\.path)
+    }
+
+    /// Pins again the maps whose pins are gone or hold another map (`missingPins`), making the
+    /// directory if needed.
+    public func repinMissing() throws {
+        for (path, fd) in pinnedMaps() where !Self.isPinned(fd, at: path) {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true)
+            unlink(path)
+            guard bpf_obj_pin(fd, path) == 0 else { throw BPFError("pin", "map \(path)", errno: errno) }
+        }
+    }
+
+    /// Whether the pin at `path` is the map `fd`.
+    private static func isPinned(_ fd: Int32, at path: String) -> Bool {
+        let pinned = bpf_obj_get(path)
+        guard pinned >= 0 else { return false }
+        defer { close(pinned) }
+        return mapID(pinned) != nil && mapID(pinned) == mapID(fd)
+    }
+
+    /// Each map marked for pinning: its pin path and fd.
+    private func pinnedMaps() -> [(path: String, fd: Int32)] {
+        var maps: [(String, Int32)] = []
+        var map = bpf_object__next_map(object, nil)
+        while let m = map {
+            defer { map = bpf_object__next_map(object, m) }
+            if let path = bpf_map__pin_path(m) { maps.append((String(cString: path), bpf_map__fd(m))) }
+        }
+        return maps
+    }
+
+    private static func mapID(_ fd: Int32) -> UInt32? {
+        var info = bpf_map_info()
+        var len = UInt32(MemoryLayout<bpf_map_info>.size)
+        return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 ? info.id : nil
+    }
 }
 
 /// A map an earlier run pinned and this load replaced, kept open to carry its contents over.

@@ -22,7 +22,7 @@ public actor Datapath {
     public nonisolated let root: String
     public nonisolated let mode: AttachKind
     let object: BPFObject
-    private let attachments: Attachments
+    let attachments: Attachments
     private let logger: Logger
     /// masq_config.port_key: the secret of the port probe order. Kept from the pinned config
     /// when there is one, so a restart probes each flow's ports in the same order.
@@ -108,6 +108,7 @@ public actor Datapath {
     @discardableResult
     public func apply(_ state: DesiredState) throws -> ApplyReport {
         var report = ApplyReport()
+        try object.repinMissing()
         var exclusionsChanged = try writeConfig(state)
 
         // Every SNAT address first: a reply is reverse-translated on whichever device it

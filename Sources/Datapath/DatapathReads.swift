@@ -127,9 +127,27 @@ extension Datapath {
         try object.readView()
     }
 
-    /// Whether the maps hold what applying `state` wrote (masq_config, masq_devices and the
-    /// exclusion maps of both families): false when something changed them behind masqd's back.
-    public func holds(_ state: DesiredState) throws -> Bool {
+    /// What of the applied `state` changed behind masqd's back, one line each; empty when all
+    /// is in place: the maps read back (masq_config, masq_devices, the exclusion maps of both
+    /// families), masq's programs at both hooks of each device in force (a deleted clsact
+    /// qdisc, a removed link pin), and the maps' pins (a restart would start from empty maps).
+    public func drift(from state: DesiredState) throws -> [String] {
+        var drift: [String] = []
+        if !(try mapsHold(state)) { drift.append("the config maps no longer hold the applied state") }
+        let programs = [(HookDirection.ingress, try object.programID(MASQ_PROG_INGRESS)),
+                        (.egress, try object.programID(MASQ_PROG_EGRESS))]
+        for device in state.devices {
+            for (direction, id) in programs
+            where !(try attachments.isAttached(progID: id, ifindex: device.ifindex, direction, mode: mode)) {
+                drift.append("\(device.name): masq's program is gone from \(direction.rawValue) (\(mode.rawValue))")
+            }
+        }
+        drift += object.missingPins().map { "pin \($0) is gone" }
+        return drift
+    }
+
+    /// Whether the maps hold what applying `state` wrote.
+    private func mapsHold(_ state: DesiredState) throws -> Bool {
         let view = try readView()
         var expected = DatapathView()
         expected.ipv4Enabled = state.ipv4Enabled

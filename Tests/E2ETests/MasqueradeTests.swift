@@ -163,6 +163,42 @@ struct MasqueradeTests {
         }
     }
 
+    @Test("programs and pins removed behind masqd's back (the clsact qdisc deleted, the pins removed) are back within the resync, and pod traffic is masqueraded again",
+          arguments: AttachScenario.allCases)
+    func repairsDatapathTakenAway(mode: AttachScenario) async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: mode)
+            let pod = sandbox.pods[0]
+            let dst = "\(Sandbox.outsideIP):\(Sandbox.udpPort)"
+            let before = try await sandbox.probe(pod, ["udp", "--dst", dst])
+            #expect(observedIP(before) == Sandbox.nodeIP, "\(before)\n\(sandbox.masqdLog)")
+            let pins = sandbox.bpffsEntries().filter { $0.hasPrefix("masq/") }
+            switch mode {
+            case .tc:
+                try await sandbox.sh(["tc", "-n", sandbox.node, "qdisc", "del", "dev", Sandbox.device, "clsact"])
+            case .tcx:
+                // Unpinning a tcx link nobody else holds destroys it, which detaches the program.
+                try FileManager.default.removeItem(atPath: sandbox.bpffsRoot + "/links")
+            }
+            try FileManager.default.removeItem(atPath: sandbox.bpffsRoot + "/masq_nat_v4")
+            #expect(try await sandbox.attachments().isEmpty)
+
+            // The resync runs every 10 s: back within two.
+            let deadline = ContinuousClock.now + .seconds(25)
+            var repaired = false
+            while !repaired && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(500))
+                repaired = !(try await sandbox.attachments().isEmpty) && sandbox.bpffsEntries().filter { $0.hasPrefix("masq/") } == pins
+            }
+            let attached = try await sandbox.attachments()
+            #expect(repaired, "not repaired: \(attached), pins \(sandbox.bpffsEntries())\n\(sandbox.masqdLog)")
+            let after = try await sandbox.probe(pod, ["udp", "--dst", dst])
+            #expect(observedIP(after) == Sandbox.nodeIP, "\(after)\n\(sandbox.masqdLog)")
+            #expect(sandbox.masqdLog.contains("changed behind masqd's back"), "\(sandbox.masqdLog)")
+        }
+    }
+
     @Test("in tc mode masqd shares the clsact qdisc: another tool's filter keeps running beside it and stays after uninstall")
     func coexistsWithOtherTCFilters() async throws {
         try await Sandbox.with { sandbox in

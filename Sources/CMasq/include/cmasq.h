@@ -54,6 +54,13 @@ int masq_tcx_link_create(int prog_fd, int ifindex, int ingress);
  * attach type). Returns 1 or 0. */
 int masq_tcx_supported(int prog_fd);
 
+/* The kernel's id of a loaded program. Returns 0 or a negative errno. */
+int masq_prog_id(int prog_fd, __u32 *id);
+
+/* tcx: whether program prog_id is among those attached at ifindex's ingress or egress.
+ * Returns 1 or 0, or a negative errno. */
+int masq_tcx_attached(int ifindex, int ingress, __u32 prog_id);
+
 /* tc clsact: creates the hook if absent (*created says whether this call made it) and
  * attaches (or replaces) the filter at handle/priority. Returns 0 or a negative errno. */
 int masq_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority,

@@ -6,8 +6,9 @@ import ServiceLifecycle
 /// owner reports a change and applies it when it differs from what was applied. The first
 /// reconcile must succeed (nothing half-attached starts serving); later failures are logged,
 /// kept in status and retried with backoff (1 s doubling up to `resyncInterval`) and with the
-/// next change. Every `resyncInterval` it also reads the maps back and applies again when they
-/// no longer hold the applied state (an entry deleted behind masqd's back).
+/// next change. Every `resyncInterval` it also checks the datapath (`Datapath.drift`: the maps
+/// read back, the programs on each device, the pins) and applies again when something changed
+/// it behind masqd's back: an entry deleted, a clsact qdisc deleted, the pins removed.
 ///
 /// On graceful shutdown it returns without detaching: programs and pinned state stay, so flows
 /// keep working while masqd restarts; only `masqd uninstall` takes them away.
@@ -22,7 +23,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
     var description: String { "Reconciler" }
 
     init(datapath: Datapath, status: DaemonStatus, initial: ReconcileInputs,
-         changes: AsyncStream<ReconcileInputs.Change>, resyncInterval: Duration = .seconds(30), logger: Logger) {
+         changes: AsyncStream<ReconcileInputs.Change>, resyncInterval: Duration = .seconds(10), logger: Logger) {
         self.datapath = datapath
         self.status = status
         self.initial = initial
@@ -68,13 +69,15 @@ struct ReconcilerService: Service, CustomStringConvertible {
                 desired = DesiredState(inputs, previous: applied)
                 if failures == 0 && desired == applied {
                     do {
-                        if try await datapath.holds(applied) {
+                        let drift = try await datapath.drift(from: applied)
+                        if drift.isEmpty {
                             resync = schedule(after: resyncInterval, sink)
                             continue
                         }
-                        logger.warning("The maps no longer hold the applied state; applying it again")
+                        logger.warning("The datapath was changed behind masqd's back; applying the state again",
+                                       metadata: ["drift": "\(drift.joined(separator: "; "))"])
                     } catch {
-                        logger.error("Could not read the maps back", metadata: ["error": "\(error)"])
+                        logger.error("Could not check the datapath", metadata: ["error": "\(error)"])
                     }
                 }
             }
