@@ -65,12 +65,12 @@ struct Attachments {
         unlink(linkPin(ifindex: ifindex, direction))
     }
 
-    /// Removes masq's tc filter, if any.
-    func detachTC(ifindex: UInt32, _ direction: HookDirection) {
+    /// Removes masq's tc filter, if any. Returns whether there was one.
+    @discardableResult
+    func detachTC(ifindex: UInt32, _ direction: HookDirection) -> Bool {
         var progID: UInt32 = 0
-        if masq_tc_query(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority, &progID) == 0 {
-            _ = masq_tc_detach(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority)
-        }
+        guard masq_tc_query(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority, &progID) == 0 else { return false }
+        return masq_tc_detach(Int32(ifindex), direction.isIngress, Self.tcHandle, Self.tcPriority) == 0
     }
 
     /// Whether the program `progID` runs at `direction` of `ifindex`, attached the way `mode`
@@ -93,12 +93,16 @@ struct Attachments {
     }
 
     /// Takes masq's programs off `ifindex` in both directions, whichever way they were attached.
-    /// Unpinning a tcx link with no other holder destroys it, which detaches it.
-    func detachAll(ifindex: UInt32) {
+    /// Unpinning a tcx link with no other holder destroys it, which detaches it. Returns how
+    /// they were attached (empty: nothing was found).
+    @discardableResult
+    func detachAll(ifindex: UInt32) -> Set<AttachKind> {
+        var found = Set<AttachKind>()
         for direction in HookDirection.allCases {
-            unlink(linkPin(ifindex: ifindex, direction))
-            detachTC(ifindex: ifindex, direction)
+            if unlink(linkPin(ifindex: ifindex, direction)) == 0 { found.insert(.tcx) }
+            if detachTC(ifindex: ifindex, direction) { found.insert(.tc) }
         }
+        return found
     }
 
     /// The ifindexes that have a pinned tcx link.

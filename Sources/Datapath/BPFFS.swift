@@ -5,9 +5,13 @@ import Foundation
 /// Another process (a running masqd) holds the bpffs root.
 public struct RootInUse: Error, CustomStringConvertible {
     public var root: String
+    /// Whether `masqd uninstall` asked (else a second masqd).
+    public var uninstalling = false
 
     public var description: String {
-        "bpffs-root \(root): another masqd is running on these pinned maps; stop it first (systemctl stop masqd), or give this one another bpffs-root"
+        uninstalling
+            ? "bpffs-root \(root): a masqd is running on these pinned maps; stop it first (systemctl stop masqd), or it would go on without its datapath"
+            : "bpffs-root \(root): another masqd is running on these pinned maps; stop it first (systemctl stop masqd), or give this one another bpffs-root"
     }
 }
 
@@ -20,6 +24,35 @@ enum BPFFS {
     /// A directory masqd makes at the root of a bpffs it mounted itself, so that `uninstall`
     /// knows to unmount it (bpffs holds pins and directories only, and no dots in names).
     static let mountedMarker = "masqd_mounted"
+
+    /// A directory `netns_<inode>` under the root names the network namespace masqd attaches in,
+    /// which `uninstall` must run in (it finds tc filters by ifindex).
+    static let netnsMarkerPrefix = "netns_"
+
+    /// This process's network namespace: the inode number of /proc/self/ns/net.
+    static func currentNetns() -> UInt64? {
+        var st = stat()
+        return stat("/proc/self/ns/net", &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+
+    /// Marks `root` with this process's network namespace, replacing an earlier mark.
+    static func markNetns(root: String) throws {
+        guard let netns = currentNetns() else { return }
+        let mark = netnsMarkerPrefix + String(netns)
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        where entry.hasPrefix(netnsMarkerPrefix) && entry != mark {
+            rmdir(root + "/" + entry)
+        }
+        if mkdir(root + "/" + mark, 0o700) != 0 && errno != EEXIST {
+            throw BPFError("mark the network namespace in", root, errno: errno)
+        }
+    }
+
+    /// The network namespace `root` is marked with, if any.
+    static func markedNetns(root: String) -> UInt64? {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return entries.lazy.compactMap { $0.hasPrefix(netnsMarkerPrefix) ? UInt64($0.dropFirst(netnsMarkerPrefix.count)) : nil }.first
+    }
 
     /// Whether `path` (which must exist) lies on a bpffs.
     static func isBPFFS(_ path: String) -> Bool {

@@ -51,6 +51,7 @@ public actor Datapath {
             logger.notice("Mounted bpffs", metadata: ["bpffs.mount": "\(mountPoint)"])
         }
         rootLock = exclusive ? try BPFFS.lock(root: root) : nil
+        if exclusive { try BPFFS.markNetns(root: root) }
         setLibbpfLogger(logger)
         object = try BPFObject(
             bytes: objectBytes ?? EmbeddedDatapath.bytes,
@@ -267,7 +268,12 @@ public actor Datapath {
 
     /// Takes the programs off every device masq attached to and removes everything pinned under
     /// `root`. Works from the pins alone, so it needs no config beyond the root and no load.
-    public static func uninstall(root: String, logger: Logger) throws {
+    ///
+    /// Refuses while a masqd runs on `root` (`RootInUse`), and, unless `force`, from another
+    /// network namespace than the one masqd attached in (`UninstallElsewhere`): tc filters are
+    /// found by ifindex in the caller's namespace, so from another one the pins would go and the
+    /// programs stay, which no masqd could then remove.
+    public static func uninstall(root: String, force: Bool = false, logger: Logger) throws {
         // Looked up before the pins go: with root as the mount point, the marker is among them.
         let mountedByMasqd = BPFFS.mountedByMasqd(root: root)
         defer {
@@ -287,8 +293,19 @@ public actor Datapath {
             logger.info("Nothing installed", metadata: ["bpffs.root": "\(root)"])
             return
         }
+        let lock: BPFFS.Lock
+        do {
+            lock = try BPFFS.lock(root: root)
+        } catch var inUse as RootInUse {
+            inUse.uninstalling = true
+            throw inUse
+        }
+        defer { withExtendedLifetime(lock) {} }
         setLibbpfLogger(logger)
         let attachments = Attachments(root: root)
+        if !force, let attachedIn = BPFFS.markedNetns(root: root), let here = BPFFS.currentNetns(), attachedIn != here {
+            throw UninstallElsewhere(attachedIn: attachedIn, here: here)
+        }
         var ifindexes = attachments.pinnedLinkIfindexes()
         let devicesFD = bpf_obj_get(root + "/" + MASQ_MAP_DEVICES)
         if devicesFD >= 0 {
@@ -297,8 +314,14 @@ public actor Datapath {
             ifindexes.formUnion(try devices.keys(as: UInt32.self))
         }
         for ifindex in ifindexes.sorted() {
-            attachments.detachAll(ifindex: ifindex)
-            logger.info("Detached", metadata: ["device.ifindex": "\(ifindex)"])
+            var metadata: Logger.Metadata = ["device.ifindex": "\(ifindex)"]
+            let found = attachments.detachAll(ifindex: ifindex)
+            if found.isEmpty {
+                logger.info("Nothing attached here", metadata: metadata)
+            } else {
+                metadata["attach.kind"] = "\(found.map(\.rawValue).sorted().joined(separator: ","))"
+                logger.info("Detached", metadata: metadata)
+            }
         }
         // Only masq's pins live under the root: links/ and the maps. The root itself may be a
         // bpffs mount point, which cannot be removed (EBUSY) and stays, empty.
@@ -308,6 +331,17 @@ public actor Datapath {
         }
         _ = rmdir(root)
         logger.info("Removed pinned state", metadata: ["bpffs.root": "\(root)"])
+    }
+}
+
+/// `masqd uninstall` run in another network namespace than the one masqd attached in.
+public struct UninstallElsewhere: Error, CustomStringConvertible {
+    /// The namespaces' inode numbers (`ls -l /proc/PID/ns/net` shows them as net:[N]).
+    public var attachedIn: UInt64
+    public var here: UInt64
+
+    public var description: String {
+        "masqd attached its programs in network namespace net:[\(attachedIn)], this is net:[\(here)]: run uninstall there (e.g. nsenter --net=/run/netns/NAME masqd uninstall), or add --force to remove the pins anyway; nothing was removed"
     }
 }
 

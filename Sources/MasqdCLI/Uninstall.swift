@@ -17,6 +17,9 @@ extension MasqdCommand {
         @Option(name: .customLong("bpffs-root"), help: "Where masq pinned its state (default /sys/fs/bpf/masq).")
         var bpffsRoot: String?
 
+        @Flag(help: "Remove the pinned state even when masq's tc filters are not found on the devices it names in this network namespace.")
+        var force = false
+
         public init() {}
 
         public func run() async throws {
@@ -32,7 +35,7 @@ extension MasqdCommand {
             root = bpffsRoot ?? root
             let logger = makeLogger(level: .info)
             do {
-                try Datapath.uninstall(root: root, logger: logger)
+                try Datapath.uninstall(root: root, force: force, logger: logger)
             } catch {
                 logger.error("Uninstall failed", metadata: ["error": "\(error)"])
                 throw ExitCode(1)

@@ -199,6 +199,30 @@ struct MasqueradeTests {
         }
     }
 
+    @Test("masqd uninstall refuses while masqd runs, and from another network namespace than masqd's; nothing is removed until it runs there")
+    func uninstallRefusesWhereItWouldOrphan() async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startMasqd(mode: .tc)
+            let uninstall = [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]
+            let pins = sandbox.bpffsEntries()
+            let whileRunning = try await Command.run(sandbox.nsenter(sandbox.node, uninstall), timeout: .seconds(60))
+            #expect(whileRunning.status == 1 && whileRunning.stderr.contains("a masqd is running on these pinned maps"), "\(whileRunning)")
+            #expect(sandbox.bpffsEntries() == pins)
+            #expect(try await sandbox.stopMasqd() == 0)
+
+            // A pod's namespace is another one: there, ext0's ifindex is no device of masq's.
+            let elsewhere = try await Command.run(sandbox.nsenter(sandbox.pods[0], uninstall), timeout: .seconds(60))
+            #expect(elsewhere.status == 1 && elsewhere.stderr.contains("masqd attached its programs in network namespace"), "\(elsewhere)")
+            #expect(sandbox.bpffsEntries() == pins)
+            #expect(try await sandbox.attachments().hasTC)
+
+            let there = try await Command.run(sandbox.nsenter(sandbox.node, uninstall), timeout: .seconds(60))
+            #expect(there.succeeded && there.stderr.contains("Detached"), "\(there)")
+            #expect(try await sandbox.attachments().isEmpty)
+            #expect(sandbox.bpffsEntries().allSatisfy { $0 == "masq" }, "\(sandbox.bpffsEntries())")
+        }
+    }
+
     @Test("in tc mode masqd shares the clsact qdisc: another tool's filter keeps running beside it and stays after uninstall")
     func coexistsWithOtherTCFilters() async throws {
         try await Sandbox.with { sandbox in
