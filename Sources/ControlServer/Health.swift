@@ -30,6 +30,16 @@ enum Health {
             }
             return HealthResponse(state: .warning, message: "the last reconcile failed (\(attempts)); the state applied before stays in force: \(error)")
         }
+        // A device without an address of a family the pods use drops their packets of that
+        // family (fail closed): a Warning, since restarting masqd would not give it one.
+        if let applied = snapshot.applied {
+            let missing = applied.devices.flatMap { device in
+                let reasons = applied.missingSNATAddress(device)
+                return [applied.podCIDRsV4.isEmpty ? nil : reasons.ipv4, applied.podCIDRsV6.isEmpty ? nil : reasons.ipv6]
+                    .compactMap { $0.map { "\(device.name): \($0)" } }
+            }
+            if !missing.isEmpty { return HealthResponse(state: .warning, message: missing.joined(separator: "; ")) }
+        }
         return HealthResponse(state: .ok)
     }
 

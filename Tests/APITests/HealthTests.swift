@@ -12,7 +12,8 @@ import Netlink
 /// What healthz judges from the daemon's status.
 @Suite("health")
 struct HealthUnitTests {
-    static func snapshot(ready: Bool = true, devices: [DesiredState.Device] = [.init(name: "eth0", ifindex: 2, snatV4: nil, snatV6: nil)],
+    static func snapshot(ready: Bool = true,
+                         devices: [DesiredState.Device] = [.init(name: "eth0", ifindex: 2, snatV4: IPv4Address(192, 0, 2, 5), snatV6: nil)],
                          skipped: [String: String] = [:]) throws -> DaemonStatus.Snapshot {
         let config = try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.244.0.0/16")])
         var state = DesiredState(ReconcileInputs(config: config, network: NetworkSnapshot(links: [], defaultRouteDevices: []),
@@ -29,6 +30,14 @@ struct HealthUnitTests {
     func ok() throws {
         let health = Health.judge(try Self.snapshot())
         #expect(health == HealthResponse(state: .ok) && Health.httpStatus(health) == 200)
+    }
+
+    @Test("a device without an address of a family the pods use: Warning naming it, 200; a family without pods is not missed")
+    func missingAddress() throws {
+        let bare = DesiredState.Device(name: "ext1", ifindex: 3, snatV4: nil, snatV6: nil)
+        let health = Health.judge(try Self.snapshot(devices: [.init(name: "eth0", ifindex: 2, snatV4: IPv4Address(192, 0, 2, 5), snatV6: nil), bare]))
+        #expect(health.state == .warning && Health.httpStatus(health) == 200)
+        #expect(health.message == "ext1: no usable IPv4 address: pod packets that need masquerading are dropped (no_snat_address)", "\(health)")
     }
 
     @Test("not attached yet: Failure, 503")
