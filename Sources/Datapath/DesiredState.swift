@@ -42,8 +42,7 @@ public struct DesiredState: Equatable, Sendable {
     public var skippedDevices: [String: String]
     public var podCIDRsV4: Set<IPPrefix>
     public var podCIDRsV6: Set<IPPrefix>
-    /// nil: the ip-masq-agent list is not known (its file was invalid from the start), so the
-    /// map keeps what it holds.
+    /// nil: the ip-masq-agent list is not known, so the map keeps what it holds.
     public var nonMasqueradeV4: Set<IPPrefix>?
     public var nonMasqueradeV6: Set<IPPrefix>?
     public var nodeIPsV4: Set<IPv4Address>

@@ -1,4 +1,5 @@
 import API
+import Foundation
 import NetworkTypes
 @testable import Daemon
 import Testing
@@ -81,6 +82,31 @@ struct IPMasqAgentTests {
     func ipv6CIDRs() throws {
         let c = try parse("nonMasqueradeCIDRs: [fd00::/8, 2001:db8::/32]\n")
         #expect(c.effectiveList.cidrs.map(\.description) == ["fd00::/8", "2001:db8::/32", "169.254.0.0/16", "fe80::/10"])
+    }
+
+    @Test("an invalid file at start keeps the pinned list, or puts the defaults in force when none is pinned")
+    func invalidAtStart() throws {
+        let path = "/tmp/masq-ipmasq-start-\(getpid())"
+        defer { unlink(path) }
+        try "nonMasqueradeCIDRs: [8.8.8.0/24\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let status = DaemonStatus()
+        let (_, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+        var watcher = IPMasqAgentWatcher(path: path, enabledAtStart: true, status: status, changes: sink,
+                                         logger: .init(label: "daemontests"))
+        watcher.loadAtStart(pinned: [])
+        #expect(watcher.initial == IPMasqAgentConfig.defaults.effectiveList)
+        #expect(watcher.initial?.cidrs.count == 13)
+        #expect(status.snapshot.ipMasqAgent.cidrs == watcher.initial?.cidrs)
+        #expect(status.snapshot.ipMasqAgent.lastError?.hasPrefix("\(path):") == true)
+
+        let pinned = [try IPPrefix("8.8.4.0/24")]
+        watcher.loadAtStart(pinned: pinned)
+        #expect(watcher.initial == NonMasqueradeList(cidrs: pinned))
+
+        try "nonMasqueradeCIDRs: [8.8.8.0/24]\n".write(toFile: path, atomically: true, encoding: .utf8)
+        watcher.loadAtStart(pinned: pinned)
+        #expect(watcher.initial?.cidrs.first == (try IPPrefix("8.8.8.0/24")))
+        #expect(status.snapshot.ipMasqAgent.lastError == nil)
     }
 
     @Test("a missing file reads as the defaults")

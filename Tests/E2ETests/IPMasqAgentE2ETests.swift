@@ -142,6 +142,33 @@ struct IPMasqAgentE2ETests {
         }
     }
 
+    @Test("an invalid file on a fresh start puts the defaults in force; on a restart the pinned list stays")
+    func invalidAtStart() async throws {
+        try await Sandbox.with { sandbox in
+            let broken = "nonMasqueradeCIDRs: [8.8.8.0/24\n"
+            let cm = try ConfigMapDir(dir: "\(sandbox.dir)/configmap", initial: broken)
+            try await startAgentMasqd(sandbox, configMap: cm)
+            let map = try PinnedCIDRMap(bpffsRoot: sandbox.bpffsRoot)
+            defer { map.close() }
+            let defaults = Set(IPMasqAgentConfig.defaultNonMasqueradeCIDRs.map(\.description) + [Self.linkLocal])
+            #expect(try map.cidrs() == defaults, "\(sandbox.masqdLog)")
+            #expect(sandbox.masqdLog.contains("ip-masq-agent config rejected"), "\(sandbox.masqdLog)")
+            let status = try await sandbox.masqClient(["status"])
+            #expect(status.stdout.contains("last load failed: \(cm.path)"), "\(status)")
+
+            let good: Set = [Sandbox.excludedCIDR, Self.linkLocal]
+            try cm.update(ConfigMapDir.yaml([Sandbox.excludedCIDR]))
+            try await sandbox.waitUntil("the good file applies", timeout: .seconds(1)) { try map.cidrs() == good }
+
+            // The list pinned before a restart is the last good one.
+            #expect(try await sandbox.stopMasqd() == 0)
+            try cm.update(broken)
+            try await startAgentMasqd(sandbox, configMap: cm)
+            #expect(try map.cidrs() == good, "\(sandbox.masqdLog)")
+            #expect(sandbox.masqdLog.contains("pinned before the restart"), "\(sandbox.masqdLog)")
+        }
+    }
+
     @Test("deleting the file goes to the default list, and re-creating it goes back")
     func deleteAndRecreate() async throws {
         try await Sandbox.with { sandbox in

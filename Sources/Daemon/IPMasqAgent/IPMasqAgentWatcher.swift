@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NetworkTypes
 import ServiceLifecycle
 
 /// Owns the non-masquerade list: loads the ip-masq-agent file at start and whenever its
@@ -11,7 +12,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     /// `enable-ip-masq-agent` at start. The watcher runs either way, so that turning the agent
     /// on by SIGHUP finds the list loaded; while it is off, loads are logged at debug only.
     let enabledAtStart: Bool
-    /// The list loaded before the daemon started (see `load(current:)`), nil if it was invalid.
+    /// The list in force from the first reconcile on (see `loadAtStart(pinned:)`).
     var initial: NonMasqueradeList?
     let status: DaemonStatus
     let changes: AsyncStream<ReconcileInputs.Change>.Continuation
@@ -92,6 +93,23 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
             ])
             return list
         }
+    }
+
+    /// Loads the file before the first reconcile, so no packet sees a list-less moment. An
+    /// invalid file keeps the last good list: the one the pinned map holds from before a restart,
+    /// or, on a fresh start (the map holds none), the defaults, as ip-masq-agent starts from them.
+    mutating func loadAtStart(pinned: [IPPrefix]) {
+        if let list = load(current: nil) {
+            initial = list
+            return
+        }
+        let list = pinned.isEmpty ? IPMasqAgentConfig.defaults.effectiveList : NonMasqueradeList(cidrs: pinned)
+        status.update { $0.ipMasqAgent.cidrs = list.cidrs }
+        logger.log(level: inUse ? .warning : .debug, "ip-masq-agent list in force until a valid file arrives", metadata: [
+            "config.list": "\(pinned.isEmpty ? "defaults" : "pinned before the restart")",
+            "config.cidrs": "\(list.cidrs.count)",
+        ])
+        initial = list
     }
 
     func run() async throws {

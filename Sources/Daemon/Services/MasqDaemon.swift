@@ -23,8 +23,7 @@ public enum MasqDaemon {
         var agent = IPMasqAgentWatcher(
             path: config.ipMasqAgentConfigPath, enabledAtStart: config.enableIPMasqAgent, status: status,
             changes: changeSink, logger: logger)
-        // The first reconcile already applies the file, so no packet sees a list-less moment.
-        agent.initial = agent.load(current: nil)
+        agent.loadAtStart(pinned: try await datapath.nonMasqueradeCIDRs())
 
         let network = try NetworkSnapshot.read()
         let inputs = ReconcileInputs(config: config, network: network, nonMasquerade: agent.initial)

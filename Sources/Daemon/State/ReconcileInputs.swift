@@ -16,8 +16,8 @@ public struct NonMasqueradeList: Equatable, Sendable {
 public struct ReconcileInputs: Equatable, Sendable {
     public var config: DaemonConfig
     public var network: NetworkSnapshot
-    /// nil until the ip-masq-agent list is loaded; the non-masquerade map keeps what it holds
-    /// meanwhile.
+    /// nil: the ip-masq-agent list is not known, and the non-masquerade map keeps what it holds.
+    /// masqd always knows one (`IPMasqAgentWatcher.loadAtStart(pinned:)`).
     public var nonMasquerade: NonMasqueradeList?
 
     public init(config: DaemonConfig, network: NetworkSnapshot, nonMasquerade: NonMasqueradeList? = nil) {
