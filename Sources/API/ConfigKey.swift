@@ -79,7 +79,7 @@ public enum ConfigKey: String, CaseIterable, Sendable, Comparable {
             Spec(json: ["socketGroup"], kind: .optionalText, help: "The group that owns the control socket.")
         case .prometheusServeAddr:
             Spec(json: ["prometheusServeAddr"], kind: .optionalText,
-                 help: "Also serve /metrics and /healthz over TCP at this address (:9962, 127.0.0.1:9962; default empty: off).")
+                 help: "Also serve /metrics and /healthz over TCP at this address: an IP literal or localhost (:9962, 127.0.0.1:9962, [::1]:9962; default empty: off).")
         case .bpffsRoot:
             Spec(json: ["bpffsRoot"], kind: .text, help: "Where maps and links are pinned (default /sys/fs/bpf/masq).")
         case .logLevel:

@@ -181,17 +181,19 @@ struct APIServer: Service, CustomStringConvertible {
             }
             return (server, path, true)
         case .tcp(let address):
-            // An empty host is every address: IPv6 and IPv4 on a dual-stack socket, IPv4 alone
-            // where the kernel has no IPv6.
+            // Literal addresses only, no name lookup; the first that binds is used, the last
+            // one's error is thrown.
+            let hosts = address.bindAddresses
+            var index = hosts.startIndex
             let server: NIOAsyncChannel<Connection, Never>
-            if address.host.isEmpty {
+            while true {
                 do {
-                    server = try await bootstrap.bind(host: "::", port: address.port, childChannelInitializer: initializer)
-                } catch {
-                    server = try await bootstrap.bind(host: "0.0.0.0", port: address.port, childChannelInitializer: initializer)
+                    server = try await bootstrap.bind(to: try SocketAddress(ipAddress: hosts[index], port: address.port),
+                                                      childChannelInitializer: initializer)
+                    break
+                } catch where index + 1 < hosts.endIndex {
+                    index += 1
                 }
-            } else {
-                server = try await bootstrap.bind(host: address.host, port: address.port, childChannelInitializer: initializer)
             }
             // The address as bound (port 0 asks the kernel for one).
             let bound = server.channel.localAddress.flatMap { local in local.port.map { ServeAddress(host: address.host, port: $0) } }

@@ -27,6 +27,20 @@ struct CommandLineTests {
         #expect(lines.count == 1, "\(result.stderr)")
         #expect(lines.first?.hasPrefix("masqd: config: config file \(path) (line ") == true, "\(result.stderr)")
     }
+
+    @Test("a prometheus-serve-addr that is no address literal is one line naming the key, exit 2, before anything starts")
+    func serveAddressNotLiteral() async throws {
+        let masqd = try builtBinary("masqd")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("masqd-addr-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let result = try await run([masqd, "run", "--pod-cidrs", "10.244.0.0/16", "--devices", "masqtest-none0",
+                                    "--bpffs-root", dir + "/bpf", "--socket-path", dir + "/masqd.sock",
+                                    "--prometheus-serve-addr", "999.1.1.1:80"])
+        #expect(result.status == 2)
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines.first?.contains("prometheus-serve-addr") == true, "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/bpf"))
+    }
 }
 
 extension LiveAPITests {

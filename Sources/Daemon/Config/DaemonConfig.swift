@@ -167,7 +167,7 @@ public struct DaemonConfig: Equatable, Sendable {
         let text = try scalar(key, raw)
         if text.isEmpty { return nil }
         guard let address = ServeAddress(text) else {
-            throw ConfigError(key, "'\(text)' is not a listen address (HOST:PORT, [IPv6]:PORT or :PORT for every address; empty: off)")
+            throw ConfigError(key, "'\(text)' is not a listen address (IPv4:PORT, [IPv6]:PORT, localhost:PORT or :PORT for every address; empty: off)")
         }
         return address
     }
@@ -242,7 +242,8 @@ extension Datapath {
 /// A TCP listen address as Go (and so Cilium) writes it: `:9962` for every address,
 /// `127.0.0.1:9962`, `[::1]:9962` or `localhost:9962`.
 public struct ServeAddress: Equatable, Sendable, CustomStringConvertible {
-    /// The address or name to bind; empty: every address.
+    /// The address to bind: an IP address literal, `localhost`, or empty for every address.
+    /// Never a name to look up, so that an address accepted at start binds without DNS.
     public var host: String
     public var port: Int
 
@@ -254,16 +255,27 @@ public struct ServeAddress: Equatable, Sendable, CustomStringConvertible {
     public init?(_ text: String) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
               (1...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") {
-            guard host.hasSuffix("]"), host.count > 2 else { return nil }
-            host = String(host.dropFirst().dropLast())
-        } else if host.contains(":") {
-            return nil
+        let host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            guard let v6 = IPv6Address(String(host.dropFirst().dropLast())) else { return nil }
+            self.host = v6.description
+        } else if host.isEmpty || host == "localhost" {
+            self.host = host
+        } else {
+            guard let v4 = IPv4Address(host) else { return nil }
+            self.host = v4.description
         }
-        guard !host.contains(where: { $0 == " " || $0 == "/" }) else { return nil }
-        self.host = host
         self.port = port
+    }
+
+    /// The addresses to bind, in order of preference: every address is IPv6 and IPv4 on a
+    /// dual-stack socket, else IPv4 alone (a kernel without IPv6); `localhost` is 127.0.0.1.
+    public var bindAddresses: [String] {
+        switch host {
+        case "": return ["::", "0.0.0.0"]
+        case "localhost": return ["127.0.0.1"]
+        default: return [host]
+        }
     }
 
     public var description: String {
