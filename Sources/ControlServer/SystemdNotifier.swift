@@ -6,7 +6,9 @@ import ServiceLifecycle
 
 /// Tells systemd (Type=notify) how masqd is doing: READY=1 once the datapath is attached and the
 /// API serves, STATUS= lines when the summary changes, WATCHDOG=1 at half the WATCHDOG_USEC
-/// interval, STOPPING=1 when graceful shutdown begins. Without NOTIFY_SOCKET it only waits.
+/// interval, RELOADING=1 (with the reload's MONOTONIC_USEC) when a SIGHUP reload begins and
+/// READY=1 once it is done, STOPPING=1 when graceful shutdown begins. Without NOTIFY_SOCKET it
+/// only waits.
 ///
 /// Listed last among the services, so that on shutdown it stops first and STOPPING=1 goes out
 /// before the API and the reconciler wind down.
@@ -48,14 +50,31 @@ struct SystemdNotifier: Service, CustomStringConvertible {
         var lastWatchdog = clock.now
         var ready = false
         var lastStatus = ""
+        // Reloads told as begun; one still running while READY=1 is due.
+        var reloadsTold = 0
+        var reloading = false
         logger.debug("Notifying systemd", metadata: ["watchdog.usec": "\(watchdog.map { "\($0)" } ?? "off")"])
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let line = statusLine()
+            let snapshot = status.snapshot
             var message: [String] = []
-            if !ready && status.snapshot.ready && serving.isServing {
+            if !ready && snapshot.ready && serving.isServing {
                 ready = true
+                // A reload before the start completed is part of the start.
+                reloadsTold = snapshot.daemonReloadsBegun
                 message.append("READY=1")
                 logger.debug("Sent READY=1")
+            }
+            if ready && snapshot.daemonReloadsBegun > reloadsTold {
+                reloadsTold = snapshot.daemonReloadsBegun
+                reloading = true
+                // Its own datagram, ahead of the READY=1 that ends it.
+                notify(["RELOADING=1", "MONOTONIC_USEC=\(snapshot.daemonReloadBegunUSec)"])
+            }
+            let reloadsDone = snapshot.configReloads.daemon.ok + snapshot.configReloads.daemon.error
+            if reloading && reloadsDone >= reloadsTold {
+                reloading = false
+                message.append("READY=1")
             }
             if line != lastStatus {
                 message.append("STATUS=\(line)")

@@ -77,6 +77,25 @@ struct SystemdTests {
             #expect(!FileManager.default.fileExists(atPath: "/nonexistent/ignored.sock"))
             #expect(sandbox.log.contains("socket.activated=true"))
 
+            // SIGHUP (ExecReload): RELOADING=1 with the time it began, then READY=1 once done.
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            let hupAt = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+            kill(daemonPID(process), SIGHUP)
+            var reload: [String] = []
+            let reloadDeadline = ContinuousClock.now + .seconds(20)
+            while !(reload.firstIndex(of: "RELOADING=1").map { reload[$0...].contains("READY=1") } ?? false) {
+                guard ContinuousClock.now < reloadDeadline else {
+                    Issue.record("no RELOADING=1 then READY=1 after SIGHUP (got \(reload)); masqd log: \(sandbox.log)")
+                    break
+                }
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                let n = recv(notify, &buffer, buffer.count, 0)
+                if n > 0 { reload += String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n").map(String.init) }
+            }
+            let usec = reload.first { $0.hasPrefix("MONOTONIC_USEC=") }.flatMap { UInt64($0.dropFirst("MONOTONIC_USEC=".count)) }
+            #expect(usec.map { $0 >= hupAt } == true, "\(reload)")
+
             kill(daemonPID(process), SIGTERM)
             var stopping = false
             let stopDeadline = ContinuousClock.now + .seconds(20)
@@ -190,7 +209,9 @@ struct SystemdTests {
         let serviceUnit = try String(contentsOf: dir.appendingPathComponent("masqd.service"), encoding: .utf8)
         let lines = { (text: String) in Set(text.split(separator: "\n").map(String.init)) }
         #expect(lines(socketUnit).isSuperset(of: ["ListenStream=/run/masq/masqd.sock", "FileDescriptorName=masqd", "SocketMode=0660"]))
-        #expect(lines(serviceUnit).isSuperset(of: ["Type=notify", "Requires=masqd.socket"]))
+        #expect(lines(serviceUnit).isSuperset(of: ["Type=notify", "Requires=masqd.socket", "RestartPreventExitStatus=2 64"]))
+        // The socket outlives a restart of the service: requests queue instead of being refused.
+        #expect(!lines(socketUnit).contains { $0.hasPrefix("PartOf=") })
         #expect(serviceUnit.contains("\nWatchdogSec="))
         #expect(serviceUnit.contains("\nExecStart=/usr/local/bin/masqd run"))
     }

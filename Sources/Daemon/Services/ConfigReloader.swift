@@ -1,4 +1,5 @@
 import API
+import Glibc
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -50,6 +51,12 @@ struct ConfigReloader: Service, CustomStringConvertible {
 
     /// One reload (a SIGHUP), counted in status; returns the config to run with from now on.
     func reloadOnce(running: DaemonConfig) -> DaemonConfig {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        status.update {
+            $0.daemonReloadsBegun += 1
+            $0.daemonReloadBegunUSec = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+        }
         let new: DaemonConfig
         do {
             new = try reload()

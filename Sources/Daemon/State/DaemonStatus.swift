@@ -34,6 +34,10 @@ public final class DaemonStatus: Sendable {
         public var natSummary: NATSummary?
         /// Config loads by source (ip-masq-agent file, daemon config on SIGHUP) and outcome.
         public var configReloads = ConfigReloads()
+        /// SIGHUP reloads begun, and when the last began (CLOCK_MONOTONIC, µs), for systemd's
+        /// RELOADING=1; a reload is done once `configReloads.daemon` counts it.
+        public var daemonReloadsBegun = 0
+        public var daemonReloadBegunUSec: UInt64 = 0
     }
 
     /// The ip-masq-agent file as the watcher last saw it.
