@@ -32,3 +32,14 @@ struct DropReasonTests {
         #expect(Set(DropReason.all.map(\.label)).count == DropReason.all.count)
     }
 }
+
+@Suite("libbpf log")
+struct LibbpfLogTests {
+    @Test("the kernel's answer to a clsact qdisc that exists already is debug; other messages keep libbpf's level")
+    func levels() {
+        #expect(libbpfLogLevel(0, "libbpf: Kernel error message: Exclusivity flag on, cannot modify\n") == .debug)
+        #expect(libbpfLogLevel(0, "libbpf: Kernel error message: Filter already exists\n") == .warning)
+        #expect(libbpfLogLevel(1, "libbpf: loaded\n") == .info)
+        #expect(libbpfLogLevel(2, "libbpf: map 'x': created\n") == .debug)
+    }
+}
