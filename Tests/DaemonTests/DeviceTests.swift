@@ -378,15 +378,43 @@ struct DeviceTests {
         var moved = ext0
         moved.ipv4 = [IPv4Address(100, 0, 0, 5)]
         let lo = NetworkSnapshot.Link(name: "lo", index: 1, isLoopback: true)
-        let new = DesiredState(ReconcileInputs(config: try config(["--devices", "ext0,ext1"]),
-                                               network: NetworkSnapshot(links: [lo, moved], defaultRouteDevices: [])))
-        let changes = DeviceChange.between(old, new)
+        let newInputs = ReconcileInputs(config: try config(["--devices", "ext0,ext1"]),
+                                        network: NetworkSnapshot(links: [lo, moved], defaultRouteDevices: []))
+        let new = DesiredState(newInputs)
+        let changes = DeviceChange.between(old, new, inputs: newInputs)
         #expect(changes == [
-            .notInForce(old.devices[1], reason: "no such device"),
+            .notInForce(old.devices[1], reason: "the link was deleted"),
             .addressChanged(from: old.devices[0], to: new.devices[0]),
         ])
-        #expect(DeviceChange.between(nil, old) == old.devices.map { .inForce($0) })
-        #expect(DeviceChange.between(old, old).isEmpty)
+        let oldInputs = ReconcileInputs(config: try config(["--devices", "ext+"]), network: network)
+        let noIPv6 = try #require(old.missingSNATAddress(old.devices[0]).ipv6)
+        #expect(DeviceChange.between(nil, old, inputs: oldInputs)
+            == old.devices.flatMap { [.inForce($0), .missingAddress($0, ipv6: true, reason: noIPv6)] })
+        #expect(DeviceChange.between(old, old, inputs: oldInputs).isEmpty)
+    }
+
+    @Test("a device that leaves is logged with why: taken out of devices, renamed, the default route moved")
+    func departureReasons() throws {
+        let network = NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: [])
+        let both = DesiredState(ReconcileInputs(config: try config(["--devices", "ext+"]), network: network))
+        func reason(_ inputs: ReconcileInputs, from old: DesiredState) -> String? {
+            DeviceChange.between(old, DesiredState(inputs, previous: old), inputs: inputs).compactMap {
+                if case .notInForce(_, let reason) = $0 { return reason } else { return nil }
+            }.first
+        }
+        #expect(reason(ReconcileInputs(config: try config(["--devices", "ext0"]), network: network), from: both)
+            == "devices (ext0) no longer selects it")
+        var renamed = ext1
+        renamed.name = "wan1"
+        #expect(reason(ReconcileInputs(config: try config(["--devices", "ext+"]),
+                                       network: NetworkSnapshot(links: [ext0, renamed], defaultRouteDevices: [])), from: both)
+            == "renamed to wan1, which devices (ext+) does not select")
+
+        let auto = try config([])
+        let onExt0 = DesiredState(ReconcileInputs(config: auto, network: NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: ["ext0"])))
+        #expect(onExt0.devices.map(\.name) == ["ext0"])
+        #expect(reason(ReconcileInputs(config: auto, network: NetworkSnapshot(links: [ext0, ext1], defaultRouteDevices: ["ext1"])), from: onExt0)
+            == "the default route is on ext1, not on this device")
     }
 }
 

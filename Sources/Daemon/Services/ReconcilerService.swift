@@ -37,7 +37,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
     func run() async throws {
         var inputs = initial
         var applied = DesiredState(inputs)
-        try await reconcile(applied)
+        try await reconcile(applied, inputs: inputs)
         let devices = applied.devices.map { "\($0.name)=\($0.snatV4?.description ?? "-")" }
         logger.info("masqd ready", metadata: [
             "attach.mode": "\(datapath.mode.rawValue)",
@@ -82,7 +82,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
                 }
             }
             do {
-                try await reconcile(desired)
+                try await reconcile(desired, inputs: inputs)
                 applied = desired
                 failures = 0
             } catch {
@@ -118,26 +118,18 @@ struct ReconcilerService: Service, CustomStringConvertible {
         }
     }
 
-    private func reconcile(_ state: DesiredState) async throws {
-        for (name, reason) in state.skippedDevices.sorted(by: { $0.key < $1.key }) {
+    /// Applies `state`, the desired state of `inputs`. What is wrong with a device is logged when
+    /// it changes, not on every reconcile.
+    private func reconcile(_ state: DesiredState, inputs: ReconcileInputs) async throws {
+        let previous = status.snapshot.applied
+        for (name, reason) in state.skippedDevices.sorted(by: { $0.key < $1.key }) where previous?.skippedDevices[name] != reason {
             logger.warning("Configured device not in force", metadata: ["device.name": "\(name)", "reason": "\(reason)"])
-        }
-        for device in state.devices {
-            let missing = state.missingSNATAddress(device)
-            if let reason = missing.ipv4 {
-                logger.warning("Masquerading device has no usable IPv4 address", metadata: device.metadata.merging(["reason": "\(reason)"]) { $1 })
-            }
-            // Common on IPv4-only nodes (IPv6 masquerading is on by default): not a warning.
-            if let reason = missing.ipv6 {
-                logger.notice("Masquerading device has no usable global IPv6 address", metadata: device.metadata.merging(["reason": "\(reason)"]) { $1 })
-            }
         }
         if state.devices.isEmpty {
             logger.warning("No masquerading device: nothing is masqueraded")
         }
-        let previous = status.snapshot.applied
         let report = try await datapath.apply(state)
-        for change in DeviceChange.between(previous, state) { change.log(to: logger) }
+        for change in DeviceChange.between(previous, state, inputs: inputs) { change.log(to: logger) }
         logger.debug("Reconciled", metadata: [
             "devices.attached": "\(report.attached.joined(separator: ","))",
             "devices.detached": "\(report.detached.map(String.init).joined(separator: ","))",
