@@ -195,7 +195,7 @@ public struct ConntrackPaging: Sendable, Equatable {
     }
 
     public init(query: QueryParameters) throws(APIError) {
-        limit = try query.value("limit", expecting: "a positive integer") { Int($0).flatMap { $0 >= 1 ? $0 : nil } }
+        limit = try query.integer("limit", in: 1...Int.max, expecting: "a positive integer")
         cursor = query["cursor"]
         if let cursor, cursor.isEmpty { throw .badRequest("cursor: must not be empty (omit it for the first page)") }
     }

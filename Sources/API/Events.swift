@@ -105,13 +105,11 @@ public struct EventsQuery: Sendable, Equatable {
         filter = try ConntrackFilter(query: query)
         let names = FlowEvent.EventType.filterable.map(\.rawValue).joined(separator: ", ")
         types = try query.value("types", expecting: "a comma-separated list of \(names)") { text in
-            let types = text.split(separator: ",", omittingEmptySubsequences: false).map { FlowEvent.EventType(rawValue: String($0)) }
+            let types = text.split(separator: ",", omittingEmptySubsequences: false).map { FlowEvent.EventType(rawValue: $0.lowercased()) }
             guard !types.isEmpty, types.allSatisfy({ $0.map(FlowEvent.EventType.filterable.contains) ?? false }) else { return nil }
             return Set(types.compactMap { $0 })
         }
-        timeout = try query.value("timeout", expecting: "seconds, 1-\(Self.maxTimeout)") {
-            Int($0).flatMap { (1...Self.maxTimeout).contains($0) ? $0 : nil }
-        }
+        timeout = try query.integer("timeout", in: 1...Self.maxTimeout, expecting: "seconds, 1-\(Self.maxTimeout)")
     }
 
     /// Whether an event of this type and tuple is sent.

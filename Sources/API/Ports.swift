@@ -80,9 +80,7 @@ public struct PortsQuery: Sendable, Equatable {
 
     public init(query: QueryParameters) throws(APIError) {
         filter = try ConntrackFilter(query: query)
-        top = try query.value("top", expecting: "a number of holders, 1-\(Self.maxTop)") {
-            Int($0).flatMap { (1...Self.maxTop).contains($0) ? $0 : nil }
-        } ?? Self.defaultTop
+        top = try query.integer("top", in: 1...Self.maxTop, expecting: "a number of holders, 1-\(Self.maxTop)") ?? Self.defaultTop
     }
 
     public var queryItems: [(String, String)] {

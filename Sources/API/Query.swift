@@ -51,7 +51,16 @@ public struct QueryParameters: Sendable, Equatable {
     }
 
     public func port(_ name: String) throws(APIError) -> UInt16? {
-        try value(name, expecting: "a port number 0-65535") { UInt16($0) }
+        try integer(name, in: 0...Int(UInt16.max), expecting: "a port number 0-65535").map { UInt16($0) }
+    }
+
+    /// A decimal number in `range`: digits only (no sign, no spaces), as the API documents them.
+    public func integer(_ name: String, in range: ClosedRange<Int>, expecting expected: String) throws(APIError) -> Int? {
+        try value(name, expecting: expected) { text in
+            guard !text.isEmpty, text.utf8.count <= 18, text.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
+                  let number = Int(text), range.contains(number) else { return nil }
+            return number
+        }
     }
 
     public func address(_ name: String) throws(APIError) -> IPAddress? {

@@ -25,7 +25,8 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     /// Dotted-quad only; nil for anything else.
     public init?(_ text: String) {
         var addr = in_addr()
-        guard inet_pton(AF_INET, text, &addr) == 1 else { return nil }
+        // inet_pton reads a C string: it would stop at a NUL and accept what came before.
+        guard !text.utf8.contains(0), inet_pton(AF_INET, text, &addr) == 1 else { return nil }
         self.init(networkOrder: addr.s_addr)
     }
 
@@ -54,7 +55,7 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
 
     public init?(_ text: String) {
         var addr = in6_addr()
-        guard inet_pton(AF_INET6, text, &addr) == 1 else { return nil }
+        guard !text.utf8.contains(0), inet_pton(AF_INET6, text, &addr) == 1 else { return nil }
         bytes = withUnsafeBytes(of: &addr) { Array($0) }
     }
 

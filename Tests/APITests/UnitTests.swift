@@ -93,6 +93,22 @@ struct ContractTests {
         #expect(again == f)
     }
 
+    @Test("query values are what the API documents: numbers are digits only, an address ends where the value ends (a NUL too), enum values any case")
+    func strictValues() throws {
+        for query in ["limit=+5", "limit=%2B5", "limit=5%20", "sport=-0", "sport=+80", "src=10.244.1.2%00garbage",
+                      "dst=fd00::1%00x", "src=10.244.1.0/24%00xyz"] {
+            #expect(throws: APIError.self, "\(query)") {
+                let q = try QueryParameters(query[...], allowed: ConntrackFilter.parameterNames + ConntrackPaging.parameterNames)
+                _ = try ConntrackFilter(query: q)
+                _ = try ConntrackPaging(query: q)
+            }
+        }
+        #expect(try ConntrackPaging(query: QueryParameters("limit=0005", allowed: ["limit"])).limit == 5)
+        let events = try EventsQuery(query: QueryParameters("types=NEW,Deleted&proto=UDP", allowed: EventsQuery.parameterNames))
+        #expect(events.types == [.new, .deleted] && events.filter.proto == .udp)
+        #expect(throws: APIError.self) { try EventsQuery(query: QueryParameters("timeout=+3", allowed: EventsQuery.parameterNames)) }
+    }
+
     @Test("routes: unknown path is not found, known path with another method lists the allowed ones")
     func routes() {
         #expect(Route.match(method: "GET", path: "/v1/status") == .found(.status))
