@@ -14,11 +14,22 @@ struct APIRequest: Sendable {
 
     init(method: String, uri: String, accept: String?, peer: PeerCredentials) {
         self.method = method
-        let parts = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let parts = Self.originForm(uri).split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
         path = String(parts.first ?? "")
         query = parts.count > 1 ? parts[1] : nil
         self.accept = accept
         self.peer = peer
+    }
+
+    /// The path and query of a request target: an absolute-form target (`http://masqd/v1/status`),
+    /// which a server must accept (RFC 9112 3.2.2), loses its scheme and authority.
+    static func originForm(_ target: String) -> Substring {
+        for scheme in ["http://", "https://"] where target.lowercased().hasPrefix(scheme) {
+            let rest = target.dropFirst(scheme.count)
+            guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+            return rest[slash] == "?" ? Substring("/" + rest[slash...]) : rest[slash...]
+        }
+        return target[...]
     }
 }
 
@@ -146,7 +157,8 @@ struct APIRouter: Sendable {
             let query = try PortsQuery(query: QueryParameters(request.query, allowed: PortsQuery.parameterNames))
             return try .json(await handlers.ports(query))
         case .metrics:
-            _ = try QueryParameters(request.query, allowed: [])
+            // Query parameters are ignored, as exporters do: a scrape config's `params` must not
+            // fail every scrape.
             let handlers = self.handlers
             return try await handlers.sharedMetrics.value {
                 .body(status: 200, contentType: MediaType.prometheus, ByteBuffer(string: try await handlers.metrics()))

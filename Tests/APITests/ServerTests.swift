@@ -1,6 +1,7 @@
 @preconcurrency import Glibc
 import API
 import CMasq
+@testable import ControlServer
 @testable import Daemon
 @testable import Datapath
 import Foundation
@@ -103,6 +104,20 @@ struct ServerTests {
             #expect(metrics.text.contains("masq_up 1\n"))
             #expect(metrics.text.contains(#"masq_drops_total{reason="nat_ports_exhausted"} 0"#))
             #expect(metrics.text.contains(#"masq_map_max_entries{map="masq_nat_v4"} 262144"#))
+        }
+    }
+
+    @Test("an absolute-form request target is served as its path (RFC 9112 3.2.2); /metrics ignores query parameters")
+    func requestTargets() async throws {
+        #expect(APIRequest.originForm("http://masqd/v1/status?x=1") == "/v1/status?x=1")
+        #expect(APIRequest.originForm("HTTP://localhost") == "/")
+        #expect(APIRequest.originForm("http://masqd?a=b") == "/?a=b")
+        #expect(APIRequest.originForm("/v1/healthz") == "/v1/healthz")
+        try await LiveAPI.with { api in
+            let absolute = try await TestHTTP.request(socketPath: api.socketPath, method: .GET, uri: "http://masqd/v1/healthz")
+            #expect(absolute.status == 200 && absolute.text.contains("Ok"), "\(absolute.status) \(absolute.text)")
+            let metrics = try await TestHTTP.request(socketPath: api.socketPath, method: .GET, uri: "/metrics?module=masq")
+            #expect(metrics.status == 200 && metrics.text.contains("masq_up 1"), "\(metrics.status)")
         }
     }
 
