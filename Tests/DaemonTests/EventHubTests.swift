@@ -106,7 +106,7 @@ struct EventHubTests {
         // Patient enough for a reader starved by the tests running beside this one.
         let pacing = await withCheckedContinuation { (done: CheckedContinuation<EventHub.Pacing, Never>) in
             Thread {
-                var pacing = EventHub.Pacing(patience: .seconds(5), budget: .seconds(60))
+                var pacing = EventHub.Pacing(patience: .seconds(10), budget: .seconds(120))
                 hub.publishPaced(burst, pacing: &pacing)
                 done.resume(returning: pacing)
             }.start()

@@ -74,8 +74,10 @@ struct ConntrackGCTests {
             return (expired, lost)
         }
         var sweeper = ConntrackSweeper(nat: dp.nat, lifetimes: .default, events: hub)
-        // Patient enough for a reader starved by the tests running beside this one.
-        sweeper.eventPacing = EventHub.Pacing(patience: .seconds(30), budget: .seconds(60))
+        // Patient enough for a reader starved by the tests running beside this one: in a full
+        // run this process's cooperative threads are taken by synchronous tests for tens of
+        // seconds at a time.
+        sweeper.eventPacing = EventHub.Pacing(patience: .seconds(600), budget: .seconds(600))
         let pass = sweeper
         let report = try await BlockingPool.shared.run { try pass.sweep(now: later(600)) }
         subscription.cancel()
