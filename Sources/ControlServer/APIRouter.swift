@@ -90,6 +90,16 @@ struct APIRouter: Sendable {
         }
     }
 
+    /// Whether the answer to `request` may be a large body (a conntrack page, a port listing),
+    /// which `APIServer` builds only with a `LargeBodies` permit.
+    func buildsLargeBody(_ request: APIRequest) -> Bool {
+        switch match(method: request.method, path: request.path) {
+        case .found(.conntrackList): !Self.accepts(request.accept, MediaType.ndjson)
+        case .found(.ports): true
+        default: false
+        }
+    }
+
     func respond(to request: APIRequest) async -> APIResponse {
         do {
             return try await route(request)

@@ -34,11 +34,16 @@ struct APIServer: Service, CustomStringConvertible {
         /// limits are reached. Beyond the reserve, connections are closed at once.
         var healthReserve = 64
         var reserveRequestTimeout: TimeAmount = .seconds(2)
+        /// Large bodies (conntrack pages, port listings) built or being written at once, and how
+        /// long a request waits for its turn before it is answered 503 (`LargeBodies`).
+        var largeBodies = 8
+        var largeBodyWait: Duration = .seconds(10)
     }
 
     let socket: ControlSocket
     let router: APIRouter
     let limits: Limits
+    private let largeBodies: LargeBodies
     let serving: ServingState
     /// Whether the daemon is ready to answer (the datapath attached). Until it is, or until
     /// `startupWait` has passed, connections wait in the listen queue: a request that raced the
@@ -55,6 +60,7 @@ struct APIServer: Service, CustomStringConvertible {
         self.socket = socket
         self.router = router
         self.limits = limits
+        largeBodies = LargeBodies(permits: limits.largeBodies)
         self.serving = serving
         self.ready = ready
         var logger = logger
@@ -250,21 +256,36 @@ struct APIServer: Service, CustomStringConvertible {
                     bodyBytes = 0
                     let request = APIRequest(method: h.method.rawValue, uri: h.uri,
                                              accept: h.headers.first(name: "accept"), peer: peer)
-                    let response = healthOnly && router.match(method: request.method, path: request.path) != .found(.healthz)
-                        ? APIRouter.errorResponse(APIError.unavailable(
+                    var permit: LargeBodies.Permit?
+                    let response: APIResponse
+                    if healthOnly && router.match(method: request.method, path: request.path) != .found(.healthz) {
+                        response = APIRouter.errorResponse(APIError.unavailable(
                             "too many connections: beyond its connection limits masqd answers healthz only"))
-                        : await router.respond(to: request)
+                    } else if router.buildsLargeBody(request) {
+                        // Held until the answer is written (the permit goes with this iteration).
+                        permit = await largeBodies.acquire(within: limits.largeBodyWait)
+                        response = permit == nil
+                            ? APIRouter.errorResponse(APIError.unavailable(
+                                "busy: \(limits.largeBodies) large answers are being written to clients that read them slowly; try again"))
+                            : await router.respond(to: request)
+                    } else {
+                        response = await router.respond(to: request)
+                    }
                     logger.debug("Request", metadata: ["http.method": "\(h.method.rawValue)", "http.path": "\(request.path)"])
                     if try await !write(response, for: h, keepAlive: h.isKeepAlive && !healthOnly, to: outbound, logger: logger) {
                         outbound.finish()
                         closing = true
                     }
+                    withExtendedLifetime(permit) {}
                 }
             }
         } catch {
             logger.debug("Connection ended on an error", metadata: ["error": "\(error)"])
         }
     }
+
+    /// The size of the parts a body is written in.
+    static let bodyPart = 16 * 1024
 
     /// Writes `response`; returns whether the connection stays open for another request.
     private func write(_ response: APIResponse, for request: HTTPRequestHead, keepAlive: Bool,
@@ -277,7 +298,18 @@ struct APIServer: Service, CustomStringConvertible {
             for (name, value) in extra { headers.add(name: name, value: value) }
             headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
             try await outbound.write(.head(HTTPResponseHead(version: request.version, status: .init(statusCode: status), headers: headers)))
-            try await outbound.write(contentsOf: [.body(.byteBuffer(body)), .end(nil)])
+            // In copied parts, each written once the connection takes more: when the last one is
+            // handed over, the rest has reached the socket and the whole body can go, whereas
+            // one write would keep it until a slow client had read it all.
+            guard body.readableBytes > Self.bodyPart else {
+                try await outbound.write(contentsOf: [.body(.byteBuffer(body)), .end(nil)])
+                return keepAlive
+            }
+            var rest = body
+            while let part = rest.readSlice(length: min(Self.bodyPart, rest.readableBytes)), part.readableBytes > 0 {
+                try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: part.readableBytesView))))
+            }
+            try await outbound.write(.end(nil))
             return keepAlive
         case .stream(let contentType, let produce):
             // HTTP/1.1 streams chunked; HTTP/1.0 has no chunks, so the end of the body is the close.

@@ -93,6 +93,42 @@ struct AbuseTests {
         }
     }
 
+    @Test("clients that ask for large pages and never read them hold at most the large-body permits: the next one waits its turn, then gets 503, and healthz answers")
+    func unreadLargeBodies() async throws {
+        var limits = APIServer.Limits()
+        limits.largeBodies = 2
+        limits.largeBodyWait = .milliseconds(500)
+        try await LiveAPI.with(limits: limits) { api in
+            try await api.fillFlows(8_000)
+            var stuck: [RawSocket] = []
+            for _ in 0..<3 {
+                let socket = try RawSocket(path: api.socketPath)
+                var small: Int32 = 4096
+                setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                socket.send("GET /v1/conntrack?limit=10000 HTTP/1.1\r\nHost: m\r\n\r\n")
+                stuck.append(socket)
+            }
+            // Two pages (about 3 MB each) get stuck in their writes: then a request for a page
+            // waits 0.5 s and is answered busy (polled: on a loaded machine the stuck ones may
+            // take a while to be read and built).
+            var busy = try await api.get("/v1/conntrack?limit=10")
+            let deadline = ContinuousClock.now + .seconds(30)
+            while busy.status == 200 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                busy = try await api.get("/v1/conntrack?limit=10")
+            }
+            #expect(busy.status == 503 && busy.text.contains("busy"), "\(busy.status) \(busy.text)")
+            #expect(try await Self.healthzLatency(api) < Self.healthzBound)
+            // One stuck client gone: its permit serves the next request.
+            stuck.removeFirst()
+            var served = busy
+            while served.status != 200 && ContinuousClock.now < deadline + .seconds(30) {
+                served = try await api.get("/v1/conntrack?limit=10")
+            }
+            #expect(served.status == 200, "\(served.status) \(served.text)")
+        }
+    }
+
     /// Opens `count` connections to `socket` as uid/gid 65534 and sends a request head one byte
     /// a second on each for `seconds`; prints "connected" once all are open, then a JSON
     /// summary: how many connected, and how many the server had still open at the end.
