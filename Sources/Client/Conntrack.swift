@@ -81,26 +81,29 @@ extension MasqClient.Conntrack {
                 // IPv6 flow comes, which starts the IPv6 part under a header of its own.
                 var family: IPFamily?
                 var count = 0
-                // -o json: the lines as they came, a write a chunk (tables go through print's buffer).
+                // A write a chunk, which ends the client as SIGPIPE would once the reader is gone.
                 var output = StreamOutput()
                 try await global.client.streamLines(.conntrackList, query: query) { line in
                     count += 1
                     switch format {
                     case .json: output.raw(line)
-                    case .yaml: print("---\n" + (try YAMLDocument(json: line).text), terminator: "")
+                    case .yaml: output.raw(Data(("---\n" + (try YAMLDocument(json: line).text)).utf8))
                     case .text, .wide:
                         let entry = try ConntrackEntry(ndjsonLine: line, decoder: decoder)
                         let widths: IPFamily = entry.family == .ipv6 || family == .ipv6 ? .ipv6 : .ipv4
                         if widths != family {
-                            if headers { print((family == nil ? "" : "\n") + columns(widths).line(header)) }
+                            if headers { output.line((family == nil ? "" : "\n") + columns(widths).line(header)) }
                             family = widths
                         }
-                        print(columns(widths).line(row(entry)))
+                        output.line(columns(widths).line(row(entry)))
                     }
                 } chunkEnd: {
                     output.flush()
                 }
-                if headers && family == nil { print(columns(.ipv4).line(header)) }
+                if headers && family == nil {
+                    output.line(columns(.ipv4).line(header))
+                    output.flush()
+                }
                 if !format.isDocument && !table.noHeaders { printError("\(count) flow\(count == 1 ? "" : "s")") }
             }
         }

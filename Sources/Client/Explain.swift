@@ -31,15 +31,24 @@ extension MasqClient {
             return a
         }
 
+        var query: ExplainQuery {
+            ExplainQuery(src: src, dst: dst, proto: proto.value, sport: sport, dport: dport, device: device)
+        }
+
         func validate() throws {
             if src.bitWidth != dst.bitWidth { throw ValidationError("--src and --dst must be of the same family") }
+            // What masqd would refuse with 400 (an empty --device) is a usage error here.
+            do {
+                _ = try ExplainQuery(query: QueryParameters(items: Dictionary(uniqueKeysWithValues: query.queryItems)))
+            } catch {
+                throw ValidationError("--\(error.message)")
+            }
         }
     }
 }
 
 extension MasqClient.Explain {
     func run() async throws {
-        let query = ExplainQuery(src: src, dst: dst, proto: proto.value, sport: sport, dport: dport, device: device)
         try await reportingErrors {
             let (answer, raw) = try await global.client.request(.explain, query: query.queryItems, as: ExplainResponse.self)
             if try global.printedDocument(raw) { return }

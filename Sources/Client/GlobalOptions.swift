@@ -24,8 +24,14 @@ struct GlobalOptions: ParsableArguments {
     static let defaultSocket = "/run/masq/masqd.sock"
 
     @Option(name: .long, help: ArgumentHelp(
-        "masqd's control socket (default: $MASQ_SOCKET, else \(GlobalOptions.defaultSocket)).", valueName: "path"))
+        "masqd's control socket, not empty (default: $MASQ_SOCKET unless empty, else \(GlobalOptions.defaultSocket)).",
+        valueName: "path"))
     var socket: String?
+
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp(
+        "Give up when masqd has not answered within this many seconds (a streamed command: not begun to answer); 0: wait forever.",
+        valueName: "seconds"))
+    var requestTimeout = RequestTimeout(seconds: 30)
 
     @Option(name: [.short, .customLong("output")], help: ArgumentHelp(
         "Output format: text, wide (conntrack list's full columns), json or yaml (the API's documents).",
@@ -39,7 +45,18 @@ struct GlobalOptions: ParsableArguments {
         return Self.defaultSocket
     }
 
-    var client: UnixHTTPClient { UnixHTTPClient(socketPath: socketPath) }
+    var client: UnixHTTPClient {
+        UnixHTTPClient(socketPath: socketPath, timeout: requestTimeout.seconds > 0 ? requestTimeout : nil)
+    }
+
+    func validate() throws {
+        if socket?.isEmpty == true {
+            throw ValidationError("--socket: must not be empty (omit it for $MASQ_SOCKET or \(Self.defaultSocket))")
+        }
+        if !(0...RequestTimeout.maxSeconds).contains(requestTimeout.seconds) {
+            throw ValidationError("--request-timeout: must be 0 (no limit) to \(Int(RequestTimeout.maxSeconds)) seconds")
+        }
+    }
 
     /// Prints an API body as `-o json` or `-o yaml` asks; false for text (the caller prints it).
     func printedDocument(_ raw: Data) throws -> Bool {
@@ -50,6 +67,15 @@ struct GlobalOptions: ParsableArguments {
         }
         return true
     }
+}
+
+extension RequestTimeout: ExpressibleByArgument {
+    init?(argument: String) {
+        guard let seconds = Double(argument) else { return nil }
+        self.init(seconds: seconds)
+    }
+
+    var defaultValueDescription: String { text }
 }
 
 /// The options of commands that print a table.

@@ -9,11 +9,15 @@ struct MasqClient: AsyncParsableCommand {
         commandName: "masq-client",
         abstract: "Inspect and control masqd through its Unix socket.",
         discussion: """
-            --socket and -o go before or after the subcommand (masq-client --socket PATH status, \
-            masq-client status --socket PATH); MASQ_SOCKET names the socket when --socket is not given.
+            --socket, --request-timeout and -o go before or after the subcommand (masq-client \
+            --socket PATH status, masq-client status --socket PATH); MASQ_SOCKET names the socket \
+            when --socket is not given (an empty MASQ_SOCKET counts as unset, an empty --socket is a \
+            usage error). --request-timeout bounds each request: connecting and the whole answer, \
+            for the streamed conntrack list and conntrack events only its start.
 
             Exit status: 0 success (status: masqd is healthy); 1 masqd is unhealthy (its healthz \
-            answers Failure) or cannot be reached, or a request failed; 64 usage error.
+            answers Failure), cannot be reached, did not answer within --request-timeout, or a \
+            request failed; 64 usage error.
 
             Shell completions: masq-client --generate-completion-script bash|zsh|fish.
             """,

@@ -9,10 +9,22 @@ struct ClientError: Error, CustomStringConvertible {
     var description: String
 }
 
+/// How long masq-client waits for masqd (`--request-timeout`), in seconds as typed.
+struct RequestTimeout: Sendable {
+    static let maxSeconds: Double = 86_400
+    var seconds: Double
+
+    var amount: TimeAmount { .nanoseconds(Int64(seconds * 1e9)) }
+    /// "30", "0.5".
+    var text: String { String(format: "%g", seconds) }
+}
+
 /// HTTP/1.1 to masqd over its Unix socket: one connection per request, SwiftNIO's HTTP client
 /// codec, responses decoded into the API's types or streamed line by line.
 struct UnixHTTPClient: Sendable {
     let socketPath: String
+    /// How long connecting and an answer may take (a stream: its head); nil: no limit.
+    let timeout: RequestTimeout?
 
     typealias Connection = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
 
@@ -61,7 +73,7 @@ struct UnixHTTPClient: Sendable {
                      chunkEnd: () throws -> Void = {}) async throws {
         // The start of a line cut by the chunk's end.
         var pending = Data()
-        try await exchange(route, query: query, accept: MediaType.ndjson) { chunk in
+        try await exchange(route, query: query, accept: MediaType.ndjson, streamed: true) { chunk in
             try chunk.withUnsafeReadableBytes { bytes in
                 var start = 0
                 while let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) {
@@ -84,13 +96,14 @@ struct UnixHTTPClient: Sendable {
 
     /// One request: connects, sends, hands each body chunk of a 2xx (or `alsoAccepting`) answer to
     /// `body` and returns its status; any other answer becomes a ClientError carrying the API's
-    /// message.
+    /// message. `timeout` bounds the whole answer, or only its head when `streamed`.
     @discardableResult
     private func exchange(_ route: Route, query: [(String, String)], accept: String,
-                          alsoAccepting: [UInt] = [],
+                          alsoAccepting: [UInt] = [], streamed: Bool = false,
                           body: (ByteBuffer) throws -> Void) async throws -> UInt {
         let connection: Connection
         do {
+            // A Unix socket's connect does not wait: it succeeds or fails at once.
             connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(5))
                 .connect(unixDomainSocketPath: socketPath) { channel in
@@ -100,57 +113,110 @@ struct UnixHTTPClient: Sendable {
                     }
                 }
         } catch {
-            throw ClientError(description: "cannot reach masqd at \(socketPath): \(Self.reason(error)) (is masqd running? --socket or MASQ_SOCKET picks another socket)")
+            throw ClientError(description: "cannot reach masqd at \(socketPath): \(unreachable(error))")
+        }
+        // On expiry the connection is closed, which ends the reads below.
+        let timer = timeout.map { timeout in
+            connection.channel.eventLoop.scheduleTask(in: timeout.amount) { [channel = connection.channel] in
+                channel.close(promise: nil)
+            }
+        }
+        defer { timer?.cancel() }
+        /// Whether the timer closed the connection (a cancelled one fails its future).
+        func timedOut() async -> Bool {
+            guard let timer else { return false }
+            timer.cancel()
+            return (try? await timer.futureResult.get()) != nil
         }
         let uri = query.isEmpty ? route.path : route.path + "?" + QueryParameters.encode(query)
-        return try await connection.executeThenClose { inbound, outbound in
-            var headers = HTTPHeaders()
-            headers.add(name: "Host", value: "masqd")
-            headers.add(name: "Accept", value: accept)
-            headers.add(name: "Connection", value: "close")
-            headers.add(name: "User-Agent", value: "masq-client/\(masqVersion)")
-            let method: HTTPMethod = route.method == .delete ? .DELETE : .GET
-            // One write: masqd may answer (and shut its side) as soon as it has parsed the head.
-            try await outbound.write(contentsOf: [.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)),
-                                                  .end(nil)])
-
-            var status: HTTPResponseStatus?
-            var errorBody = ByteBuffer()
-            var complete = false
-            let answered = { (code: UInt) in (200..<300).contains(code) || alsoAccepting.contains(code) }
-            for try await part in inbound {
-                switch part {
-                case .head(let head):
-                    status = head.status
-                case .body(let chunk):
-                    if let status, answered(status.code) {
-                        try body(chunk)
-                    } else {
-                        var chunk = chunk
-                        errorBody.writeBuffer(&chunk)
+        let answered = { (code: UInt) in (200..<300).contains(code) || alsoAccepting.contains(code) }
+        var status: HTTPResponseStatus?
+        var errorBody = ByteBuffer()
+        var complete = false
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var headers = HTTPHeaders()
+                headers.add(name: "Host", value: "masqd")
+                headers.add(name: "Accept", value: accept)
+                headers.add(name: "Connection", value: "close")
+                headers.add(name: "User-Agent", value: "masq-client/\(masqVersion)")
+                let method: HTTPMethod = route.method == .delete ? .DELETE : .GET
+                // One write: masqd may answer (and shut its side) as soon as it has parsed the head.
+                try await outbound.write(contentsOf: [.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)),
+                                                      .end(nil)])
+                for try await part in inbound {
+                    switch part {
+                    case .head(let head):
+                        status = head.status
+                        if streamed { timer?.cancel() }
+                    case .body(let chunk):
+                        if let status, answered(status.code) {
+                            try body(chunk)
+                        } else {
+                            var chunk = chunk
+                            errorBody.writeBuffer(&chunk)
+                        }
+                    case .end:
+                        complete = true
                     }
-                case .end:
-                    complete = true
+                    if complete { break }
                 }
-                if complete { break }
             }
-            guard let status else {
-                throw ClientError(description: "masqd at \(socketPath) closed the connection without answering \(route.path)")
-            }
-            guard answered(status.code) else {
-                let message = (try? APIJSON.decoder().decode(APIError.self, from: Data(errorBody.readableBytesView)))?.message
-                    ?? String(buffer: errorBody)
-                throw ClientError(description: "\(message) (HTTP \(status.code))")
-            }
-            guard complete else {
-                throw ClientError(description: "the answer from masqd at \(socketPath) was cut short (the daemon stopped or failed mid-stream)")
-            }
-            return status.code
+        } catch {
+            throw await timedOut() ? timeoutError : failure(error)
+        }
+        if await timedOut() { throw timeoutError }
+        guard let status else {
+            throw ClientError(description: "masqd at \(socketPath) closed the connection without answering \(route.path)")
+        }
+        guard answered(status.code) else {
+            let message = (try? APIJSON.decoder().decode(APIError.self, from: Data(errorBody.readableBytesView)))?.message
+                ?? String(buffer: errorBody)
+            throw ClientError(description: "\(message) (HTTP \(status.code))")
+        }
+        guard complete else { throw cutShort }
+        return status.code
+    }
+
+    private var timeoutError: ClientError {
+        ClientError(description: "masqd at \(socketPath) did not answer within \(timeout?.text ?? "?") s")
+    }
+
+    private var cutShort: ClientError {
+        ClientError(description: "masqd at \(socketPath) closed the stream before its end (masqd stopped or failed mid-answer)")
+    }
+
+    /// A connection's failure as one line naming the socket; errors of the caller's `body` (and
+    /// ClientErrors) pass unchanged.
+    private func failure(_ error: Error) -> Error {
+        switch error {
+        case HTTPParserError.invalidEOFState:
+            return cutShort
+        case is HTTPParserError:
+            return ClientError(description: "masqd at \(socketPath): not an HTTP answer (is this masqd's socket?)")
+        case let error as IOError:
+            return ClientError(description: "masqd at \(socketPath): connection lost (\(String(cString: strerror(error.errnoCode))))")
+        case is ChannelError:
+            return ClientError(description: "masqd at \(socketPath): connection lost (\(error))")
+        default:
+            return error
         }
     }
 
-    private static func reason(_ error: Error) -> String {
-        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
-        return "\(error)"
+    /// Why connecting failed, and what to do about it.
+    private func unreachable(_ error: Error) -> String {
+        switch error {
+        case SocketAddressError.unixDomainSocketPathTooLong:
+            // SwiftNIO's limit (the portable sockaddr_un size), below Linux's 107.
+            return "socket path too long (\(socketPath.utf8.count) bytes, max 103)"
+        case let error as IOError where error.errnoCode == EACCES:
+            var info = stat()
+            let group = stat(socketPath, &info) == 0 ? getgrgid(info.st_gid).map { " ('\(String(cString: $0.pointee.gr_name))')" } : nil
+            return "permission denied: masq-client needs root, or membership of masqd's socket-group\(group ?? "")"
+        case let error as IOError:
+            return String(cString: strerror(error.errnoCode)) + " (is masqd running? --socket or MASQ_SOCKET picks another socket)"
+        default:
+            return "\(error) (is masqd running? --socket or MASQ_SOCKET picks another socket)"
+        }
     }
 }
