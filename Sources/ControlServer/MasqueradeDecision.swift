@@ -61,9 +61,13 @@ public enum MasqueradeDecision {
         }
         // masq_v4_egress / masq_v6_egress: the node's own flows, then pod sources.
         if let snat = family.snat, src == snat {
+            // A port no pod mapping can take needs no tracking (snat_v4_nat_track_host).
+            let tracked = view.portRange.contains(packet.sport)
             var response = ExplainResponse(
                 masquerade: false, rule: .hostFlow, device: device.name, snatAddress: snat,
-                reason: "\(src) is \(device.name)'s own address: the node's flow is tracked and keeps its source unless a pod flow holds that tuple.")
+                reason: tracked
+                    ? "\(src) is \(device.name)'s own address: the node's flow is tracked and keeps its source unless a pod flow holds that tuple."
+                    : "\(src) is \(device.name)'s own address: the node's flow keeps its source, untracked, since port \(packet.sport) is outside snat-port-range \(view.portRange.lowerBound)-\(view.portRange.upperBound), where no pod flow can take its tuple.")
             if let existing, existing.toAddress != src || existing.toPort != packet.sport {
                 response.masquerade = true
                 response.snatPort = existing.toPort

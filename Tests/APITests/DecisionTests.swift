@@ -54,9 +54,15 @@ struct DecisionTests {
         #expect(Self.ask("fd00::2", "2001:db8::1").rule == .familyDisabled)
     }
 
-    @Test("the node's own address is a host flow, not a pod flow")
+    @Test("the node's own address is a host flow, not a pod flow; tracked only from a port of snat-port-range")
     func hostFlow() {
-        #expect(Self.ask("100.0.0.1", "1.1.1.1").rule == .hostFlow)
+        let tracked = Self.ask("100.0.0.1", "1.1.1.1")
+        #expect(tracked.rule == .hostFlow && tracked.reason.contains("is tracked"), "\(tracked.reason)")
+        let server = MasqueradeDecision.explain(ExplainQuery(src: IPAddress("100.0.0.1")!, dst: IPAddress("1.1.1.1")!, proto: .tcp,
+                                                             sport: 1000, dport: 443),
+                                                device: Self.ext0, view: Self.view, existing: nil)
+        #expect(server.rule == .hostFlow && server.reason.contains("untracked, since port 1000 is outside snat-port-range 32768-65535"),
+                "\(server.reason)")
     }
 
     @Test("a source outside the pod CIDRs is a pod-cidr miss")
