@@ -233,7 +233,7 @@ struct APIHandlers: Sendable {
             guard ifindex != 0 else { throw APIError.badRequest("device: no device '\(name)' in masqd's network namespace") }
             device = .init(name: name, ifindex: ifindex)
         } else {
-            device = RouteLookup.outputInterface(for: query.dst).map {
+            device = RouteLookup.outputInterface(for: query.dst, from: query.src).map {
                 .init(name: RouteLookup.name(of: $0) ?? "if\($0)", ifindex: $0)
             }
         }

@@ -67,6 +67,8 @@ enum RTNL {
 
     // linux/rtnetlink.h: routes
     static let routeDestination = UInt16(RTA_DST.rawValue)
+    static let routeSource = UInt16(RTA_SRC.rawValue)
+    static let routeInputInterface = UInt16(RTA_IIF.rawValue)
     static let routeOutputInterface = UInt16(RTA_OIF.rawValue)
     /// An array of struct rtnexthop.
     static let routeMultipath = UInt16(RTA_MULTIPATH.rawValue)
@@ -338,5 +340,13 @@ extension ArraySlice<UInt8> {
 extension [UInt8] {
     mutating func appendLittle<T: FixedWidthInteger>(_ value: T) {
         Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+
+    /// A netlink attribute: length, type, payload, padded to 4 bytes.
+    mutating func appendAttribute(_ type: UInt16, _ payload: [UInt8]) {
+        appendLittle(UInt16(4 + payload.count))
+        appendLittle(type)
+        append(contentsOf: payload)
+        append(contentsOf: [UInt8](repeating: 0, count: (4 - payload.count % 4) % 4))
     }
 }

@@ -79,6 +79,28 @@ struct APIE2ETests {
         }
     }
 
+    @Test("explain routes a pod's packet as the node forwards it: a rule on the pod's source sends it out another device, which does not masquerade")
+    func explainFollowsSourceRules() async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startMasqd(mode: .tcx)
+            // A second uplink the pods of one source are routed through (as multi-NIC and ENI
+            // setups do), not a masquerading device.
+            let ip = ["ip", "-n", sandbox.node]
+            try await sandbox.sh(ip + ["link", "add", "side0", "type", "veth", "peer", "name", "side1"])
+            try await sandbox.sh(ip + ["addr", "add", "192.0.2.1/24", "dev", "side0"])
+            try await sandbox.sh(ip + ["link", "set", "side0", "up"])
+            try await sandbox.sh(ip + ["link", "set", "side1", "up"])
+            try await sandbox.sh(ip + ["route", "add", "default", "via", "192.0.2.2", "dev", "side0", "table", "100"])
+            try await sandbox.sh(ip + ["rule", "add", "from", Sandbox.podIPs[0], "lookup", "100", "pref", "100"])
+            for (podIP, device, masqueraded) in [(Sandbox.podIPs[0], "side0", false), (Sandbox.podIPs[1], Sandbox.device, true)] {
+                let explain = try await sandbox.masqClient(["explain", "--src", podIP, "--dst", Sandbox.outsideIP,
+                                                            "--proto", "tcp", "--dport", String(Sandbox.tcpPort), "-o", "json"])
+                let answer = try JSONSerialization.jsonObject(with: Data(explain.stdout.utf8)) as? [String: Any]
+                #expect(answer?["device"] as? String == device && answer?["masquerade"] as? Bool == masqueraded, "\(podIP): \(explain)")
+            }
+        }
+    }
+
     @Test("a peer that is not root gets 200 on GET and 403 on DELETE")
     func nonRootPeer() async throws {
         try await Sandbox.with { sandbox in
