@@ -123,7 +123,11 @@ struct APIServer: Service, CustomStringConvertible {
         }
         await accepted.closeAll()
         serving.markStopped()
-        logger.info("API stopped")
+        if case .tcp = socket {
+            logger.info("Metrics listener stopped", metadata: ["server.address": "\(socketPath ?? "?")"])
+        } else {
+            logger.info("API stopped", metadata: ["socket.path": "\(socketPath ?? "?")"])
+        }
     }
 
     /// Waits (bounded by `startupWait`, cut short by shutdown) until `ready()`; returns whether
