@@ -122,7 +122,7 @@ struct UnixHTTPClient: Sendable {
             }
         }
         defer { timer?.cancel() }
-        /// Whether the timer closed the connection (a cancelled one fails its future).
+        // Whether the timer closed the connection (a cancelled one fails its future).
         func timedOut() async -> Bool {
             guard let timer else { return false }
             timer.cancel()
@@ -165,7 +165,8 @@ struct UnixHTTPClient: Sendable {
         } catch {
             throw await timedOut() ? timeoutError : failure(error)
         }
-        if await timedOut() { throw timeoutError }
+        // A whole answer counts even when the timer fired just after it.
+        if !complete, await timedOut() { throw timeoutError }
         guard let status else {
             throw ClientError(description: "masqd at \(socketPath) closed the connection without answering \(route.path)")
         }
@@ -192,7 +193,8 @@ struct UnixHTTPClient: Sendable {
         switch error {
         case HTTPParserError.invalidEOFState:
             return cutShort
-        case is HTTPParserError:
+        // NIOHTTPDecoderError: it answered before it was asked.
+        case is HTTPParserError, is NIOHTTPDecoderError:
             return ClientError(description: "masqd at \(socketPath): not an HTTP answer (is this masqd's socket?)")
         case let error as IOError:
             return ClientError(description: "masqd at \(socketPath): connection lost (\(String(cString: strerror(error.errnoCode))))")

@@ -97,6 +97,7 @@ struct ClientTests {
         }
         // A head, then half a body: a plain answer must come whole within the time.
         let stalled = try FakeSocket { connection in
+            FakeSocket.readRequest(connection)
             FakeSocket.send(connection, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"state\"")
             FakeSocket.drain(connection)
         }
