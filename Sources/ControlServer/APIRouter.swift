@@ -1,4 +1,5 @@
 import API
+import Daemon
 import Datapath
 import Foundation
 import NIOCore
@@ -159,6 +160,9 @@ struct APIRouter: Sendable {
             return try .json(await handlers.explain(ExplainQuery(query: query)))
         case .events:
             let query = try EventsQuery(query: QueryParameters(request.query, allowed: EventsQuery.parameterNames))
+            guard handlers.events.subscribers < EventHub.maxSubscribers else {
+                throw APIError.unavailable("too many event subscribers (\(EventHub.maxSubscribers)); try again when one has gone")
+            }
             let handlers = self.handlers
             return .stream(contentType: MediaType.ndjson) { writer in
                 try await handlers.eventStream(query, to: writer)

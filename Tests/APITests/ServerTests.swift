@@ -121,6 +121,19 @@ struct ServerTests {
         }
     }
 
+    @Test("beyond the event subscribers' limit GET /v1/events is 503, before any stream begins")
+    func eventSubscriberLimit() async throws {
+        try await LiveAPI.with { api in
+            let handlers = APIHandlers(datapath: api.datapath, status: api.status, config: api.config, lifetimes: .default)
+            let router = APIRouter(handlers: handlers)
+            let held = (0..<EventHub.maxSubscribers).map { _ in handlers.events.subscribe { _ in true } }
+            let refused = await router.respond(to: APIRequest(method: "GET", uri: "/v1/events", accept: nil, peer: .unknown))
+            guard case .body(let status, _, let body, _) = refused else { Issue.record("a stream began"); return }
+            #expect(status == 503 && String(buffer: body).contains("too many event subscribers"))
+            _ = held
+        }
+    }
+
     @Test("errors are JSON messages with 400, 404 and 405 (with Allow)")
     func errors() async throws {
         try await LiveAPI.with { api in

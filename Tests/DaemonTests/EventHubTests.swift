@@ -120,6 +120,16 @@ struct EventHubTests {
         #expect(hub.lost == burst.count - kept)
     }
 
+    @Test("one read of a full datapath ring (about 3000 events) fits the buffer of a subscriber that kept up")
+    func fullRingFits() async {
+        let hub = EventHub()
+        let subscription = hub.subscribe { _ in true }
+        let burst = (1...3000).map { event(sport: UInt16($0)) }
+        hub.datapathRead { burst }
+        #expect(await take(from: subscription) == burst.map { .event($0) })
+        #expect(hub.lost == 0)
+    }
+
     @Test("the datapath is asked to report while anyone listens, and no longer once the last subscriber is gone")
     func activityFollowsSubscribers() async {
         let hub = EventHub()

@@ -54,12 +54,12 @@ struct ConntrackGCTests {
     @Test("a pass that expires more flows than a subscriber's buffer holds tells a reading subscriber of every one")
     func expiryBurstReachesSubscriber() async throws {
         let dp = try TestDatapath.standard()
-        let flows = 2000 // about two buffers, in a table of 4096 entries
+        let flows = 2000 // about four buffers of 512, in a table of 4096 entries
         for port in 0..<flows {
             _ = try dp.run(.egress, ipv4Frame(src: Net.pod1, dst: Net.server, .udp(sport: UInt16(20000 + port), dport: 53)))
         }
         let hub = EventHub()
-        let subscription = hub.subscribe { _ in true }
+        let subscription = hub.subscribe(capacity: 512) { _ in true }
         let reader = Task {
             var expired = 0, lost = 0
             for await batch in subscription.batches {

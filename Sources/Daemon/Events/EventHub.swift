@@ -22,8 +22,14 @@ public final class EventHub: Sendable {
         case heartbeat
     }
 
-    /// Events one subscriber may have waiting, by default.
-    public static let defaultCapacity = 1024
+    /// Events one subscriber may have waiting, by default: more than the datapath's ring holds
+    /// (MASQ_EVENTS_RING_BYTES, about 3000 events), so one read of a full ring never overflows
+    /// the buffer of a subscriber that kept up.
+    public static let defaultCapacity = 4096
+
+    /// Subscribers at once (`GET /v1/events` answers 503 beyond): with `defaultCapacity`, about
+    /// 30 MB of buffers if every one of them stopped reading.
+    public static let maxSubscribers = 64
 
     private struct Subscriber {
         let filter: @Sendable (NATEvent) -> Bool
@@ -124,7 +130,7 @@ public final class EventHub: Sendable {
     }
 
     /// A burst of events that need no hold (a GC pass's, which may expire tens of thousands of
-    /// flows at once), handed out in chunks of half a buffer, each once every subscriber has room
+    /// flows at once), handed out in chunks of half the smallest buffer, each once every subscriber has room
     /// for it: a subscriber that keeps reading loses none of a burst larger than its buffer. Blocks
     /// the calling thread while it waits (the GC runs on the blocking pool). A subscriber that
     /// takes nothing for `pacing.patience` is no longer waited for, nor is anyone once the
@@ -132,7 +138,7 @@ public final class EventHub: Sendable {
     /// subscriber does, and the GC goes on.
     public func publishPaced(_ events: [NATEvent], pacing: inout Pacing) {
         guard hasSubscribers, !events.isEmpty else { return }
-        let chunk = Self.defaultCapacity / 2
+        let chunk = max(1, state.withLock { s in s.subscribers.values.map(\.mailbox.capacity).min() ?? Self.defaultCapacity } / 2)
         var start = events.startIndex
         while start < events.endIndex {
             let end = min(start + chunk, events.endIndex)
