@@ -65,6 +65,7 @@ extension MasqClient.Conntrack {
                             output.flush() // the lines before the gap first
                             printError("masq-client: \(event.count ?? 0) events lost (this client read too slowly)")
                         }
+                        if event.type == .heartbeat { output.endIfReaderGone() }
                         if event.type != .lost && event.type != .heartbeat { count += 1 }
                         if let limit, count >= limit { throw LimitReached() }
                     } chunkEnd: {

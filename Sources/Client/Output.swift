@@ -45,13 +45,25 @@ struct StreamOutput {
         do {
             try FileHandle.standardOutput.write(contentsOf: pending)
         } catch {
-            // The reader went away (`| head`): end quietly, as a program SIGPIPE kills does
-            // (the client ignores SIGPIPE for its socket, so the write fails instead).
-            signal(SIGPIPE, SIG_DFL)
-            raise(SIGPIPE)
-            exit(141)
+            Self.readerGone()
         }
         pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Ends the client if stdout is a pipe whose reader went away, without writing: a stream
+    /// that prints nothing for a while (`conntrack events | head -1` with no new events) would
+    /// otherwise notice only at its next line.
+    func endIfReaderGone() {
+        var out = pollfd(fd: STDOUT_FILENO, events: Int16(POLLOUT), revents: 0)
+        if poll(&out, 1, 0) == 1, out.revents & Int16(POLLERR) != 0 { Self.readerGone() }
+    }
+
+    /// The reader went away (`| head`): end quietly, as a program SIGPIPE kills does (the
+    /// client ignores SIGPIPE for its socket, so the write fails instead).
+    private static func readerGone() -> Never {
+        signal(SIGPIPE, SIG_DFL)
+        raise(SIGPIPE)
+        exit(141)
     }
 }
 

@@ -90,6 +90,14 @@ enum BPFFS {
             self.fd = fd
         }
 
+        /// Whether the locked directory is still the one at `root` (not removed, or removed
+        /// and made again, which leaves the lock on a directory nobody can reach).
+        func holds(_ root: String) -> Bool {
+            var locked = stat(), current = stat()
+            return fstat(fd, &locked) == 0 && stat(root, &current) == 0
+                && locked.st_ino == current.st_ino && locked.st_dev == current.st_dev
+        }
+
         deinit {
             close(fd)
         }

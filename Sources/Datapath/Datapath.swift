@@ -35,7 +35,7 @@ public actor Datapath {
     /// Whether the datapath reports to masq_events (`setEventsEnabled`).
     var eventsEnabled = false
     /// The bpffs root held for this process (`exclusive`).
-    private let rootLock: BPFFS.Lock?
+    private var rootLock: BPFFS.Lock?
 
     /// Loads the datapath (the embedded object unless `objectBytes` is given), reusing the maps
     /// pinned under `root` by an earlier run so that established flows keep their state (a NAT
@@ -109,6 +109,7 @@ public actor Datapath {
     @discardableResult
     public func apply(_ state: DesiredState) throws -> ApplyReport {
         var report = ApplyReport()
+        try reclaimRoot()
         try object.repinMissing()
         var exclusionsChanged = try writeConfig(state)
 
@@ -174,6 +175,25 @@ public actor Datapath {
             report.detached.append(ifindex)
         }
         return report
+    }
+
+    /// The daemon's hold on its bpffs root again, after something removed the root: the
+    /// directory, the lock that keeps a second masqd and `uninstall` away, and the network
+    /// namespace mark.
+    private func reclaimRoot() throws {
+        guard let lock = rootLock, !rootDrift().isEmpty else { return }
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        if !lock.holds(root) { rootLock = try BPFFS.lock(root: root) }
+        try BPFFS.markNetns(root: root)
+    }
+
+    /// What of the daemon's hold on its root is gone (`reclaimRoot` brings it back).
+    func rootDrift() -> [String] {
+        guard let lock = rootLock else { return [] }
+        var drift: [String] = []
+        if !lock.holds(root) { drift.append("bpffs-root \(root) was removed: its lock (one masqd a root) is gone") }
+        if BPFFS.markedNetns(root: root) != BPFFS.currentNetns() { drift.append("the network namespace mark under \(root) is gone") }
+        return drift
     }
 
     /// Writes masq_config for `state` under the current generation. Returns whether it differs

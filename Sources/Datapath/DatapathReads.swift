@@ -143,6 +143,7 @@ extension Datapath {
             }
         }
         drift += object.missingPins().map { "pin \($0) is gone" }
+        drift += rootDrift()
         return drift
     }
 

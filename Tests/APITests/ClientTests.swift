@@ -191,6 +191,21 @@ struct ClientTests {
         }
     }
 
+    @Test("conntrack events | head -1 ends by the next heartbeat once head has gone, with no event after")
+    func eventsReaderGone() async throws {
+        let client = try builtBinary("masq-client")
+        try await LiveAPI.with { api in
+            try await api.fillFlows(1)
+            async let piped = run(["/bin/bash", "-c", "set -o pipefail; '\(client)' conntrack events | head -1"],
+                                  environment: ["MASQ_SOCKET": api.socketPath], timeout: .seconds(40))
+            try await Task.sleep(for: .seconds(2))
+            _ = try await api.delete("/v1/conntrack")
+            let result = try await piped
+            // 141: the client ended as SIGPIPE ends a program (a heartbeat comes every 10 s).
+            #expect(result.status == 141 && result.stdout.contains("[DESTROY]"), "\(result)")
+        }
+    }
+
     @Test("every command's help is prose: no line of it ends with a stray backslash")
     func helpTexts() async throws {
         let client = try builtBinary("masq-client")

@@ -177,11 +177,13 @@ struct MasqueradeTests {
             switch mode {
             case .tc:
                 try await sandbox.sh(["tc", "-n", sandbox.node, "qdisc", "del", "dev", Sandbox.device, "clsact"])
+                // The whole root, its lock and network namespace mark with it.
+                try FileManager.default.removeItem(atPath: sandbox.bpffsRoot)
             case .tcx:
                 // Unpinning a tcx link nobody else holds destroys it, which detaches the program.
                 try FileManager.default.removeItem(atPath: sandbox.bpffsRoot + "/links")
+                try FileManager.default.removeItem(atPath: sandbox.bpffsRoot + "/masq_nat_v4")
             }
-            try FileManager.default.removeItem(atPath: sandbox.bpffsRoot + "/masq_nat_v4")
             #expect(try await sandbox.attachments().isEmpty)
 
             // The resync runs every 10 s: back within two.
@@ -196,6 +198,10 @@ struct MasqueradeTests {
             let after = try await sandbox.probe(pod, ["udp", "--dst", dst])
             #expect(observedIP(after) == Sandbox.nodeIP, "\(after)\n\(sandbox.masqdLog)")
             #expect(sandbox.masqdLog.contains("changed behind masqd's back"), "\(sandbox.masqdLog)")
+            // The root is masqd's again: uninstall still refuses while it runs.
+            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
+                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]), timeout: .seconds(60))
+            #expect(uninstall.status == 1 && uninstall.stderr.contains("a masqd is running"), "\(uninstall)")
         }
     }
 
