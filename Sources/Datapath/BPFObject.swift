@@ -157,7 +157,8 @@ public final class BPFObject {
         let pinned = bpf_obj_get(path)
         guard pinned >= 0 else { return false }
         defer { close(pinned) }
-        return mapID(pinned) != nil && mapID(pinned) == mapID(fd)
+        guard let id = mapID(pinned) else { return false }
+        return id == mapID(fd)
     }
 
     /// Each map marked for pinning: its pin path and fd.

@@ -17,7 +17,7 @@ extension MasqdCommand {
         @Option(name: .customLong("bpffs-root"), help: "Where masq pinned its state (default /sys/fs/bpf/masq).")
         var bpffsRoot: String?
 
-        @Flag(help: "Remove the pinned state even when masq's tc filters are not found on the devices it names in this network namespace.")
+        @Flag(help: "Remove the pinned state even from another network namespace than the one masqd attached in (tc filters there stay).")
         var force = false
 
         public init() {}

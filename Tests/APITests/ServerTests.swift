@@ -147,27 +147,36 @@ struct ServerTests {
         }
     }
 
+    /// The TCP flows' original sources ("src:sport"), read page by page with `limit`, at most
+    /// `maxPages` pages, and the pages read; `afterPage` runs after each with the pages so far.
+    private func tcpFlowsPaged(_ api: LiveAPI, limit: Int, maxPages: Int,
+                               afterPage: (Int) async throws -> Void = { _ in }) async throws -> (Set<String>, pages: Int) {
+        var seen = Set<String>()
+        var cursor: String? = nil
+        var pages = 0
+        repeat {
+            let uri = "/v1/conntrack?proto=tcp&limit=\(limit)" + (cursor.map { "&cursor=\($0)" } ?? "")
+            let page = try api.decode(ConntrackPage.self, try await call(api, uri))
+            for e in page.entries { seen.insert("\(e.original.src):\(e.original.sport)") }
+            cursor = page.nextCursor
+            pages += 1
+            try await afterPage(pages)
+        } while cursor != nil && pages < maxPages
+        return (seen, pages)
+    }
+
     @Test("paging sees every flow that lives through it, while other flows are deleted between pages")
     func pagingWhileDeleting() async throws {
         try await LiveAPI.with { api in
             try await api.fillFlows(2_500)
             try await api.fillFlows(2_000, dport: 53, proto: 17)
-            var seen = Set<String>()
-            var cursor: String? = nil
-            var pages = 0
-            repeat {
-                let uri = "/v1/conntrack?proto=tcp&limit=100" + (cursor.map { "&cursor=\($0)" } ?? "")
-                let page = try api.decode(ConntrackPage.self, try await call(api, uri))
-                for e in page.entries { seen.insert("\(e.original.src):\(e.original.sport)") }
-                cursor = page.nextCursor
+            let (seen, _) = try await tcpFlowsPaged(api, limit: 100, maxPages: 200) { pages in
                 // 250 UDP flows gone before the next page.
-                if pages < 8 {
-                    let deleted = try await TestHTTP.request(socketPath: api.socketPath, method: .DELETE,
-                                                             uri: "/v1/conntrack?proto=udp&sport=\(10_000 + pages)")
+                if pages <= 8 {
+                    let deleted = try await api.delete("/v1/conntrack?proto=udp&sport=\(10_000 + pages - 1)")
                     #expect(deleted.status == 200, "\(deleted.text)")
                 }
-                pages += 1
-            } while cursor != nil && pages < 200
+            }
             #expect(seen.count == 2_500)
         }
     }
@@ -179,16 +188,7 @@ struct ServerTests {
             try await api.fillFlows(10, dport: 53, proto: 17)
 
             // Paging: every flow exactly once across pages.
-            var seen = Set<String>()
-            var cursor: String? = nil
-            var pages = 0
-            repeat {
-                let uri = "/v1/conntrack?proto=tcp&limit=700" + (cursor.map { "&cursor=\($0)" } ?? "")
-                let page = try api.decode(ConntrackPage.self, try await call(api, uri))
-                for e in page.entries { seen.insert("\(e.original.src):\(e.original.sport)") }
-                cursor = page.nextCursor
-                pages += 1
-            } while cursor != nil && pages < 20
+            let (seen, pages) = try await tcpFlowsPaged(api, limit: 700, maxPages: 20)
             #expect(seen.count == 2_500)
             #expect(pages >= 4)
 

@@ -107,13 +107,15 @@ struct DeviceE2ETests {
             let appeared = ContinuousClock.now
             try await sandbox.addUplink(up: false)
             // Attached while down: it is already translating when the link comes up.
-            try await sandbox.waitUntil("\(Self.uplink) has masq's programs", timeout: .seconds(5)) {
+            // Generous bounds: alone it takes about 0.3 s, but a full run shares the two CPUs with
+            // the BPF tests' process (5.4 s seen).
+            try await sandbox.waitUntil("\(Self.uplink) has masq's programs", timeout: .seconds(15)) {
                 let attached = try sandbox.attachmentsSync(of: Self.uplink)
                 return attached.tcxIngress.count == 1 && attached.tcxEgress.count == 1
             }
             let attachTime = ContinuousClock.now - appeared
             print("masq: second uplink created (down) to programs attached: \(attachTime)")
-            #expect(attachTime < .seconds(4), "\(Self.uplink) got its programs \(attachTime) after it appeared")
+            #expect(attachTime < .seconds(10), "\(Self.uplink) got its programs \(attachTime) after it appeared")
             try await sandbox.startServer(name: "server-uplink", bind: Self.uplinkPeerIP)
             try await sandbox.sh(["ip", "-n", sandbox.node, "link", "set", Self.uplink, "up"])
 

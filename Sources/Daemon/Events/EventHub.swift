@@ -5,7 +5,8 @@ import Synchronization
 /// Fans flow events out to any number of subscribers (`GET /v1/events`), each with a bounded
 /// buffer of its own: a subscriber that reads slower than events come loses the ones its buffer
 /// has no room for, counted and told in its stream at the place they went missing, and masqd's
-/// memory stays bounded whatever the subscribers do. Publishing never waits for a subscriber.
+/// memory stays bounded whatever the subscribers do. Only a GC pass waits for subscribers, and
+/// only for a while (`publishPaced`); the datapath's events and masqd's deletions never do.
 ///
 /// Two sources, one order: the datapath's events come through a ring that its reader reads
 /// every 100 ms (`datapathRead`); masqd's deletions (`publish`) are held until the reader's
@@ -92,9 +93,10 @@ public final class EventHub: Sendable {
         if last { activitySink.yield(false) }
     }
 
-    /// masqd's deletions (the API's): handed to every subscriber whose filter takes them, in order, after whatever the datapath wrote to its ring before now, that is after
-    /// the reader's next read; at once without a reader. Each subscriber is woken once for the
-    /// lot, after the hub's lock is released.
+    /// masqd's deletions (the API's): handed to every subscriber whose filter takes them, in
+    /// order, after whatever the datapath wrote to its ring before now, that is after the
+    /// reader's next read; at once without a reader. Each subscriber is woken once for the lot,
+    /// after the hub's lock is released.
     public func publish(_ events: [NATEvent]) {
         guard hasSubscribers, !events.isEmpty else { return }
         let woken = state.withLock { s -> [(Mailbox, lost: Int)] in
@@ -130,8 +132,9 @@ public final class EventHub: Sendable {
     }
 
     /// A burst of events that need no hold (a GC pass's, which may expire tens of thousands of
-    /// flows at once), handed out in chunks of half the smallest buffer, each once every subscriber has room
-    /// for it: a subscriber that keeps reading loses none of a burst larger than its buffer. Blocks
+    /// flows at once), handed out in chunks of half the smallest buffer, each once every
+    /// subscriber has room for it: a subscriber that keeps reading loses none of a burst larger
+    /// than its buffer. Blocks
     /// the calling thread while it waits (the GC runs on the blocking pool). A subscriber that
     /// takes nothing for `pacing.patience` is no longer waited for, nor is anyone once the
     /// waiting reached `pacing.budget`: those lose what their buffers cannot hold, as a slow
