@@ -7,7 +7,7 @@ import ServiceLifecycle
 /// Tells systemd (Type=notify) how masqd is doing: READY=1 once the datapath is attached and the
 /// API serves, STATUS= lines when the summary changes, WATCHDOG=1 at half the WATCHDOG_USEC
 /// interval, RELOADING=1 (with the reload's MONOTONIC_USEC) when a SIGHUP reload begins and
-/// READY=1 once it is done, STOPPING=1 when graceful shutdown begins. Without NOTIFY_SOCKET it
+/// READY=1 once what it changed is applied, STOPPING=1 when graceful shutdown begins. Without NOTIFY_SOCKET it
 /// only waits.
 ///
 /// Listed last among the services, so that on shutdown it stops first and STOPPING=1 goes out
@@ -71,8 +71,7 @@ struct SystemdNotifier: Service, CustomStringConvertible {
                 // Its own datagram, ahead of the READY=1 that ends it.
                 notify(["RELOADING=1", "MONOTONIC_USEC=\(snapshot.daemonReloadBegunUSec)"])
             }
-            let reloadsDone = snapshot.configReloads.daemon.ok + snapshot.configReloads.daemon.error
-            if reloading && reloadsDone >= reloadsTold {
+            if reloading && snapshot.daemonReloadsSettled >= reloadsTold {
                 reloading = false
                 message.append("READY=1")
             }

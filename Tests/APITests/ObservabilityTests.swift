@@ -91,17 +91,24 @@ struct FigureUnitTests {
         #expect(reloader.reloadOnce(running: running) == running)
         #expect(status.snapshot.configReloads.daemon.error == 1 && status.snapshot.configReloads.daemon.ok == 0)
         #expect(status.snapshot.configReloads.daemon.lastError?.contains("is not a CIDR") == true)
+        // A rejected reload is over at once (systemd's READY=1 may follow).
+        #expect(status.snapshot.daemonReloadsSettled == 1)
         #expect(reloader.reloadOnce(running: running) == reloaded)
         let counts = status.snapshot.configReloads.daemon
         #expect(counts.ok == 1 && counts.error == 1 && counts.lastError == nil && counts.lastAt != nil)
         #expect(status.snapshot.configReloads.ipMasqAgent == .init())
+        // One that changes the config is over only once the reconciler has applied it.
+        #expect(status.snapshot.daemonReloadsSettled == 1)
+        // One that changes nothing is over at once.
+        #expect(reloader.reloadOnce(running: reloaded) == reloaded)
+        #expect(status.snapshot.daemonReloadsSettled == 3)
         sink.finish()
-        var yielded = 0
-        for await case .config(let config) in changes {
+        var yielded: [Int] = []
+        for await case .config(let config, let reload) in changes {
             #expect(config == reloaded)
-            yielded += 1
+            yielded.append(reload)
         }
-        #expect(yielded == 1)
+        #expect(yielded == [2])
     }
 }
 

@@ -59,6 +59,17 @@ struct ReconcilerResyncTests {
         // With the maps back in step, resyncs read them and apply nothing.
         try await Task.sleep(for: .seconds(1))
         #expect(status.snapshot.applyCount == applies + 1)
+
+        // A SIGHUP reload is settled (systemd's READY=1) only once its config is applied.
+        var reloaded = config
+        reloaded.clusterNodeIPs = [try #require(IPAddress("192.0.2.12"))]
+        sink.yield(.config(reloaded, reload: 4))
+        while status.snapshot.daemonReloadsSettled < 4 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(status.snapshot.applyCount == applies + 2)
+        #expect(status.snapshot.applied?.nodeIPsV4.count == 1)
+        #expect(try nodes.lookup(try #require(IPv4Address("192.0.2.12")).networkOrder, as: UInt8.self) != nil)
         running.cancel()
         _ = await running.result
     }

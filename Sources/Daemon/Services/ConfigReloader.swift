@@ -53,16 +53,20 @@ struct ConfigReloader: Service, CustomStringConvertible {
     func reloadOnce(running: DaemonConfig) -> DaemonConfig {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
-        status.update {
+        let number = status.update {
             $0.daemonReloadsBegun += 1
             $0.daemonReloadBegunUSec = UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+            return $0.daemonReloadsBegun
         }
         let new: DaemonConfig
         do {
             new = try reload()
         } catch {
             logger.error("Config reload rejected; the running config stays", metadata: ["error": "\(error)"])
-            status.update { $0.configReloads.record(.daemon, error: "\(error)") }
+            status.update {
+                $0.configReloads.record(.daemon, error: "\(error)")
+                $0.daemonReloadsSettled = number
+            }
             return running
         }
         status.update { $0.configReloads.record(.daemon, error: nil) }
@@ -72,7 +76,10 @@ struct ConfigReloader: Service, CustomStringConvertible {
                            metadata: ["config.keys": "\(pending.map(\.rawValue).joined(separator: ","))"])
         }
         if merged != running {
-            changes.yield(.config(merged))
+            // Settled by the reconciler once applied.
+            changes.yield(.config(merged, reload: number))
+        } else {
+            status.update { $0.daemonReloadsSettled = number }
         }
         logger.info("Config reloaded")
         return merged

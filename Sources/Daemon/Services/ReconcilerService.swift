@@ -62,9 +62,12 @@ struct ReconcilerService: Service, CustomStringConvertible {
             switch event {
             case .change(let change):
                 inputs.apply(change)
-                if case .config(let config) = change { status.update { $0.config = config } }
+                if case .config(let config, _) = change { status.update { $0.config = config } }
                 desired = DesiredState(inputs, previous: applied)
-                guard desired != applied else { continue }
+                guard desired != applied else {
+                    settle(change)
+                    continue
+                }
             case .resync:
                 desired = DesiredState(inputs, previous: applied)
                 if failures == 0 && desired == applied {
@@ -94,6 +97,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
                     if $0.failingSince == nil { $0.failingSince = .now }
                 }
             }
+            if case .change(let change) = event { settle(change) }
             resync.cancel()
             resync = schedule(after: failures == 0 ? resyncInterval : Self.backoff(failures, cap: resyncInterval), sink)
         }
@@ -103,6 +107,13 @@ struct ReconcilerService: Service, CustomStringConvertible {
     private enum Event: Sendable {
         case change(ReconcileInputs.Change)
         case resync
+    }
+
+    /// A SIGHUP reload is done (systemd's READY=1 may follow) once what it changed was applied,
+    /// or failed to apply and is left to the retries.
+    private func settle(_ change: ReconcileInputs.Change) {
+        guard case .config(_, let reload) = change else { return }
+        status.update { $0.daemonReloadsSettled = max($0.daemonReloadsSettled, reload) }
     }
 
     /// The wait before retry `failures` (1 from the first failure): 1 s, doubling, at most `cap`.

@@ -35,9 +35,12 @@ public final class DaemonStatus: Sendable {
         /// Config loads by source (ip-masq-agent file, daemon config on SIGHUP) and outcome.
         public var configReloads = ConfigReloads()
         /// SIGHUP reloads begun, and when the last began (CLOCK_MONOTONIC, µs), for systemd's
-        /// RELOADING=1; a reload is done once `configReloads.daemon` counts it.
+        /// RELOADING=1.
         public var daemonReloadsBegun = 0
         public var daemonReloadBegunUSec: UInt64 = 0
+        /// The last SIGHUP reload whose outcome is in force (rejected, changing nothing, or
+        /// applied by the reconciler): systemd's READY=1 that ends RELOADING=1 waits for it.
+        public var daemonReloadsSettled = 0
     }
 
     /// The ip-masq-agent file as the watcher last saw it.
@@ -57,7 +60,8 @@ public final class DaemonStatus: Sendable {
 
     public var snapshot: Snapshot { state.withLock { $0 } }
 
-    public func update(_ body: (inout Snapshot) -> Void) {
+    @discardableResult
+    public func update<Result>(_ body: (inout Snapshot) -> Result) -> Result {
         state.withLock { body(&$0) }
     }
 }

@@ -28,14 +28,16 @@ public struct ReconcileInputs: Equatable, Sendable {
 
     /// One owner's new value for its part.
     public enum Change: Sendable {
-        case config(DaemonConfig)
+        /// `reload`: the SIGHUP reload it comes from (`DaemonStatus.Snapshot.daemonReloadsBegun`
+        /// then), settled once the reconciler has applied it.
+        case config(DaemonConfig, reload: Int)
         case network(NetworkSnapshot)
         case nonMasquerade(NonMasqueradeList)
     }
 
     public mutating func apply(_ change: Change) {
         switch change {
-        case .config(let c): config = c
+        case .config(let c, _): config = c
         case .network(let n): network = n
         case .nonMasquerade(let l): nonMasquerade = l
         }
