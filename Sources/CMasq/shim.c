@@ -81,6 +81,33 @@ int masq_tcx_attached(int ifindex, int ingress, __u32 prog_id)
 	return 0;
 }
 
+int masq_tcx_find_named(int ifindex, int ingress, const char *name, __u32 *prog_id)
+{
+	__u32 ids[64], count = 64, flags = 0;
+	__u32 i;
+
+	*prog_id = 0;
+	if (bpf_prog_query(ifindex, ingress ? MASQ_BPF_TCX_INGRESS : MASQ_BPF_TCX_EGRESS, 0, &flags,
+			   ids, &count))
+		return -errno;
+	for (i = 0; i < count; i++) {
+		struct bpf_prog_info info;
+		__u32 len = sizeof(info);
+		int fd = bpf_prog_get_fd_by_id(ids[i]);
+
+		if (fd < 0)
+			continue; /* detached since the query */
+		memset(&info, 0, sizeof(info));
+		if (!bpf_obj_get_info_by_fd(fd, &info, &len) && !strncmp(info.name, name, sizeof(info.name))) {
+			close(fd);
+			*prog_id = ids[i];
+			return 0;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
 static void masq_tc_hook_init(struct bpf_tc_hook *hook, int ifindex, int ingress)
 {
 	memset(hook, 0, sizeof(*hook));

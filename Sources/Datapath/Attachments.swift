@@ -10,6 +10,18 @@ enum HookDirection: String, CaseIterable, Sendable {
     var isIngress: Int32 { self == .ingress ? 1 : 0 }
 }
 
+/// A device where masq's program already runs from another bpffs-root: another masqd's, or one
+/// left by a masqd that ran with another root.
+public struct DeviceTaken: Error, CustomStringConvertible {
+    public var device: String
+    var direction: HookDirection
+    public var programID: UInt32
+
+    public var description: String {
+        "device \(device): masq's \(direction.rawValue) program (id \(programID)) already runs there, attached by a masqd with another bpffs-root; stop that masqd, or take its datapath away with `masqd uninstall --bpffs-root <its root>`"
+    }
+}
+
 /// Attaching masq's programs to devices and taking them off again, by tcx link or tc filter.
 ///
 /// tcx links are pinned under `<bpffs-root>/links/` so they outlive the daemon; a restarted
@@ -46,6 +58,12 @@ struct Attachments {
             // The device went away under the link (ENOLINK) or the pin is stale: start over.
             unlink(pin)
         }
+        // No link of this root's: one running masq's program is another masqd's (another
+        // bpffs-root), and both would translate the device's packets.
+        var other: UInt32 = 0
+        let err = masq_tcx_find_named(Int32(ifindex), direction.isIngress, "masq_\(direction.rawValue)", &other)
+        guard err == 0 else { throw BPFError("query tcx \(direction.rawValue)", "device \(device)", errno: -err) }
+        guard other == 0 else { throw DeviceTaken(device: device, direction: direction, programID: other) }
         try FileManager.default.createDirectory(atPath: linksDir, withIntermediateDirectories: true)
         let fd = masq_tcx_link_create(progFD, Int32(ifindex), direction.isIngress)
         guard fd >= 0 else { throw BPFError("attach tcx \(direction.rawValue)", "device \(device)", errno: -fd) }

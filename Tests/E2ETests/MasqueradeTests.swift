@@ -229,6 +229,26 @@ struct MasqueradeTests {
         }
     }
 
+    @Test("a second masqd with another bpffs-root refuses a device the first runs on (tcx), rather than translating beside it")
+    func secondRootRefusesTakenDevice() async throws {
+        try await Sandbox.with { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: .tcx)
+            let first = try await sandbox.attachments()
+            let second = try sandbox.spawn("second", sandbox.nsenter(sandbox.node, [try Sandbox.masqdBinary(), "run"]
+                + sandbox.masqdArgs(mode: .tcx, overrides: ["--bpffs-root": sandbox.bpffsMount + "/second",
+                                                            "--socket-path": sandbox.dir + "/second.sock"])))
+            #expect(await Command.waitForExit(second, timeout: .seconds(60)))
+            #expect(second.terminationStatus != 0)
+            #expect(sandbox.errors("second").contains("already runs there, attached by a masqd with another bpffs-root"),
+                    "\(sandbox.errors("second"))")
+            let after = try await sandbox.attachments()
+            #expect(after.tcxIngress == first.tcxIngress && after.tcxEgress == first.tcxEgress, "\(first) then \(after)")
+            let tcp = try await sandbox.probe(sandbox.pods[0], ["tcp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.tcpPort)"])
+            #expect(observedIP(tcp) == Sandbox.nodeIP, "\(tcp)\n\(sandbox.masqdLog)")
+        }
+    }
+
     @Test("in tc mode masqd shares the clsact qdisc: another tool's filter keeps running beside it and stays after uninstall")
     func coexistsWithOtherTCFilters() async throws {
         try await Sandbox.with { sandbox in

@@ -61,6 +61,10 @@ int masq_prog_id(int prog_fd, __u32 *id);
  * Returns 1 or 0, or a negative errno. */
 int masq_tcx_attached(int ifindex, int ingress, __u32 prog_id);
 
+/* tcx: the id of a program named `name` attached at ifindex's ingress or egress (0: none).
+ * Returns 0 or a negative errno. */
+int masq_tcx_find_named(int ifindex, int ingress, const char *name, __u32 *prog_id);
+
 /* tc clsact: creates the hook if absent (*created says whether this call made it) and
  * attaches (or replaces) the filter at handle/priority. Returns 0 or a negative errno. */
 int masq_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority,
