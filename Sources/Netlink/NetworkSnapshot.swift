@@ -13,14 +13,19 @@ public struct NetworkSnapshot: Equatable, Sendable {
         public var isLoopback: Bool
         /// Ethernet, or an L3 device (tun, WireGuard, ipip) whose packets have no L2 header.
         public var linkLayer: LinkLayer
-        /// Usable IPv4 addresses, the primary address first (see `from(links:addresses:routes:)`).
+        /// Usable IPv4 addresses, the primary ones first (see `from(links:addresses:routes:)`).
         public var ipv4: [IPv4Address]
-        /// Usable global IPv6 addresses, in the kernel's order (link-local, tentative,
-        /// deprecated and temporary ones are never a SNAT address).
+        /// Usable global IPv6 addresses, global unicast (2000::/3) before the others, oldest
+        /// first (link-local, tentative, deprecated and temporary ones are never a SNAT address).
         public var ipv6: [IPv6Address]
+        /// The source the kernel gives traffic of a main-table default route through this link,
+        /// when the route says: its `src`, or (IPv4) the primary address in its gateway's subnet.
+        public var routeSourceV4: IPv4Address?
+        public var routeSourceV6: IPv6Address?
 
         public init(name: String, index: UInt32, isUp: Bool = true, isLoopback: Bool = false,
-                    linkLayer: LinkLayer = .ethernet, ipv4: [IPv4Address] = [], ipv6: [IPv6Address] = []) {
+                    linkLayer: LinkLayer = .ethernet, ipv4: [IPv4Address] = [], ipv6: [IPv6Address] = [],
+                    routeSourceV4: IPv4Address? = nil, routeSourceV6: IPv6Address? = nil) {
             self.name = name
             self.index = index
             self.isUp = isUp
@@ -28,6 +33,8 @@ public struct NetworkSnapshot: Equatable, Sendable {
             self.linkLayer = linkLayer
             self.ipv4 = ipv4
             self.ipv6 = ipv6
+            self.routeSourceV4 = routeSourceV4
+            self.routeSourceV6 = routeSourceV6
         }
     }
 
@@ -64,12 +71,16 @@ public struct NetworkSnapshot: Equatable, Sendable {
     /// The snapshot that rtnetlink link, address and route messages describe.
     ///
     /// Each link keeps only the addresses new flows may leave with (see
-    /// `AddressMessage.isUsableSNATAddress`), primary address first:
-    /// - IPv4: the addresses without IFA_F_SECONDARY, in the kernel's order, then the
-    ///   secondary ones. The first primary is the one the kernel itself picks as the source of
-    ///   the host's own connections through the device.
-    /// - IPv6: in the kernel's order, which puts the newest global address first; that is also
-    ///   the kernel's own source choice among otherwise equal candidates.
+    /// `AddressMessage.isUsableSNATAddress`), in the order a SNAT address is chosen from:
+    /// - IPv4: the addresses without IFA_F_SECONDARY, in the kernel's order (a new primary is
+    ///   added last), then the secondary ones.
+    /// - IPv6: global unicast (2000::/3) before the others (a ULA is a worse source toward the
+    ///   Internet), each oldest first: the kernel lists the newest first, and an address added
+    ///   later (a VIP, another prefix) must not take over from the node's own.
+    /// A main-table default route through the link gives its source too (`routeSourceV4`,
+    /// `routeSourceV6`) when it names one with `src`, or for IPv4 when one of the link's
+    /// primary addresses is in the gateway's subnet: what the kernel picks for the node's own
+    /// default-routed traffic (`inet_select_addr` with the gateway).
     static func from(links: [LinkMessage], addresses: [AddressMessage], routes: [RouteMessage]) -> NetworkSnapshot {
         var byIndex: [UInt32: Link] = [:]
         for message in links {
@@ -80,7 +91,9 @@ public struct NetworkSnapshot: Equatable, Sendable {
                 linkLayer: message.linkLayer)
         }
         let usable = addresses.filter { $0.isUsableSNATAddress }
-        for message in usable.filter({ !$0.isSecondary }) + usable.filter({ $0.isSecondary }) {
+        let usableV6 = usable.filter { !$0.isIPv4 }.reversed()
+        for message in usable.filter({ $0.isIPv4 && !$0.isSecondary }) + usable.filter({ $0.isIPv4 && $0.isSecondary })
+            + usableV6.filter(\.isGlobalUnicast) + usableV6.filter({ !$0.isGlobalUnicast }) {
             switch message.address {
             case .v4(let a): byIndex[message.index]?.ipv4.append(a)
             case .v6(let a): byIndex[message.index]?.ipv6.append(a)
@@ -89,7 +102,19 @@ public struct NetworkSnapshot: Equatable, Sendable {
         var defaultRouteDevices = Set<String>()
         for route in routes where route.isMainDefault {
             for index in route.outputInterfaces {
-                if let link = byIndex[index], !link.isLoopback { defaultRouteDevices.insert(link.name) }
+                guard var link = byIndex[index], !link.isLoopback else { continue }
+                defaultRouteDevices.insert(link.name)
+                switch route.preferredSource {
+                case .v4(let a) where link.ipv4.contains(a): link.routeSourceV4 = a
+                case .v6(let a) where link.ipv6.contains(a): link.routeSourceV6 = a
+                default:
+                    // IPv6 gateways are link-local: only IPv4 picks by the gateway's subnet.
+                    guard case .v4(let gateway)? = route.gateways[index] else { break }
+                    let primary = usable.first { $0.index == index && !$0.isSecondary && $0.isIPv4
+                        && IPPrefix(unchecked: $0.address, length: Int($0.prefixLength)).contains(.v4(gateway)) }
+                    if case .v4(let a)? = primary?.address { link.routeSourceV4 = a }
+                }
+                byIndex[index] = link
             }
         }
         return NetworkSnapshot(

@@ -70,6 +70,8 @@ enum RTNL {
     static let routeSource = UInt16(RTA_SRC.rawValue)
     static let routeInputInterface = UInt16(RTA_IIF.rawValue)
     static let routeOutputInterface = UInt16(RTA_OIF.rawValue)
+    static let routeGateway = UInt16(RTA_GATEWAY.rawValue)
+    static let routePreferredSource = UInt16(RTA_PREFSRC.rawValue)
     /// An array of struct rtnexthop.
     static let routeMultipath = UInt16(RTA_MULTIPATH.rawValue)
     /// A u32, for table ids past 255.
@@ -243,20 +245,23 @@ struct AddressMessage: Equatable, Sendable {
         let attributes = try NetlinkAttributes(p.dropFirst(RTNL.ifaddrmsgSize))
         flags = attributes.u32(RTNL.addressFlags) ?? UInt32(p[p.startIndex + 2])
         // On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours when present.
-        guard let raw = attributes[RTNL.addressLocal] ?? attributes[RTNL.addressAddress] else { return nil }
-        switch family {
-        case AF_INET where raw.count == 4:
-            address = .v4(IPv4Address(raw[raw.startIndex], raw[raw.startIndex + 1], raw[raw.startIndex + 2], raw[raw.startIndex + 3]))
-        case AF_INET6 where raw.count == 16:
-            address = .v6(IPv6Address(bytes: Array(raw)))
-        case AF_INET, AF_INET6:
+        guard let raw = attributes[RTNL.addressLocal] ?? attributes[RTNL.addressAddress],
+              family == AF_INET || family == AF_INET6 else { return nil }
+        guard let parsed = IPAddress(family: family, raw: raw) else {
             throw .malformed("address of \(raw.count) bytes for family \(family)")
-        default:
-            return nil
         }
+        address = parsed
     }
 
     var isSecondary: Bool { flags & RTNL.flagSecondary != 0 }
+
+    var isIPv4: Bool { address.bitWidth == 32 }
+
+    /// IPv6 global unicast (2000::/3), as opposed to a ULA (fc00::/7) or other global-scope space.
+    var isGlobalUnicast: Bool {
+        guard case .v6(let a) = address else { return false }
+        return a.bytes[0] & 0xe0 == 0x20
+    }
 
     /// Whether new flows may leave with this address: global scope (not host or link), not
     /// deprecated, and for IPv6 neither tentative, failed duplicate detection nor temporary
@@ -274,32 +279,43 @@ struct AddressMessage: Equatable, Sendable {
     }
 }
 
-/// RTM_NEWROUTE / RTM_DELROUTE: the fields that tell whether a route is a default route and
-/// through which devices it leaves.
+/// RTM_NEWROUTE / RTM_DELROUTE: the fields that tell whether a route is a default route,
+/// through which devices it leaves, and the source the kernel gives its traffic.
 struct RouteMessage: Equatable, Sendable {
     var destinationLength: UInt8
     var table: UInt32
     var type: UInt8
     /// RTA_OIF, or every nexthop's device of a multipath route.
     var outputInterfaces: [UInt32]
+    /// RTA_GATEWAY by device: the route's, or each nexthop's of a multipath route.
+    var gateways: [UInt32: IPAddress]
+    /// RTA_PREFSRC (`ip route ... src ADDRESS`).
+    var preferredSource: IPAddress?
 
-    init(destinationLength: UInt8, table: UInt32 = RTNL.tableMain, type: UInt8 = RTNL.typeUnicast, outputInterfaces: [UInt32]) {
+    init(destinationLength: UInt8, table: UInt32 = RTNL.tableMain, type: UInt8 = RTNL.typeUnicast, outputInterfaces: [UInt32],
+         gateways: [UInt32: IPAddress] = [:], preferredSource: IPAddress? = nil) {
         self.destinationLength = destinationLength
         self.table = table
         self.type = type
         self.outputInterfaces = outputInterfaces
+        self.gateways = gateways
+        self.preferredSource = preferredSource
     }
 
     init(_ message: NetlinkMessage) throws(NetlinkError) {
         let p = message.payload
         guard p.count >= RTNL.rtmsgSize else { throw .malformed("route message of \(p.count) bytes") }
+        let family = Int32(p[p.startIndex])
         destinationLength = p[p.startIndex + 1]
         type = p[p.startIndex + 7]
         let attributes = try NetlinkAttributes(p.dropFirst(RTNL.rtmsgSize))
         table = attributes.u32(RTNL.routeTable) ?? UInt32(p[p.startIndex + 4])
+        preferredSource = attributes[RTNL.routePreferredSource].flatMap { IPAddress(family: family, raw: $0) }
         outputInterfaces = []
+        gateways = [:]
         if let oif = attributes.u32(RTNL.routeOutputInterface) {
             outputInterfaces.append(oif)
+            gateways[oif] = attributes[RTNL.routeGateway].flatMap { IPAddress(family: family, raw: $0) }
         }
         if let hops = attributes[RTNL.routeMultipath] {
             // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; } then its attributes.
@@ -309,7 +325,10 @@ struct RouteMessage: Equatable, Sendable {
                 guard length >= RTNL.rtnexthopSize, length <= hops.endIndex - offset else {
                     throw .malformed("nexthop length \(length) with \(hops.endIndex - offset) bytes left")
                 }
-                outputInterfaces.append(hops.u32(at: offset + 4))
+                let oif = hops.u32(at: offset + 4)
+                outputInterfaces.append(oif)
+                let hop = try NetlinkAttributes(hops[(offset + RTNL.rtnexthopSize)..<(offset + length)])
+                gateways[oif] = hop[RTNL.routeGateway].flatMap { IPAddress(family: family, raw: $0) }
                 offset += align(length)
             }
         }
@@ -318,6 +337,20 @@ struct RouteMessage: Equatable, Sendable {
     /// A unicast default route of the main table (what `ip route` shows as `default`).
     var isMainDefault: Bool {
         destinationLength == 0 && table == RTNL.tableMain && type == RTNL.typeUnicast
+    }
+}
+
+extension IPAddress {
+    /// An address attribute's bytes; nil for another family or length.
+    init?(family: Int32, raw: ArraySlice<UInt8>) {
+        switch family {
+        case AF_INET where raw.count == 4:
+            self = .v4(IPv4Address(raw[raw.startIndex], raw[raw.startIndex + 1], raw[raw.startIndex + 2], raw[raw.startIndex + 3]))
+        case AF_INET6 where raw.count == 16:
+            self = .v6(IPv6Address(bytes: Array(raw)))
+        default:
+            return nil
+        }
     }
 }
 

@@ -165,7 +165,7 @@ struct DeviceTests {
         #expect(link(s, "ext0")?.ipv4.map(\.description) == ["100.0.0.2"])
     }
 
-    @Test("IPv6 keeps the kernel's order of global addresses, skipping link-local, tentative, failed, deprecated and temporary ones")
+    @Test("IPv6 takes the oldest global address (the kernel lists the newest first), skipping link-local, tentative, failed, deprecated and temporary ones")
     func ipv6Choice() {
         let s = snapshot([
             AddressMessage(index: 2, address: v6("fd00::30"), prefixLength: 64, flags: RTNL.flagTentative),
@@ -177,7 +177,79 @@ struct DeviceTests {
             AddressMessage(index: 2, address: v6("fe80::1"), prefixLength: 64, scope: RTNL.scopeLink),
             AddressMessage(index: 2, address: v6("fe80::2"), prefixLength: 64),
         ])
-        #expect(link(s, "ext0")?.ipv6.map(\.description) == ["fd00::2", "fd00::1"])
+        #expect(link(s, "ext0")?.ipv6.map(\.description) == ["fd00::1", "fd00::2"])
+    }
+
+    @Test("IPv6 global unicast (2000::/3) comes before a ULA, whatever their age")
+    func ipv6GlobalUnicastFirst() {
+        let s = snapshot([
+            AddressMessage(index: 2, address: v6("2001:db8::9"), prefixLength: 128),
+            AddressMessage(index: 2, address: v6("fd99::1"), prefixLength: 64),
+            AddressMessage(index: 2, address: v6("2001:db8::5"), prefixLength: 64),
+        ])
+        #expect(link(s, "ext0")?.ipv6.map(\.description) == ["2001:db8::5", "2001:db8::9", "fd99::1"])
+    }
+
+    @Test("the default route's source through a link: its src when it names one of the link's addresses, else (IPv4) the primary address in its gateway's subnet")
+    func routeSource() {
+        let addresses = [
+            AddressMessage(index: 2, address: v4("192.0.2.10"), prefixLength: 24),
+            AddressMessage(index: 2, address: v4("100.5.0.1"), prefixLength: 24),
+            AddressMessage(index: 2, address: v6("2001:db8::5"), prefixLength: 64),
+            AddressMessage(index: 2, address: v6("2001:db8::9"), prefixLength: 64),
+        ]
+        let byGateway = snapshot(addresses, routes: [
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v4("100.5.0.254")])])
+        #expect(link(byGateway, "ext0")?.routeSourceV4 == IPv4Address("100.5.0.1"))
+        #expect(link(byGateway, "ext0")?.routeSourceV6 == nil)
+
+        let bySrc = snapshot(addresses, routes: [
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v4("100.5.0.254")], preferredSource: v4("192.0.2.10")),
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v6("fe80::1")], preferredSource: v6("2001:db8::9"))])
+        #expect(link(bySrc, "ext0")?.routeSourceV4 == IPv4Address("192.0.2.10"))
+        #expect(link(bySrc, "ext0")?.routeSourceV6 == IPv6Address("2001:db8::9"))
+
+        // A gateway outside every subnet of the link's, a src the link does not have, another
+        // table's default route: none says.
+        let none = snapshot(addresses, routes: [
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v4("203.0.113.1")], preferredSource: v4("198.51.100.1")),
+            RouteMessage(destinationLength: 0, table: 100, outputInterfaces: [2], gateways: [2: v4("100.5.0.254")])])
+        #expect(link(none, "ext0")?.routeSourceV4 == nil && link(none, "ext0")?.routeSourceV6 == nil)
+    }
+
+    @Test("a device's SNAT address: the default route's source, else the one in force while the device keeps it, else the first usable one")
+    func snatAddressStays() throws {
+        let config = try config(["--devices", "ext0"])
+        let old = try #require(IPv6Address("2001:db8::5"))
+        let vip = try #require(IPv6Address("2001:db8::9"))
+        // A VIP added beside the address in force (listed first, as the oldest might not be).
+        var ext0 = NetworkSnapshot.Link(name: "ext0", index: 2, ipv4: [IPv4Address(100, 0, 0, 9), IPv4Address(100, 0, 0, 1)],
+                                        ipv6: [vip, old])
+        let inForce: [UInt32: DatapathView.Device] = [2: .init(snatV4: IPv4Address(100, 0, 0, 1), snatV6: old)]
+        var network = NetworkSnapshot(links: [ext0], defaultRouteDevices: [])
+        let kept = try #require(DesiredState.selectDevices(config: config, network: network, inForce: inForce).0.first)
+        #expect(kept.snatV4 == IPv4Address(100, 0, 0, 1) && kept.snatV6 == old)
+        // Without one in force, the first usable.
+        let fresh = try #require(DesiredState.selectDevices(config: config, network: network).0.first)
+        #expect(fresh.snatV4 == IPv4Address(100, 0, 0, 9) && fresh.snatV6 == vip)
+        // The address in force gone: the first usable.
+        ext0.ipv6 = [vip]
+        network.links = [ext0]
+        #expect(DesiredState.selectDevices(config: config, network: network, inForce: inForce).0.first?.snatV6 == vip)
+        // The default route's source wins over the one in force.
+        ext0.ipv6 = [vip, old]
+        ext0.routeSourceV4 = IPv4Address(100, 0, 0, 9)
+        network.links = [ext0]
+        #expect(DesiredState.selectDevices(config: config, network: network, inForce: inForce).0.first?.snatV4 == IPv4Address(100, 0, 0, 9))
+
+        // Through DesiredState: the previous state's addresses, or at start the pinned ones.
+        let inputs = ReconcileInputs(config: config, network: NetworkSnapshot(links: [NetworkSnapshot.Link(
+            name: "ext0", index: 2, ipv6: [vip, old])], defaultRouteDevices: []))
+        #expect(DesiredState(inputs).devices.first?.snatV6 == vip)
+        #expect(DesiredState(inputs, pinned: inForce).devices.first?.snatV6 == old)
+        var previous = DesiredState(inputs)
+        previous.devices[0].snatV6 = old
+        #expect(DesiredState(inputs, previous: previous, pinned: [:]).devices.first?.snatV6 == old)
     }
 
     @Test("link flags give up and loopback; addresses of unknown links are dropped")
@@ -262,6 +334,22 @@ struct DeviceTests {
 
         let other = nlmsg(RTNL.newRoute, rtmsg(dstLen: 24, table: 100, type: RTNL.typeUnicast))
         #expect(try !RouteMessage(try NetlinkMessage.parse(other[...])[0]).isMainDefault)
+    }
+
+    @Test("a route message gives its gateway (the route's or each nexthop's) and its preferred source")
+    func parseRouteSource() throws {
+        let single = nlmsg(RTNL.newRoute, rtmsg(dstLen: 0, table: UInt8(RTNL.tableMain), type: RTNL.typeUnicast)
+            + rta(RTNL.routeOutputInterface, le32(2)) + rta(RTNL.routeGateway, [100, 5, 0, 254])
+            + rta(RTNL.routePreferredSource, [100, 5, 0, 1]))
+        let r = try RouteMessage(try NetlinkMessage.parse(single[...])[0])
+        #expect(r.gateways == [2: v4("100.5.0.254")] && r.preferredSource == v4("100.5.0.1"))
+
+        let hop1: [UInt8] = le16(16) + [0, 0] + le32(3) + rta(RTNL.routeGateway, [100, 1, 0, 2])
+        let hop2: [UInt8] = le16(8) + [0, 0] + le32(5)
+        let multi = nlmsg(RTNL.newRoute, rtmsg(dstLen: 0, table: UInt8(RTNL.tableMain), type: RTNL.typeUnicast)
+            + rta(RTNL.routeMultipath, hop1 + hop2))
+        let m = try RouteMessage(try NetlinkMessage.parse(multi[...])[0])
+        #expect(m.gateways == [3: v4("100.1.0.2")] && m.preferredSource == nil)
     }
 
     @Test("one datagram holds several padded messages; the end of a dump and errors carry the errno")

@@ -60,6 +60,32 @@ struct DualStackE2ETests {
         }
     }
 
+    @Test("an IPv6 address added beside the node's (a /128 VIP, global unicast) takes over neither while masqd runs nor after a restart: IPv6 flows keep leaving with the address in force")
+    func addedAddressDoesNotTakeOver() async throws {
+        try await Sandbox.with(dualStack: true) { sandbox in
+            try await sandbox.startServers()
+            try await sandbox.startMasqd(mode: .tcx)
+            let udp = ["udp", "--dst", "\(Self.outside6):\(Sandbox.udpPort)", "--sport", "40002"]
+            let before = try await sandbox.probe(sandbox.pods[0], udp)
+            #expect(before.succeeded && answerAddress(before) == Sandbox.nodeIPv6, "\(before)\n\(sandbox.masqdLog)")
+
+            // Newer than the node's address, and global unicast where the node's is a ULA: both
+            // would have made it the SNAT address of a fresh choice before.
+            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "add", "2001:db8:50::9/128", "dev", Sandbox.device, "nodad"])
+            // The device watcher's debounce and a reconcile: well within 2 s.
+            try await Task.sleep(for: .seconds(2))
+            let running = try await sandbox.probe(sandbox.pods[0], udp)
+            #expect(running.succeeded && answerAddress(running) == Sandbox.nodeIPv6, "\(running)\n\(sandbox.masqdLog)")
+            #expect(answer(running) == answer(before), "the flow moved: \(before) then \(running)")
+
+            #expect(try await sandbox.stopMasqd() == 0)
+            try await sandbox.startMasqd(mode: .tcx)
+            let restarted = try await sandbox.probe(sandbox.pods[0], udp)
+            #expect(restarted.succeeded && answerAddress(restarted) == Sandbox.nodeIPv6, "\(restarted)\n\(sandbox.masqdLog)")
+            #expect(!sandbox.masqdLog.contains("Device SNAT address changed"), "\(sandbox.masqdLog)")
+        }
+    }
+
     @Test("IPv6 flows in the conntrack API: listed with family=ipv6 and an IPv6 CIDR as the outside saw them, deleted with their reply entry (the next datagram makes a new translated flow), flushed by family; /metrics counts them under family=\"ipv6\"")
     func conntrackIPv6() async throws {
         try await Sandbox.with(dualStack: true) { sandbox in

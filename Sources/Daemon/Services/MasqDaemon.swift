@@ -28,7 +28,8 @@ public enum MasqDaemon {
         let network = try NetworkSnapshot.read()
         let inputs = ReconcileInputs(config: config, network: network, nonMasquerade: agent.initial)
         let reconciler = ReconcilerService(
-            datapath: datapath, status: status, initial: inputs, changes: changes, logger: logger)
+            datapath: datapath, status: status, initial: inputs, pinned: try await datapath.readView().devices,
+            changes: changes, logger: logger)
         let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink,
                                       status: status, logger: logger)
         let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)

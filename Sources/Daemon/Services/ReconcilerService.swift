@@ -16,17 +16,20 @@ struct ReconcilerService: Service, CustomStringConvertible {
     let datapath: Datapath
     let status: DaemonStatus
     let initial: ReconcileInputs
+    /// The devices' SNAT addresses the pinned maps hold from the last run (kept while usable).
+    let pinned: [UInt32: DatapathView.Device]
     let changes: AsyncStream<ReconcileInputs.Change>
     let resyncInterval: Duration
     let logger: Logger
 
     var description: String { "Reconciler" }
 
-    init(datapath: Datapath, status: DaemonStatus, initial: ReconcileInputs,
+    init(datapath: Datapath, status: DaemonStatus, initial: ReconcileInputs, pinned: [UInt32: DatapathView.Device] = [:],
          changes: AsyncStream<ReconcileInputs.Change>, resyncInterval: Duration = .seconds(10), logger: Logger) {
         self.datapath = datapath
         self.status = status
         self.initial = initial
+        self.pinned = pinned
         self.changes = changes
         self.resyncInterval = resyncInterval
         var logger = logger
@@ -36,7 +39,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
 
     func run() async throws {
         var inputs = initial
-        var applied = DesiredState(inputs)
+        var applied = DesiredState(inputs, pinned: pinned)
         try await reconcile(applied, inputs: inputs)
         let devices = applied.devices.map { "\($0.name)=\($0.snatV4?.description ?? "-")" }
         logger.info("masqd ready", metadata: [

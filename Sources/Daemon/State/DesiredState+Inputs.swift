@@ -5,8 +5,10 @@ import NetworkTypes
 extension DesiredState {
     /// The desired state of `inputs`: a pure function, so it is computed and compared without
     /// touching the kernel. `previous`: the state in force before, whose default-route devices
-    /// ride out a link flap (see `selectDevices`).
-    public init(_ inputs: ReconcileInputs, previous: DesiredState? = nil) {
+    /// ride out a link flap and whose SNAT addresses stay while usable (see `selectDevices`);
+    /// without one, `pinned`: the devices' SNAT addresses the pinned maps hold from the last
+    /// run, so that a restart does not move the flows.
+    public init(_ inputs: ReconcileInputs, previous: DesiredState? = nil, pinned: [UInt32: DatapathView.Device] = [:]) {
         let config = inputs.config
         // Exclusion 2 applies only with the agent on; off, its map is emptied.
         let nonMasquerade = config.enableIPMasqAgent ? inputs.nonMasquerade?.cidrs : []
@@ -18,8 +20,13 @@ extension DesiredState {
             case .v6(let a): nodeIPsV6.insert(a)
             }
         }
+        let inForce = previous.map { state in
+            Dictionary(state.devices.map { ($0.ifindex, DatapathView.Device(snatV4: $0.snatV4, snatV6: $0.snatV6)) },
+                       uniquingKeysWith: { first, _ in first })
+        } ?? pinned
         let (devices, skippedDevices) = Self.selectDevices(config: config, network: inputs.network,
-                                                           keeping: Set(previous?.devices.map(\.ifindex) ?? []))
+                                                           keeping: Set(previous?.devices.map(\.ifindex) ?? []),
+                                                           inForce: inForce)
         self.init(
             ipv4Enabled: config.enableIPv4Masquerade, ipv6Enabled: config.enableIPv6Masquerade,
             nonMasqueradeEnabled: config.enableIPMasqAgent,
@@ -32,8 +39,12 @@ extension DesiredState {
     }
 
     /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
-    /// those that carry a default route. Each gets its primary address per enabled family,
-    /// never a stale one. A device stays in force while it exists, also when it is down or has
+    /// those that carry a default route. Each gets one SNAT address per enabled family, never a
+    /// stale one: the default route's source through it (`routeSourceV4`/`V6`), else the one in
+    /// force (`inForce`, by ifindex) while the device keeps it usable, else the first of its
+    /// usable addresses. Every flow leaves with its device's address, so a change moves them
+    /// all (a TCP connection does not survive it): an address added beside the one in force
+    /// does not take over. A device stays in force while it exists, also when it is down or has
     /// no usable address (its programs stay attached through a link flap, and pod packets it
     /// cannot masquerade are dropped, not leaked); only a link type whose L2 header masq does
     /// not know is skipped, with the reason.
@@ -44,8 +55,8 @@ extension DesiredState {
     /// while it is down, and while no device carries a default route: dropping it would let
     /// pod traffic leave untranslated through its connected routes after the flap. It goes
     /// when it is deleted, or is up while another device carries the default route.
-    static func selectDevices(config: DaemonConfig, network: NetworkSnapshot,
-                              keeping: Set<UInt32> = []) -> ([Device], [String: String]) {
+    static func selectDevices(config: DaemonConfig, network: NetworkSnapshot, keeping: Set<UInt32> = [],
+                              inForce: [UInt32: DatapathView.Device] = [:]) -> ([Device], [String: String]) {
         var chosen: [NetworkSnapshot.Link]
         var skipped: [String: String] = [:]
         if config.devices.isEmpty {
@@ -68,11 +79,16 @@ extension DesiredState {
                 skipped[link.name] = "link type \(link.linkLayer.kind) is not supported (neither Ethernet nor an L3 device)"
                 continue
             }
+            let kept = inForce[link.index]
             devices.append(Device(
                 name: link.name, ifindex: link.index, linkLayer: link.linkLayer, l2HeaderLength: l2HeaderLength,
-                snatV4: config.enableIPv4Masquerade ? link.ipv4.first : nil,
-                snatV6: config.enableIPv6Masquerade ? link.ipv6.first : nil))
+                snatV4: config.enableIPv4Masquerade ? Self.snatAddress(route: link.routeSourceV4, inForce: kept?.snatV4, usable: link.ipv4) : nil,
+                snatV6: config.enableIPv6Masquerade ? Self.snatAddress(route: link.routeSourceV6, inForce: kept?.snatV6, usable: link.ipv6) : nil))
         }
         return (devices, skipped)
+    }
+
+    private static func snatAddress<Address: Equatable>(route: Address?, inForce: Address?, usable: [Address]) -> Address? {
+        route ?? inForce.flatMap { usable.contains($0) ? $0 : nil } ?? usable.first
     }
 }
