@@ -20,6 +20,9 @@ struct APIHandlers: Sendable {
     var events = EventHub()
     /// Table entries read per batch when scanning the NAT table.
     var batchSize = 1024
+    /// The socket systemd passed (socket activation), which the API serves instead of
+    /// `socket-path`; the config shows it as the socket in effect.
+    var activatedSocketPath: String?
     /// Status and /metrics answers shared by the requests that ask at the same time.
     let sharedStatus = SharedRead<APIResponse>()
     let sharedMetrics = SharedRead<APIResponse>()
@@ -90,7 +93,8 @@ struct APIHandlers: Sendable {
     }
 
     func configResponse() -> ConfigResponse {
-        let c = currentConfig
+        var c = currentConfig
+        if let path = activatedSocketPath { c.socketPath = path }
         let agent = status.snapshot.ipMasqAgent
         return ConfigResponse(
             daemon: .init(values: c.shownValues),

@@ -1,7 +1,9 @@
+@preconcurrency import Glibc
 import CSystemd
 import Daemon
 import Datapath
 import Logging
+import NIOCore
 import ServiceLifecycle
 
 /// The control API, the metrics listener (with `prometheus-serve-addr`) and the systemd
@@ -17,12 +19,37 @@ public enum ControlServices {
         throw ControlSocketError("socket-path \(config.socketPath): another masqd is serving there; stop it first, or give this one another socket-path")
     }
 
+    /// Stops masqd before it attaches anything when it could not serve `prometheus-serve-addr`
+    /// (an address the node does not have, a port another process listens on): found only
+    /// once the datapath was attached, that failed the start with the programs left in place.
+    /// The listener itself is bound later, with the API; this binds and closes a probe socket.
+    public static func checkMetricsAddress(_ config: DaemonConfig) throws {
+        guard let address = config.prometheusServeAddr else { return }
+        var failure: Int32 = 0
+        for host in address.bindAddresses {
+            let target = try SocketAddress(ipAddress: host, port: address.port)
+            let fd = socket(target.protocol.rawValue, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else {
+                failure = errno
+                continue
+            }
+            defer { close(fd) }
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            if target.withSockAddr({ bind(fd, $0, socklen_t($1)) }) == 0 && listen(fd, 1) == 0 { return }
+            failure = errno
+        }
+        throw ControlSocketError("prometheus-serve-addr \(address): cannot listen there: \(String(cString: strerror(failure)))")
+    }
+
     public static func make(datapath: Datapath, status: DaemonStatus, events: EventHub, config: DaemonConfig,
                             logger: Logger) throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         let serving = ServingState()
-        let handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: config.conntrackLifetimes,
+        let socket = try ControlSocket.resolve(path: config.socketPath, group: config.socketGroup)
+        var handlers = APIHandlers(datapath: datapath, status: status, config: config, lifetimes: config.conntrackLifetimes,
                                    events: events)
-        let api = APIServer(socket: try ControlSocket.resolve(path: config.socketPath, group: config.socketGroup),
+        if case .inherited(_, let path?) = socket { handlers.activatedSocketPath = path }
+        let api = APIServer(socket: socket,
                             router: APIRouter(handlers: handlers), serving: serving,
                             ready: { status.snapshot.ready }, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: api)]

@@ -113,6 +113,7 @@ extension MasqdCommand {
             Self.raiseFileLimit()
             do {
                 try ControlServices.checkSocketPath(config)
+                try ControlServices.checkMetricsAddress(config)
                 try await MasqDaemon.run(
                     config: config, objectBytes: objectBytes, logger: logger,
                     reloadConfig: { [file = self.config, flags = flagSettings()] () throws(ConfigErrors) in

@@ -44,17 +44,17 @@ struct ServeAddressTests {
         let watcher = IPMasqAgentWatcher(path: file, enabledAtStart: true, status: status, changes: sink,
                                          logger: .init(label: "apitests"))
         try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        let list = watcher.load(current: nil)
+        let list = watcher.load(current: nil, ipv6Enabled: true)
         #expect(list != nil)
-        for _ in 0..<3 { #expect(watcher.load(current: list) == nil) }
+        for _ in 0..<3 { #expect(watcher.load(current: list, ipv6Enabled: true) == nil) }
         #expect(status.snapshot.configReloads.ipMasqAgent.ok == 1)
         try "nonMasqueradeCIDRs: [10.1.1.1/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        for _ in 0..<3 { #expect(watcher.load(current: list) == nil) }
+        for _ in 0..<3 { #expect(watcher.load(current: list, ipv6Enabled: true) == nil) }
         #expect(status.snapshot.configReloads.ipMasqAgent.error == 1)
         try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(watcher.load(current: list) == nil)
+        #expect(watcher.load(current: list, ipv6Enabled: true) == nil)
         try "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(watcher.load(current: list) != nil)
+        #expect(watcher.load(current: list, ipv6Enabled: true) != nil)
         let reloads = status.snapshot.configReloads.ipMasqAgent
         #expect(reloads.ok == 3 && reloads.error == 1, "\(reloads)")
     }

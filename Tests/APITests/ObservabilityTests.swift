@@ -179,9 +179,9 @@ struct FigureLiveTests {
         let watcher = IPMasqAgentWatcher(path: file, enabledAtStart: true, status: api.status, changes: sink,
                                          logger: .init(label: "apitests"))
         try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n".write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(watcher.load(current: nil) != nil)
+        #expect(watcher.load(current: nil, ipv6Enabled: true) != nil)
         try "nonMasqueradeCIDRs:\n  - 10.1.1.1/8\n".write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(watcher.load(current: nil) == nil)
+        #expect(watcher.load(current: nil, ipv6Enabled: true) == nil)
         return cpus
     }
 

@@ -76,6 +76,9 @@ struct SystemdTests {
             #expect(health.status == 200 && health.text.contains(#""state":"Ok""#))
             #expect(!FileManager.default.fileExists(atPath: "/nonexistent/ignored.sock"))
             #expect(sandbox.log.contains("socket.activated=true"))
+            // The config shows the socket in effect, the one systemd passed, not socket-path.
+            let config = try await TestHTTP.request(socketPath: sandbox.socketPath, method: .GET, uri: "/v1/config")
+            #expect(config.text.contains(#""socketPath":"\#(sandbox.socketPath)""#), "\(config.text)")
 
             // SIGHUP (ExecReload): RELOADING=1 with the time it began, then READY=1 once done.
             var now = timespec()

@@ -1,3 +1,4 @@
+@preconcurrency import Glibc
 @testable import API
 import CMasq
 @testable import ControlServer
@@ -538,5 +539,42 @@ struct SharedReadTests {
         let shared = SharedRead<Int>()
         await #expect(throws: Failed.self) { try await shared.value { throw Failed() } }
         #expect(try await shared.value { 7 } == 7)
+    }
+}
+
+@Suite("start checks")
+struct StartCheckTests {
+    private func config(_ address: String) throws -> DaemonConfig {
+        try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.244.1.0/24"), .prometheusServeAddr: .scalar(address)])
+    }
+
+    @Test("prometheus-serve-addr that masqd could not listen at stops the start before anything is attached, naming the key")
+    func metricsAddress() throws {
+        // An address this host does not have (TEST-NET-1).
+        #expect(throws: ControlSocketError.self) { try ControlServices.checkMetricsAddress(try config("192.0.2.99:9962")) }
+        do {
+            try ControlServices.checkMetricsAddress(try config("192.0.2.99:9962"))
+        } catch {
+            #expect("\(error)".hasPrefix("prometheus-serve-addr 192.0.2.99:9962: cannot listen there: Cannot assign requested address"), "\(error)")
+        }
+        // A port another socket listens on.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(bound == 0 && listen(fd, 1) == 0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        let port = UInt16(bigEndian: address.sin_port)
+        #expect(throws: ControlSocketError.self) { try ControlServices.checkMetricsAddress(try config("127.0.0.1:\(port)")) }
+        close(fd)
+        // Free again: nothing to say.
+        try ControlServices.checkMetricsAddress(try config("127.0.0.1:\(port)"))
+        try ControlServices.checkMetricsAddress(try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.244.1.0/24")]))
     }
 }

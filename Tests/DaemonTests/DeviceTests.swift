@@ -54,9 +54,9 @@ struct DeviceTests {
         let lo = NetworkSnapshot.Link(name: "lo", index: 1, isLoopback: true, ipv4: [IPv4Address(127, 0, 0, 1)])
         let network = NetworkSnapshot(links: [lo, ext0], defaultRouteDevices: [])
         #expect(try select(["--devices", "l+,ext+"], network).0.map(\.name) == ["ext0"])
-        let (devices, skipped) = try select(["--devices", "ext0,ext1"], network)
+        let (devices, skipped) = try select(["--devices", "ext0,ext1,lo"], network)
         #expect(devices.map(\.name) == ["ext0"])
-        #expect(skipped == ["ext1": "no such device"])
+        #expect(skipped == ["ext1": "no such device", "lo": "the loopback device is never a masquerading device"])
     }
 
     @Test("a device that is down stays in force with its address, so its programs stay attached through a link flap")

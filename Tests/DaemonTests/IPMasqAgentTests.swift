@@ -66,6 +66,11 @@ struct IPMasqAgentTests {
             ("nonMasqueradeCIDRs:\n  - {a: b}\n", 2, "nonMasqueradeCIDRs[0] must be a CIDR string"),
             ("masqLinkLocal: maybe\n", 1, "masqLinkLocal must be true or false"),
             ("masqLinkLocalIPv6: [true]\n", 1, "masqLinkLocalIPv6 must be true or false"),
+            // A string is not a boolean, as Cilium's decoding has it: quoted, in YAML or JSON.
+            ("masqLinkLocal: \"yes\"\n", 1, "masqLinkLocal must be true or false"),
+            (#"{"masqLinkLocal": "false"}"#, 1, "masqLinkLocal must be true or false"),
+            // An address is not a CIDR (net.ParseCIDR refuses it).
+            ("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 100.0.0.2\n", 3, "nonMasqueradeCIDRs[1]: '100.0.0.2' is an address, not a CIDR (write 100.0.0.2/32)"),
             ("- 10.0.0.0/8\n", 1, "expected a mapping"),
         ]
         for (text, line, message) in cases {
@@ -78,10 +83,62 @@ struct IPMasqAgentTests {
         #expect(error("nonMasqueradeCIDRs: [10.0.0.0/8\n")?.line != nil)
     }
 
-    @Test("IPv6 CIDRs are part of the list whatever enable-ipv6-masquerade says (it is live: SIGHUP turns it on)")
+    @Test("IPv6 CIDRs are part of the list with IPv6 masquerading on, and make the file invalid with it off; plain booleans in YAML 1.1's words are read")
     func ipv6CIDRs() throws {
-        let c = try parse("nonMasqueradeCIDRs: [fd00::/8, 2001:db8::/32]\n")
-        #expect(c.effectiveList.cidrs.map(\.description) == ["fd00::/8", "2001:db8::/32", "169.254.0.0/16", "fe80::/10"])
+        let text = "nonMasqueradeCIDRs: [10.0.0.0/8, fd00::/8, 2001:db8::/32]\nmasqLinkLocal: yes\n"
+        let c = try parse(text)
+        #expect(c.effectiveList.cidrs.map(\.description) == ["10.0.0.0/8", "fd00::/8", "2001:db8::/32", "fe80::/10"])
+        do {
+            _ = try IPMasqAgentConfig.parse(text, path: "f", ipv6Enabled: false)
+            Issue.record("an IPv6 CIDR was accepted with IPv6 masquerading off")
+        } catch {
+            #expect(error.line == 1 && error.message == "nonMasqueradeCIDRs[1]: fd00::/8 is IPv6, and IPv6 masquerading is off (enable-ipv6-masquerade: false)")
+        }
+        #expect(try IPMasqAgentConfig.parse("nonMasqueradeCIDRs: [10.0.0.0/8]\n", path: "f", ipv6Enabled: false)
+            .effectiveList.cidrs.count == 3)
+    }
+
+    @Test("the watcher reads the file again when a SIGHUP turns IPv6 masquerading on: the IPv6 CIDRs it refused apply then",
+          .timeLimit(.minutes(1)))
+    func ipv6SwitchRereads() async throws {
+        let dir = "/tmp/masq-ipmasq-switch-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/ip-masq-agent"
+        try "nonMasqueradeCIDRs: [10.0.0.0/8, fd00::/8]\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let status = DaemonStatus()
+        let (changes, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+        var watcher = IPMasqAgentWatcher(path: path, enabledAtStart: true, ipv6AtStart: false, status: status,
+                                         changes: sink, logger: .init(label: "daemontests"))
+        watcher.loadAtStart(pinned: [])
+        #expect(watcher.initial == IPMasqAgentConfig.defaults.effectiveList)
+        #expect(status.snapshot.ipMasqAgent.lastError?.contains("is IPv6, and IPv6 masquerading is off") == true)
+        let running = Task { [watcher] in try await watcher.run() }
+        defer { running.cancel() }
+        watcher.ipv6Switch.yield(true)
+        var iterator = changes.makeAsyncIterator()
+        guard case .nonMasquerade(let list)? = await iterator.next() else {
+            Issue.record("no list after IPv6 was turned on")
+            return
+        }
+        #expect(list.cidrs.map(\.description) == ["10.0.0.0/8", "fd00::/8", "169.254.0.0/16", "fe80::/10"])
+        #expect(status.snapshot.ipMasqAgent.lastError == nil)
+    }
+
+    @Test("a file that cannot be read says why: a directory, not UTF-8")
+    func unreadable() throws {
+        let dir = "/tmp/masq-ipmasq-unreadable-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(IPMasqAgentWatcher.read(path: dir + "/sub").failure?.message == "cannot be read: is a directory")
+        #expect(FileManager.default.createFile(atPath: dir + "/latin1", contents: Data([0x6e, 0x6f, 0xe9, 0x0a])))
+        #expect(IPMasqAgentWatcher.read(path: dir + "/latin1").failure?.message == "cannot be read: is not UTF-8 text")
+        do {
+            _ = try ConfigFile.load(path: dir + "/sub")
+            Issue.record("a directory was read as the config file")
+        } catch {
+            #expect(error.errors.first?.description.hasSuffix("cannot be read (is a directory)") == true, "\(error)")
+        }
     }
 
     @Test("an invalid file at start keeps the pinned list, or puts the defaults in force when none is pinned")
@@ -147,5 +204,12 @@ struct ConfigReloadTests {
             let (back, _) = ConfigReloader.merge(running: merged, new: running)
             #expect(back.enableIPv4Masquerade && back.enableIPv6Masquerade)
         }
+    }
+}
+
+extension Result {
+    var failure: Failure? {
+        if case .failure(let error) = self { return error }
+        return nil
     }
 }

@@ -5,11 +5,14 @@ import Yams
 /// Reads the daemon's config file (YAML, which JSON also is) into raw settings by key.
 public enum ConfigFile {
     public static func load(path: String) throws(ConfigErrors) -> [ConfigKey: RawSetting] {
-        let text: String
+        let text: String?
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = try TextFile.read(path)
         } catch {
-            throw ConfigErrors(errors: [ConfigError(nil, "config file \(path): cannot be read (\(error.localizedDescription))")])
+            throw ConfigErrors(errors: [ConfigError(nil, "config file \(path): cannot be read (\(error))")])
+        }
+        guard let text else {
+            throw ConfigErrors(errors: [ConfigError(nil, "config file \(path): cannot be read (no such file)")])
         }
         return try parse(text, path: path)
     }

@@ -42,10 +42,10 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
         return NonMasqueradeList(cidrs: cidrs.filter { seen.insert($0).inserted })
     }
 
-    /// Parses the file's text. Its validity does not depend on the daemon's config: IPv6 CIDRs
-    /// are kept while IPv6 masquerading is off (they apply once `enable-ipv6-masquerade` is
-    /// turned on, which a SIGHUP does live).
-    public static func parse(_ text: String, path: String) throws(IPMasqAgentError) -> IPMasqAgentConfig {
+    /// Parses the file's text. With IPv6 masquerading off (`ipv6Enabled` false) an IPv6 CIDR makes
+    /// the file invalid, as Cilium's agent refuses it; it is read again when a SIGHUP turns
+    /// `enable-ipv6-masquerade` on or off.
+    public static func parse(_ text: String, path: String, ipv6Enabled: Bool = true) throws(IPMasqAgentError) -> IPMasqAgentConfig {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -65,7 +65,7 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
             let line = keyNode.mark?.line
             switch key {
             case "nonMasqueradeCIDRs":
-                config.nonMasqueradeCIDRs = try cidrs(value, path: path, line: line)
+                config.nonMasqueradeCIDRs = try cidrs(value, path: path, line: line, ipv6Enabled: ipv6Enabled)
             case "masqLinkLocal":
                 config.masqLinkLocal = try bool(value, key: key, path: path, line: line)
             case "masqLinkLocalIPv6":
@@ -77,14 +77,16 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
         return config
     }
 
+    /// A plain YAML boolean (`true`, `false`, and YAML 1.1's `yes`/`no`, as go-yaml reads them for
+    /// Cilium); a quoted string such as "yes" is a string, which Cilium's decoding refuses.
     private static func bool(_ node: Node, key: String, path: String, line: Int?) throws(IPMasqAgentError) -> Bool {
-        guard case .scalar = node, let value = node.bool else {
+        guard case .scalar(let scalar) = node, scalar.style == .plain, let value = node.bool else {
             throw IPMasqAgentError(path: path, line: node.mark?.line ?? line, message: "\(key) must be true or false")
         }
         return value
     }
 
-    private static func cidrs(_ node: Node, path: String, line: Int?) throws(IPMasqAgentError) -> [IPPrefix] {
+    private static func cidrs(_ node: Node, path: String, line: Int?, ipv6Enabled: Bool) throws(IPMasqAgentError) -> [IPPrefix] {
         if case .scalar(let s) = node, s.string.isEmpty || s.tag.description.hasSuffix("null") { return [] }
         guard let sequence = node.sequence else {
             throw IPMasqAgentError(path: path, line: node.mark?.line ?? line, message: "nonMasqueradeCIDRs must be a list of CIDRs")
@@ -100,6 +102,15 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
                 prefix = try IPPrefix(scalar.string)
             } catch {
                 throw IPMasqAgentError(path: path, line: itemLine, message: "nonMasqueradeCIDRs[\(i)]: \(error)")
+            }
+            // A CIDR, as Cilium and ip-masq-agent parse it (net.ParseCIDR): a bare address is refused.
+            guard scalar.string.contains("/") else {
+                throw IPMasqAgentError(path: path, line: itemLine,
+                                       message: "nonMasqueradeCIDRs[\(i)]: '\(scalar.string)' is an address, not a CIDR (write \(prefix))")
+            }
+            guard ipv6Enabled || prefix.isIPv4 else {
+                throw IPMasqAgentError(path: path, line: itemLine,
+                                       message: "nonMasqueradeCIDRs[\(i)]: \(prefix) is IPv6, and IPv6 masquerading is off (enable-ipv6-masquerade: false)")
             }
             result.append(prefix)
         }

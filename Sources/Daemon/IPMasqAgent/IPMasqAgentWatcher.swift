@@ -12,6 +12,11 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     /// `enable-ip-masq-agent` at start. The watcher runs either way, so that turning the agent
     /// on by SIGHUP finds the list loaded; while it is off, loads are logged at debug only.
     let enabledAtStart: Bool
+    /// `enable-ipv6-masquerade` at start; a SIGHUP that changes it says so through `ipv6Switch`,
+    /// and the file is read again (an IPv6 CIDR is invalid while it is off).
+    let ipv6AtStart: Bool
+    private let ipv6Changes: AsyncStream<Bool>
+    let ipv6Switch: AsyncStream<Bool>.Continuation
     /// The list in force from the first reconcile on (see `loadAtStart(pinned:)`).
     var initial: NonMasqueradeList?
     let status: DaemonStatus
@@ -23,10 +28,12 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
 
     var description: String { "IPMasqAgentWatcher" }
 
-    init(path: String, enabledAtStart: Bool, status: DaemonStatus,
+    init(path: String, enabledAtStart: Bool, ipv6AtStart: Bool = true, status: DaemonStatus,
          changes: AsyncStream<ReconcileInputs.Change>.Continuation, logger: Logger) {
         self.path = path
         self.enabledAtStart = enabledAtStart
+        self.ipv6AtStart = ipv6AtStart
+        (ipv6Changes, ipv6Switch) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(1))
         self.status = status
         self.changes = changes
         var logger = logger
@@ -39,16 +46,15 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     private var inUse: Bool { status.snapshot.config?.enableIPMasqAgent ?? enabledAtStart }
 
     /// Reads and parses the file. Missing or empty: the defaults.
-    static func read(path: String) -> Result<IPMasqAgentConfig, IPMasqAgentError> {
+    static func read(path: String, ipv6Enabled: Bool = true) -> Result<IPMasqAgentConfig, IPMasqAgentError> {
         let text: String
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch let error as CocoaError where error.code == .fileReadNoSuchFile {
-            return .success(.defaults)
+            guard let read = try TextFile.read(path) else { return .success(.defaults) }
+            text = read
         } catch {
-            return .failure(IPMasqAgentError(path: path, line: nil, message: "cannot be read: \(error.localizedDescription)"))
+            return .failure(IPMasqAgentError(path: path, line: nil, message: "cannot be read: \(error)"))
         }
-        return Result { () throws(IPMasqAgentError) in try IPMasqAgentConfig.parse(text, path: path) }
+        return Result { () throws(IPMasqAgentError) in try IPMasqAgentConfig.parse(text, path: path, ipv6Enabled: ipv6Enabled) }
     }
 
     /// Loads the file once and records the outcome; returns the list to apply when it is valid
@@ -56,8 +62,8 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     /// when its outcome differs from the last one's: the safety re-read of an unchanged file,
     /// good or bad, is not a reload.
     @discardableResult
-    func load(current: NonMasqueradeList?) -> NonMasqueradeList? {
-        let outcome = Self.read(path: path)
+    func load(current: NonMasqueradeList?, ipv6Enabled: Bool) -> NonMasqueradeList? {
+        let outcome = Self.read(path: path, ipv6Enabled: ipv6Enabled)
         let last = status.snapshot.ipMasqAgent
         switch outcome {
         case .failure(let error):
@@ -99,7 +105,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
     /// invalid file keeps the last good list: the one the pinned map holds from before a restart,
     /// or, on a fresh start (the map holds none), the defaults, as ip-masq-agent starts from them.
     mutating func loadAtStart(pinned: [IPPrefix]) {
-        if let list = load(current: nil) {
+        if let list = load(current: nil, ipv6Enabled: ipv6AtStart) {
             initial = list
             return
         }
@@ -112,14 +118,36 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
         initial = list
     }
 
+    private enum Event: Sendable {
+        case file
+        case ipv6(Bool)
+    }
+
     func run() async throws {
         let watch = try DirectoryWatch(file: path)
         watch.start()
         var current = initial
+        var ipv6Enabled = ipv6AtStart
+        // The file's events and the IPv6 switch, one stream so that one loop owns `current`.
+        let (events, sink) = AsyncStream.makeStream(of: Event.self)
+        let forwardFile = Task {
+            for await _ in watch.events { sink.yield(.file) }
+            sink.finish()
+        }
+        let forwardSwitch = Task {
+            for await enabled in ipv6Changes { sink.yield(.ipv6(enabled)) }
+        }
+        defer {
+            forwardFile.cancel()
+            forwardSwitch.cancel()
+        }
         await withGracefulShutdownHandler {
-            for await _ in watch.events {
-                try? await Task.sleep(for: Self.debounce)
-                if let list = load(current: current) {
+            for await event in events {
+                switch event {
+                case .file: try? await Task.sleep(for: Self.debounce)
+                case .ipv6(let enabled): ipv6Enabled = enabled
+                }
+                if let list = load(current: current, ipv6Enabled: ipv6Enabled) {
                     current = list
                     changes.yield(.nonMasquerade(list))
                 }

@@ -11,6 +11,9 @@ struct ConfigReloader: Service, CustomStringConvertible {
     let current: DaemonConfig
     let reload: @Sendable () throws(ConfigErrors) -> DaemonConfig
     let changes: AsyncStream<ReconcileInputs.Change>.Continuation
+    /// Told `enable-ipv6-masquerade` when a reload changes it (the ip-masq-agent file's
+    /// validity depends on it).
+    let ipv6Switch: AsyncStream<Bool>.Continuation?
     /// Where each reload is counted (`masq_config_reloads_total{source="daemon"}`).
     let status: DaemonStatus
     let logger: Logger
@@ -18,10 +21,12 @@ struct ConfigReloader: Service, CustomStringConvertible {
     var description: String { "ConfigReloader" }
 
     init(current: DaemonConfig, reload: @escaping @Sendable () throws(ConfigErrors) -> DaemonConfig,
-         changes: AsyncStream<ReconcileInputs.Change>.Continuation, status: DaemonStatus, logger: Logger) {
+         changes: AsyncStream<ReconcileInputs.Change>.Continuation, ipv6Switch: AsyncStream<Bool>.Continuation? = nil,
+         status: DaemonStatus, logger: Logger) {
         self.current = current
         self.reload = reload
         self.changes = changes
+        self.ipv6Switch = ipv6Switch
         self.status = status
         var logger = logger
         logger[metadataKey: "service"] = "config"
@@ -74,6 +79,9 @@ struct ConfigReloader: Service, CustomStringConvertible {
         if !pending.isEmpty {
             logger.warning("Config keys changed that apply only after a restart",
                            metadata: ["config.keys": "\(pending.map(\.rawValue).joined(separator: ","))"])
+        }
+        if merged.enableIPv6Masquerade != running.enableIPv6Masquerade {
+            ipv6Switch?.yield(merged.enableIPv6Masquerade)
         }
         if merged != running {
             // Settled by the reconciler once applied.

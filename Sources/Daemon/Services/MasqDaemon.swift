@@ -21,8 +21,8 @@ public enum MasqDaemon {
         let (changes, changeSink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
 
         var agent = IPMasqAgentWatcher(
-            path: config.ipMasqAgentConfigPath, enabledAtStart: config.enableIPMasqAgent, status: status,
-            changes: changeSink, logger: logger)
+            path: config.ipMasqAgentConfigPath, enabledAtStart: config.enableIPMasqAgent,
+            ipv6AtStart: config.enableIPv6Masquerade, status: status, changes: changeSink, logger: logger)
         agent.loadAtStart(pinned: try await datapath.nonMasqueradeCIDRs())
 
         let network = try NetworkSnapshot.read()
@@ -31,7 +31,7 @@ public enum MasqDaemon {
             datapath: datapath, status: status, initial: inputs, pinned: try await datapath.readView().devices,
             changes: changes, logger: logger)
         let reloader = ConfigReloader(current: config, reload: reloadConfig, changes: changeSink,
-                                      status: status, logger: logger)
+                                      ipv6Switch: agent.ipv6Switch, status: status, logger: logger)
         let devices = DeviceWatcher(initial: network, changes: changeSink, status: status, logger: logger)
         let gc = ConntrackGC(datapath: datapath, lifetimes: config.conntrackLifetimes,
                              maxInterval: config.conntrackGCInterval, status: status, events: events, logger: logger)

@@ -70,7 +70,8 @@ extension DesiredState {
                 !link.isLoopback && config.devices.contains { $0.matches(link.name) }
             }
             for selector in config.devices where !selector.isPrefix && !chosen.contains(where: { $0.name == selector.name }) {
-                skipped[selector.name] = "no such device"
+                let loopback = network.links.contains { $0.name == selector.name && $0.isLoopback }
+                skipped[selector.name] = loopback ? "the loopback device is never a masquerading device" : "no such device"
             }
         }
         var devices: [Device] = []
