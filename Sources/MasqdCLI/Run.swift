@@ -25,16 +25,17 @@ extension MasqdCommand {
         var config: String?
 
         // One flag a config key, named and explained by its `ConfigKey`; `flagSettings` finds
-        // them by property name, so each property is named as its key's case.
+        // them by property name, so each property is named as its key's case. A list key's flag
+        // is an array: given again it adds to the list, as Cilium's string-slice flags do.
         @Option(name: .key(.enableIPv4Masquerade), help: .key(.enableIPv4Masquerade)) var enableIPv4Masquerade: String?
         @Option(name: .key(.enableIPv6Masquerade), help: .key(.enableIPv6Masquerade)) var enableIPv6Masquerade: String?
         @Option(name: .key(.ipv4NativeRoutingCIDR), help: .key(.ipv4NativeRoutingCIDR)) var ipv4NativeRoutingCIDR: String?
         @Option(name: .key(.ipv6NativeRoutingCIDR), help: .key(.ipv6NativeRoutingCIDR)) var ipv6NativeRoutingCIDR: String?
-        @Option(name: .key(.podCIDRs), help: .key(.podCIDRs)) var podCIDRs: String?
-        @Option(name: .key(.devices), help: .key(.devices)) var devices: String?
+        @Option(name: .key(.podCIDRs), help: .key(.podCIDRs)) var podCIDRs: [String] = []
+        @Option(name: .key(.devices), help: .key(.devices)) var devices: [String] = []
         @Option(name: .key(.enableIPMasqAgent), help: .key(.enableIPMasqAgent)) var enableIPMasqAgent: String?
         @Option(name: .key(.ipMasqAgentConfigPath), help: .key(.ipMasqAgentConfigPath)) var ipMasqAgentConfigPath: String?
-        @Option(name: .key(.clusterNodeIPs), help: .key(.clusterNodeIPs)) var clusterNodeIPs: String?
+        @Option(name: .key(.clusterNodeIPs), help: .key(.clusterNodeIPs)) var clusterNodeIPs: [String] = []
         @Option(name: .key(.snatPortRange), help: .key(.snatPortRange)) var snatPortRange: String?
         @Option(name: .key(.natMaxEntries), help: .key(.natMaxEntries)) var natMaxEntries: String?
         @Option(name: .key(.socketPath), help: .key(.socketPath)) var socketPath: String?
@@ -63,9 +64,16 @@ extension MasqdCommand {
             let keys = Dictionary(uniqueKeysWithValues: ConfigKey.allCases.map { ("_\($0)", $0) })
             var settings: [ConfigKey: RawSetting] = [:]
             for child in Mirror(reflecting: self).children {
-                guard let label = child.label, let key = keys[label], let option = child.value as? Option<String?>,
-                      let text = option.wrappedValue else { continue }
-                settings[key] = .scalar(text)
+                guard let label = child.label, let key = keys[label] else { continue }
+                switch child.value {
+                case let option as Option<String?>:
+                    if let text = option.wrappedValue { settings[key] = .scalar(text) }
+                case let option as Option<[String]>:
+                    // Each flag's text as if all were one comma-separated flag.
+                    if !option.wrappedValue.isEmpty { settings[key] = .scalar(option.wrappedValue.joined(separator: ",")) }
+                default:
+                    continue
+                }
             }
             return settings
         }

@@ -1,5 +1,8 @@
 @preconcurrency import Glibc
+import API
+@testable import Daemon
 import Foundation
+@testable import MasqdCLI
 import Testing
 
 /// masqd's command line: what a mistyped command or a broken config file prints.
@@ -13,6 +16,27 @@ struct CommandLineTests {
         #expect(result.stderr == "masqd: unknown subcommand 'frobnicate' (subcommands: run, uninstall, help; see masqd --help)\n",
                 "\(result.stderr)")
         #expect(!result.stderr.contains("Usage"))
+    }
+
+    @Test("a list flag given again adds to the list (Cilium's string slices do) and wins over the file's; a scalar flag keeps the last")
+    func repeatedFlags() throws {
+        let file = try ConfigFile.parse("pod-cidrs: [10.0.0.0/8]\ndevices: [eth9]\ncluster-node-ips: [100.0.0.9]\nlog-level: info\n",
+                                        path: "test.yaml")
+        let run = try MasqdCommand.Run.parse([
+            "--pod-cidrs", "10.244.0.0/16,fd00::/48", "--pod-cidrs", "10.245.0.0/16",
+            "--cluster-node-ips", "100.0.0.2", "--cluster-node-ips=100.0.0.3",
+            "--devices", "eth0", "--devices", "ext+", "--log-level", "debug", "--log-level", "error",
+        ])
+        let config = try DaemonConfig(file: file, flags: run.flagSettings())
+        #expect(config.podCIDRs.map(\.description) == ["10.244.0.0/16", "fd00::/48", "10.245.0.0/16"])
+        #expect(config.clusterNodeIPs.map(\.description) == ["100.0.0.2", "100.0.0.3"])
+        #expect(config.devices.map(\.description) == ["eth0", "ext+"])
+        #expect(config.logLevel == .error)
+        // Every list key, so that one declared later cannot keep only its last flag.
+        for key in ConfigKey.allCases where key.spec.kind == .list {
+            let run = try MasqdCommand.Run.parse(["--\(key.rawValue)", "a", "--\(key.rawValue)", "b,c"])
+            #expect(run.flagSettings()[key]?.items == ["a", "b", "c"], "--\(key.rawValue) given twice")
+        }
     }
 
     @Test("a YAML syntax error is one line naming the file and the line, exit 2")
