@@ -82,6 +82,29 @@ struct ClientTests {
                 "\(unset)")
     }
 
+    @Test("an option given twice is a usage error naming it, before any request (ArgumentParser would keep the last)")
+    func repeatedOption() async throws {
+        let client = try builtBinary("masq-client")
+        let nowhere = ["MASQ_SOCKET": "/nonexistent/masqd.sock"]
+        for (argv, option) in [
+            (["conntrack", "flush", "--sport", "20003", "--sport", "20004"], "--sport"),
+            (["conntrack", "list", "--proto=tcp", "--family", "ipv4", "--proto", "udp"], "--proto"),
+            (["conntrack", "events", "--src", "10.0.0.1", "--src=10.0.0.2"], "--src"),
+            (["conntrack", "events", "--types", "new", "--types", "deleted"], "--types"),
+            (["ports", "--top", "5", "--top", "6"], "--top"),
+            (["explain", "--src", "10.0.0.1", "--dst", "192.0.2.1", "--dport", "80", "--dport", "81"], "--dport"),
+            (["-o", "json", "status", "--output", "yaml"], "--output"),
+            (["conntrack", "flush", "--all", "--all"], "--all"),
+        ] {
+            let result = try await run([client] + argv, environment: nowhere)
+            #expect(result.status == Self.usage && result.stderr == "masq-client: \(option): given more than once\n" && result.stdout.isEmpty,
+                    "\(argv): \(result)")
+        }
+        // The same value for two options is no repeat: the request goes (and finds no masqd).
+        let distinct = try await run([client, "conntrack", "flush", "--sport", "20003", "--dport", "20003"], environment: nowhere)
+        #expect(distinct.status == 1 && distinct.stderr.contains("cannot reach masqd"), "\(distinct)")
+    }
+
     @Test("--request-timeout: a socket that never answers is one line naming it and exit 1, for plain and streamed commands")
     func requestTimeout() async throws {
         let client = try builtBinary("masq-client")
