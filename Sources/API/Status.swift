@@ -278,8 +278,18 @@ public struct StatusResponse: Codable, Sendable, Equatable {
 
         public subscript(key: String) -> UInt64? { values[key] }
 
+        /// A field that is no counter (not an unsigned integer; a later masqd's) is skipped, as
+        /// clients skip unknown fields.
         public init(from decoder: Decoder) throws {
-            values = try decoder.singleValueContainer().decode([String: UInt64].self)
+            values = try decoder.singleValueContainer().decode([String: Counter].self).compactMapValues(\.value)
+        }
+
+        private struct Counter: Decodable {
+            let value: UInt64?
+
+            init(from decoder: Decoder) throws {
+                value = try? decoder.singleValueContainer().decode(UInt64.self)
+            }
         }
 
         public func encode(to encoder: Encoder) throws {

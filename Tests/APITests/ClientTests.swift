@@ -105,6 +105,20 @@ struct ClientTests {
         #expect(distinct.status == 1 && distinct.stderr.contains("cannot reach masqd"), "\(distinct)")
     }
 
+    @Test("status reads a body whose counters carry fields that are no counters (a later masqd's)")
+    func statusUnknownCounters() async throws {
+        let client = try builtBinary("masq-client")
+        let status = String(decoding: try ContractTests.statusWithUnknownCounters(), as: UTF8.self)
+        let health = String(decoding: try APIJSON.encoder().encode(ContractTests.status.health), as: UTF8.self)
+        let later = try FakeSocket { connection in
+            let body = FakeSocket.readRequest(connection).hasPrefix("GET /v1/healthz ") ? health : status
+            FakeSocket.send(connection, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        }
+        defer { later.stop() }
+        let result = try await run([client, "--socket", later.path, "status"])
+        #expect(result.status == 0 && result.stdout.contains("Masquerading:") && !result.stdout.contains("zz"), "\(result)")
+    }
+
     @Test("--request-timeout: a socket that never answers is one line naming it and exit 1, for plain and streamed commands")
     func requestTimeout() async throws {
         let client = try builtBinary("masq-client")
@@ -630,11 +644,13 @@ final class FakeSocket: @unchecked Sendable {
         _ = Array(text.utf8).withUnsafeBytes { Glibc.send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
-    /// Reads up to the end of the request's head (a GET has no body).
-    static func readRequest(_ connection: Int32) {
+    /// Reads up to the end of the request's head (a GET has no body) and returns it.
+    @discardableResult
+    static func readRequest(_ connection: Int32) -> String {
         var request: [UInt8] = []
         var byte: UInt8 = 0
         while !request.suffix(4).elementsEqual("\r\n\r\n".utf8), recv(connection, &byte, 1, 0) == 1 { request.append(byte) }
+        return String(decoding: request, as: UTF8.self)
     }
 
     /// Reads until the client closes (bounded: 60 s), answering nothing.

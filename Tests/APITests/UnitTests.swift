@@ -11,22 +11,45 @@ import Testing
 
 @Suite("API contract")
 struct ContractTests {
+    /// A status with every part set.
+    static let status = StatusResponse(
+        version: "0.1.0", startedAt: Date(timeIntervalSince1970: 1_800_000_000), uptimeSeconds: 5,
+        health: HealthResponse(state: .warning, message: "reconcile failed"), ready: true, attachMode: "tcx",
+        masquerading: .init(enabled: true, ipMasqAgent: true, devices: ["eth0"],
+                            enabledProtocols: .init(ipv4: true, ipv6: false), snatExclusionCIDRv4: "10.0.0.0/8",
+                            snatExclusionCIDRv6: nil),
+        devices: [.init(name: "eth0", ifindex: 2, snatIPv4: IPAddress("192.0.2.1"), snatIPv6: nil)],
+        skippedDevices: [], reconcile: .init(generation: 3, lastAppliedAt: nil, lastError: "x",
+                                             failingSince: Date(timeIntervalSince1970: 1_800_000_001), consecutiveFailures: 2),
+        ipMasqAgent: .init(enabled: true, path: "/etc/config/ip-masq-agent", generation: 1, lastLoadAt: nil, lastError: nil),
+        configReloads: .init(daemon: .init(ok: 1)), tables: [.init(name: "masq_nat_v4", entries: 2, maxEntries: 8)],
+        drops: [.init(reason: "invalid_ipv4", code: 130, summary: "s", count: 1)],
+        counters: .init(values: ["snatPackets": 4]), countersByFamily: .init(ipv4: .init(values: ["snatPackets": 4])),
+        allocation: .init(total: 9))
+
+    /// `status` as JSON, with fields a later masqd might add to the counters: none is a counter.
+    static func statusWithUnknownCounters() throws -> Data {
+        var object = try #require(try JSONSerialization.jsonObject(with: try APIJSON.encoder().encode(status)) as? [String: Any])
+        let unknown: [String: Any] = ["zzUnknown": "x", "zzObject": ["a": 1], "zzNegative": -1, "zzFraction": 1.5, "zzNull": NSNull()]
+        var counters = try #require(object["counters"] as? [String: Any])
+        counters.merge(unknown) { $1 }
+        object["counters"] = counters
+        var byFamily = try #require(object["countersByFamily"] as? [String: Any])
+        var ipv4 = try #require(byFamily["ipv4"] as? [String: Any])
+        ipv4.merge(unknown) { $1 }
+        byFamily["ipv4"] = ipv4
+        object["countersByFamily"] = byFamily
+        return try JSONSerialization.data(withJSONObject: object)
+    }
+
+    @Test("a counter field that is no unsigned integer (a later masqd's) is skipped, the counters kept")
+    func unknownCountersSkipped() throws {
+        #expect(try APIJSON.decoder().decode(StatusResponse.self, from: try Self.statusWithUnknownCounters()) == Self.status)
+    }
+
     @Test("a status without the parts added since the first release (an older masqd's) decodes, those parts empty")
     func olderStatusDecodes() throws {
-        let status = StatusResponse(
-            version: "0.1.0", startedAt: Date(timeIntervalSince1970: 1_800_000_000), uptimeSeconds: 5,
-            health: HealthResponse(state: .warning, message: "reconcile failed"), ready: true, attachMode: "tcx",
-            masquerading: .init(enabled: true, ipMasqAgent: true, devices: ["eth0"],
-                                enabledProtocols: .init(ipv4: true, ipv6: false), snatExclusionCIDRv4: "10.0.0.0/8",
-                                snatExclusionCIDRv6: nil),
-            devices: [.init(name: "eth0", ifindex: 2, snatIPv4: IPAddress("192.0.2.1"), snatIPv6: nil)],
-            skippedDevices: [], reconcile: .init(generation: 3, lastAppliedAt: nil, lastError: "x",
-                                                 failingSince: Date(timeIntervalSince1970: 1_800_000_001), consecutiveFailures: 2),
-            ipMasqAgent: .init(enabled: true, path: "/etc/config/ip-masq-agent", generation: 1, lastLoadAt: nil, lastError: nil),
-            configReloads: .init(daemon: .init(ok: 1)), tables: [.init(name: "masq_nat_v4", entries: 2, maxEntries: 8)],
-            drops: [.init(reason: "invalid_ipv4", code: 130, summary: "s", count: 1)],
-            counters: .init(values: ["snatPackets": 4]), countersByFamily: .init(ipv4: .init(values: ["snatPackets": 4])),
-            allocation: .init(total: 9))
+        let status = Self.status
         let data = try APIJSON.encoder().encode(status)
         #expect(try APIJSON.decoder().decode(StatusResponse.self, from: data) == status)
 
