@@ -87,7 +87,7 @@ extension MasqClient.Conntrack {
                     count += 1
                     switch format {
                     case .json: output.raw(line)
-                    case .yaml: output.raw(Data(("---\n" + (try YAMLDocument(json: line).text)).utf8))
+                    case .yaml: try output.yamlDocument(line)
                     case .text, .wide:
                         let entry = try ConntrackEntry(ndjsonLine: line, decoder: decoder)
                         let widths: IPFamily = entry.family == .ipv6 || family == .ipv6 ? .ipv6 : .ipv4

@@ -13,7 +13,8 @@ extension MasqClient.Conntrack {
                 packet for a NAT reason. Filters apply to the original tuple (a drop's: the packet's \
                 own). Runs until interrupted (or --limit, --timeout). When this client reads slower than events \
                 come, masqd drops some and says how many; they are reported on stderr. -o json prints \
-                the raw NDJSON lines of GET /v1/events (lost and heartbeat lines included).
+                the raw NDJSON lines of GET /v1/events (lost and heartbeat lines included), -o yaml \
+                the same lines as a YAML stream, one document a line.
                 """)
 
         @OptionGroup var global: GlobalOptions
@@ -48,7 +49,7 @@ extension MasqClient.Conntrack {
             var query = filters.filter.queryItems
             if let types { query.append(("types", types)) }
             if let timeout { query.append(("timeout", String(timeout))) }
-            let json = global.output == .json
+            let format = global.output
             try await reportingErrors {
                 let decoder = APIJSON.decoder()
                 var count = 0
@@ -57,13 +58,16 @@ extension MasqClient.Conntrack {
                 do {
                     try await global.client.streamLines(.events, query: query) { line in
                         let event = try FlowEvent(ndjsonLine: line, decoder: decoder)
-                        if json {
-                            output.raw(line)
-                        } else if let text = Self.line(event) {
-                            output.line(text)
-                        } else if event.type == .lost {
-                            output.flush() // the lines before the gap first
-                            printError("masq-client: \(event.count ?? 0) events lost (this client read too slowly)")
+                        switch format {
+                        case .json: output.raw(line)
+                        case .yaml: try output.yamlDocument(line)
+                        case .text, .wide:
+                            if let text = Self.line(event) {
+                                output.line(text)
+                            } else if event.type == .lost {
+                                output.flush() // the lines before the gap first
+                                printError("masq-client: \(event.count ?? 0) events lost (this client read too slowly)")
+                            }
                         }
                         if event.type == .heartbeat { output.endIfReaderGone() }
                         if event.type != .lost && event.type != .heartbeat { count += 1 }

@@ -40,6 +40,11 @@ struct StreamOutput {
         if data.last != UInt8(ascii: "\n") { pending.append(UInt8(ascii: "\n")) }
     }
 
+    /// An NDJSON line (one API document) as a document of a YAML stream: `---`, then its YAML.
+    mutating func yamlDocument(_ line: Data) throws {
+        pending.append(contentsOf: ("---\n" + (try YAMLDocument(json: line).text)).utf8)
+    }
+
     mutating func flush() {
         guard !pending.isEmpty else { return }
         do {

@@ -387,8 +387,37 @@ struct ClientTests {
                 .map { stable(try yamlDecoder.decode(ConntrackEntry.self, from: $0)) }
             #expect(jsonEntries.count == yamlEntries.count && jsonEntries.allSatisfy(yamlEntries.contains), "\(flows.yaml)")
 
+            // conntrack events: a YAML stream as it comes, one document an NDJSON line. The flush
+            // below deletes the 3 flows, 3 events each stream waits for.
+            let eventArgs = ["conntrack", "events", "--types", "deleted", "--limit", "3", "--timeout", "60"]
+            async let jsonEvents = run([client] + eventArgs + ["-o", "json"], environment: env, timeout: .seconds(90))
+            async let yamlEvents = run([client] + eventArgs + ["-o", "yaml"], environment: env, timeout: .seconds(90))
+            // Both streams open before the flows go (bounded: 30 s).
+            for _ in 0..<150 {
+                if try await api.get("/metrics", accept: "text/plain").text.contains("\nmasq_event_subscribers 2\n") { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+
             let flush = try await run([client, "conntrack", "flush", "--all", "-o", "yaml"], environment: env)
             #expect(flush.status == 0 && flush.stdout == "deleted: 3\n", "\(flush)")
+
+            let (json, yaml) = try await (jsonEvents, yamlEvents)
+            #expect(json.status == 0 && yaml.status == 0, "\(json) \(yaml)")
+            #expect(yaml.stdout.hasPrefix("---\n") && yaml.stdout.contains("\ntype: deleted\n"), "\(yaml.stdout)")
+            // Heartbeats come by each stream's own clock: the events are compared, their times to
+            // the millisecond (YAML's timestamps and JSON's dates round differently).
+            func events(_ documents: [FlowEvent]) -> [FlowEvent] {
+                documents.filter { $0.type != .heartbeat }.map { event in
+                    var event = event
+                    event.time = event.time.map { Date(timeIntervalSince1970: ($0.timeIntervalSince1970 * 1000).rounded() / 1000) }
+                    return event
+                }
+            }
+            let eventsJSON = events(try json.stdout.split(separator: "\n").map { try jsonDecoder.decode(FlowEvent.self, from: Data($0.utf8)) })
+            let eventsYAML = events(try yaml.stdout.components(separatedBy: "---\n").filter { !$0.isEmpty }
+                .map { try yamlDecoder.decode(FlowEvent.self, from: $0) })
+            #expect(eventsJSON.count == 3 && eventsJSON.allSatisfy { $0.type == .deleted && $0.time != nil } && eventsYAML == eventsJSON,
+                    "\(yaml.stdout)")
         }
     }
 
