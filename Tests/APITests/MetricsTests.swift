@@ -4,6 +4,7 @@ import Foundation
 import NIOHTTP1
 import TestSupport
 import Testing
+import Yams
 
 @testable import ControlServer
 @testable import Daemon
@@ -135,6 +136,40 @@ struct MetricsLiveTests {
             for name in used.sorted() {
                 #expect(text.contains("# TYPE \(name) "), "the rules use \(name), which /metrics does not export")
             }
+        }
+    }
+
+    @Test("masq-rules.test.yaml feeds each masqd series with the labels /metrics gives it (family on the per-family counters)")
+    func alertingRuleTestsUseExportedLabels() async throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("deploy/prometheus/masq-rules.test.yaml").path
+        let tests = try #require(try Yams.load(yaml: String(contentsOfFile: path, encoding: .utf8)) as? [String: Any])
+        let series = ((tests["tests"] as? [[String: Any]]) ?? [])
+            .flatMap { ($0["input_series"] as? [[String: Any]]) ?? [] }
+            .compactMap { $0["series"] as? String }
+        #expect(series.count >= 10, "\(series)")
+        // A series selector or exposition line up to its value: name and labels.
+        func sample(_ text: Substring) -> (name: String, labels: [String: String])? {
+            guard let match = text.firstMatch(of: /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?/) else { return nil }
+            var labels: [String: String] = [:]
+            for pair in (match.output.2 ?? "").matches(of: /([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"/) {
+                labels[String(pair.output.1)] = String(pair.output.2)
+            }
+            return (String(match.output.1), labels)
+        }
+        try await LiveAPI.with { api in
+            let exported = try await api.get("/metrics", accept: "text/plain").text.split(separator: "\n")
+                .filter { !$0.hasPrefix("#") }.compactMap { sample($0) }
+            var checked = 0
+            for text in series {
+                guard let (name, labels) = sample(text[...]), name.hasPrefix("masq_") else { continue }
+                // job and instance are the scrape's labels, not masqd's.
+                let own = labels.filter { $0.key != "job" && $0.key != "instance" }
+                #expect(exported.contains { $0.name == name && $0.labels == own },
+                        "the test feeds \(name)\(own), which /metrics has not; it has \(exported.filter { $0.name == name }.map(\.labels))")
+                checked += 1
+            }
+            #expect(checked >= 10)
         }
     }
 }
