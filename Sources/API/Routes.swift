@@ -42,14 +42,15 @@ public enum Route: CaseIterable, Sendable {
     public var changesState: Bool { method != .get }
 
     /// The route for a method and path; nil when the path is unknown (404). A known path with
-    /// another method is `.methodNotAllowed` with the methods it has (405).
+    /// another method is `.methodNotAllowed` with the methods it has (405), HEAD among them
+    /// where GET is.
     public static func match(method: String, path: String) -> Match {
         let candidates = allCases.filter { $0.path == path }
         guard !candidates.isEmpty else { return .notFound }
         if let route = candidates.first(where: { $0.method.rawValue == method }) { return .found(route) }
         // HEAD is answered like GET without the body (NIO's encoder drops it).
         if method == "HEAD", let route = candidates.first(where: { $0.method == .get }) { return .found(route) }
-        return .methodNotAllowed(allowed: candidates.map(\.method.rawValue))
+        return .methodNotAllowed(allowed: candidates.flatMap { $0.method == .get ? ["GET", "HEAD"] : [$0.method.rawValue] })
     }
 
     public enum Match: Equatable, Sendable {

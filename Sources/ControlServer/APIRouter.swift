@@ -87,7 +87,7 @@ struct APIRouter: Sendable {
             return Route.match(method: method, path: path)
         case .metrics:
             guard let route = Self.metricsRoutes[path] else { return .notFound }
-            return method == "GET" || method == "HEAD" ? .found(route) : .methodNotAllowed(allowed: ["GET"])
+            return method == "GET" || method == "HEAD" ? .found(route) : .methodNotAllowed(allowed: ["GET", "HEAD"])
         }
     }
 

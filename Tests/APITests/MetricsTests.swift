@@ -85,8 +85,10 @@ struct MetricsLiveTests {
                 let answer = try await get(path)
                 #expect(answer.status == 404 && answer.text.contains("this listener serves /metrics and /healthz only"), "\(path): \(answer.text)")
             }
+            #expect(try await get("/metrics", .HEAD).status == 200)
             for method in [HTTPMethod.POST, .DELETE, .PUT] {
-                #expect(try await get("/metrics", method).status == 405)
+                let refused = try await get("/metrics", method)
+                #expect(refused.status == 405 && refused.headers.first(name: "allow") == "GET, HEAD")
                 #expect(try await get("/v1/conntrack", method).status == 404)
             }
         }

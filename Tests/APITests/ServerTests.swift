@@ -6,6 +6,7 @@ import CMasq
 @testable import Datapath
 import Foundation
 import Netlink
+import NIOHTTP1
 
 import Testing
 
@@ -134,7 +135,7 @@ struct ServerTests {
         }
     }
 
-    @Test("errors are JSON messages with 400, 404 and 405 (with Allow)")
+    @Test("errors are JSON messages with 400, 404 and 405 (with Allow, HEAD in it wherever HEAD is served)")
     func errors() async throws {
         try await LiveAPI.with { api in
             _ = try await call(api, "/v1/conntrack?src=nonsense", expect: 400)
@@ -142,8 +143,14 @@ struct ServerTests {
             let notFound = try await api.get("/v1/nope")
             #expect(notFound.status == 404)
             #expect(try api.decode(APIError.self, notFound).message.contains("/v1/nope"))
-            let post = try await TestHTTP.request(socketPath: api.socketPath, method: .POST, uri: "/v1/status")
-            #expect(post.status == 405 && post.headers.first(name: "allow") == "GET")
+            for (method, path, allow) in [(HTTPMethod.POST, "/v1/status", "GET, HEAD"), (.DELETE, "/v1/healthz", "GET, HEAD"),
+                                          (.PUT, "/v1/conntrack", "GET, HEAD, DELETE")] {
+                let refused = try await TestHTTP.request(socketPath: api.socketPath, method: method, uri: path)
+                #expect(refused.status == 405 && refused.headers.first(name: "allow") == allow, "\(method) \(path): \(refused.headers)")
+                // What Allow names is served.
+                let head = try await TestHTTP.request(socketPath: api.socketPath, method: .HEAD, uri: path)
+                #expect(head.status == 200 && head.body.isEmpty, "HEAD \(path): \(head.status)")
+            }
         }
     }
 

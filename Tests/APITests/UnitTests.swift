@@ -139,7 +139,8 @@ struct ContractTests {
         #expect(Route.match(method: "DELETE", path: "/v1/conntrack") == .found(.conntrackFlush))
         #expect(Route.match(method: "HEAD", path: "/v1/healthz") == .found(.healthz))
         #expect(Route.match(method: "GET", path: "/v2/status") == .notFound)
-        #expect(Route.match(method: "POST", path: "/v1/conntrack") == .methodNotAllowed(allowed: ["GET", "DELETE"]))
+        #expect(Route.match(method: "POST", path: "/v1/conntrack") == .methodNotAllowed(allowed: ["GET", "HEAD", "DELETE"]))
+        #expect(Route.match(method: "DELETE", path: "/v1/status") == .methodNotAllowed(allowed: ["GET", "HEAD"]))
         #expect(Route.allCases.filter(\.changesState) == [.conntrackFlush])
     }
 
