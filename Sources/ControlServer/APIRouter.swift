@@ -95,7 +95,7 @@ struct APIRouter: Sendable {
     /// which `APIServer` builds only with a `LargeBodies` permit.
     func buildsLargeBody(_ request: APIRequest) -> Bool {
         switch match(method: request.method, path: request.path) {
-        case .found(.conntrackList): !Self.accepts(request.accept, MediaType.ndjson)
+        case .found(.conntrackList): !Self.prefersNDJSON(request.accept)
         case .found(.ports): true
         default: false
         }
@@ -143,7 +143,7 @@ struct APIRouter: Sendable {
             let query = try QueryParameters(request.query, allowed: ConntrackFilter.parameterNames + ConntrackPaging.parameterNames)
             let filter = try ConntrackFilter(query: query)
             let paging = try ConntrackPaging(query: query)
-            if Self.accepts(request.accept, MediaType.ndjson) {
+            if Self.prefersNDJSON(request.accept) {
                 // Check the cursor before the 200 goes out.
                 _ = try paging.cursor.map { cursor throws(APIError) in try ConntrackCursor(cursor) }
                 let handlers = self.handlers
@@ -180,12 +180,15 @@ struct APIRouter: Sendable {
         }
     }
 
-    /// Whether an Accept header asks for `mediaType` (parameters and q-values aside).
-    static func accepts(_ accept: String?, _ mediaType: String) -> Bool {
+    /// Content negotiation for `GET /v1/conntrack`, the one endpoint with two media types: NDJSON
+    /// when the Accept header names it with a q-value above 0 and no lower than the one it gives
+    /// JSON, otherwise JSON (the answer without an Accept header, to `*/*`, and when the header
+    /// finds neither acceptable: RFC 9110 12.5.1 lets a server answer its default then).
+    static func prefersNDJSON(_ accept: String?) -> Bool {
         guard let accept else { return false }
-        return accept.split(separator: ",").contains {
-            $0.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() == mediaType
-        }
+        let ranges = MediaRange.parse(accept)
+        guard let ndjson = MediaRange.quality(of: MediaType.ndjson, in: ranges, namedOnly: true), ndjson > 0 else { return false }
+        return ndjson >= MediaRange.quality(of: MediaType.json, in: ranges) ?? 0
     }
 
     /// The one place an error becomes a status and a `{"message": ...}` body.
@@ -206,5 +209,47 @@ struct APIRouter: Sendable {
         var buffer = ByteBuffer(bytes: (try? APIJSON.encoder().encode(apiError)) ?? Data(#"{"message":"internal error"}"#.utf8))
         buffer.writeInteger(UInt8(ascii: "\n"))
         return .body(status: apiError.status, contentType: MediaType.json, buffer, headers: headers)
+    }
+}
+
+/// One element of an Accept header (RFC 9110 12.5.1): a media range and its q-value.
+struct MediaRange: Equatable {
+    /// Lowercased, parameters dropped: `application/json`, `application/*` or `*/*`.
+    var range: String
+    /// 0 to 1; 0 is "not acceptable" (RFC 9110 12.4.2).
+    var q: Double
+
+    /// The elements of an Accept header. One whose q-value is malformed is left out.
+    static func parse(_ header: String) -> [MediaRange] {
+        header.split(separator: ",").compactMap { element in
+            let parts = element.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard let range = parts.first?.lowercased(), !range.isEmpty else { return nil }
+            var q = 1.0
+            // Media type parameters come before q; accept extensions after it are ignored.
+            if let weight = parts.dropFirst().first(where: { $0.lowercased().hasPrefix("q=") }) {
+                let text = weight.dropFirst(2)
+                guard text.wholeMatch(of: /0(\.[0-9]{0,3})?|1(\.0{0,3})?/) != nil, let value = Double(text) else { return nil }
+                q = value
+            }
+            return MediaRange(range: range, q: q)
+        }
+    }
+
+    /// How specifically this range names `mediaType` (lowercase): 2 as itself, 1 as `type/*`,
+    /// 0 as `*/*`; nil when it does not match.
+    func specificity(for mediaType: String) -> Int? {
+        if range == mediaType { return 2 }
+        if range == "*/*" { return 0 }
+        if range.hasSuffix("/*"), mediaType.hasPrefix(range.dropLast()) { return 1 }
+        return nil
+    }
+
+    /// The q-value `ranges` give `mediaType`: that of the most specific range matching it (the
+    /// highest of equally specific ones); nil when none matches, or none names it itself when
+    /// `namedOnly`.
+    static func quality(of mediaType: String, in ranges: [MediaRange], namedOnly: Bool = false) -> Double? {
+        ranges.compactMap { range in
+            range.specificity(for: mediaType).flatMap { $0 == 2 || !namedOnly ? ($0, range.q) : nil }
+        }.max { $0 < $1 }?.1
     }
 }

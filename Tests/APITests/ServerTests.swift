@@ -202,6 +202,10 @@ struct ServerTests {
             let stream = try await call(api, "/v1/conntrack", accept: MediaType.ndjson)
             let lines = stream.body.split(separator: UInt8(ascii: "\n"))
             #expect(lines.count == 2_510)
+            // q=0 is "not acceptable" (RFC 9110 12.4.2): a JSON page.
+            let refused = try await call(api, "/v1/conntrack", accept: "application/x-ndjson;q=0, application/json")
+            #expect(refused.headers.first(name: "content-type") == MediaType.json)
+            #expect(try api.decode(ConntrackPage.self, refused).entries.count == 1000)
             let first = try APIJSON.decoder().decode(ConntrackEntry.self, from: Data(lines[0]))
             #expect(first.translated.src == IPAddress(LiveAPI.snatAddress) && first.device == "lo")
             #expect(first.state == .established && first.replyCounters != nil)

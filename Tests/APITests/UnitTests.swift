@@ -144,6 +144,26 @@ struct ContractTests {
         #expect(Route.allCases.filter(\.changesState) == [.conntrackFlush])
     }
 
+    @Test("conntrack's content negotiation honours q-values: the higher wins, q=0 is not acceptable, a tie goes to NDJSON named", arguments: [
+        (nil, false), ("application/json", false), ("*/*", false), ("application/*", false), ("text/html", false),
+        ("application/x-ndjson", true), ("Application/X-NDJSON; q=1.000", true), ("application/x-ndjson, application/json", true),
+        ("application/json, application/x-ndjson", true), ("application/x-ndjson;q=0.5", true), ("application/x-ndjson;q=0.5, */*;q=0.1", true),
+        ("application/x-ndjson;q=0, application/json", false), ("application/x-ndjson;q=0", false), ("application/x-ndjson; Q=0.0", false),
+        ("application/x-ndjson;q=0.5, application/json", false), ("application/x-ndjson;q=0.5, application/*", false),
+        ("application/x-ndjson;q=0.5, application/json;q=0.5", true), ("application/json;q=0.4, application/x-ndjson;q=0.401", true),
+        ("application/x-ndjson;q=0.9, application/json;q=0, */*", true), ("application/x-ndjson;q=0.9, application/*;q=0.2, */*", true),
+        // The most specific range counts: application/json;q=0 excludes JSON, */* does not bring it back.
+        ("application/json;q=0, */*, application/x-ndjson;q=0.1", true),
+        // A malformed q-value leaves its element out.
+        ("application/x-ndjson;q=2", false), ("application/x-ndjson;q=0.5x", false), ("application/x-ndjson;q=-1", false),
+        ("application/x-ndjson;q=1.5, application/json;q=0.1", false),
+        // Media type parameters and accept extensions aside.
+        ("application/x-ndjson;charset=utf-8;q=0.8;ext=1, application/json;q=0.7", true),
+    ] as [(String?, Bool)])
+    func acceptQValues(accept: String?, ndjson: Bool) {
+        #expect(APIRouter.prefersNDJSON(accept) == ndjson)
+    }
+
     @Test("errors encode only their message, and JSON keeps CIDR slashes unescaped")
     func errorAndJSON() throws {
         let data = try APIJSON.encoder().encode(APIError.forbidden("no"))
