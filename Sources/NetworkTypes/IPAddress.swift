@@ -123,7 +123,8 @@ public struct IPPrefix: Hashable, Sendable, Comparable, CustomStringConvertible 
         let maxLength = address.bitWidth
         var length = maxLength
         if parts.count == 2 {
-            guard let l = Int(parts[1]), (0...maxLength).contains(l), !parts[1].hasPrefix("+") else {
+            // Decimal digits only: Int alone would take "+8" and "-0".
+            guard parts[1].utf8.allSatisfy({ (0x30...0x39).contains($0) }), let l = Int(parts[1]), (0...maxLength).contains(l) else {
                 throw .malformed(text)
             }
             length = l

@@ -250,8 +250,15 @@ struct AbuseTests {
                 let health = try await api.get("/v1/healthz")
                 #expect(health.status == 200 && health.text.contains(#""state":"Ok""#), "\(health.status) \(health.text)")
             }
-            let status = try await api.get("/v1/status")
-            #expect(status.status == 503 && status.text.contains("too many connections"), "\(status.status) \(status.text)")
+            // Every other operation is refused, as openapi.yaml documents.
+            let spec = try OpenAPIDocument.load()
+            for route in Route.allCases where route != .healthz {
+                let answer = route.method == .delete ? try await api.delete(route.path) : try await api.get(route.path)
+                #expect(answer.status == 503 && answer.text.contains("too many connections"), "\(route.path): \(answer.status) \(answer.text)")
+                let problems = spec.check(method: route.method.rawValue, path: route.path, status: answer.status,
+                                          contentType: answer.headers.first(name: "content-type"), body: answer.body)
+                #expect(problems.isEmpty, "\(problems)")
+            }
             // A closed full connection frees its place.
             held.removeAll()
             try await Task.sleep(for: .milliseconds(300))

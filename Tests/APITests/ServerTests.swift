@@ -154,6 +154,30 @@ struct ServerTests {
         }
     }
 
+    @Test("every operation documents the errors masqd gives it: 400 for an unknown query parameter (/metrics ignores them), 413 for a body, 431 for large headers")
+    func errorsDocumented() async throws {
+        try await LiveAPI.with { api in
+            for route in Route.allCases {
+                let method = route.method.rawValue
+                if route != .metrics { _ = try await call(api, route.path + "?x=1", method: method, expect: 400) }
+                for (extra, status) in [("Content-Length: 10000000\r\n", 413), ("X-Big: \(String(repeating: "a", count: 20_000))\r\n", 431)] {
+                    let raw = try RawSocket(path: api.socketPath)
+                    raw.send("\(method) \(route.path) HTTP/1.1\r\nHost: m\r\n\(extra)\r\n")
+                    let answer = raw.readAll()
+                    let parts = answer.components(separatedBy: "\r\n\r\n")
+                    let head = parts[0].components(separatedBy: "\r\n")
+                    let code = head[0].split(separator: " ").dropFirst().first.flatMap { Int($0) }
+                    #expect(code == status, "\(method) \(route.path): \(head[0])")
+                    let contentType = head.first { $0.lowercased().hasPrefix("content-type:") }?.dropFirst("content-type:".count)
+                        .trimmingCharacters(in: .whitespaces)
+                    let problems = spec.check(method: method, path: route.path, status: code ?? 0, contentType: contentType,
+                                              body: Data(parts.dropFirst().joined(separator: "\r\n\r\n").utf8))
+                    #expect(problems.isEmpty, "\(problems)")
+                }
+            }
+        }
+    }
+
     /// The TCP flows' original sources ("src:sport"), read page by page with `limit`, at most
     /// `maxPages` pages, and the pages read; `afterPage` runs after each with the pages so far.
     private func tcpFlowsPaged(_ api: LiveAPI, limit: Int, maxPages: Int,

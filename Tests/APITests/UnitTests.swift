@@ -518,6 +518,88 @@ struct ConntrackEntryTests {
     }
 }
 
+@Suite("openapi address patterns")
+struct AddressPatternTests {
+    /// openapi.yaml's patterns for Address and AddressOrCIDR.
+    static func patterns() throws -> (address: Regex<AnyRegexOutput>, addressOrCIDR: Regex<AnyRegexOutput>) {
+        let schemas = try #require((OpenAPIDocument.load().root["components"] as? [String: Any])?["schemas"] as? [String: Any])
+        func pattern(_ name: String) throws -> Regex<AnyRegexOutput> {
+            try Regex(try #require((schemas[name] as? [String: Any])?["pattern"] as? String, "\(name) has no pattern"))
+        }
+        return (try pattern("Address"), try pattern("AddressOrCIDR"))
+    }
+
+    /// Whether masqd's parsers take `text`: as an address (explain's src and dst), and as an
+    /// address or ADDRESS/LENGTH (the filters' src and dst; host bits set are refused after the
+    /// parse, which no pattern can say).
+    static func parsed(_ text: String) -> (address: Bool, addressOrCIDR: Bool) {
+        let prefix: Bool
+        do {
+            _ = try QueryParameters(items: ["src": text]).prefix("src")
+            prefix = true
+        } catch {
+            prefix = error.message.contains("has host bits set")
+        }
+        return ((try? QueryParameters(items: ["src": text]).address("src")) != nil, prefix)
+    }
+
+    static func check(_ texts: [String]) throws -> (matched: Int, problems: [String]) {
+        let (address, addressOrCIDR) = try patterns()
+        var problems: [String] = []
+        var matched = 0
+        for text in texts {
+            let parsed = Self.parsed(text)
+            let byAddress = (try? address.wholeMatch(in: text)) != nil
+            let byCIDR = (try? addressOrCIDR.wholeMatch(in: text)) != nil
+            if byAddress != parsed.address { problems.append("Address \(text.debugDescription): pattern \(byAddress), parser \(parsed.address)") }
+            if byCIDR != parsed.addressOrCIDR { problems.append("AddressOrCIDR \(text.debugDescription): pattern \(byCIDR), parser \(parsed.addressOrCIDR)") }
+            if byCIDR { matched += 1 }
+        }
+        return (matched, problems)
+    }
+
+    @Test("the patterns take exactly what the parsers take, examples")
+    func examples() throws {
+        let valid = ["0.0.0.0", "10.244.0.0/16", "255.255.255.255/32", "10.0.0.1/008", "10.0.0.0/0", "::", "::/0", "::1", "fd00::/64",
+                     "FD00:0:0:0:0:0:0:0/128", "1:2:3:4:5:6:7:8", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1::8", "0001:002:03:4::",
+                     "::ffff:10.0.0.1", "::10.0.0.1", "1:2:3:4:5:6:10.0.0.1", "1::5:6:10.0.0.1", "1:2:3:4:5::10.0.0.1/0128", "fd00::/064"]
+        let invalid = ["", "10.0.0", "10.0.0.0.0", "010.0.0.0", "256.0.0.0", "10.0.0.0/33", "10.0.0.0/-0", "10.0.0.0/+8", "10.0.0.0/",
+                       "10.0.0.0/8/8", "10.0.0.0/ 8", " 10.0.0.0", "10.0.0.0\n", "10.0.0.0/8\n", "1.2.3.4a", ":", ":::", "1:::2", "1::2::3",
+                       ":1::", "1::2:", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "1::2:3:4:5:6:7:8", "00001::", "g::", "fd00::/129",
+                       "fd00::%eth0", "1:2:3:4:5:6:7:10.0.0.1", "1:2:3:4:5:6::10.0.0.1", "::10.0.0.01", "::10.0.0", "::a.0.0.1",
+                       "10.0.0.1::", "[::1]", "::1/1a", "0x0a.0.0.1", "１.2.3.4"]
+        let (matched, problems) = try Self.check(valid + invalid)
+        #expect(problems == [])
+        #expect(matched == valid.count)
+    }
+
+    @Test("the patterns take exactly what the parsers take, every arrangement of up to 9 groups, one or two '::', a dotted tail and a length")
+    func arrangements() throws {
+        var texts: [String] = []
+        for count in 0...9 {
+            for group in ["0", "ab", "FFFF", "12345"] {
+                let groups = Array(repeating: group, count: count)
+                for compressed in [nil] + Array(0...count) + [-1] {
+                    var text: String
+                    switch compressed {
+                    case nil: text = groups.joined(separator: ":")
+                    case -1: text = groups.prefix(1).joined() + "::" + groups.dropFirst().prefix(2).joined(separator: ":") + "::"
+                        + groups.dropFirst(3).joined(separator: ":")
+                    case let at?: text = groups[..<at].joined(separator: ":") + "::" + groups[at...].joined(separator: ":")
+                    }
+                    for tail in ["", "10.0.0.1", "1.2.3.256"] {
+                        let whole = tail.isEmpty ? text : text + (text.isEmpty || text.hasSuffix(":") ? "" : ":") + tail
+                        for length in ["", "/0", "/32", "/33", "/128", "/129"] { texts.append(whole + length) }
+                    }
+                }
+            }
+        }
+        let (matched, problems) = try Self.check(texts)
+        #expect(problems == [])
+        #expect(matched > 500, "\(matched) of \(texts.count)")
+    }
+}
+
 @Suite("metrics text")
 struct PrometheusTextTests {
     @Test("families carry HELP and TYPE once, label values are escaped, integers print without a fraction")
