@@ -269,7 +269,7 @@ struct DualStackE2ETests {
         }
     }
 
-    @Test("new IPv6 flows follow the uplink's address live: the newest global address, never a deprecated one; none left, IPv4 only")
+    @Test("new IPv6 flows follow the uplink's address live: a newer address does not take over, a deprecated one is left for the next; none left, IPv4 only")
     func addressChange() async throws {
         try await Sandbox.with(dualStack: true) { sandbox in
             try await sandbox.startServers()
@@ -291,17 +291,20 @@ struct DualStackE2ETests {
             }
             try await waitForSource(Sandbox.nodeIPv6, "at start")
 
+            // A newer address beside it: the address in force stays (flows are not moved).
             let newer = "fd00:50::5"
             try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "add", "\(newer)/64", "dev", Sandbox.device, "nodad"])
-            try await waitForSource(newer, "a newer address")
+            try await Task.sleep(for: .seconds(2))
+            try await waitForSource(Sandbox.nodeIPv6, "a newer address added")
 
             // Deprecated (preferred lifetime 0): never a SNAT address for new flows.
+            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "change", "\(Sandbox.nodeIPv6)/64", "dev", Sandbox.device,
+                                  "preferred_lft", "0", "nodad"])
+            try await waitForSource(newer, "the address in force deprecated")
+
+            // Only deprecated addresses left: the device masquerades IPv4 only, and says why.
             try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "change", "\(newer)/64", "dev", Sandbox.device,
                                   "preferred_lft", "0", "nodad"])
-            try await waitForSource(Sandbox.nodeIPv6, "the newer address deprecated")
-
-            // Only the deprecated address left: the device masquerades IPv4 only, and says why.
-            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "del", "\(Sandbox.nodeIPv6)/64", "dev", Sandbox.device])
             let missing = "\(Sandbox.device) masquerades no IPv6: no usable global IPv6 address"
             var status = try await sandbox.masqClient(["status"])
             for _ in 0..<50 where !status.stdout.contains(missing) {
