@@ -225,8 +225,11 @@ struct MediaRange: Equatable {
             let parts = element.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
             guard let range = parts.first?.lowercased(), !range.isEmpty else { return nil }
             var q = 1.0
-            // Media type parameters come before q; accept extensions after it are ignored.
-            if let weight = parts.dropFirst().first(where: { $0.lowercased().hasPrefix("q=") }) {
+            // Media type parameters come before q; accept extensions after it are ignored. The
+            // weight is `q=VALUE`, no space around the `=` (RFC 9110 12.4.2): `q = 0.5` is malformed.
+            let isWeight = { (part: String) in part.split(separator: "=", maxSplits: 1).first?.trimmingCharacters(in: .whitespaces).lowercased() == "q" }
+            if let weight = parts.dropFirst().first(where: isWeight) {
+                guard weight.lowercased().hasPrefix("q=") else { return nil }
                 let text = weight.dropFirst(2)
                 guard text.wholeMatch(of: /0(\.[0-9]{0,3})?|1(\.0{0,3})?/) != nil, let value = Double(text) else { return nil }
                 q = value

@@ -100,22 +100,31 @@ public struct NetworkSnapshot: Equatable, Sendable {
             }
         }
         var defaultRouteDevices = Set<String>()
+        // Every default route's `src` and gateways through each link, whatever their order.
+        var sources: [UInt32: [IPAddress]] = [:]
+        var gateways: [UInt32: [IPAddress]] = [:]
         for route in routes where route.isMainDefault {
             for index in route.outputInterfaces {
-                guard var link = byIndex[index], !link.isLoopback else { continue }
+                guard let link = byIndex[index], !link.isLoopback else { continue }
                 defaultRouteDevices.insert(link.name)
-                switch route.preferredSource {
-                case .v4(let a) where link.ipv4.contains(a): link.routeSourceV4 = a
-                case .v6(let a) where link.ipv6.contains(a): link.routeSourceV6 = a
-                default:
-                    // IPv6 gateways are link-local: only IPv4 picks by the gateway's subnet.
-                    guard case .v4(let gateway)? = route.gateways[index] else { break }
-                    let primary = usable.first { $0.index == index && !$0.isSecondary && $0.isIPv4
-                        && IPPrefix(unchecked: $0.address, length: Int($0.prefixLength)).contains(.v4(gateway)) }
-                    if case .v4(let a)? = primary?.address { link.routeSourceV4 = a }
-                }
-                byIndex[index] = link
+                if let source = route.preferredSource { sources[index, default: []].append(source) }
+                gateways[index, default: []] += route.gateways[index] ?? []
             }
+        }
+        for (index, var link) in byIndex {
+            let named = sources[index] ?? []
+            link.routeSourceV4 = link.ipv4.first { named.contains(.v4($0)) }
+            link.routeSourceV6 = link.ipv6.first { named.contains(.v6($0)) }
+            if link.routeSourceV4 == nil, let gateways = gateways[index] {
+                // The first primary address in a gateway's subnet (IPv6 gateways are link-local:
+                // only IPv4 picks by subnet).
+                let primary = usable.first { address in
+                    address.index == index && !address.isSecondary && address.isIPv4
+                        && gateways.contains { IPPrefix(unchecked: address.address, length: Int(address.prefixLength)).contains($0) }
+                }
+                if case .v4(let a)? = primary?.address { link.routeSourceV4 = a }
+            }
+            byIndex[index] = link
         }
         return NetworkSnapshot(
             links: byIndex.values.sorted { $0.index < $1.index },

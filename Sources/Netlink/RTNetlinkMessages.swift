@@ -257,10 +257,9 @@ struct AddressMessage: Equatable, Sendable {
 
     var isIPv4: Bool { address.bitWidth == 32 }
 
-    /// IPv6 global unicast (2000::/3), as opposed to a ULA (fc00::/7) or other global-scope space.
     var isGlobalUnicast: Bool {
         guard case .v6(let a) = address else { return false }
-        return a.bytes[0] & 0xe0 == 0x20
+        return a.isGlobalUnicast
     }
 
     /// Whether new flows may leave with this address: global scope (not host or link), not
@@ -287,13 +286,14 @@ struct RouteMessage: Equatable, Sendable {
     var type: UInt8
     /// RTA_OIF, or every nexthop's device of a multipath route.
     var outputInterfaces: [UInt32]
-    /// RTA_GATEWAY by device: the route's, or each nexthop's of a multipath route.
-    var gateways: [UInt32: IPAddress]
+    /// RTA_GATEWAY by device: the route's, or each nexthop's of a multipath route (several
+    /// nexthops may leave through one device).
+    var gateways: [UInt32: [IPAddress]]
     /// RTA_PREFSRC (`ip route ... src ADDRESS`).
     var preferredSource: IPAddress?
 
     init(destinationLength: UInt8, table: UInt32 = RTNL.tableMain, type: UInt8 = RTNL.typeUnicast, outputInterfaces: [UInt32],
-         gateways: [UInt32: IPAddress] = [:], preferredSource: IPAddress? = nil) {
+         gateways: [UInt32: [IPAddress]] = [:], preferredSource: IPAddress? = nil) {
         self.destinationLength = destinationLength
         self.table = table
         self.type = type
@@ -315,7 +315,9 @@ struct RouteMessage: Equatable, Sendable {
         gateways = [:]
         if let oif = attributes.u32(RTNL.routeOutputInterface) {
             outputInterfaces.append(oif)
-            gateways[oif] = attributes[RTNL.routeGateway].flatMap { IPAddress(family: family, raw: $0) }
+            if let gateway = attributes[RTNL.routeGateway].flatMap({ IPAddress(family: family, raw: $0) }) {
+                gateways[oif] = [gateway]
+            }
         }
         if let hops = attributes[RTNL.routeMultipath] {
             // struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; } then its attributes.
@@ -328,7 +330,9 @@ struct RouteMessage: Equatable, Sendable {
                 let oif = hops.u32(at: offset + 4)
                 outputInterfaces.append(oif)
                 let hop = try NetlinkAttributes(hops[(offset + RTNL.rtnexthopSize)..<(offset + length)])
-                gateways[oif] = hop[RTNL.routeGateway].flatMap { IPAddress(family: family, raw: $0) }
+                if let gateway = hop[RTNL.routeGateway].flatMap({ IPAddress(family: family, raw: $0) }) {
+                    gateways[oif, default: []].append(gateway)
+                }
                 offset += align(length)
             }
         }

@@ -68,6 +68,9 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
     }
 
     public static func < (a: Self, b: Self) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+
+    /// Global unicast (2000::/3), as opposed to a ULA (fc00::/7) or other global-scope space.
+    public var isGlobalUnicast: Bool { bytes[0] & 0xe0 == 0x20 }
 }
 
 /// An IPv4 or IPv6 address.

@@ -157,6 +157,7 @@ struct ContractTests {
         // A malformed q-value leaves its element out.
         ("application/x-ndjson;q=2", false), ("application/x-ndjson;q=0.5x", false), ("application/x-ndjson;q=-1", false),
         ("application/x-ndjson;q=1.5, application/json;q=0.1", false),
+        ("application/x-ndjson ; q = 0.5, application/json;q=0.4", false), ("application/x-ndjson;q =0.5", false),
         // Media type parameters and accept extensions aside.
         ("application/x-ndjson;charset=utf-8;q=0.8;ext=1, application/json;q=0.7", true),
     ] as [(String?, Bool)])

@@ -199,22 +199,29 @@ struct DeviceTests {
             AddressMessage(index: 2, address: v6("2001:db8::9"), prefixLength: 64),
         ]
         let byGateway = snapshot(addresses, routes: [
-            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v4("100.5.0.254")])])
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: [v4("100.5.0.254")]])])
         #expect(link(byGateway, "ext0")?.routeSourceV4 == IPv4Address("100.5.0.1"))
         #expect(link(byGateway, "ext0")?.routeSourceV6 == nil)
 
         let bySrc = snapshot(addresses, routes: [
-            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v4("100.5.0.254")], preferredSource: v4("192.0.2.10")),
-            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v6("fe80::1")], preferredSource: v6("2001:db8::9"))])
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: [v4("100.5.0.254")]], preferredSource: v4("192.0.2.10")),
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: [v6("fe80::1")]], preferredSource: v6("2001:db8::9"))])
         #expect(link(bySrc, "ext0")?.routeSourceV4 == IPv4Address("192.0.2.10"))
         #expect(link(bySrc, "ext0")?.routeSourceV6 == IPv6Address("2001:db8::9"))
 
         // A gateway outside every subnet of the link's, a src the link does not have, another
         // table's default route: none says.
         let none = snapshot(addresses, routes: [
-            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: v4("203.0.113.1")], preferredSource: v4("198.51.100.1")),
-            RouteMessage(destinationLength: 0, table: 100, outputInterfaces: [2], gateways: [2: v4("100.5.0.254")])])
+            RouteMessage(destinationLength: 0, outputInterfaces: [2], gateways: [2: [v4("203.0.113.1")]], preferredSource: v4("198.51.100.1")),
+            RouteMessage(destinationLength: 0, table: 100, outputInterfaces: [2], gateways: [2: [v4("100.5.0.254")]])])
         #expect(link(none, "ext0")?.routeSourceV4 == nil && link(none, "ext0")?.routeSourceV6 == nil)
+
+        // Two nexthops through the link, in either order: the first primary in one of their
+        // subnets, so reordering them does not move the address.
+        for hops in [[v4("192.0.2.254"), v4("100.5.0.254")], [v4("100.5.0.254"), v4("192.0.2.254")]] {
+            let multipath = snapshot(addresses, routes: [RouteMessage(destinationLength: 0, outputInterfaces: [2, 2], gateways: [2: hops])])
+            #expect(link(multipath, "ext0")?.routeSourceV4 == IPv4Address("192.0.2.10"), "\(hops)")
+        }
     }
 
     @Test("a device's SNAT address: the default route's source, else the one in force while the device keeps it, else the first usable one")
@@ -241,6 +248,20 @@ struct DeviceTests {
         ext0.routeSourceV4 = IPv4Address(100, 0, 0, 9)
         network.links = [ext0]
         #expect(DesiredState.selectDevices(config: config, network: network, inForce: inForce).0.first?.snatV4 == IPv4Address(100, 0, 0, 9))
+
+        // A ULA in force gives way to a global unicast address once one is usable; another
+        // global address does not take over from a global one.
+        let ula = try #require(IPv6Address("fd99::1"))
+        ext0.routeSourceV4 = nil
+        ext0.ipv6 = [old, ula]
+        network.links = [ext0]
+        #expect(DesiredState.selectDevices(config: config, network: network, inForce: [2: .init(snatV4: nil, snatV6: ula)]).0.first?.snatV6 == old)
+        ext0.ipv6 = [ula]
+        network.links = [ext0]
+        #expect(DesiredState.selectDevices(config: config, network: network, inForce: [2: .init(snatV4: nil, snatV6: ula)]).0.first?.snatV6 == ula)
+        ext0.ipv6 = [old, vip]
+        network.links = [ext0]
+        #expect(DesiredState.selectDevices(config: config, network: network, inForce: [2: .init(snatV4: nil, snatV6: vip)]).0.first?.snatV6 == vip)
 
         // Through DesiredState: the previous state's addresses, or at start the pinned ones.
         let inputs = ReconcileInputs(config: config, network: NetworkSnapshot(links: [NetworkSnapshot.Link(
@@ -342,14 +363,14 @@ struct DeviceTests {
             + rta(RTNL.routeOutputInterface, le32(2)) + rta(RTNL.routeGateway, [100, 5, 0, 254])
             + rta(RTNL.routePreferredSource, [100, 5, 0, 1]))
         let r = try RouteMessage(try NetlinkMessage.parse(single[...])[0])
-        #expect(r.gateways == [2: v4("100.5.0.254")] && r.preferredSource == v4("100.5.0.1"))
+        #expect(r.gateways == [2: [v4("100.5.0.254")]] && r.preferredSource == v4("100.5.0.1"))
 
         let hop1: [UInt8] = le16(16) + [0, 0] + le32(3) + rta(RTNL.routeGateway, [100, 1, 0, 2])
         let hop2: [UInt8] = le16(8) + [0, 0] + le32(5)
         let multi = nlmsg(RTNL.newRoute, rtmsg(dstLen: 0, table: UInt8(RTNL.tableMain), type: RTNL.typeUnicast)
             + rta(RTNL.routeMultipath, hop1 + hop2))
         let m = try RouteMessage(try NetlinkMessage.parse(multi[...])[0])
-        #expect(m.gateways == [3: v4("100.1.0.2")] && m.preferredSource == nil)
+        #expect(m.gateways == [3: [v4("100.1.0.2")]] && m.preferredSource == nil)
     }
 
     @Test("one datagram holds several padded messages; the end of a dump and errors carry the errno")

@@ -50,6 +50,13 @@ struct IPMasqAgentTests {
         #expect(c.ignoredKeys == ["resyncInterval", "cidrLimit"])
     }
 
+    @Test("keys match in any case, as Go's encoding/json matches them; y and n are booleans, as go-yaml reads them")
+    func keyCaseAndShortBooleans() throws {
+        let c = try parse("nonMasqueradeCidrs: [11.0.0.0/8]\nMASQLINKLOCAL: Y\nmasqlinklocalipv6: n\n")
+        #expect(c.effectiveList.cidrs.map(\.description) == ["11.0.0.0/8", "fe80::/10"])
+        #expect(c.ignoredKeys.isEmpty)
+    }
+
     @Test("CIDRs are normalised and duplicates dropped")
     func normalised() throws {
         let c = try parse("nonMasqueradeCIDRs: [\"10.0.0.0/8\", 10.0.0.0/8, \"FD00::/8\", 169.254.0.0/16]\n")

@@ -63,12 +63,13 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
         for (keyNode, value) in mapping {
             let key = keyNode.string ?? ""
             let line = keyNode.mark?.line
-            switch key {
-            case "nonMasqueradeCIDRs":
+            // Any case, as Go's encoding/json matches field names (Cilium decodes the file so).
+            switch key.lowercased() {
+            case "nonmasqueradecidrs":
                 config.nonMasqueradeCIDRs = try cidrs(value, path: path, line: line, ipv6Enabled: ipv6Enabled)
-            case "masqLinkLocal":
+            case "masqlinklocal":
                 config.masqLinkLocal = try bool(value, key: key, path: path, line: line)
-            case "masqLinkLocalIPv6":
+            case "masqlinklocalipv6":
                 config.masqLinkLocalIPv6 = try bool(value, key: key, path: path, line: line)
             default:
                 config.ignoredKeys.append(key)
@@ -77,10 +78,12 @@ public struct IPMasqAgentConfig: Equatable, Sendable {
         return config
     }
 
-    /// A plain YAML boolean (`true`, `false`, and YAML 1.1's `yes`/`no`, as go-yaml reads them for
-    /// Cilium); a quoted string such as "yes" is a string, which Cilium's decoding refuses.
+    /// A plain YAML boolean (`true`, `false`, and YAML 1.1's `yes`/`no`, `on`/`off`, `y`/`n`, as
+    /// go-yaml reads them for Cilium); a quoted string such as "yes" is a string, which Cilium's
+    /// decoding refuses.
     private static func bool(_ node: Node, key: String, path: String, line: Int?) throws(IPMasqAgentError) -> Bool {
-        guard case .scalar(let scalar) = node, scalar.style == .plain, let value = node.bool else {
+        let short = ["y": true, "Y": true, "n": false, "N": false]
+        guard case .scalar(let scalar) = node, scalar.style == .plain, let value = node.bool ?? short[scalar.string] else {
             throw IPMasqAgentError(path: path, line: node.mark?.line ?? line, message: "\(key) must be true or false")
         }
         return value

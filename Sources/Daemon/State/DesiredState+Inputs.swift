@@ -41,8 +41,8 @@ extension DesiredState {
     /// The devices in force: those `devices` names (exact or `prefix+`), or, when it is empty,
     /// those that carry a default route. Each gets one SNAT address per enabled family, never a
     /// stale one: the default route's source through it (`routeSourceV4`/`V6`), else the one in
-    /// force (`inForce`, by ifindex) while the device keeps it usable, else the first of its
-    /// usable addresses. Every flow leaves with its device's address, so a change moves them
+    /// force (`inForce`, by ifindex) while the device keeps it usable (for IPv6, and no global
+    /// unicast address is usable where it is a ULA), else the first of its usable addresses. Every flow leaves with its device's address, so a change moves them
     /// all (a TCP connection does not survive it): an address added beside the one in force
     /// does not take over. A device stays in force while it exists, also when it is down or has
     /// no usable address (its programs stay attached through a link flap, and pod packets it
@@ -83,13 +83,19 @@ extension DesiredState {
             let kept = inForce[link.index]
             devices.append(Device(
                 name: link.name, ifindex: link.index, linkLayer: link.linkLayer, l2HeaderLength: l2HeaderLength,
-                snatV4: config.enableIPv4Masquerade ? Self.snatAddress(route: link.routeSourceV4, inForce: kept?.snatV4, usable: link.ipv4) : nil,
-                snatV6: config.enableIPv6Masquerade ? Self.snatAddress(route: link.routeSourceV6, inForce: kept?.snatV6, usable: link.ipv6) : nil))
+                snatV4: config.enableIPv4Masquerade
+                    ? Self.snatAddress(route: link.routeSourceV4, inForce: kept?.snatV4, usable: link.ipv4) { _ in true } : nil,
+                snatV6: config.enableIPv6Masquerade
+                    ? Self.snatAddress(route: link.routeSourceV6, inForce: kept?.snatV6, usable: link.ipv6) { $0.isGlobalUnicast == link.ipv6.first?.isGlobalUnicast } : nil))
         }
         return (devices, skipped)
     }
 
-    private static func snatAddress<Address: Equatable>(route: Address?, inForce: Address?, usable: [Address]) -> Address? {
-        route ?? inForce.flatMap { usable.contains($0) ? $0 : nil } ?? usable.first
+    /// `usable` is in order of preference; the one in force stays while it is usable and of
+    /// the best class there is (`bestClass`): a ULA chosen while no global address was usable
+    /// gives way once one is (at boot, SLAAC's address comes a second after a static ULA).
+    private static func snatAddress<Address: Equatable>(route: Address?, inForce: Address?, usable: [Address],
+                                                        bestClass: (Address) -> Bool) -> Address? {
+        route ?? inForce.flatMap { usable.contains($0) && bestClass($0) ? $0 : nil } ?? usable.first
     }
 }
