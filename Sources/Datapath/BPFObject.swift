@@ -39,8 +39,8 @@ public final class BPFObject {
     /// map was named in `keepReplaced` (then it is in `replacedMaps`).
     public private(set) var replacedPins: [String] = []
     /// The old maps of `keepReplaced` that were replaced, still open, for their contents to
-    /// be carried over; closed when the caller drops them.
-    public private(set) var replacedMaps: [String: ReplacedMap] = [:]
+    /// be carried over; `takeReplacedMaps` hands them over.
+    private var replacedMaps: [String: ReplacedMap] = [:]
 
     /// Opens `bytes`, sizes maps per `maxEntries` (map name to entries), reuses or pins the
     /// maps marked for pinning under `pinRoot` (nil: nothing is pinned), and loads everything.
@@ -109,6 +109,14 @@ public final class BPFObject {
 
     deinit {
         bpf_object__close(object)
+    }
+
+    /// Hands the replaced maps of `keepReplaced` over to the caller and forgets them: each old
+    /// map (a whole NAT table's memlock) is closed once the caller drops it, not when this
+    /// object goes away.
+    public func takeReplacedMaps() -> [String: ReplacedMap] {
+        defer { replacedMaps = [:] }
+        return replacedMaps
     }
 
     /// The map called `name`.

@@ -58,12 +58,14 @@ public actor Datapath {
             pinRoot: root,
             maxEntries: [MASQ_MAP_NAT_V4: natMaxEntries, MASQ_MAP_NAT_V6: natMaxEntries],
             keepReplaced: [MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6])
-        for name in object.replacedPins where object.replacedMaps[name] == nil {
+        // The old tables close when this init is done with them, after the carry-over.
+        let replaced = object.takeReplacedMaps()
+        for name in object.replacedPins where replaced[name] == nil {
             logger.info("Pinned map did not match this datapath and was recreated",
                         metadata: ["map.name": "\(name)"])
         }
         for name in [MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6] {
-            guard let old = object.replacedMaps[name] else { continue }
+            guard let old = replaced[name] else { continue }
             do {
                 let carried = try NATCarryOver.run(from: old, to: try object.map(name))
                 logger.log(level: carried.lost == 0 ? .notice : .warning,

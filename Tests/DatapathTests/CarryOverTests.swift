@@ -5,6 +5,7 @@
 @preconcurrency import Glibc
 import CLibbpf
 import CMasq
+import Foundation
 import Logging
 import Testing
 @testable import Daemon
@@ -62,6 +63,55 @@ struct CarryOverTests {
                                                         dir: MASQ_DIR_EGRESS), as: masq_nat_entry_v4.self))
             #expect(host16(fwd.to_port) == 50042 && fwd.tcp_state == UInt8(MASQ_TCP_ESTABLISHED))
         }
+    }
+
+    @Test("the replaced tables are closed once their flows are carried over: their memlock goes back at once, not at exit")
+    func replacedTablesClosed() async throws {
+        try await withRoot { root in
+            do {
+                let first = try Datapath(config: config(root: root, entries: 1024), logger: logger)
+                try writePair(try await first.map(MASQ_MAP_NAT_V4), sport: 1000, port: 50000, tcpState: MASQ_TCP_ESTABLISHED)
+            }
+            let oldIDs = try [MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6].map { try #require(pinnedMapID(root + "/" + $0)) }
+            let second = try Datapath(config: config(root: root, entries: 4096), logger: logger)
+            let nat = try await second.map(MASQ_MAP_NAT_V4)
+            #expect(try nat.entries(key: masq_nat_key_v4.self, value: masq_nat_entry_v4.self).count == 2)
+            let open = openMapIDs()
+            // The walk sees this process's maps: the new tables are among them.
+            for name in [MASQ_MAP_NAT_V4, MASQ_MAP_NAT_V6] {
+                let id = try #require(pinnedMapID(root + "/" + name))
+                #expect(!oldIDs.contains(id) && open.contains(id), "\(name): new table \(id)")
+            }
+            for id in oldIDs {
+                #expect(!open.contains(id), "old table \(id) still open in this process")
+                // Unpinned and closed everywhere: the kernel has freed it.
+                let fd = bpf_map_get_fd_by_id(id)
+                if fd >= 0 { close(fd) }
+                #expect(fd < 0 && errno == ENOENT, "old table \(id) still exists")
+            }
+        }
+    }
+
+    /// The id of the map pinned at `path`, nil when there is none.
+    private func pinnedMapID(_ path: String) -> UInt32? {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = bpf_map_info()
+        var len = UInt32(MemoryLayout<bpf_map_info>.size)
+        return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 ? info.id : nil
+    }
+
+    /// The ids of the BPF maps this process has open, from /proc/self/fdinfo's `map_id:` lines.
+    private func openMapIDs() -> Set<UInt32> {
+        let dir = "/proc/self/fdinfo"
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return Set(fds.compactMap { fd in
+            guard let text = try? String(contentsOfFile: dir + "/" + fd, encoding: .utf8) else { return nil }
+            return text.split(separator: "\n").lazy
+                .first { $0.hasPrefix("map_id:") }
+                .flatMap { UInt32($0.dropFirst("map_id:".count).trimmingCharacters(in: .whitespaces)) }
+        })
     }
 
     @Test("a smaller table keeps the whole flows that fit, never one half of a flow, and leaves lone halves behind")
