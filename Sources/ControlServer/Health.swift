@@ -21,6 +21,8 @@ enum Health {
             return HealthResponse(state: .failure, message: "no masquerading device in force, nothing is masqueraded"
                 + (skipped.isEmpty ? " (no device carries a default route)" : " (\(skipped.joined(separator: "; ")))"))
         }
+        // Warnings: masqd serves, something needs attention; all of them are said.
+        var warnings: [String] = []
         if let error = snapshot.lastApplyError {
             let since = snapshot.failingSince ?? now
             let failing = now.timeIntervalSince(since)
@@ -28,19 +30,35 @@ enum Health {
             if failing >= grace {
                 return HealthResponse(state: .failure, message: "reconciles have been failing for \(Int(failing)) s (\(attempts)); the state applied before stays in force: \(error)")
             }
-            return HealthResponse(state: .warning, message: "the last reconcile failed (\(attempts)); the state applied before stays in force: \(error)")
+            warnings.append("the last reconcile failed (\(attempts)); the state applied before stays in force: \(error)")
         }
         // A device without an address of a family the pods use drops their packets of that
         // family (fail closed): a Warning, since restarting masqd would not give it one.
         if let applied = snapshot.applied {
-            let missing = applied.devices.flatMap { device in
+            warnings += applied.devices.flatMap { device in
                 let reasons = applied.missingSNATAddress(device)
                 return [applied.podCIDRsV4.isEmpty ? nil : reasons.ipv4, applied.podCIDRsV6.isEmpty ? nil : reasons.ipv6]
                     .compactMap { $0.map { "\(device.name): \($0)" } }
             }
-            if !missing.isEmpty { return HealthResponse(state: .warning, message: missing.joined(separator: "; ")) }
         }
-        return HealthResponse(state: .ok)
+        if let rejected = ipMasqAgentRejection(snapshot) { warnings.append(rejected) }
+        return warnings.isEmpty ? HealthResponse(state: .ok)
+            : HealthResponse(state: .warning, message: warnings.joined(separator: "; "))
+    }
+
+    /// An ip-masq-agent file rejected while the agent is on: another list than the file's is in
+    /// force (a file that lists what this masqd refuses, e.g. an IPv6 CIDR with IPv6 masquerading
+    /// off, would otherwise go unnoticed while the defaults masquerade what it exempts).
+    static func ipMasqAgentRejection(_ snapshot: DaemonStatus.Snapshot) -> String? {
+        guard snapshot.config?.enableIPMasqAgent == true, let error = snapshot.ipMasqAgent.lastError else { return nil }
+        let agent = snapshot.ipMasqAgent
+        let cidrs = "\(agent.cidrs.count) CIDR\(agent.cidrs.count == 1 ? "" : "s")"
+        let inForce = switch agent.origin {
+        case .file: "the last valid list (generation \(agent.generation), \(cidrs)) stays in force"
+        case .pinned: "the list pinned before the restart (\(cidrs)) stays in force"
+        case .defaults: "the default non-masquerade list (\(cidrs)) is in force"
+        }
+        return "ip-masq-agent config rejected: \(error); \(inForce) until a valid file arrives"
     }
 
     /// The HTTP status healthz answers with: probes read 200 as healthy.

@@ -101,7 +101,10 @@ struct SystemdNotifier: Service, CustomStringConvertible {
         // What healthz says when it is not Ok (no device in force, reconciles failing).
         let health = Health.judge(snapshot)
         if health.state != .ok, let message = health.message { line += "; \(health.state.rawValue): \(message)" }
-        if let error = snapshot.ipMasqAgent.lastError { line += "; ip-masq-agent config invalid: \(error)" }
+        // healthz names a rejected ip-masq-agent file while the agent is on and nothing fails.
+        if let error = snapshot.ipMasqAgent.lastError, health.state == .failure || Health.ipMasqAgentRejection(snapshot) == nil {
+            line += "; ip-masq-agent config invalid: \(error)"
+        }
         return line
     }
 

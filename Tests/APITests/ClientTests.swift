@@ -325,6 +325,17 @@ struct ClientTests {
                     "\(warning.stdout)")
             #expect(warning.stdout.split(separator: "\n").count == 1)
             api.status.update { $0.lastApplyError = nil }
+
+            // A rejected ip-masq-agent file while the agent is on: Warning, exit 0, the error said.
+            api.status.update {
+                $0.config = api.config
+                $0.ipMasqAgent.lastError = "/etc/config/ip-masq-agent:1: fd00::/8 is an IPv6 CIDR, but enable-ipv6-masquerade is false"
+            }
+            let rejected = try await run([client, "status"], environment: env)
+            #expect(rejected.status == 0, "\(rejected)")
+            #expect(rejected.stdout.contains("\nHealth:         Warning (ip-masq-agent config rejected: /etc/config/ip-masq-agent:1: fd00::/8 is an IPv6 CIDR"),
+                    "\(rejected.stdout)")
+            api.status.update { $0.ipMasqAgent.lastError = nil }
         }
     }
 

@@ -82,13 +82,76 @@ struct HealthUnitTests {
         #expect(failure.state == .failure && Health.httpStatus(failure) == 503)
         #expect(failure.message?.hasPrefix("reconciles have been failing for 31 s (4 attempts)") == true, "\(failure)")
     }
+
+    /// A snapshot whose ip-masq-agent file was rejected, the agent on or off.
+    static func rejectedFile(agent: Bool, origin: DaemonStatus.ListOrigin) throws -> DaemonStatus.Snapshot {
+        var snapshot = try snapshot()
+        snapshot.config = try DaemonConfig(file: [:], flags: [.podCIDRs: .scalar("10.244.0.0/16"),
+                                                              .enableIPMasqAgent: .scalar(agent ? "true" : "false")])
+        snapshot.ipMasqAgent.lastError = "/etc/config/ip-masq-agent:1: fd00::/8 is an IPv6 CIDR, but enable-ipv6-masquerade is false"
+        snapshot.ipMasqAgent.origin = origin
+        snapshot.ipMasqAgent.cidrs = origin == .defaults ? IPMasqAgentConfig.defaults.effectiveList.cidrs : [try IPPrefix("11.0.0.0/8")]
+        snapshot.ipMasqAgent.generation = origin == .file ? 3 : 0
+        return snapshot
+    }
+
+    @Test("a rejected ip-masq-agent file while the agent is on: Warning, 200, naming the error and the list in force")
+    func ipMasqAgentRejected() throws {
+        let error = "ip-masq-agent config rejected: /etc/config/ip-masq-agent:1: fd00::/8 is an IPv6 CIDR, but enable-ipv6-masquerade is false; "
+        let expected: [(DaemonStatus.ListOrigin, String)] = [
+            (.defaults, "the default non-masquerade list (\(IPMasqAgentConfig.defaults.effectiveList.cidrs.count) CIDRs) is in force until a valid file arrives"),
+            (.pinned, "the list pinned before the restart (1 CIDR) stays in force until a valid file arrives"),
+            (.file, "the last valid list (generation 3, 1 CIDR) stays in force until a valid file arrives"),
+        ]
+        for (origin, inForce) in expected {
+            let health = Health.judge(try Self.rejectedFile(agent: true, origin: origin))
+            #expect(health.state == .warning && Health.httpStatus(health) == 200)
+            #expect(health.message == error + inForce, "\(health)")
+        }
+        // Off, the file is not used: nothing to warn of.
+        #expect(Health.judge(try Self.rejectedFile(agent: false, origin: .defaults)) == HealthResponse(state: .ok))
+    }
+
+    @Test("a rejected ip-masq-agent file is said with the other warnings, and a Failure takes precedence")
+    func ipMasqAgentRejectedWithOthers() throws {
+        var snapshot = try Self.rejectedFile(agent: true, origin: .defaults)
+        let now = Date()
+        snapshot.lastApplyError = "attach eth0: EBUSY"
+        snapshot.consecutiveFailures = 1
+        snapshot.failingSince = now.addingTimeInterval(-5)
+        let both = Health.judge(snapshot, now: now, grace: 30)
+        #expect(both.state == .warning)
+        #expect(both.message?.hasPrefix("the last reconcile failed (1 attempt)") == true, "\(both)")
+        #expect(both.message?.contains("; ip-masq-agent config rejected: /etc/config/ip-masq-agent:1:") == true, "\(both)")
+        snapshot.failingSince = now.addingTimeInterval(-31)
+        let failure = Health.judge(snapshot, now: now, grace: 30)
+        #expect(failure.state == .failure && failure.message?.contains("ip-masq-agent") == false, "\(failure)")
+        snapshot.failingSince = nil
+        snapshot.lastApplyError = nil
+        snapshot.applied?.devices = []
+        #expect(Health.judge(snapshot).state == .failure)
+    }
+
+    @Test("systemd's status line names a rejected ip-masq-agent file once, in the Warning or, with the agent off, on its own")
+    func statusLineRejectedFile() throws {
+        let status = DaemonStatus()
+        let notifier = SystemdNotifier(status: status, serving: ServingState(), logger: .init(label: "apitests"))
+        let on = try Self.rejectedFile(agent: true, origin: .defaults)
+        status.update { $0 = on }
+        let line = notifier.statusLine()
+        #expect(line.hasPrefix("Masquerading on [eth0]; Warning: ip-masq-agent config rejected: /etc/config/ip-masq-agent:1:"), "\(line)")
+        #expect(line.components(separatedBy: "fd00::/8").count == 2, "\(line)")
+        let off = try Self.rejectedFile(agent: false, origin: .defaults)
+        status.update { $0 = off }
+        #expect(notifier.statusLine() == "Masquerading on [eth0]; ip-masq-agent config invalid: /etc/config/ip-masq-agent:1: fd00::/8 is an IPv6 CIDR, but enable-ipv6-masquerade is false")
+    }
 }
 
 extension LiveAPITests {
 /// healthz, the health in status and masq_up say the same, whatever the state.
 @Suite("health through the API", .serialized)
 struct HealthLiveTests {
-    @Test("healthz, status.health and masq_up agree: ok, no device, a reconcile failing for long")
+    @Test("healthz, status.health and masq_up agree: ok, no device, a reconcile failing for long, a rejected ip-masq-agent file")
     func agree() async throws {
         try await LiveAPI.with { api in
             let healthy = api.status.snapshot
@@ -98,6 +161,7 @@ struct HealthLiveTests {
                 ("failing briefly", { $0.lastApplyError = "boom"; $0.consecutiveFailures = 1; $0.failingSince = .now }, .warning, 200),
                 ("failing for long", { $0.lastApplyError = "boom"; $0.consecutiveFailures = 9
                                        $0.failingSince = Date().addingTimeInterval(-600) }, .failure, 503),
+                ("ip-masq-agent file rejected", { $0.config = api.config; $0.ipMasqAgent.lastError = "/etc/config/ip-masq-agent:1: bad" }, .warning, 200),
             ]
             for (name, change, state, code) in cases {
                 api.status.update { $0 = healthy; change(&$0) }

@@ -162,15 +162,18 @@ struct IPMasqAgentTests {
         #expect(watcher.initial?.cidrs.count == 13)
         #expect(status.snapshot.ipMasqAgent.cidrs == watcher.initial?.cidrs)
         #expect(status.snapshot.ipMasqAgent.lastError?.hasPrefix("\(path):") == true)
+        #expect(status.snapshot.ipMasqAgent.origin == .defaults)
 
         let pinned = [try IPPrefix("8.8.4.0/24")]
         watcher.loadAtStart(pinned: pinned)
         #expect(watcher.initial == NonMasqueradeList(cidrs: pinned))
+        #expect(status.snapshot.ipMasqAgent.origin == .pinned)
 
         try "nonMasqueradeCIDRs: [8.8.8.0/24]\n".write(toFile: path, atomically: true, encoding: .utf8)
         watcher.loadAtStart(pinned: pinned)
         #expect(watcher.initial?.cidrs.first == (try IPPrefix("8.8.8.0/24")))
         #expect(status.snapshot.ipMasqAgent.lastError == nil)
+        #expect(status.snapshot.ipMasqAgent.origin == .file)
     }
 
     @Test("a missing file reads as the defaults")

@@ -90,6 +90,7 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
                 if changed {
                     $0.ipMasqAgent.generation += 1
                     $0.ipMasqAgent.cidrs = list.cidrs
+                    $0.ipMasqAgent.origin = .file
                 }
             }
             guard changed else { return nil }
@@ -110,7 +111,10 @@ struct IPMasqAgentWatcher: Service, CustomStringConvertible {
             return
         }
         let list = pinned.isEmpty ? IPMasqAgentConfig.defaults.effectiveList : NonMasqueradeList(cidrs: pinned)
-        status.update { $0.ipMasqAgent.cidrs = list.cidrs }
+        status.update {
+            $0.ipMasqAgent.cidrs = list.cidrs
+            $0.ipMasqAgent.origin = pinned.isEmpty ? .defaults : .pinned
+        }
         logger.log(level: inUse ? .warning : .debug, "ip-masq-agent list in force until a valid file arrives", metadata: [
             "config.list": "\(pinned.isEmpty ? "defaults" : "pinned before the restart")",
             "config.cidrs": "\(list.cidrs.count)",

@@ -52,6 +52,17 @@ public final class DaemonStatus: Sendable {
         public var lastError: String?
         /// The list of the last valid load (what the reconciler was given).
         public var cidrs: [IPPrefix] = []
+        /// Where `cidrs` came from: a valid file, or, until one arrives, what `loadAtStart` fell back to.
+        public var origin: ListOrigin = .defaults
+    }
+
+    /// Where the ip-masq-agent list in force came from.
+    public enum ListOrigin: Sendable {
+        case file
+        /// The list the pinned map held from before a restart.
+        case pinned
+        /// ip-masq-agent's default list (a fresh start with an invalid file).
+        case defaults
     }
 
     private let state = Mutex(Snapshot())
