@@ -128,7 +128,10 @@ extension PrometheusText {
                help: "Conntrack GC passes started early because allocation scans or failures rose.", Double(gc.pressureWakeups))
     }
 
-    /// `masq_config_reloads_total{source, result}`: every source and result, zeros included.
+    /// `masq_config_reloads_total{source, result}`: every source and result, zeros included;
+    /// `masq_config_last_reload_successful{source}`: the state they lead to, as Prometheus's own
+    /// `prometheus_config_last_reload_successful`, so that an alert sees a rejected file for as
+    /// long as it stays rejected (the error counter moves once per distinct rejection).
     mutating func configReloads(_ reloads: ConfigReloads) {
         var samples: Samples = []
         for source in ConfigReloads.Source.allCases {
@@ -138,6 +141,9 @@ extension PrometheusText {
         family("masq_config_reloads_total", .counter,
                help: "Config loads by source (ip-masq-agent: the file at start and on each change; daemon: SIGHUP) and result; a failed load changes nothing.",
                samples)
+        family("masq_config_last_reload_successful", .gauge,
+               help: "Whether the last config load of the source succeeded (1; also before any) or was rejected (0: the list or config in force before stays, the error in /v1/status).",
+               ConfigReloads.Source.allCases.map { (["source": $0.rawValue], reloads[$0].lastError == nil ? 1 : 0) })
     }
 }
 

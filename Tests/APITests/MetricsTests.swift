@@ -120,6 +120,44 @@ struct MetricsLiveTests {
         }
     }
 
+    @Test("masq_config_last_reload_successful says per source whether the last load was rejected (0) or not (1), for as long as it stays so")
+    func lastReloadSuccessful() async throws {
+        try await LiveAPI.with { api in
+            // The gauge's value per source.
+            func gauge() async throws -> [String: String] {
+                let text = try await api.get("/metrics", accept: "text/plain").text
+                #expect(text.contains("# TYPE masq_config_last_reload_successful gauge\n"))
+                var values: [String: String] = [:]
+                for line in text.split(separator: "\n") {
+                    if let match = line.wholeMatch(of: /masq_config_last_reload_successful\{source="([a-z-]+)"\} (\S+)/) {
+                        values[String(match.output.1)] = String(match.output.2)
+                    }
+                }
+                return values
+            }
+            #expect(try await gauge() == ["ip-masq-agent": "1", "daemon": "1"])
+
+            let file = api.dir + "/ip-masq-agent"
+            let (_, sink) = AsyncStream.makeStream(of: ReconcileInputs.Change.self)
+            let watcher = IPMasqAgentWatcher(path: file, enabledAtStart: true, status: api.status, changes: sink,
+                                             logger: .init(label: "apitests"))
+            try "nonMasqueradeCIDRs: [11.0.0.0/8, fd00::/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+            #expect(watcher.load(current: nil, ipv6Enabled: false) == nil)
+            #expect(try await gauge() == ["ip-masq-agent": "0", "daemon": "1"])
+            // The unchanged file read again counts no reload, and the gauge stays 0.
+            #expect(watcher.load(current: nil, ipv6Enabled: false) == nil)
+            #expect(try await gauge() == ["ip-masq-agent": "0", "daemon": "1"])
+            try "nonMasqueradeCIDRs: [11.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+            #expect(watcher.load(current: nil, ipv6Enabled: false) != nil)
+            #expect(try await gauge() == ["ip-masq-agent": "1", "daemon": "1"])
+
+            api.status.update { $0.configReloads.record(.daemon, error: "/etc/masq/config.yaml: bad") }
+            #expect(try await gauge() == ["ip-masq-agent": "1", "daemon": "0"])
+            api.status.update { $0.configReloads.record(.daemon, error: nil) }
+            #expect(try await gauge() == ["ip-masq-agent": "1", "daemon": "1"])
+        }
+    }
+
     @Test("every masqd metric deploy/prometheus/masq-rules.yaml alerts on is one /metrics exports")
     func alertingRulesUseExportedMetrics() async throws {
         let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
