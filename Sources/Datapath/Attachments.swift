@@ -58,12 +58,7 @@ struct Attachments {
             // The device went away under the link (ENOLINK) or the pin is stale: start over.
             unlink(pin)
         }
-        // No link of this root's: one running masq's program is another masqd's (another
-        // bpffs-root), and both would translate the device's packets.
-        var other: UInt32 = 0
-        let err = masq_tcx_find_named(Int32(ifindex), direction.isIngress, "masq_\(direction.rawValue)", &other)
-        guard err == 0 else { throw BPFError("query tcx \(direction.rawValue)", "device \(device)", errno: -err) }
-        guard other == 0 else { throw DeviceTaken(device: device, direction: direction, programID: other) }
+        if let taken = try otherRootsProgram(ifindex: ifindex, direction, device: device) { throw taken }
         try FileManager.default.createDirectory(atPath: linksDir, withIntermediateDirectories: true)
         let fd = masq_tcx_link_create(progFD, Int32(ifindex), direction.isIngress)
         guard fd >= 0 else { throw BPFError("attach tcx \(direction.rawValue)", "device \(device)", errno: -fd) }
@@ -72,6 +67,24 @@ struct Attachments {
             throw BPFError("pin tcx link", pin, errno: errno)
         }
         detachTC(ifindex: ifindex, direction)
+    }
+
+    /// Whether another bpffs-root's masq programs run on `ifindex` (tcx), as `attachTCX` would
+    /// find: a direction without a link pinned by this root that runs a masq program.
+    func taken(ifindex: UInt32, device: String) throws -> DeviceTaken? {
+        for direction in HookDirection.allCases where access(linkPin(ifindex: ifindex, direction), F_OK) != 0 {
+            if let taken = try otherRootsProgram(ifindex: ifindex, direction, device: device) { return taken }
+        }
+        return nil
+    }
+
+    /// The masq program at `direction` of `ifindex`, where this root has no link: another
+    /// masqd's (another bpffs-root), which would translate the device's packets beside ours.
+    private func otherRootsProgram(ifindex: UInt32, _ direction: HookDirection, device: String) throws -> DeviceTaken? {
+        var other: UInt32 = 0
+        let err = masq_tcx_find_named(Int32(ifindex), direction.isIngress, "masq_\(direction.rawValue)", &other)
+        guard err == 0 else { throw BPFError("query tcx \(direction.rawValue)", "device \(device)", errno: -err) }
+        return other == 0 ? nil : DeviceTaken(device: device, direction: direction, programID: other)
     }
 
     /// Attaches `progFD` by a tc clsact filter (replacing masq's previous one) and removes a

@@ -103,6 +103,18 @@ public actor Datapath {
         public var cidrsRemoved = 0
     }
 
+    /// `state` less the devices where another bpffs-root's masq programs run (tcx): those are
+    /// that masqd's, so they go to the skipped devices with the reason and are neither written
+    /// nor attached here; the next reconcile looks again.
+    public func withoutTakenDevices(_ state: DesiredState) throws -> (state: DesiredState, taken: [DeviceTaken]) {
+        guard mode == .tcx else { return (state, []) }
+        let taken = try state.devices.compactMap { try attachments.taken(ifindex: $0.ifindex, device: $0.name) }
+        var state = state
+        state.devices.removeAll { device in taken.contains { $0.device == device.name } }
+        for device in taken { state.skippedDevices[device.device] = device.description }
+        return (state, taken)
+    }
+
     /// Brings the maps and attachments to `state`. Maps are written before programs are attached
     /// so a program never runs on a device without its config; set-valued maps gain their new
     /// elements before they lose old ones. When anything that decides exclusions changed, the

@@ -259,9 +259,10 @@ extension Sandbox {
         }
     }
 
-    /// The ifindexes masqd's pinned device map holds (read with bpftool).
-    func devicesMapKeys() throws -> Set<Int> {
-        let dump = Command.runSync(["bpftool", "-j", "map", "dump", "pinned", "\(bpffsRoot)/masq_devices"])
+    /// The ifindexes masqd's pinned device map holds (read with bpftool), under `root` (nil:
+    /// this sandbox's --bpffs-root).
+    func devicesMapKeys(root: String? = nil) throws -> Set<Int> {
+        let dump = Command.runSync(["bpftool", "-j", "map", "dump", "pinned", "\(root ?? bpffsRoot)/masq_devices"])
         guard dump.succeeded else { throw CommandError(description: dump.description) }
         struct Entry: Decodable { var key: [String] }
         let entries = try JSONDecoder().decode([Entry].self, from: Data(dump.stdout.utf8))

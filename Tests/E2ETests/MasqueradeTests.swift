@@ -1,3 +1,4 @@
+import API
 import Foundation
 import TestSupport
 import Testing
@@ -229,7 +230,7 @@ struct MasqueradeTests {
         }
     }
 
-    @Test("a second masqd with another bpffs-root refuses a device the first runs on (tcx), rather than translating beside it")
+    @Test("a second masqd with another bpffs-root refuses to start when every device is one the first runs on (tcx), rather than translating beside it; with a free device too it starts there and skips the taken one")
     func secondRootRefusesTakenDevice() async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startServers()
@@ -246,6 +247,81 @@ struct MasqueradeTests {
             #expect(after.tcxIngress == first.tcxIngress && after.tcxEgress == first.tcxEgress, "\(first) then \(after)")
             let tcp = try await sandbox.probe(sandbox.pods[0], ["tcp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.tcpPort)"])
             #expect(observedIP(tcp) == Sandbox.nodeIP, "\(tcp)\n\(sandbox.masqdLog)")
+
+            // A free device beside the taken one: it starts there.
+            try await sandbox.addUplink(up: true)
+            let socket = sandbox.dir + "/third.sock"
+            try await sandbox.startOtherMasqd("third", sandbox.masqdArgs(mode: .tcx, overrides: [
+                "--bpffs-root": sandbox.bpffsMount + "/third", "--socket-path": socket,
+                "--devices": "\(Sandbox.device),\(DeviceE2ETests.uplink)"]))
+            let (started, healthy) = try await sandbox.status(socket: socket)
+            #expect(healthy && started.devices.map(\.name) == [DeviceE2ETests.uplink], "\(started.devices) \(started.health)")
+            #expect(started.skippedDevices.contains { $0.name == Sandbox.device && $0.reason.contains("attached by a masqd with another bpffs-root") },
+                    "\(started.skippedDevices)")
+            let still = try await sandbox.attachments()
+            #expect(still.tcxIngress == first.tcxIngress && still.tcxEgress == first.tcxEgress, "\(first) then \(still)")
+        }
+    }
+
+    @Test("a device another masqd (another bpffs-root) runs on, met at runtime by SIGHUP, is skipped with the reason: the other devices apply, health stays up, and the resync takes it up once that masqd is gone")
+    func takenDeviceAtRuntimeIsSkipped() async throws {
+        try await Sandbox.with { sandbox in
+            let uplink = DeviceE2ETests.uplink
+            try await sandbox.addUplink(up: true)
+            try await sandbox.startServers()
+            try await sandbox.startServer(name: "server-uplink", bind: DeviceE2ETests.uplinkPeerIP)
+            // The other masqd: the sandbox's root, on the second uplink.
+            try await sandbox.startMasqd(mode: .tcx, overrides: ["--devices": uplink])
+            // This one: its own root, its devices from a config file (a --devices flag would
+            // outlive the reload), ext0 at start.
+            let configFile = "\(sandbox.dir)/second.yaml"
+            try "devices: [\(Sandbox.device)]\n".write(toFile: configFile, atomically: true, encoding: .utf8)
+            let socket = sandbox.dir + "/second.sock", root = sandbox.bpffsMount + "/second"
+            var args = sandbox.masqdArgs(mode: .tcx, overrides: ["--bpffs-root": root, "--socket-path": socket,
+                                                                 "--config": configFile])
+            if let flag = args.firstIndex(of: "--devices") { args.removeSubrange(flag...flag + 1) }
+            let second = try await sandbox.startOtherMasqd("second", args)
+
+            try "devices: [\(Sandbox.device), \(uplink)]\n".write(toFile: configFile, atomically: true, encoding: .utf8)
+            kill(second.processIdentifier, SIGHUP)
+            let reason = "already runs there, attached by a masqd with another bpffs-root"
+            try await sandbox.waitUntil("\(uplink) is skipped as taken", timeout: .seconds(15)) {
+                sandbox.errors("second").contains("Configured device not in force") && sandbox.errors("second").contains(reason)
+            }
+            // Past a resync, which looks at the taken device again.
+            try await Task.sleep(for: .seconds(12))
+            let (taken, healthy) = try await sandbox.status(socket: socket)
+            #expect(taken.skippedDevices.contains { $0.name == uplink && $0.reason.contains(reason) }, "\(taken.skippedDevices)")
+            #expect(taken.devices.map(\.name) == [Sandbox.device], "\(taken.devices)")
+            #expect(healthy && taken.health.state != .failure, "\(taken.health)")
+            let log = sandbox.errors("second")
+            #expect(!log.contains("Reconcile failed"), "\(log)")
+            let told = log.split(separator: "\n").filter { $0.contains("Configured device not in force") && $0.contains(uplink) }
+            #expect(told.count == 1, "told \(told.count) times:\n\(log)")
+            let ifindex = try await sandbox.ifindex(uplink)
+            #expect(try !sandbox.devicesMapKeys(root: root).contains(ifindex))
+            #expect(!sandbox.bpffsEntries().contains { $0.hasPrefix("second/links/tcx_\(ifindex)_") }, "\(sandbox.bpffsEntries())")
+            let onUplink = try sandbox.attachmentsSync(of: uplink)
+            #expect(onUplink.tcxIngress.count == 1 && onUplink.tcxEgress.count == 1, "\(onUplink)")
+            // Each uplink masquerades by its own masqd.
+            let viaExt0 = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", "\(Sandbox.outsideIP):\(Sandbox.udpPort)"])
+            #expect(observedIP(viaExt0) == Sandbox.nodeIP, "\(viaExt0)\n\(log)")
+            let viaUplink = try await sandbox.probe(sandbox.pods[0], ["udp", "--dst", "\(DeviceE2ETests.uplinkPeerIP):\(Sandbox.udpPort)"])
+            #expect(observedIP(viaUplink) == DeviceE2ETests.uplinkIP, "\(viaUplink)")
+
+            // The other masqd goes, with its programs: the resync takes the device up.
+            #expect(try await sandbox.stopMasqd() == 0)
+            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
+                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]), timeout: .seconds(60))
+            #expect(uninstall.succeeded, "\(uninstall)")
+            try await sandbox.waitUntil("the second masqd takes \(uplink) up", timeout: .seconds(25)) {
+                sandbox.bpffsEntries().contains("second/links/tcx_\(ifindex)_egress")
+            }
+            let (after, _) = try await sandbox.status(socket: socket)
+            #expect(after.devices.map(\.name).sorted() == [Sandbox.device, uplink].sorted() && after.skippedDevices.isEmpty,
+                    "\(after.devices) \(after.skippedDevices)")
+            let taken2 = try await sandbox.probe(sandbox.pods[1], ["udp", "--dst", "\(DeviceE2ETests.uplinkPeerIP):\(Sandbox.udpPort)"])
+            #expect(observedIP(taken2) == DeviceE2ETests.uplinkIP, "\(taken2)\n\(sandbox.errors("second"))")
         }
     }
 
@@ -362,6 +438,28 @@ private func observed(_ result: CommandResult) -> String {
 }
 
 /// The address part of what the server observed.
+extension Sandbox {
+    /// Starts another `masqd run` in the node namespace with exactly `args` (its own
+    /// --bpffs-root and --socket-path), logging to `name`.err, and waits until it is ready.
+    @discardableResult
+    func startOtherMasqd(_ name: String, _ args: [String]) async throws -> ChildProcess {
+        let process = try spawn(name, nsenter(node, [try Self.masqdBinary(), "run"] + args))
+        try await waitUntil("\(name) logs 'masqd ready'", timeout: .seconds(60)) {
+            guard process.isRunning else { throw CommandError(description: "\(name) exited before ready:\n\(errors(name))") }
+            return errors(name).contains("masqd ready")
+        }
+        return process
+    }
+
+    /// The status of the masqd at `socket` (masq-client status), and whether the client found
+    /// it healthy (its healthz not 503).
+    func status(socket: String) async throws -> (StatusResponse, healthy: Bool) {
+        let result = try await Command.run([try Self.clientBinary(), "status", "-o", "json", "--socket", socket],
+                                           timeout: .seconds(30))
+        return (try APIJSON.decoder().decode(StatusResponse.self, from: Data(result.stdout.utf8)), result.succeeded)
+    }
+}
+
 func observedIP(_ result: CommandResult) -> String {
     String(observed(result).split(separator: ":").first ?? "")
 }

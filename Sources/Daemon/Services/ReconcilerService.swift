@@ -39,8 +39,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
 
     func run() async throws {
         var inputs = initial
-        var applied = DesiredState(inputs, pinned: pinned)
-        try await reconcile(applied, inputs: inputs)
+        var applied = try await reconcile(DesiredState(inputs, pinned: pinned), inputs: inputs, start: true)
         let devices = applied.devices.map { "\($0.name)=\($0.snatV4?.description ?? "-")" }
         logger.info("masqd ready", metadata: [
             "attach.mode": "\(datapath.mode.rawValue)",
@@ -88,8 +87,7 @@ struct ReconcilerService: Service, CustomStringConvertible {
                 }
             }
             do {
-                try await reconcile(desired, inputs: inputs)
-                applied = desired
+                applied = try await reconcile(desired, inputs: inputs)
                 failures = 0
             } catch {
                 failures += 1
@@ -132,14 +130,20 @@ struct ReconcilerService: Service, CustomStringConvertible {
         }
     }
 
-    /// Applies `state`, the desired state of `inputs`. What is wrong with a device is logged when
-    /// it changes, not on every reconcile.
-    private func reconcile(_ state: DesiredState, inputs: ReconcileInputs) async throws {
+    /// Applies `desired`, the desired state of `inputs`, less the devices another masqd (another
+    /// bpffs-root) runs on: those are skipped, and looked at again while they are, since the
+    /// state applied then differs from the desired one (every change and every resync applies
+    /// again). Returns the state applied. At `start`, refuses when every device is taken: such a
+    /// masqd would serve nothing. What is wrong with a device is logged when it changes, not on
+    /// every reconcile.
+    private func reconcile(_ desired: DesiredState, inputs: ReconcileInputs, start: Bool = false) async throws -> DesiredState {
+        let (state, taken) = try await datapath.withoutTakenDevices(desired)
+        if start, state.devices.isEmpty, let device = taken.first { throw device }
         let previous = status.snapshot.applied
         for (name, reason) in state.skippedDevices.sorted(by: { $0.key < $1.key }) where previous?.skippedDevices[name] != reason {
             logger.warning("Configured device not in force", metadata: ["device.name": "\(name)", "reason": "\(reason)"])
         }
-        if state.devices.isEmpty {
+        if state.devices.isEmpty, previous?.devices.isEmpty != true {
             logger.warning("No masquerading device: nothing is masqueraded")
         }
         let report = try await datapath.apply(state)
@@ -158,5 +162,6 @@ struct ReconcilerService: Service, CustomStringConvertible {
             $0.failingSince = nil
             $0.consecutiveFailures = 0
         }
+        return state
     }
 }
