@@ -40,6 +40,8 @@ enum Health {
                 return [applied.podCIDRsV4.isEmpty ? nil : reasons.ipv4, applied.podCIDRsV6.isEmpty ? nil : reasons.ipv6]
                     .compactMap { $0.map { "\(device.name): \($0)" } }
             }
+            // The reason names the device and what to do about the other masqd.
+            warnings += applied.takenDevices.sorted().compactMap { applied.skippedDevices[$0] }
         }
         if let rejected = ipMasqAgentRejection(snapshot) { warnings.append(rejected) }
         return warnings.isEmpty ? HealthResponse(state: .ok)

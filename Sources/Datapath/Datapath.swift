@@ -112,6 +112,7 @@ public actor Datapath {
         var state = state
         state.devices.removeAll { device in taken.contains { $0.device == device.name } }
         for device in taken { state.skippedDevices[device.device] = device.description }
+        state.takenDevices = Set(taken.map(\.device))
         return (state, taken)
     }
 

@@ -40,6 +40,9 @@ public struct DesiredState: Equatable, Sendable {
     public var devices: [Device]
     /// Devices the config asks for that are not in force, with the reason.
     public var skippedDevices: [String: String]
+    /// Those of `skippedDevices` that another masqd (another bpffs-root) runs on
+    /// (`Datapath.withoutTakenDevices`): two masqds meant for one device, which health warns of.
+    public var takenDevices: Set<String> = []
     public var podCIDRsV4: Set<IPPrefix>
     public var podCIDRsV6: Set<IPPrefix>
     /// nil: the ip-masq-agent list is not known, so the map keeps what it holds.

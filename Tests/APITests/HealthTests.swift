@@ -40,6 +40,16 @@ struct HealthUnitTests {
         #expect(health.message == "ext1: no usable IPv4 address: pod packets that need masquerading are dropped (no_snat_address)", "\(health)")
     }
 
+    @Test("a device another masqd (another bpffs-root) runs on: Warning with its skip reason, 200; other skipped devices are no warning")
+    func takenDevice() throws {
+        let reason = "device ext1: masq's ingress program (id 7) already runs there, attached by a masqd with another bpffs-root"
+        var snapshot = try Self.snapshot(skipped: ["ext1": reason, "ext2": "no such device"])
+        #expect(Health.judge(snapshot) == HealthResponse(state: .ok))
+        snapshot.applied?.takenDevices = ["ext1"]
+        let health = Health.judge(snapshot)
+        #expect(health == HealthResponse(state: .warning, message: reason) && Health.httpStatus(health) == 200, "\(health)")
+    }
+
     @Test("not attached yet: Failure, 503")
     func notAttached() throws {
         let health = Health.judge(try Self.snapshot(ready: false))

@@ -293,7 +293,8 @@ struct MasqueradeTests {
             let (taken, healthy) = try await sandbox.status(socket: socket)
             #expect(taken.skippedDevices.contains { $0.name == uplink && $0.reason.contains(reason) }, "\(taken.skippedDevices)")
             #expect(taken.devices.map(\.name) == [Sandbox.device], "\(taken.devices)")
-            #expect(healthy && taken.health.state != .failure, "\(taken.health)")
+            #expect(healthy && taken.health.state == .warning && taken.health.message?.contains("device \(uplink): ") == true,
+                    "\(taken.health)")
             let log = sandbox.errors("second")
             #expect(!log.contains("Reconcile failed"), "\(log)")
             let told = log.split(separator: "\n").filter { $0.contains("Configured device not in force") && $0.contains(uplink) }
@@ -320,6 +321,7 @@ struct MasqueradeTests {
             let (after, _) = try await sandbox.status(socket: socket)
             #expect(after.devices.map(\.name).sorted() == [Sandbox.device, uplink].sorted() && after.skippedDevices.isEmpty,
                     "\(after.devices) \(after.skippedDevices)")
+            #expect(after.health.state == .ok, "\(after.health)")
             let taken2 = try await sandbox.probe(sandbox.pods[1], ["udp", "--dst", "\(DeviceE2ETests.uplinkPeerIP):\(Sandbox.udpPort)"])
             #expect(observedIP(taken2) == DeviceE2ETests.uplinkIP, "\(taken2)\n\(sandbox.errors("second"))")
         }
