@@ -60,7 +60,7 @@ struct DualStackE2ETests {
         }
     }
 
-    @Test("an IPv6 address added beside the node's (a /128 VIP, global unicast) takes over neither while masqd runs nor after a restart: IPv6 flows keep leaving with the address in force")
+    @Test("an IPv6 address added beside the node's (a /128 VIP of the same class) takes over neither while masqd runs nor after a restart: IPv6 flows keep leaving with the address in force")
     func addedAddressDoesNotTakeOver() async throws {
         try await Sandbox.with(dualStack: true) { sandbox in
             try await sandbox.startServers()
@@ -69,9 +69,10 @@ struct DualStackE2ETests {
             let before = try await sandbox.probe(sandbox.pods[0], udp)
             #expect(before.succeeded && answerAddress(before) == Sandbox.nodeIPv6, "\(before)\n\(sandbox.masqdLog)")
 
-            // Newer than the node's address, and global unicast where the node's is a ULA: both
-            // would have made it the SNAT address of a fresh choice before.
-            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "add", "2001:db8:50::9/128", "dev", Sandbox.device, "nodad"])
+            // Newer than the node's address (a ULA, as the node's is): the kernel lists it first,
+            // which made it the SNAT address before. (A global unicast address would take over
+            // from a ULA, by design.)
+            try await sandbox.sh(["ip", "-n", sandbox.node, "addr", "add", "fd00:50::9/128", "dev", Sandbox.device, "nodad"])
             // The device watcher's debounce and a reconcile: well within 2 s.
             try await Task.sleep(for: .seconds(2))
             let running = try await sandbox.probe(sandbox.pods[0], udp)
