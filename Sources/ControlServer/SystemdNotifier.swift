@@ -7,8 +7,8 @@ import ServiceLifecycle
 /// Tells systemd (Type=notify) how masqd is doing: READY=1 once the datapath is attached and the
 /// API serves, STATUS= lines when the summary changes, WATCHDOG=1 at half the WATCHDOG_USEC
 /// interval, RELOADING=1 (with the reload's MONOTONIC_USEC) when a SIGHUP reload begins and
-/// READY=1 once what it changed is applied, STOPPING=1 when graceful shutdown begins. Without NOTIFY_SOCKET it
-/// only waits.
+/// READY=1 once what it changed is applied, STOPPING=1 when graceful shutdown begins. Without
+/// NOTIFY_SOCKET it only waits.
 ///
 /// Listed last among the services, so that on shutdown it stops first and STOPPING=1 goes out
 /// before the API and the reconciler wind down.

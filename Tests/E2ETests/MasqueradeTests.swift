@@ -153,9 +153,7 @@ struct MasqueradeTests {
             let afterStop = try await sandbox.attachments()
             #expect(!afterStop.isEmpty, "SIGTERM must leave the programs attached: \(afterStop)")
 
-            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
-                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]),
-                timeout: .seconds(60))
+            let uninstall = try await sandbox.uninstall()
             #expect(uninstall.succeeded, "\(uninstall)")
             let left = try await sandbox.attachments()
             #expect(left.isEmpty, "left on \(Sandbox.device) after uninstall: \(left)")
@@ -200,8 +198,7 @@ struct MasqueradeTests {
             #expect(observedIP(after) == Sandbox.nodeIP, "\(after)\n\(sandbox.masqdLog)")
             #expect(sandbox.masqdLog.contains("changed behind masqd's back"), "\(sandbox.masqdLog)")
             // The root is masqd's again: uninstall still refuses while it runs.
-            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
-                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]), timeout: .seconds(60))
+            let uninstall = try await sandbox.uninstall()
             #expect(uninstall.status == 1 && uninstall.stderr.contains("a masqd is running"), "\(uninstall)")
         }
     }
@@ -210,20 +207,19 @@ struct MasqueradeTests {
     func uninstallRefusesWhereItWouldOrphan() async throws {
         try await Sandbox.with { sandbox in
             try await sandbox.startMasqd(mode: .tc)
-            let uninstall = [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]
             let pins = sandbox.bpffsEntries()
-            let whileRunning = try await Command.run(sandbox.nsenter(sandbox.node, uninstall), timeout: .seconds(60))
+            let whileRunning = try await sandbox.uninstall()
             #expect(whileRunning.status == 1 && whileRunning.stderr.contains("a masqd is running on these pinned maps"), "\(whileRunning)")
             #expect(sandbox.bpffsEntries() == pins)
             #expect(try await sandbox.stopMasqd() == 0)
 
             // A pod's namespace is another one: there, ext0's ifindex is no device of masq's.
-            let elsewhere = try await Command.run(sandbox.nsenter(sandbox.pods[0], uninstall), timeout: .seconds(60))
+            let elsewhere = try await sandbox.uninstall(in: sandbox.pods[0])
             #expect(elsewhere.status == 1 && elsewhere.stderr.contains("masqd attached its programs in network namespace"), "\(elsewhere)")
             #expect(sandbox.bpffsEntries() == pins)
             #expect(try await sandbox.attachments().hasTC)
 
-            let there = try await Command.run(sandbox.nsenter(sandbox.node, uninstall), timeout: .seconds(60))
+            let there = try await sandbox.uninstall()
             #expect(there.succeeded && there.stderr.contains("Detached"), "\(there)")
             #expect(try await sandbox.attachments().isEmpty)
             #expect(sandbox.bpffsEntries().allSatisfy { $0 == "masq" }, "\(sandbox.bpffsEntries())")
@@ -312,8 +308,7 @@ struct MasqueradeTests {
 
             // The other masqd goes, with its programs: the resync takes the device up.
             #expect(try await sandbox.stopMasqd() == 0)
-            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
-                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]), timeout: .seconds(60))
+            let uninstall = try await sandbox.uninstall()
             #expect(uninstall.succeeded, "\(uninstall)")
             try await sandbox.waitUntil("the second masqd takes \(uplink) up", timeout: .seconds(25)) {
                 sandbox.bpffsEntries().contains("second/links/tcx_\(ifindex)_egress")
@@ -347,8 +342,7 @@ struct MasqueradeTests {
             #expect(observedIP(tcp) == Sandbox.nodeIP, "\(tcp)\n\(sandbox.masqdLog)")
 
             #expect(try await sandbox.stopMasqd() == 0)
-            let uninstall = try await Command.run(sandbox.nsenter(sandbox.node,
-                [try Sandbox.masqdBinary(), "uninstall", "--bpffs-root", sandbox.bpffsRoot]), timeout: .seconds(60))
+            let uninstall = try await sandbox.uninstall()
             #expect(uninstall.succeeded, "\(uninstall)")
             for hook in ["ingress", "egress"] {
                 let left = try await sandbox.sh(tc + ["filter", "show", "dev", Sandbox.device, hook])

@@ -354,6 +354,13 @@ final class Sandbox: @unchecked Sendable {
         return process
     }
 
+    /// `masqd uninstall` of this sandbox's bpffs-root, run in namespace `ns` (the node's unless
+    /// told).
+    func uninstall(in ns: String? = nil) async throws -> CommandResult {
+        try await Command.run(nsenter(ns ?? node, [try Self.masqdBinary(), "uninstall", "--bpffs-root", bpffsRoot]),
+                              timeout: .seconds(60))
+    }
+
     /// SIGTERM to masqd; returns its exit status.
     func stopMasqd() async throws -> Int32 {
         guard let process = masqd else { throw CommandError(description: "masqd is not running") }

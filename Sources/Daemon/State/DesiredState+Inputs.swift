@@ -42,9 +42,10 @@ extension DesiredState {
     /// those that carry a default route. Each gets one SNAT address per enabled family, never a
     /// stale one: the default route's source through it (`routeSourceV4`/`V6`), else the one in
     /// force (`inForce`, by ifindex) while the device keeps it usable (for IPv6, and no global
-    /// unicast address is usable where it is a ULA), else the first of its usable addresses. Every flow leaves with its device's address, so a change moves them
-    /// all (a TCP connection does not survive it): an address added beside the one in force
-    /// does not take over. A device stays in force while it exists, also when it is down or has
+    /// unicast address is usable where it is a ULA), else the first of its usable addresses.
+    /// Every flow leaves with its device's address, so a change moves them all (a TCP
+    /// connection does not survive it): an address added beside the one in force does not take
+    /// over. A device stays in force while it exists, also when it is down or has
     /// no usable address (its programs stay attached through a link flap, and pod packets it
     /// cannot masquerade are dropped, not leaked); only a link type whose L2 header masq does
     /// not know is skipped, with the reason.
